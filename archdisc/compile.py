@@ -1,0 +1,115 @@
+"""Compile an ArchGraph into a PyTorch module.
+
+The module computes the graph's nodes in a fixed topological order. Parameter names are
+stable and derived from node names: ``layers.<node>.weight``, ``layers.<node>.bias``
+(and BatchNorm buffers), ``gates.<src>__<dst>`` for the gate of a candidate edge.
+Supernets and discovered models come out of this same function.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .graph import ArchGraph
+
+_ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+        "identity": nn.Identity}
+
+
+def gate_name(src: str, dst: str) -> str:
+    return f"{src}__{dst}"
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+class ArchNet(nn.Module):
+    """The module compiled from an :class:`ArchGraph` (kept as ``self.graph``)."""
+
+    def __init__(self, graph: ArchGraph):
+        super().__init__()
+        graph.validate()
+        self.graph = graph
+        shapes = graph.shapes()
+        self.layers = nn.ModuleDict()
+        self.gates = nn.ParameterDict()
+        self._plan = []  # (node, op, [(src, gate key or None, index buffer name or None)])
+        for n in graph.order():
+            a, ins = graph.nodes[n], graph.inputs(n)
+            op = a["op"]
+            cin = shapes[ins[0]][0] if ins else None
+            if op == "linear":
+                self.layers[n] = nn.Linear(cin, a["units"], bias=a["bias"])
+            elif op == "conv2d":
+                self.layers[n] = nn.Conv2d(cin, a["units"], a["kernel_size"], a["stride"],
+                                           a["padding"], bias=a["bias"])
+            elif op == "batchnorm2d":
+                self.layers[n] = nn.BatchNorm2d(cin, eps=a["eps"], momentum=a["momentum"])
+            elif op == "activation":
+                self.layers[n] = _ACT[a["fn"]]()
+            elif op == "maxpool2d":
+                self.layers[n] = nn.MaxPool2d(a["kernel_size"], a["stride"], a["padding"])
+            elif op == "avgpool2d":
+                self.layers[n] = nn.AvgPool2d(a["kernel_size"], a["stride"], a["padding"])
+            elif op == "gap":
+                self.layers[n] = GlobalAvgPool()
+            elif op == "flatten":
+                self.layers[n] = nn.Flatten()
+            sources = []
+            for src in ins:
+                e = graph.edges[src, n]
+                key = idx = None
+                if e["gate"] is not None:
+                    key = gate_name(src, n)
+                    size = 1 if e["gate"] == "scalar" else shapes[src][0]
+                    self.gates[key] = nn.Parameter(torch.ones(size))
+                if e["index"] is not None:
+                    idx = f"index_{key or gate_name(src, n)}"
+                    self.register_buffer(idx, torch.tensor(e["index"], dtype=torch.long),
+                                         persistent=False)
+                sources.append((src, key, idx))
+            self._plan.append((n, op, sources))
+        self.input_names = graph.input_nodes()
+        self.output_names = graph.output_nodes()
+
+    def _read(self, env, src, key, ndim):
+        x = env[src]
+        if key is not None:
+            g = self.gates[key]
+            x = x * g.view(-1, *([1] * (ndim - 2))) if ndim > 2 else x * g
+        return x
+
+    def forward(self, *xs):
+        env = dict(zip(self.input_names, xs))
+        for n, op, sources in self._plan:
+            if op == "input":
+                continue
+            ndim = env[sources[0][0]].dim()
+            vals = [self._read(env, s, k, ndim) for s, k, _ in sources]
+            if op == "add":
+                out = None
+                units = self.graph.nodes[n]["units"]
+                for (_, _, idx), v in zip(sources, vals):
+                    if idx is not None:
+                        full = v.new_zeros((v.shape[0], units) + tuple(v.shape[2:]))
+                        v = full.index_add(1, getattr(self, idx), v)
+                    out = v if out is None else out + v
+                env[n] = out
+            elif op == "concat":
+                env[n] = torch.cat(vals, dim=1)
+            elif op == "output":
+                env[n] = vals[0]
+            else:
+                env[n] = self.layers[n](vals[0])
+        outs = [env[o] for o in self.output_names]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def compile_graph(graph: ArchGraph, weights: dict | None = None) -> ArchNet:
+    """Build the module for ``graph``; optionally load ``weights`` (a state dict, strict)."""
+    net = ArchNet(graph)
+    if weights is not None:
+        net.load_state_dict(weights, strict=True)
+    return net

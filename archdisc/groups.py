@@ -1,0 +1,121 @@
+"""Structural groups derived from the graph: what the regularizer sees.
+
+* A **unit group** of a searchable ``linear`` / ``conv2d`` node is everything that
+  produces unit *i*: row / filter *i* of the weight, bias entry *i*, and entry *i* of the
+  affine parameters of a ``batchnorm2d`` that reads only this node. When the whole group
+  is zero the unit outputs exactly zero (zero-invariant).
+* An **edge group** is the gate of a candidate edge.
+
+:func:`param_groups` turns these into optimizer param groups, each carrying its
+regularizer under ``reg`` (the optimizers know nothing about graphs).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .compile import ArchNet
+from .init import bias_init_, sparse_init_
+from .optim import L1, GroupL2, KernelL2, TensorL2
+
+MODES = ("unit", "kernel", "element")
+
+
+def unit_members(net: ArchNet) -> dict[str, list[str]]:
+    """Searchable node -> names (in ``net.named_parameters()``) of its unit group's tensors."""
+    g, members = net.graph, {}
+    for n in g.order():
+        a = g.nodes[n]
+        if a["op"] not in ("linear", "conv2d") or not a["searchable"]:
+            continue
+        names = [f"layers.{n}.weight"] + ([f"layers.{n}.bias"] if a["bias"] else [])
+        succ = list(g.successors(n))
+        if len(succ) == 1 and g.nodes[succ[0]]["op"] == "batchnorm2d" \
+                and not g.edges[n, succ[0]]["gate"]:
+            names += [f"layers.{succ[0]}.weight", f"layers.{succ[0]}.bias"]
+        members[n] = names
+    return members
+
+
+def param_groups(net: ArchNet, lam: float = 0.1, lam_edge: float | None = None,
+                 mode: str = "unit") -> list[dict]:
+    """Optimizer param groups for ``net``.
+
+    ``mode`` ``"unit"``: one GroupL2(lam) group per searchable node (neurons / channels);
+    ``"kernel"``: conv weights under KernelL2(lam) (each (out, in) kernel), linear
+    nodes still by unit; ``"element"``: plain L1(lam) on searchable weights.
+    Gates of candidate edges get TensorL2(lam_edge) (default: ``lam``).
+    Everything else (the output head, for instance) is unregularized.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: choose one of {MODES}")
+    if lam < 0 or (lam_edge is not None and lam_edge < 0):
+        raise ValueError("lam and lam_edge must be >= 0")
+    lam_edge = lam if lam_edge is None else lam_edge
+    params = dict(net.named_parameters())
+    taken, groups = set(), []
+    for n, names in unit_members(net).items():
+        op = net.graph.nodes[n]["op"]
+        if mode == "unit" or (mode == "kernel" and op == "linear"):
+            groups.append({"params": [params[p] for p in names], "reg": GroupL2(lam),
+                           "name": n, "kind": "unit"})
+            taken.update(names)
+        else:
+            reg = KernelL2(lam) if mode == "kernel" else L1(lam)
+            groups.append({"params": [params[names[0]]], "reg": reg, "name": n,
+                           "kind": mode})
+            taken.add(names[0])
+    gates = [p for k, p in params.items() if k.startswith("gates.")]
+    if gates:
+        groups.append({"params": gates, "reg": TensorL2(lam_edge), "name": "gates",
+                       "kind": "edge"})
+        taken.update(k for k in params if k.startswith("gates."))
+    rest = [p for k, p in params.items() if k not in taken]
+    if rest:
+        groups.append({"params": rest, "reg": None, "name": "rest", "kind": "dense"})
+    return groups
+
+
+@torch.no_grad()
+def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping: float = 1.0,
+                bias_r: float = 1.0, gate_init: float = 0.0, seed: int = 0) -> ArchNet:
+    """Sparse initialisation at the level of the structural groups.
+
+    Searchable nodes keep each unit (``mode="unit"``), conv kernel (``"kernel"``) or
+    weight element (``"element"``) with probability ``density``; survivors keep the
+    Kaiming variance. Dead units get zero bias and zero BatchNorm affine entries, so
+    they output exactly zero. Gates start at ``gate_init`` (0: every candidate edge off).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: choose one of {MODES}")
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(net.named_parameters())
+    for n, names in unit_members(net).items():
+        w = params[names[0]]
+        kind = "unit" if mode == "unit" or (mode == "kernel" and w.dim() != 4) else mode
+        keep = sparse_init_(w, density, mode=kind, damping=damping, generator=gen)
+        alive = keep if kind == "unit" else w.reshape(w.shape[0], -1).ne(0).any(1)
+        fan_in = math.prod(w.shape[1:])
+        if f"layers.{n}.bias" in params:
+            bias_init_(params[f"layers.{n}.bias"], fan_in, r=bias_r, generator=gen, mask=alive)
+        bn = [p for p in names[1:] if not p.startswith(f"layers.{n}.")]
+        if bn:
+            params[bn[0]].copy_(alive.to(w.dtype))
+            params[bn[1]].zero_()
+    for k, p in params.items():
+        if k.startswith("gates."):
+            p.fill_(gate_init)
+    return net
+
+
+@torch.no_grad()
+def alive(net: ArchNet) -> dict:
+    """Alive units per searchable node (non-zero unit group) and alive candidate edges."""
+    params = dict(net.named_parameters())
+    units = {}
+    for n, names in unit_members(net).items():
+        nz = sum(params[p].reshape(params[p].shape[0], -1).ne(0).any(1).long() for p in names)
+        units[n] = int((nz > 0).sum())
+    edges = {k: bool(p.ne(0).any()) for k, p in net.gates.items()}
+    return {"units": units, "edges": edges}

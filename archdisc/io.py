@@ -1,0 +1,54 @@
+"""Atomic file writes: a crash or kill never leaves a half-written artifact behind."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _atomic(path, write):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes):
+    _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path, text: str):
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def save_tensors(path, tensors: dict, metadata: dict | None = None):
+    """Write tensors as safetensors, atomically; ``metadata`` is a JSON-able dict."""
+    from safetensors.torch import save
+
+    meta = {"json": json.dumps(metadata)} if metadata is not None else None
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+    atomic_write_bytes(path, blob)
+
+
+def load_tensors(path):
+    """Read a safetensors file written by :func:`save_tensors`: (tensors, metadata)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = (f.metadata() or {}).get("json")
+    return tensors, (json.loads(meta) if meta else None)
