@@ -1,0 +1,152 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from archdisc import ArchGraph, GraphError, build_space, compile_graph, count_macs, count_params
+
+SMALL = {
+    "mlp": {},
+    "skip_mlp": {"blocks": 3, "width": 16, "in_shape": (16,)},
+    "convnet": {"channels": (4, 6), "hidden": 8, "in_shape": (1, 16, 16), "kernel_size": 3},
+    "densenet": {"layers": 3, "growth": 4, "stem": 4, "in_shape": (1, 8, 8)},
+    "resnet18": {"width_mult": 1 / 16, "in_shape": (3, 16, 16)},
+}
+
+
+def example_input(g, n=3):
+    return torch.randn(n, *g.nodes[g.input_nodes()[0]]["shape"])
+
+
+def test_mlp_equals_hand_written_sequential():
+    g = build_space("mlp", widths=(784, 200, 80, 10))
+    net = compile_graph(g)
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 80),
+                        nn.ReLU(), nn.Linear(80, 10))
+    with torch.no_grad():
+        for lin, name in zip([seq[1], seq[3], seq[5]], ["fc1", "fc2", "fc3"]):
+            lin.weight.copy_(net.layers[name].weight)
+            lin.bias.copy_(net.layers[name].bias)
+    x = torch.randn(5, 1, 28, 28)
+    assert torch.allclose(net(x), seq(x), atol=1e-6)
+    assert count_params(g) == sum(p.numel() for p in seq.parameters()) == 173_890
+
+
+def test_resnet18_size():
+    g = build_space("resnet18")
+    assert abs(count_params(g) - 11.17e6) / 11.17e6 < 1e-3
+    assert count_params(g) == sum(p.numel() for p in compile_graph(g).parameters())
+    # conv MACs of the CIFAR ResNet-18: about 0.56 G per image
+    assert 0.55e9 < count_macs(g) < 0.56e9
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_builtin_compiles_runs_traces_and_round_trips(name):
+    g = build_space(name, **SMALL[name])
+    assert ArchGraph.from_json(g.to_json()).to_dict() == g.to_dict()
+    net = compile_graph(g)
+    assert count_params(g) == sum(p.numel() for p in net.parameters())
+    x = example_input(g)
+    y = net(x)
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.eval()
+    traced = torch.jit.trace(net, x)
+    x2 = example_input(g, 5)
+    assert torch.allclose(traced(x2), net(x2), atol=1e-6)
+
+
+def test_default_spaces_build():
+    for name in SMALL:
+        build_space(name).validate()
+    with pytest.raises(GraphError, match="unknown search space 'nope'"):
+        build_space("nope")
+    with pytest.raises(GraphError, match="bad option"):
+        build_space("mlp", depth=3)
+
+
+def indexed_graph():
+    g = ArchGraph(name="mine")
+    x = g.input("x", [6])
+    a = g.linear("a", x, 4)
+    b = g.linear("b", x, 2)
+    s = g.add_op("s", "add", [a, b], units=4, index={b: [3, 1]}, gates={b: "channel"})
+    g.output("out", g.linear("head", g.act("r", s), 3, searchable=False))
+    return g
+
+
+def test_user_graph_with_indexed_add_and_gates():
+    g = indexed_graph()
+    net = compile_graph(g)
+    with torch.no_grad():
+        net.gates["b__s"].copy_(torch.tensor([2.0, -1.0]))
+    x = torch.randn(7, 6)
+    ya, yb = net.layers["a"](x), net.layers["b"](x) * torch.tensor([2.0, -1.0])
+    s_ref = ya.clone()
+    s_ref[:, 3] += yb[:, 0]
+    s_ref[:, 1] += yb[:, 1]
+    assert torch.allclose(net(x), net.layers["head"](torch.relu(s_ref)), atol=1e-6)
+    assert count_params(g) == sum(p.numel() for p in net.parameters())
+    assert ArchGraph.from_json(g.to_json()).to_dict() == g.to_dict()
+
+
+def _mlp():
+    g = ArchGraph()
+    x = g.input("x", [4])
+    g.output("out", g.linear("fc", x, 2))
+    return g
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda g: g.add_edge("out", "fc", slot=1, gate=None, index=None), "cycle"),
+    (lambda g: g.add_op("lonely", "linear", ["x"], units=3), "dangling node 'lonely'"),
+    (lambda g: g.add_node("y", op="input", shape=[2]), "input 'y' has no path"),
+    (lambda g: g.add_node("fc2", op="softmaxx"), "unknown op 'softmaxx'"),
+    (lambda g: g.nodes["fc"].update(width=3), r"unknown attribute\(s\) \['width'\]"),
+    (lambda g: g.nodes["fc"].update(units=0), "'units' must be an integer >= 1"),
+    (lambda g: g.nodes["fc"].update(bias="yes"), "'bias' must be true or false"),
+    (lambda g: g.edges["x", "fc"].update(gate="maybe"), "gate must be one of"),
+])
+def test_validation_errors_name_the_culprit(mutate, message):
+    g = _mlp()
+    with pytest.raises(GraphError, match=message):
+        mutate(g)
+        g.validate()
+
+
+def test_add_width_mismatch_and_bad_json():
+    g = ArchGraph()
+    x = g.input("x", [4])
+    a, b = g.linear("a", x, 3), g.linear("b", x, 2)
+    g.output("out", g.add_op("s", "add", [a, b], units=3))
+    with pytest.raises(GraphError, match="add node 's': input 'b' has shape"):
+        g.validate()
+    good = _mlp().to_dict()
+    with pytest.raises(GraphError, match="field 'schema'"):
+        ArchGraph.from_dict({**good, "schema": 99})
+    with pytest.raises(GraphError, match=r"edges\[0\]: node 'ghost' does not exist"):
+        ArchGraph.from_dict({**good, "edges": [{"src": "ghost", "dst": "fc"}]})
+    with pytest.raises(GraphError, match="not valid ArchGraph JSON"):
+        ArchGraph.from_json("{nope")
+    with pytest.raises(GraphError, match="needs a .C, H, W. input"):
+        g2 = ArchGraph()
+        g2.output("out", g2.conv("c", g2.input("x", [4]), 2))
+        g2.validate()
+    assert json.loads(_mlp().to_json())["schema"] == 1
+
+
+@pytest.mark.parametrize("g", [build_space("skip_mlp", **SMALL["skip_mlp"]), indexed_graph()])
+def test_onnx_export_of_compiled_graph(tmp_path, g):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    net = compile_graph(g).eval()
+    x = example_input(g, 4)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x2 = example_input(g, 9)
+    y = sess.run(None, {"x": x2.numpy()})[0]
+    assert abs(torch.from_numpy(y) - net(x2)).max() < 1e-5
