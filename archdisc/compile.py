@@ -66,9 +66,13 @@ class ArchNet(nn.Module):
                     size = 1 if e["gate"] == "scalar" else shapes[src][0]
                     self.gates[key] = nn.Parameter(torch.ones(size))
                 if e["index"] is not None:
-                    idx = f"index_{key or gate_name(src, n)}"
-                    self.register_buffer(idx, torch.tensor(e["index"], dtype=torch.long),
-                                         persistent=False)
+                    # gather map: unit k of the add reads channel pos[k] of the member,
+                    # or the appended zero channel (position len(index)) if it has none
+                    pos = torch.full((a["units"],), len(e["index"]), dtype=torch.long)
+                    pos[torch.tensor(e["index"], dtype=torch.long)] = torch.arange(
+                        len(e["index"]))
+                    idx = f"index_{gate_name(src, n)}"
+                    self.register_buffer(idx, pos, persistent=False)
                 sources.append((src, key, idx))
             self._plan.append((n, op, sources))
         self.input_names = graph.input_nodes()
@@ -82,6 +86,13 @@ class ArchNet(nn.Module):
         return x
 
     def forward(self, *xs):
+        env = self.activations(*xs)
+        outs = [env[o] for o in self.output_names]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def activations(self, *xs) -> dict:
+        """Every node's output for inputs ``xs``: ``{node: tensor}`` (used to verify
+        that an extracted model matches its supernet node by node)."""
         env = dict(zip(self.input_names, xs))
         for n, op, sources in self._plan:
             if op == "input":
@@ -90,11 +101,10 @@ class ArchNet(nn.Module):
             vals = [self._read(env, s, k, ndim) for s, k, _ in sources]
             if op == "add":
                 out = None
-                units = self.graph.nodes[n]["units"]
                 for (_, _, idx), v in zip(sources, vals):
-                    if idx is not None:
-                        full = v.new_zeros((v.shape[0], units) + tuple(v.shape[2:]))
-                        v = full.index_add(1, getattr(self, idx), v)
+                    if idx is not None:  # widen a narrow member into the add's unit space
+                        zero = v.new_zeros((v.shape[0], 1) + tuple(v.shape[2:]))
+                        v = torch.cat([v, zero], 1).index_select(1, getattr(self, idx))
                     out = v if out is None else out + v
                 env[n] = out
             elif op == "concat":
@@ -103,8 +113,7 @@ class ArchNet(nn.Module):
                 env[n] = vals[0]
             else:
                 env[n] = self.layers[n](vals[0])
-        outs = [env[o] for o in self.output_names]
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        return env
 
 
 def compile_graph(graph: ArchGraph, weights: dict | None = None) -> ArchNet:

@@ -1,0 +1,243 @@
+"""Export a compiled model: safetensors + graph JSON, TorchScript, ONNX; each verified.
+
+:func:`export` writes every requested format into ``out_dir`` with a dynamic batch
+dimension and checks it against the PyTorch model (max |Δ| ≤ ``atol`` on random inputs
+of two batch sizes, reloaded from what was written) *before* the file takes its final
+name; a mismatch raises :class:`ExportError` and leaves no file behind.
+
+=============  ====================================  =================================
+format         files                                 load with
+=============  ====================================  =================================
+safetensors    ``model.safetensors`` + ``model.json``  :func:`load` (archdisc)
+torchscript    ``model.pt``                          ``torch.jit.load`` (torch only)
+onnx           ``model.onnx``                        ``onnxruntime.InferenceSession``
+=============  ====================================  =================================
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .compile import ArchNet, compile_graph
+from .graph import ArchGraph
+from .io import atomic_write_text, load_tensors, save_tensors
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+SUFFIX = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}
+ONNX_OPSET = 17
+VERIFY_BATCHES = (1, 7)
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or does not reproduce the PyTorch model."""
+
+
+# ---------------------------------------------------------------------- loading
+def _pair(path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def _load_pair(weights: Path, graph_json: Path, device="cpu") -> ArchNet:
+    graph = ArchGraph.from_json(graph_json)
+    tensors, _ = load_tensors(weights)
+    return compile_graph(graph, tensors).to(device).eval()
+
+
+def load(path, device="cpu") -> ArchNet:
+    """The eval-mode ArchNet saved as ``<path>.safetensors`` + ``<path>.json``
+    (``path`` with or without either suffix)."""
+    weights, graph_json = _pair(path)
+    for f in (weights, graph_json):
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found: a saved model is a .safetensors file "
+                                    "(weights) beside a .json file (its ArchGraph)")
+    return _load_pair(weights, graph_json, device)
+
+
+def save(net: ArchNet, path, graph: ArchGraph | None = None) -> tuple[Path, Path]:
+    """Write ``<path>.safetensors`` (state dict) and ``<path>.json`` (graph), atomically."""
+    weights, graph_json = _pair(path)
+    _write_safetensors(net, graph or net.graph, (weights, graph_json), (weights, graph_json), None)
+    return weights, graph_json
+
+
+# ---------------------------------------------------------------------- inputs
+def _inputs(graph: ArchGraph, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, *graph.nodes[n]["shape"], generator=gen)
+                 for n in graph.input_nodes())
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _numpy(outs) -> list[np.ndarray]:
+    return [o.detach().cpu().numpy() if torch.is_tensor(o) else np.asarray(o)
+            for o in _as_tuple(outs)]
+
+
+# ---------------------------------------------------------------------- runners
+# Each runner loads the written file the way a user would and returns its outputs.
+def _run_safetensors(paths, inputs):
+    net = _load_pair(*paths)
+    with torch.no_grad():
+        return _numpy(net(*inputs))
+
+
+def _run_torchscript(paths, inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+        module = torch.jit.load(str(paths[0]), map_location="cpu")
+    with torch.no_grad():
+        return _numpy(module(*inputs))
+
+
+def _run_onnx(paths, inputs):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(paths[0]), providers=["CPUExecutionProvider"])
+    feed = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
+    return sess.run(None, feed)
+
+
+RUNNERS = {"safetensors": _run_safetensors, "torchscript": _run_torchscript,
+           "onnx": _run_onnx}
+
+
+# ---------------------------------------------------------------------- writers
+def _write_safetensors(net, graph, tmp_paths, finals, example):
+    save_tensors(tmp_paths[0], net.state_dict(),
+                 metadata={"format": "archdisc-model", "graph": finals[1].name})
+    atomic_write_text(tmp_paths[1], graph.to_json())
+
+
+def _write_torchscript(net, graph, tmp_paths, finals, example):
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+        traced = torch.jit.trace(net, example, check_trace=False)
+        torch.jit.save(traced, str(tmp_paths[0]))
+
+
+def _write_onnx(net, graph, tmp_paths, finals, example):
+    import onnx
+
+    names_in, names_out = graph.input_nodes(), graph.output_nodes()
+    dynamic = {n: {0: "batch"} for n in names_in + names_out}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is noisy
+        torch.onnx.export(net, example, str(tmp_paths[0]), input_names=names_in,
+                          output_names=names_out, dynamic_axes=dynamic,
+                          opset_version=ONNX_OPSET, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(tmp_paths[0])))
+
+
+WRITERS = {"safetensors": _write_safetensors, "torchscript": _write_torchscript,
+           "onnx": _write_onnx}
+
+
+# ---------------------------------------------------------------------- export
+def _tmp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=path.suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _publish(tmp: Path, final: Path):
+    """Give ``tmp`` the usual permissions (mkstemp makes it private), rename it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, final)
+
+
+def _max_diff(fmt, ref: list[np.ndarray], got: list[np.ndarray], batch: int) -> float:
+    if len(ref) != len(got):
+        raise ExportError(f"{fmt} export gives {len(got)} outputs, the model {len(ref)}")
+    worst = 0.0
+    for r, o in zip(ref, got):
+        o = np.asarray(o)
+        if r.shape != o.shape:
+            raise ExportError(f"{fmt} export gives an output of shape {o.shape} at batch "
+                              f"{batch}, the model {r.shape} (is the batch dimension dynamic?)")
+        d = float(np.max(np.abs(r.astype(np.float64) - o.astype(np.float64)), initial=0.0))
+        worst = max(worst, d if np.isfinite(d) else float("inf"))
+    return worst
+
+
+def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
+           example_input=None, atol: float = 1e-4, name: str = "model") -> dict[str, Path]:
+    """Write ``net`` in each of ``formats`` into ``out_dir`` and verify every file.
+
+    ``graph`` defaults to ``net.graph``. ``example_input`` (a tensor or a tuple, one per
+    input node) is used for tracing; by default random inputs of the graph's shapes.
+    Each written file is reloaded and compared with ``net`` in eval mode on random
+    inputs of batch sizes 1 and 7 (and ``example_input``); a max |Δ| above ``atol``
+    raises :class:`ExportError` naming the format. Returns ``{format: path}``; the
+    safetensors weights have their graph beside them as ``<name>.json``.
+    """
+    graph = net.graph if graph is None else graph
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {FORMATS}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    example = tuple(x.detach().cpu() for x in _as_tuple(example_input)) \
+        if example_input is not None else _inputs(graph, 2, 0)
+    checks = [_inputs(graph, b, 1 + b) for b in VERIFY_BATCHES]
+    if example_input is not None:
+        checks.append(example)
+
+    net = copy.deepcopy(net).cpu().eval()  # exports are CPU models; the caller's is untouched
+    with torch.no_grad():
+        refs = [_numpy(net(*x)) for x in checks]
+    written = {}
+    for fmt in formats:
+        finals = [out_dir / (name + SUFFIX[fmt])]
+        if fmt == "safetensors":
+            finals.append(out_dir / (name + ".json"))
+        tmps = [_tmp_beside(p) for p in finals]
+        try:
+            try:
+                WRITERS[fmt](net, graph, tmps, finals, example)
+            except Exception as e:
+                raise ExportError(f"{fmt} export failed: {type(e).__name__}: {e}") from e
+            for x, ref in zip(checks, refs):
+                try:
+                    outs = RUNNERS[fmt](tmps, x)
+                except Exception as e:
+                    raise ExportError(f"{fmt} export was written but cannot be run: "
+                                      f"{type(e).__name__}: {e}") from e
+                diff = _max_diff(fmt, ref, outs, len(x[0]))
+                if not diff <= atol:
+                    raise ExportError(f"{fmt} export does not reproduce the model: "
+                                      f"max |Δ| = {diff:.3g} > atol {atol:g} at batch "
+                                      f"{len(x[0])}")
+            for tmp, final in zip(tmps, finals):
+                _publish(tmp, final)
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+        written[fmt] = finals[0]
+    return written
+
+
+# ---------------------------------------------------------------------- CLI entry
+def export_run(run_dir, formats=FORMATS) -> dict[str, Path]:
+    """Export a run's discovered model (``RUN/compact.safetensors`` + ``.json``) into
+    ``RUN/export/`` as ``model.*``; returns ``{format: path}``."""
+    run = Path(run_dir)
+    net = load(run / "compact")
+    return export(net, net.graph, run / "export", formats)

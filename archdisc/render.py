@@ -1,0 +1,327 @@
+"""Draw ArchGraphs with Graphviz, and the growth of a run with matplotlib.
+
+* :func:`to_dot` draws one graph left to right, one box per layer with its op and its
+  units. Given the ``supernet`` it came from, a layer shows ``alive/supernet`` units.
+  Pure elementwise layers (batchnorm, activation) are merged into the label of their
+  producer (``conv 3x3 16 → bn → relu``) so a ResNet-18 stays readable.
+* :func:`render_supernet` draws the whole supernet with what did not survive greyed.
+* :func:`render` writes the ``.gv`` source (always), then runs ``dot``.
+* :func:`plot_growth` plots alive units and edges over the epochs of ``metrics.jsonl``.
+* :func:`render_run` is what ``archdisc render RUN`` calls.
+
+Candidate edges (skip connections behind a gate) are dashed and blue; in the supernet
+picture, dead layers are grey and dead edges grey and dotted.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import graphviz
+
+from .graph import ArchGraph, count_macs, count_params
+from .io import atomic_write_bytes, atomic_write_text
+
+FORMATS = ("svg", "png", "pdf")
+MODES = ("compact", "supernet")
+MERGEABLE = ("batchnorm2d", "activation")  # elementwise: merged into their producer
+
+FILL = {"input": "#d9ead3", "output": "#d9ead3", "linear": "#cfe2f3", "conv2d": "#cfe2f3",
+        "add": "#fff2cc", "concat": "#fff2cc"}
+CANDIDATE = {"style": "dashed", "color": "#1f6fd1", "penwidth": "1.6"}
+DEAD_NODE = {"fillcolor": "#eeeeee", "color": "#b0b0b0", "fontcolor": "#a0a0a0"}
+DEAD_EDGE = {"style": "dotted", "color": "#b0b0b0"}
+
+
+class RenderError(RuntimeError):
+    """Rendering failed (most often: Graphviz's ``dot`` program is missing)."""
+
+
+# ---------------------------------------------------------------------- labels
+def _describe(g: ArchGraph, n: str, units: dict, ref_units: dict | None) -> str:
+    """One-line description of node ``n``: op, hyper-parameters and width."""
+    a, op = g.nodes[n], g.nodes[n]["op"]
+    width = str(units[n])
+    if ref_units is not None and n in ref_units and op in ("linear", "conv2d", "add", "concat"):
+        width = f"{units[n]}/{ref_units[n]}"
+    if op == "input":
+        return "input " + "×".join(str(s) for s in a["shape"])
+    if op == "linear":
+        return f"linear {width}"
+    if op == "conv2d":
+        k = a["kernel_size"]
+        stride = f" /{a['stride']}" if a["stride"] != 1 else ""
+        return f"conv {k}×{k}{stride} {width}"
+    if op == "batchnorm2d":
+        return "bn"
+    if op == "activation":
+        return a["fn"]
+    if op in ("maxpool2d", "avgpool2d"):
+        return f"{op[:3]}pool {a['kernel_size']}"
+    return f"{op} {width}"  # gap, flatten, add, concat, output
+
+
+def _chains(g: ArchGraph, merge: bool) -> dict[str, list[str]]:
+    """Drawn box -> the nodes it stands for, in order (the box's own node first).
+
+    An elementwise node is merged into its producer when it is that producer's only
+    reader through a plain (ungated) edge, so merging hides no branching.
+    """
+    head = {}
+    for n in g.order():
+        ins = g.inputs(n)
+        if (merge and g.nodes[n]["op"] in MERGEABLE and len(ins) == 1
+                and g.out_degree(ins[0]) == 1 and g.edges[ins[0], n]["gate"] is None
+                and g.nodes[ins[0]]["op"] != "input"):
+            head[n] = head[ins[0]]
+        else:
+            head[n] = n
+    chains: dict[str, list[str]] = {}
+    for n in g.order():
+        chains.setdefault(head[n], []).append(n)
+    return chains
+
+
+def _title(g: ArchGraph, supernet: ArchGraph | None, title: str | None) -> str:
+    if title is not None:
+        return title
+    name = g.name or "model"
+    p, m = count_params(g), count_macs(g)
+    text = f"{name}: {p:,} params, {m:,} MACs"
+    if supernet is not None:
+        ps, ms = count_params(supernet), count_macs(supernet)
+        text += f"  (supernet {ps:,} params, {ms:,} MACs; kept {p / max(ps, 1):.1%} " \
+                f"of params, {m / max(ms, 1):.1%} of MACs)"
+    return text
+
+
+def _digraph(name: str, title: str) -> graphviz.Digraph:
+    return graphviz.Digraph(
+        name or "archgraph",
+        graph_attr={"rankdir": "LR", "label": title, "labelloc": "t", "fontsize": "14",
+                    "fontname": "Helvetica", "nodesep": "0.25", "ranksep": "0.35"},
+        node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
+                   "fontsize": "11", "fillcolor": "white"},
+        edge_attr={"fontname": "Helvetica", "fontsize": "9", "arrowsize": "0.7"})
+
+
+def _draw(g: ArchGraph, ref: ArchGraph | None, alive: ArchGraph | None, title: str,
+          merge: bool) -> graphviz.Digraph:
+    """Draw ``g``. ``ref``: graph whose units are shown as the denominator.
+    ``alive``: when given, nodes/edges of ``g`` missing from it are drawn dead."""
+    units = g.units()
+    ref_units = ref.units() if ref is not None else None
+    alive_units = alive.units() if alive is not None else None
+    dot = _digraph(g.name, title)
+    chains = _chains(g, merge)
+    box_of = {n: h for h, members in chains.items() for n in members}
+    for h, members in chains.items():
+        lines, attrs = [h], {"fillcolor": FILL.get(g.nodes[h]["op"], "white")}
+        parts = []
+        for n in members:
+            if alive_units is None:
+                parts.append(_describe(g, n, units, ref_units))
+            elif n in alive_units:  # supernet picture: alive/supernet of a survivor
+                parts.append(_describe(alive, n, alive_units, units))
+            else:
+                parts.append(_describe(g, n, units, None) + (" ✗" if n != h else ""))
+        lines.append(" → ".join(parts))
+        if alive_units is not None and h not in alive_units:
+            attrs.update(DEAD_NODE)
+            lines[0] += " (dead)"
+        dot.node(h, "\n".join(lines), tooltip=", ".join(members), **attrs)
+    for u, v, a in sorted(g.edges(data=True), key=lambda e: (e[1], e[2]["slot"])):
+        if box_of[u] == box_of[v]:
+            continue  # merged into one box
+        attrs = dict(CANDIDATE) if a["gate"] is not None else {}
+        if a["gate"] is not None:
+            attrs["tooltip"] = f"candidate edge {u} → {v} ({a['gate']} gate)"
+        if alive is not None and not alive.has_edge(u, v):
+            attrs.update(DEAD_EDGE)
+        dot.edge(box_of[u], v, **attrs)
+    return dot
+
+
+# ---------------------------------------------------------------------- public API
+def to_dot(graph: ArchGraph, supernet: ArchGraph | None = None, title: str | None = None,
+           merge: bool = True) -> graphviz.Digraph:
+    """Graphviz picture of ``graph`` (left to right, one box per layer).
+
+    With ``supernet``, every layer present in both shows ``alive/supernet`` units
+    (``fc1 linear 37/200``). ``merge`` folds batchnorm / activation layers into the
+    label of their producer. ``title`` defaults to the name with params and MACs.
+    """
+    return _draw(graph, supernet, None, _title(graph, supernet, title), merge)
+
+
+def render_supernet(supernet_graph: ArchGraph, compact_graph: ArchGraph,
+                    title: str | None = None, merge: bool = True) -> graphviz.Digraph:
+    """The whole supernet with the dead greyed: a layer missing from ``compact_graph``
+    grey, an edge missing from it grey and dotted, a surviving layer showing its
+    ``alive/supernet`` units."""
+    return _draw(supernet_graph, None, compact_graph,
+                 _title(compact_graph, supernet_graph, title), merge)
+
+
+def _out_path(path, format: str) -> Path:
+    p = Path(path)
+    if p.suffix.lstrip(".") in FORMATS + ("gv",):
+        return p.with_suffix("." + format)
+    return p.with_name(p.name + "." + format)
+
+
+def render(graph: ArchGraph, path, format: str = "svg", supernet: ArchGraph | None = None,
+           mode: str = "compact", title: str | None = None, merge: bool = True) -> Path:
+    """Write the picture of ``graph`` to ``path`` (its suffix becomes ``format``).
+
+    ``mode="compact"`` draws ``graph`` (with alive/supernet units when ``supernet`` is
+    given); ``mode="supernet"`` draws ``supernet`` with what is absent from ``graph``
+    greyed. The Graphviz source is always written first, beside it as ``.gv``; without
+    the ``dot`` program a :class:`RenderError` says how to install it. Returns the path.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r}: choose one of {FORMATS}")
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: choose one of {MODES}")
+    if mode == "supernet":
+        if supernet is None:
+            raise ValueError("mode='supernet' needs the supernet graph (supernet=...)")
+        dot = render_supernet(supernet, graph, title=title, merge=merge)
+    else:
+        dot = to_dot(graph, supernet=supernet, title=title, merge=merge)
+    out = _out_path(path, format)
+    gv = out.with_suffix(".gv")
+    atomic_write_text(gv, dot.source)
+    missing = RenderError(f"Graphviz's 'dot' program was not found, so {out.name} was not "
+                          f"drawn. Install it (Debian/Ubuntu: apt-get install -y graphviz; "
+                          f"macOS: brew install graphviz) and run again, or draw the source "
+                          f"yourself: dot -T{format} {gv} -o {out}")
+    if shutil.which("dot") is None:
+        raise missing
+    try:
+        data = dot.pipe(format=format)
+    except graphviz.ExecutableNotFound:
+        raise missing from None
+    except graphviz.CalledProcessError as e:
+        raise RenderError(f"dot failed on {gv}: {e.stderr or e}") from None
+    atomic_write_bytes(out, data)
+    return out
+
+
+# ---------------------------------------------------------------------- growth plot
+def _read_records(src) -> list[dict]:
+    if isinstance(src, (str, Path)):
+        lines = Path(src).read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    return list(src)
+
+
+def _alive_of(rec: dict) -> tuple[dict, dict | int | None]:
+    """(units per node, edges) from one metrics record, whatever its layout:
+    ``{"alive": {node: units}, "alive_edges": n}`` (what :mod:`archdisc.train` writes),
+    ``{"alive": {"units": {...}, "edges": {...}}}`` (as :func:`archdisc.groups.alive`
+    returns), ``{"alive_units": {...}}``, or flat keys ``"alive_units/<node>"``."""
+    nested = rec.get("alive")
+    if isinstance(nested, dict) and isinstance(nested.get("units"), dict):
+        return dict(nested["units"]), nested.get("edges", rec.get("alive_edges"))
+    units = next((rec[k] for k in ("alive_units", "alive", "units")
+                  if isinstance(rec.get(k), dict)), {})
+    units = {k: v for k, v in units.items() if isinstance(v, (int, float))}
+    for key, val in rec.items():
+        for prefix in ("alive_units/", "alive_units.", "units/", "units.", "alive/"):
+            if key.startswith(prefix) and isinstance(val, (int, float)):
+                units[key[len(prefix):]] = val
+    edges = rec.get("alive_edges", rec.get("edges"))
+    return units, edges
+
+
+def _count_edges(edges) -> tuple[float | None, int | None]:
+    """(alive, total) from a dict name -> bool/number, a number, or None."""
+    if edges is None:
+        return None, None
+    if isinstance(edges, dict):
+        return sum(1 for v in edges.values() if v), len(edges)
+    if isinstance(edges, (list, tuple)):
+        return len(edges), None
+    return float(edges), None
+
+
+def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None) -> Path:
+    """Plot alive units per searchable node (log scale) and alive candidate edges over
+    the epochs of a ``metrics.jsonl`` (path or list of records); writes a PNG atomically.
+    ``total_edges``: the supernet's number of candidate edges (drawn as a reference
+    line; 0 hides the edge panel). Records without alive counts are skipped."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    rows = []
+    for i, rec in enumerate(_read_records(metrics_path_or_records)):
+        units, edges = _alive_of(rec)
+        if units or edges is not None:
+            rows.append((rec.get("epoch", i), units, *_count_edges(edges)))
+    if not rows:
+        raise ValueError("no record holds alive units or edges; expected keys like "
+                         "{'alive': {'units': {...}, 'edges': {...}}}")
+    epochs = [r[0] for r in rows]
+    nodes = list(dict.fromkeys(n for r in rows for n in r[1]))
+    totals = [t for t in [total_edges] + [r[3] for r in rows] if t is not None]
+    has_edges = any(r[2] is not None for r in rows) and (not totals or max(totals) > 0)
+
+    fig = Figure(figsize=(9, 6.5 if has_edges else 4.5), dpi=110, layout="constrained")
+    axes = fig.subplots(2 if has_edges else 1, 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [3, 1]} if has_edges else None)[:, 0]
+    ax = axes[0]
+    for i, n in enumerate(nodes):  # 10 colours, then the next line style
+        ax.plot(epochs, [r[1].get(n, float("nan")) for r in rows], marker=".", label=n,
+                color=f"C{i % 10}", ls=("-", "--", ":", "-.")[i // 10 % 4])
+    ax.set_yscale("symlog", linthresh=1)  # log scale that still shows 0 alive
+    ax.set_ylabel("alive units")
+    ax.set_title("Growth of the architecture")
+    ax.grid(True, which="both", alpha=0.3)
+    if nodes:
+        ax.legend(fontsize=7, ncol=max(1, len(nodes) // 12), loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if has_edges:
+        ax = axes[1]
+        ax.step(epochs, [float("nan") if r[2] is None else r[2] for r in rows], where="post", color="#1f6fd1",
+                label="alive candidate edges")
+        if totals:
+            ax.axhline(max(totals), color="grey", ls="--", lw=1, label="candidate edges")
+        ax.set_ylabel("alive edges")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[-1].set_xlabel("epoch")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(out_png, buf.getvalue())
+    return Path(out_png)
+
+
+# ---------------------------------------------------------------------- CLI entry
+def render_run(run_dir, format: str = "svg", supernet: bool = False) -> list[Path]:
+    """Draw a training run: ``RUN/growth.png`` from ``RUN/metrics.jsonl`` (when present),
+    ``RUN/compact.<format>`` (with alive/supernet units when ``RUN/supernet.json``
+    exists) and, with ``supernet=True``, ``RUN/supernet.<format>`` with the dead greyed.
+    Returns the paths written."""
+    run = Path(run_dir)
+    if not (run / "compact.json").exists():
+        raise FileNotFoundError(f"{run / 'compact.json'} not found: is {run} a finished "
+                                "run directory?")
+    compact = ArchGraph.from_json(run / "compact.json")
+    sup = ArchGraph.from_json(run / "supernet.json") if (run / "supernet.json").exists() \
+        else None
+    if supernet and sup is None:
+        raise FileNotFoundError(f"{run / 'supernet.json'} not found; cannot draw the supernet")
+    written = []
+    if (run / "metrics.jsonl").exists():
+        try:
+            written.append(plot_growth(run / "metrics.jsonl", run / "growth.png",
+                                       len(sup.candidate_edges()) if sup else None))
+        except ValueError:
+            pass  # no alive counts recorded: nothing to plot
+    written.append(render(compact, run / "compact", format, supernet=sup))
+    if supernet:
+        written.append(render(compact, run / "supernet", format, supernet=sup,
+                              mode="supernet"))
+    return written
