@@ -1,0 +1,295 @@
+"""Optuna search of the regularization strength against quality: the size/quality front.
+
+Every trial is a full ``discover`` run in ``DIR/trials/<number>/``. Two modes:
+
+* ``pareto`` (default): a multi-objective study maximizing the validation metric and
+  minimizing the compact model's size (parameters, or MACs). Optuna's pruners are
+  single-objective only, so hopeless trials are stopped by our own rule
+  (:class:`SizeAwareAbort`): after a third of the epochs, a trial whose validation
+  metric is far below what finished trials of similar density had reached at the
+  same epoch is stopped.
+* ``scalar``: one objective, ``metric - size_weight * percent of supernet size``,
+  with Optuna's ``MedianPruner`` on the per-epoch validation metric.
+
+Storage: an SQLite file in DIR by default (re-running the same command adds trials to
+the same study); with ``workers > 1`` a journal file (SQLite locks under parallel
+writers); or any Optuna storage URL (e.g. PostgreSQL) so that machines join one study.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing as mp
+from pathlib import Path
+
+import optuna
+
+from .io import atomic_write_text
+from .train import Config, run_discover
+
+SIZES = ("params", "macs")
+MODES = ("pareto", "scalar")
+
+
+@dataclasses.dataclass
+class TuneSettings:
+    trials: int = 8
+    mode: str = "pareto"
+    size: str = "params"               # objective on size: params | macs
+    lam_range: tuple = (1e-3, 1.0)     # log-uniform, at least two decades
+    lr_range: tuple | None = None      # default: base lr / 3 .. base lr * 3
+    density_range: tuple = (0.02, 0.5)
+    size_weight: float = 0.1           # scalar mode: metric points per % of supernet size
+    abort: bool = True                 # pareto mode: stop hopeless trials early
+    abort_margin: float | None = None  # default: 5 accuracy points / 1 dB
+
+    def validate(self):
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: choose one of {MODES}")
+        if self.size not in SIZES:
+            raise ValueError(f"size {self.size!r}: choose one of {SIZES}")
+        lo, hi = self.lam_range
+        if not 0 < lo < hi or hi / lo < 100:
+            raise ValueError(f"lam_range {self.lam_range}: need 0 < lo < hi spanning at least "
+                             "two decades (hi / lo >= 100)")
+        return self
+
+
+def storage_url(out: Path, storage: str | None, workers: int):
+    """The study's storage: the given URL, a journal file for parallel workers, or SQLite."""
+    if storage:
+        return storage
+    out.mkdir(parents=True, exist_ok=True)
+    if workers > 1:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        return JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    return f"sqlite:///{out / 'study.db'}"
+
+
+class SizeAwareAbort:
+    """Stop a trial whose metric at epoch k is far below finished trials of similar size.
+
+    "Similar size" compares the density (non-zero parameter fraction) at the same epoch
+    within a factor of two; "far below" is ``margin`` metric units under the best of them.
+    """
+
+    def __init__(self, study, epochs: int, margin: float):
+        self.study, self.margin = study, margin
+        self.check_epoch = max(1, math.ceil(epochs / 3))
+
+    def should_abort(self, epoch: int, metric: float, density: float) -> bool:
+        if epoch != self.check_epoch:
+            return False
+        peers = []
+        for t in self.study.get_trials(deepcopy=False,
+                                       states=(optuna.trial.TrialState.COMPLETE,)):
+            rec = t.user_attrs.get("curve", {}).get(str(epoch))
+            if rec and 0.5 <= rec["density"] / max(density, 1e-12) <= 2.0:
+                peers.append(rec["metric"])
+        return bool(peers) and metric < max(peers) - self.margin
+
+
+def graph_hash(graph_json: dict) -> str:
+    structure = {"nodes": graph_json["nodes"], "edges": graph_json["edges"]}
+    return hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def space_has_gates(config: Config) -> bool:
+    from .train import build_supernet, load_dataset
+    return bool(build_supernet(config, load_dataset(config)).candidate_edges())
+
+
+def make_objective(base: Config, out: Path, s: TuneSettings, has_gates: bool):
+    def objective(trial: optuna.Trial):
+        lr_lo, lr_hi = s.lr_range or (base.lr / 3, base.lr * 3)
+        params = {"lam": trial.suggest_float("lam", *s.lam_range, log=True),
+                  "lr": trial.suggest_float("lr", lr_lo, lr_hi, log=True),
+                  "density": trial.suggest_float("density", *s.density_range, log=True)}
+        if has_gates:
+            params["lam_edge"] = trial.suggest_float("lam_edge", *s.lam_range, log=True)
+        config = dataclasses.replace(base, **params)
+        run_dir = out / "trials" / str(trial.number)
+        trial.set_user_attr("run_dir", str(run_dir))
+        metric_key, curve = None, {}
+        abort = SizeAwareAbort(trial.study, config.epochs, s.abort_margin) \
+            if s.mode == "pareto" and s.abort else None
+
+        def on_epoch(epoch, record, net):
+            nonlocal metric_key
+            metric_key = next(k for k in record if k.startswith("val_"))
+            value = record[metric_key]
+            curve[str(epoch)] = {"metric": value, "density": record["density"]}
+            trial.set_user_attr("curve", curve)
+            if s.mode == "scalar":
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"median pruner at epoch {epoch}")
+            elif abort is not None and abort.should_abort(epoch, value, record["density"]):
+                raise optuna.TrialPruned(f"epoch {epoch}: {metric_key} {value:.3g} far below "
+                                         "finished trials of similar density")
+
+        report = run_discover(config, run_dir, force=True, progress=False, on_epoch=on_epoch)
+        metric = report["val"]["compact"]
+        size = report[s.size]["compact"]
+        trial.set_user_attr("metric", metric)
+        trial.set_user_attr("test_metric", report["test"]["compact"])
+        trial.set_user_attr("params", report["params"]["compact"])
+        trial.set_user_attr("macs", report["macs"]["compact"])
+        trial.set_user_attr("size_fraction", size / report[s.size]["supernet"])
+        trial.set_user_attr("wall_seconds", report["wall_seconds"])
+        trial.set_user_attr("graph_hash", graph_hash(
+            json.loads((run_dir / "compact.json").read_text())))
+        if s.mode == "scalar":
+            return metric - s.size_weight * 100 * size / report[s.size]["supernet"]
+        return metric, size
+
+    return objective
+
+
+def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates):
+    import torch
+    torch.set_num_threads(1)  # K workers share the cores
+    s = TuneSettings(**settings_dict)
+    study = optuna.load_study(study_name=study_name, storage=storage_url(Path(out), storage, 2))
+    study.optimize(make_objective(Config.from_dict(base_dict), Path(out), s, has_gates),
+                   n_trials=n_trials, catch=(Exception,))
+
+
+def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
+         study_name: str | None = None, workers: int = 1) -> optuna.Study:
+    """Run ``settings.trials`` more trials of the study in ``out`` and write its outputs."""
+    settings.validate()
+    base = base.validate()
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if settings.abort_margin is None:
+        settings.abort_margin = 5.0 if base.task == "classification" else 1.0
+    out = Path(out)
+    study_name = study_name or f"archdisc-{base.space}-{base.data}"
+    directions = ["maximize"] if settings.mode == "scalar" else ["maximize", "minimize"]
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) \
+        if settings.mode == "scalar" else None
+    study = optuna.create_study(study_name=study_name, directions=directions, pruner=pruner,
+                                storage=storage_url(out, storage, workers), load_if_exists=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    has_gates = space_has_gates(base)
+    if workers == 1:
+        study.optimize(make_objective(base, out, settings, has_gates), n_trials=settings.trials,
+                       catch=(Exception,))
+    else:
+        share = [settings.trials // workers + (i < settings.trials % workers)
+                 for i in range(workers)]
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(base.to_dict(), str(out), storage,
+                                                   study_name, dataclasses.asdict(settings),
+                                                   n, has_gates))
+                 for n in share if n]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    write_outputs(study, out, settings)
+    return study
+
+
+# ---------------------------------------------------------------------- outputs
+def front(study, settings: TuneSettings):
+    """Finished trials as rows, each marked whether it is on the Pareto front."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    rows = [{"trial": t.number, "metric": t.user_attrs["metric"],
+             "test_metric": t.user_attrs["test_metric"], "params": t.user_attrs["params"],
+             "macs": t.user_attrs["macs"], **{k: t.params[k] for k in sorted(t.params)},
+             "graph_hash": t.user_attrs["graph_hash"], "run_dir": t.user_attrs["run_dir"]}
+            for t in done]
+    for r in rows:  # on the front: no other trial at least as good in both, better in one
+        r["pareto"] = not any(
+            o["metric"] >= r["metric"] and o[settings.size] <= r[settings.size]
+            and (o["metric"] > r["metric"] or o[settings.size] < r[settings.size])
+            for o in rows)
+    return sorted(rows, key=lambda r: r[settings.size])
+
+
+def write_outputs(study, out: Path, settings: TuneSettings):
+    rows = front(study, settings)
+    states = [t.state.name for t in study.trials]
+    if rows:
+        cols = ["trial", "pareto", "metric", "test_metric", "params", "macs", "lam", "lr",
+                "density"] + (["lam_edge"] if "lam_edge" in rows[0] else []) + \
+               ["graph_hash", "run_dir"]
+        lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
+        atomic_write_text(out / "pareto.csv", "\n".join(lines) + "\n")
+        plot_front(rows, out / "pareto.png", settings.size)
+        for r in rows:
+            if r["pareto"]:
+                _render_trial(Path(r["run_dir"]))
+    md = [f"# Study `{study.study_name}`", "",
+          f"{len(states)} trials: " + ", ".join(f"{states.count(s)} {s.lower()}"
+                                                for s in sorted(set(states))), "",
+          f"| trial | pareto | val metric | test metric | {settings.size} | lam | lr | density |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['trial']} | {'**yes**' if r['pareto'] else ''} | {r['metric']:.2f} | "
+           f"{r['test_metric']:.2f} | {r[settings.size]:,} | {r['lam']:.3g} | {r['lr']:.3g} | "
+           f"{r['density']:.3g} |" for r in rows]
+    text = "\n".join(md) + "\n"
+    atomic_write_text(out / "summary.md", text)
+    print(text)
+
+
+def plot_front(rows, path: Path, size: str):
+    from matplotlib.figure import Figure
+
+    from .io import atomic_write_bytes
+    import io
+
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.add_subplot()
+    dom = [r for r in rows if not r["pareto"]]
+    par = sorted((r for r in rows if r["pareto"]), key=lambda r: r[size])
+    ax.scatter([r[size] for r in dom], [r["metric"] for r in dom], alpha=0.3, color="grey",
+               label="dominated")
+    ax.step([r[size] for r in par], [r["metric"] for r in par], where="post", color="C3")
+    ax.scatter([r[size] for r in par], [r["metric"] for r in par], color="C3", zorder=3,
+               label="Pareto front")
+    for r in par:
+        ax.annotate(str(r["trial"]), (r[size], r["metric"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"compact model {size}")
+    ax.set_ylabel("validation metric")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _render_trial(run_dir: Path):
+    from .render import RenderError, render_run
+    try:
+        render_run(run_dir, "svg")
+    except (RenderError, FileNotFoundError) as e:
+        print(f"tune: could not render {run_dir}: {e}")
+
+
+def pick(study, settings: TuneSettings, min_metric=None, max_params=None) -> dict:
+    """The Pareto trial for a trade-off: the smallest with metric >= ``min_metric``, or
+    the best with size <= ``max_params``, or (neither given) the best metric."""
+    par = [r for r in front(study, settings) if r["pareto"]]
+    if min_metric is not None:
+        ok = [r for r in par if r["metric"] >= min_metric]
+        key = lambda r: r[settings.size]  # noqa: E731
+        best = min(ok, key=key) if ok else None
+    else:
+        ok = [r for r in par if max_params is None or r[settings.size] <= max_params]
+        best = max(ok, key=lambda r: r["metric"]) if ok else None
+    if best is None:
+        raise ValueError(f"no Pareto trial meets min_metric={min_metric} / "
+                         f"max_params={max_params}; see pareto.csv for what the study found")
+    return best

@@ -1,0 +1,218 @@
+"""CPU latency of a supernet and its discovered (compact) model: eager PyTorch,
+TorchScript and onnxruntime, at batch 1 (latency) and 256 (throughput).
+
+    python experiments/bench_latency.py [--threads 1] [--run RUN_DIR]
+
+With ``--run`` it reads ``RUN/supernet.{safetensors,json}`` and ``RUN/compact.{...}``.
+By default it runs a synthetic demo: built-in supernets (mlp, convnet, skip_mlp,
+resnet18 at width 0.25 on 3x32x32) with half the units of every searchable node zeroed
+(and one random skip gate, where there are gates), shrunk by ``archdisc.extract``.
+
+Threads are pinned (torch.set_num_threads, onnxruntime intra_op_num_threads). Each case
+is warmed up, then timed >= 30 times at batch 1 and >= 10 times at batch 256; the table
+gives the median and p90 and the speedup ``supernet eager / compact X`` beside the
+MACs ratio (the ideal speedup). TorchScript and ONNX files come from ``archdisc.export``
+(so they are verified against the eager model before being timed). Results also go to
+``experiments/results/latency.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from archdisc import build_space, compile_graph, count_macs, count_params  # noqa: E402
+from archdisc.export import export, load  # noqa: E402
+from archdisc.io import atomic_write_json  # noqa: E402
+
+BACKENDS = ("eager", "torchscript", "onnx")
+BATCHES = {1: (10, 30), 256: (2, 10)}  # batch: (warm-up runs, timed runs)
+DEMO = {
+    "mlp": dict(),  # 784-200-80-10
+    "convnet": dict(),  # 2 conv 5x5 (64 ch) + 128 hidden, 1x28x28
+    "skip_mlp": dict(blocks=6, width=256, in_shape=(1, 16, 16)),
+    "resnet18": dict(width_mult=0.25, in_shape=(3, 32, 32)),
+}
+
+
+# ---------------------------------------------------------------------- models
+@torch.no_grad()
+def kill_half(net, seed=0):
+    """Zero the unit groups of a random half of every searchable node's units, and one
+    random candidate-edge gate: a stand-in for a trained, sparse supernet."""
+    from archdisc.groups import unit_members
+
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(net.named_parameters())
+    for node, names in unit_members(net).items():
+        units = params[names[0]].shape[0]
+        dead = torch.randperm(units, generator=gen)[: units // 2]
+        for name in names:
+            params[name][dead] = 0
+    gates = sorted(net.gates.keys())
+    if gates:
+        net.gates[gates[int(torch.randint(len(gates), (1,), generator=gen))]].zero_()
+    return net
+
+
+def demo_pair(name, options):
+    from archdisc.extract import extract
+
+    torch.manual_seed(0)
+    supernet = compile_graph(build_space(name, **options))
+    for m in supernet.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    supernet = kill_half(supernet).eval()
+    _, compact = extract(supernet)
+    return supernet, compact.eval()
+
+
+def run_pair(run_dir):
+    run = Path(run_dir)
+    return load(run / "supernet"), load(run / "compact")
+
+
+# ---------------------------------------------------------------------- timing
+def timings(fn, x, warmup, runs):
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    times = np.array(times) * 1e3
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def backends(net, threads, workdir):
+    """backend name -> callable(x) for ``net``, the exported files verified first."""
+    import onnxruntime as ort
+
+    paths = export(net, None, workdir, formats=("torchscript", "onnx"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+        ts = torch.jit.load(str(paths["torchscript"]))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(paths["onnx"]), opts, providers=["CPUExecutionProvider"])
+    in_name = sess.get_inputs()[0].name
+
+    def eager(x):
+        with torch.inference_mode():
+            return net(x)
+
+    def script(x):
+        with torch.inference_mode():
+            return ts(x)
+
+    def onnx(x):
+        return sess.run(None, {in_name: x.numpy()})
+
+    return {"eager": eager, "torchscript": script, "onnx": onnx}
+
+
+def bench(name, supernet, compact, threads):
+    graph = supernet.graph
+    shape = graph.nodes[graph.input_nodes()[0]]["shape"]
+    macs = {"supernet": count_macs(supernet.graph), "compact": count_macs(compact.graph)}
+    params = {"supernet": count_params(supernet.graph), "compact": count_params(compact.graph)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = {v: backends(net, threads, Path(tmp) / v)
+               for v, net in (("supernet", supernet), ("compact", compact))}
+        for batch, (warmup, runs) in BATCHES.items():
+            x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+            for variant in ("supernet", "compact"):
+                for backend in BACKENDS:
+                    med, p90 = timings(fns[variant][backend], x, warmup, runs)
+                    rows.append({"variant": variant, "backend": backend, "batch": batch,
+                                 "median_ms": med, "p90_ms": p90, "runs": runs})
+    return {"name": name, "macs": macs, "params": params,
+            "macs_ratio": macs["supernet"] / max(macs["compact"], 1), "results": rows}
+
+
+# ---------------------------------------------------------------------- report
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table(models) -> str:
+    head = ("| model | batch | backend | supernet ms (p90) | compact ms (p90) | "
+            "speedup vs supernet eager | same-backend speedup | MACs ratio (ideal) |")
+    lines = [head, "|" + "---|" * 8]
+    for m in models:
+        r = {(x["variant"], x["backend"], x["batch"]): x for x in m["results"]}
+        for batch in BATCHES:
+            base = r["supernet", "eager", batch]["median_ms"]
+            for backend in BACKENDS:
+                s, c = r["supernet", backend, batch], r["compact", backend, batch]
+                lines.append(
+                    f"| {m['name']} | {batch} | {backend} | {s['median_ms']:.3f} "
+                    f"({s['p90_ms']:.3f}) | {c['median_ms']:.3f} ({c['p90_ms']:.3f}) | "
+                    f"{base / c['median_ms']:.2f}x | {s['median_ms'] / c['median_ms']:.2f}x | "
+                    f"{m['macs_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    ap.add_argument("--run", help="a run folder (RUN/supernet.*, RUN/compact.*); "
+                                  "default: the synthetic demo")
+    ap.add_argument("--models", nargs="+", choices=sorted(DEMO), default=list(DEMO),
+                    help="demo models to time")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    t0 = time.perf_counter()
+    if args.run:
+        pairs = [(Path(args.run).name, *run_pair(args.run))]
+    else:
+        pairs = [(n, *demo_pair(n, DEMO[n])) for n in args.models]
+    models = []
+    for name, sup, comp in pairs:
+        models.append(bench(name, sup, comp, args.threads))
+        print(f"{name}: {models[-1]['params']['supernet']:,} -> "
+              f"{models[-1]['params']['compact']:,} params, MACs ratio "
+              f"{models[-1]['macs_ratio']:.2f}", flush=True)
+
+    import onnxruntime
+
+    info = {"threads": args.threads, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
+            "cpu": cpu_name(), "cores": os.cpu_count(),
+            "source": args.run or "synthetic demo (half the units zeroed, extract)",
+            "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"\nthreads={args.threads}, torch {torch.__version__}, onnxruntime "
+          f"{onnxruntime.__version__}; median (p90) over {BATCHES[1][1]} runs at batch 1, "
+          f"{BATCHES[256][1]} at batch 256\n")
+    print(table(models))
+    atomic_write_json(args.out, {**info, "models": models})
+    print(f"\nwritten {args.out} ({info['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
