@@ -12,7 +12,21 @@ from torch import nn
 
 from .graph import ArchGraph
 
-_ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+class ReLU(nn.Module):
+    """ReLU whose gradient at exactly 0 is 1 (a valid subgradient; forward unchanged).
+
+    A dead unit (zero weights and bias) sits at exactly 0: with PyTorch's choice of
+    0 there, it would never see a gradient, and the inverse scale space could never
+    switch it on. Passing the gradient at 0 lets Bregman iterations grow units from zero.
+    """
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return torch.where(x >= 0, x, torch.zeros_like(x))
+        return torch.relu(x)
+
+
+_ACT = {"relu": ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
         "identity": nn.Identity}
 
 

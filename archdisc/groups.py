@@ -1,9 +1,11 @@
 """Structural groups derived from the graph: what the regularizer sees.
 
 * A **unit group** of a searchable ``linear`` / ``conv2d`` node is everything that
-  produces unit *i*: row / filter *i* of the weight, bias entry *i*, and entry *i* of the
-  affine parameters of a ``batchnorm2d`` that reads only this node. When the whole group
-  is zero the unit outputs exactly zero (zero-invariant).
+  produces unit *i*: row / filter *i* of the weight, bias entry *i*, and the shift
+  (bias) entry *i* of a ``batchnorm2d`` that reads only this node. When the whole group
+  is zero the unit outputs exactly zero in training (zero-invariant). The BatchNorm
+  scale stays outside the group: at 1 it lets a zero filter still receive gradient
+  through the normalisation, so Bregman iterations can switch the channel on.
 * An **edge group** is the gate of a candidate edge.
 
 :func:`param_groups` turns these into optimizer param groups, each carrying its
@@ -33,7 +35,7 @@ def unit_members(net: ArchNet) -> dict[str, list[str]]:
         succ = list(g.successors(n))
         if len(succ) == 1 and g.nodes[succ[0]]["op"] == "batchnorm2d" \
                 and not g.edges[n, succ[0]]["gate"]:
-            names += [f"layers.{succ[0]}.weight", f"layers.{succ[0]}.bias"]
+            names.append(f"layers.{succ[0]}.bias")
         members[n] = names
     return members
 
@@ -100,9 +102,8 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
         if f"layers.{n}.bias" in params:
             bias_init_(params[f"layers.{n}.bias"], fan_in, r=bias_r, generator=gen, mask=alive)
         bn = [p for p in names[1:] if not p.startswith(f"layers.{n}.")]
-        if bn:
-            params[bn[0]].copy_(alive.to(w.dtype))
-            params[bn[1]].zero_()
+        if bn:  # BatchNorm shift 0 (scale stays 1): a dead channel outputs exactly 0
+            params[bn[0]].zero_()
     for k, p in params.items():
         if k.startswith("gates."):
             p.fill_(gate_init)

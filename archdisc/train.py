@@ -1,0 +1,622 @@
+"""Training: the run config, the training loop, checkpoints, resume, and ``discover``.
+
+``run_discover(config, out)`` is the whole job: build the supernet from a search space,
+sparse-initialise it, train it with a Bregman optimizer and group regularizers, extract
+the architecture that survived, evaluate both models on the test split and write the run
+folder ``out``::
+
+    config.toml              the fully resolved Config (re-runnable: --config out/config.toml)
+    metrics.jsonl            one JSON line per epoch
+    checkpoint.safetensors   model + optimizer state + RNG state, rewritten atomically
+                             every epoch (JSON metadata: epoch, config hash, metrics)
+    supernet.safetensors/.json   trained supernet: weights + its ArchGraph
+    compact.safetensors/.json    discovered model: weights + its (smaller) ArchGraph
+    report.json, report.md   test metrics, sizes, widths, surviving edges, wall time
+
+Nothing is pickled: weights and optimizer state are safetensors, everything else JSON or
+TOML. Resuming is bit-identical to an uninterrupted run on the CPU: each epoch's data
+order is drawn from ``(seed, epoch)`` alone, and the checkpoint holds everything else
+(weights, BatchNorm buffers, optimizer state, torch RNG state).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+import math
+import sys
+import time
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .compile import ArchNet
+from .graph import ArchGraph, GraphError
+from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+
+__all__ = ["Config", "ConfigError", "TrainingError", "RunError", "load_config",
+           "run_discover", "train", "save_model", "load"]
+
+OPTIMIZERS = ("adabreg", "linbreg", "proxsgd", "sgd", "adam")
+CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "group_mode": ("unit", "kernel", "element"),
+    "lr_schedule": ("constant", "cosine"),
+    "device": ("auto", "cpu", "cuda"),
+    "task": ("classification", "denoising"),
+}
+CHECKPOINT = "checkpoint.safetensors"
+ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
+             "supernet.json", "compact.safetensors", "compact.json", "report.json",
+             "report.md")
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the field and what is allowed."""
+
+
+class RunError(RuntimeError):
+    """The run folder cannot be used as asked (another run is there, nothing to resume)."""
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (NaN / inf loss); the last good checkpoint is kept."""
+
+
+# ====================================================================== config
+@dataclass
+class Config:
+    """Everything that defines a discover run. ``None`` means "not set"."""
+    space: str = "mlp"                 # a built-in search space (``archdisc spaces``)
+    space_options: dict = field(default_factory=dict)  # keyword arguments of the space
+    data: str = "fashion-mnist"        # a dataset name of archdisc.data
+    data_root: str | None = None       # folder with the dataset files
+    data_options: dict = field(default_factory=dict)   # e.g. teacher_widths for "teacher"
+    task: str = "classification"       # or "denoising"
+    limit: int | None = None           # cap the training set (val/test get limit // 5)
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adabreg"         # adabreg | linbreg | proxsgd | sgd | adam
+    lr: float = 1e-3
+    lam: float = 0.05                  # regularization strength of unit / kernel / element groups
+    lam_edge: float | None = None      # strength on candidate-edge gates (None: lam)
+    group_mode: str = "unit"           # unit | kernel | element
+    delta: float = 1.0                 # Bregman / prox step scale (adabreg, linbreg)
+    momentum: float = 0.9              # linbreg, proxsgd, sgd (adam / adabreg use betas)
+    density: float = 0.2               # initial fraction of alive units (kernels, elements)
+    lr_schedule: str = "constant"      # constant | cosine
+    device: str = "auto"               # auto | cpu | cuda
+    finetune: int = 0                  # epochs of plain Adam on the compact model afterwards
+    finetune_lr: float = 1e-4          # its learning rate
+    noise_sigma: float = 0.3           # denoising noise level
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Check names and types of ``d`` (e.g. read from TOML) and build a Config."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a table of settings, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown config key {key!r}{hint}; allowed keys: "
+                                  f"{', '.join(names)}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _check_type(k, v, hints[k]) for k, v in d.items()}
+        return cls(**values).validate()
+
+    def validate(self) -> "Config":
+        """Check every value; raise ConfigError naming the field and what is allowed."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), hints[f.name]))
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config field {name!r}: {getattr(self, name)!r} is not "
+                                  f"allowed; choose one of {', '.join(allowed)}")
+        from search_spaces import SPACES
+        if self.space not in SPACES:
+            raise ConfigError(f"config field 'space': unknown search space {self.space!r}; "
+                              f"available: {', '.join(SPACES)}")
+        from .data import available_datasets
+        known = available_datasets()
+        if _dataset_key(self.data) not in {_dataset_key(k) for k in known}:
+            raise ConfigError(f"config field 'data': unknown dataset {self.data!r}; "
+                              f"available: {', '.join(known)}")
+        _require(self.epochs >= 1, "epochs", "an integer >= 1")
+        _require(self.batch_size >= 1, "batch_size", "an integer >= 1")
+        _require(self.limit is None or self.limit >= 1, "limit", "an integer >= 1 (or unset)")
+        _require(self.finetune >= 0, "finetune", "an integer >= 0")
+        for name in ("lr", "delta", "finetune_lr"):
+            _require(0 < getattr(self, name) < math.inf, name, "a finite number > 0")
+        for name in ("lam", "lam_edge", "noise_sigma"):
+            v = getattr(self, name)
+            _require(v is None or 0 <= v < math.inf, name, "a finite number >= 0")
+        _require(0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
+        _require(0 < self.density <= 1, "density", "a number in (0, 1]")
+        return self
+
+    # ---------------------------------------------------------------- output
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A short digest of every field: runs with the same hash are the same run."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        lines = ["# archdisc discover config (fully resolved); rerun with --config FILE", ""]
+        tables = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                tables.append(f.name)
+            elif v is None:
+                lines.append(f"# {f.name}: not set")
+            else:
+                lines.append(f"{f.name} = {_toml_value(v)}")
+        for name in tables:
+            lines += ["", f"[{name}]"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in getattr(self, name).items()]
+        return "\n".join(lines) + "\n"
+
+
+def load_config(path=None, overrides: dict | None = None) -> Config:
+    """Read a TOML config file (optional) and apply ``overrides`` (field -> value).
+
+    ``space_options`` / ``data_options`` overrides are merged into the file's tables.
+    """
+    d = read_toml(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        if key in ("space_options", "data_options") and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return Config.from_dict(d)
+
+
+def read_toml(path) -> dict:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def _require(ok, name, what):
+    if not ok:
+        raise ConfigError(f"config field {name!r}: must be {what}")
+
+
+def _dataset_key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def _check_type(name, value, typ):
+    """``value`` converted to ``typ`` (int -> float allowed), or a ConfigError."""
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        typ = next(a for a in args if a is not type(None))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is dict and isinstance(value, dict):
+        try:  # plain JSON / TOML data only (tuples become lists)
+            return json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field {name!r}: values must be numbers, strings, "
+                              f"booleans, lists or tables, got {value!r}") from None
+    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+        want = {int: "an integer", float: "a number", str: "a string",
+                dict: "a table (key = value pairs)"}[typ]
+        raise ConfigError(f"config field {name!r}: expected {want}, got {value!r} "
+                          f"({type(value).__name__})")
+    return value
+
+
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if v != v else "inf" if v > 0 else "-inf")
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise ConfigError(f"cannot write {v!r} to TOML")
+
+
+# ====================================================================== parts
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config field 'device': 'cuda' asked for but no CUDA device is "
+                          "available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def load_dataset(config: Config):
+    from .data import load_data
+    try:
+        return load_data(config.data, root=config.data_root, task=config.task,
+                         seed=config.seed, noise_sigma=config.noise_sigma, limit=config.limit,
+                         **config.data_options)
+    except TypeError as e:
+        raise ConfigError(f"config field 'data_options': {e}") from None
+
+
+def build_supernet(config: Config, data) -> ArchGraph:
+    """The search space's graph; ``in_shape`` / ``classes`` / ``task`` default to the data's."""
+    from search_spaces import SPACES, build_space
+    accepted = inspect.signature(SPACES[config.space][0]).parameters
+    opts = dict(config.space_options)
+    fill = {"in_shape": list(data.in_shape), "task": data.task}
+    if data.task == "classification":
+        fill["classes"] = data.out_dim
+    for key, value in fill.items():
+        if key in accepted and key not in opts:
+            opts[key] = value
+    try:
+        graph = build_space(config.space, **opts)
+    except GraphError as e:
+        raise ConfigError(f"config field 'space_options': {e}") from None
+    shapes = graph.shapes()
+    x_shape = tuple(shapes[graph.input_nodes()[0]])
+    out_numel = math.prod(shapes[graph.output_nodes()[0]])
+    want = data.out_dim if data.task == "classification" else math.prod(data.in_shape)
+    if x_shape != tuple(data.in_shape) or out_numel != want:
+        raise ConfigError(
+            f"config field 'space_options': search space {config.space!r} maps {list(x_shape)} "
+            f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
+            f"{list(data.in_shape)} -> {want}; adjust the space options")
+    return graph
+
+
+def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
+    from . import optim
+    from .groups import param_groups
+    c = config
+    if c.optimizer in ("sgd", "adam"):  # dense baselines: no regularizer
+        params = list(net.parameters())
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
+        return torch.optim.Adam(params, lr=c.lr)
+    groups = param_groups(net, lam=c.lam, lam_edge=c.lam_edge, mode=c.group_mode)
+    if c.optimizer == "adabreg":
+        return optim.AdaBreg(groups, lr=c.lr, delta=c.delta)
+    if c.optimizer == "linbreg":
+        return optim.LinBreg(groups, lr=c.lr, delta=c.delta, momentum=c.momentum)
+    return optim.ProxSGD(groups, lr=c.lr, momentum=c.momentum)
+
+
+def set_lr(opt, config: Config, epoch: int) -> float:
+    """The learning rate of (1-based) ``epoch``: constant, or cosine from lr to ~0."""
+    lr = config.lr
+    if config.lr_schedule == "cosine":
+        lr = config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def loss_fn(out, y, task):
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    return F.mse_loss(out.reshape(y.shape), y)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of ``epoch``: a function of (seed, epoch) only, so resume sees it too."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 63)
+    return torch.randperm(n, generator=gen)
+
+
+def train_epoch(net, opt, x, y, task, batch_size, order, bar=None) -> float:
+    """One pass over (x, y) in ``order``; returns the mean loss, raises on NaN / inf."""
+    net.train()
+    order = order.to(x.device)
+    total, count = 0.0, 0
+    for step, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start:start + batch_size]
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xb), yb, task)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became {value} at step {step + 1}")
+        loss.backward()
+        opt.step()
+        total += value * len(idx)
+        count += len(idx)
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    return total / count
+
+
+@torch.no_grad()
+def density(net) -> float:
+    nz = sum(int(p.count_nonzero()) for p in net.parameters())
+    return nz / max(1, sum(p.numel() for p in net.parameters()))
+
+
+def current_lam(opt) -> float | None:
+    for g in opt.param_groups:
+        if g.get("reg") is not None:
+            return g["reg"].lam
+    return None
+
+
+# ====================================================================== checkpoints
+def save_checkpoint(path, net, opt, meta: dict):
+    """Atomically write weights, buffers, optimizer and RNG state (safetensors, no pickle)."""
+    from .optim import optimizer_state_to_tensors
+    tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
+    opt_tensors, opt_meta = optimizer_state_to_tensors(opt)
+    tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    save_tensors(path, tensors, {**meta, "optim": opt_meta, "format": "archdisc-checkpoint"})
+
+
+def load_checkpoint(path, net, opt) -> dict:
+    """Restore what :func:`save_checkpoint` wrote into ``net`` and ``opt``; returns its meta."""
+    from .optim import optimizer_state_from_tensors
+    tensors, meta = load_tensors(path)
+    if not meta or meta.get("format") != "archdisc-checkpoint":
+        raise RunError(f"{path} is not an archdisc checkpoint")
+    device = next(net.parameters()).device
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_state_from_tensors(
+        opt, {k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
+        meta["optim"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    return meta
+
+
+# ====================================================================== models on disk
+def save_model(net: ArchNet, path):
+    """Write ``PATH.safetensors`` (state dict) and ``PATH.json`` (its ArchGraph)."""
+    from .export import save
+    return save(net, path)
+
+
+def load(path) -> ArchNet:
+    """The eval-mode ArchNet saved as ``PATH.safetensors`` + ``PATH.json`` (``path`` with
+    or without either suffix); no pickle involved."""
+    from .export import load as _load
+    return _load(path)
+
+
+# ====================================================================== the run
+def prepare_run(out, config: Config, resume=False, force=False) -> Path | None:
+    """Decide how to use the run folder ``out``; returns the checkpoint to resume from,
+    or None for a fresh start. Raises RunError when ``out`` holds something else."""
+    out = Path(out)
+    cfg_file, ckpt = out / "config.toml", out / CHECKPOINT
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {str(out)!r} is a file; give a folder")
+    if force or not out.exists():
+        return None
+    if cfg_file.exists():
+        try:
+            old = Config.from_dict(read_toml(cfg_file))
+        except ConfigError:
+            old = None
+        if old is None or old.hash() != config.hash():
+            diff = [] if old is None else [k for k, v in config.to_dict().items()
+                                            if old.to_dict()[k] != v]
+            what = f" (differs in: {', '.join(diff)})" if diff else ""
+            raise RunError(f"{out} holds another run{what}; choose another --out, or pass "
+                           f"--force to overwrite it")
+        if not resume:
+            raise RunError(f"{out} already holds this run; pass --resume to continue it, or "
+                           f"--force to start it over")
+        return ckpt if ckpt.exists() else None
+    if any(out.iterdir()):
+        raise RunError(f"{out} exists and is not an archdisc run; choose another --out, or "
+                       f"pass --force to write into it")
+    return None
+
+
+def train(config: Config, out, data=None, resume_from=None, progress=True,
+          on_epoch=None):
+    """Train the supernet of ``config`` in run folder ``out`` (checkpoint every epoch).
+
+    Returns ``(net, data, metrics, train_seconds)``. ``on_epoch(epoch, record, net)`` is
+    called after each epoch's checkpoint is on disk (it may raise to stop the run).
+    """
+    out = Path(out)
+    device = resolve_device(config.device)
+    data = data if data is not None else load_dataset(config)
+    graph = build_supernet(config, data)
+
+    from .groups import sparse_init
+    torch.manual_seed(config.seed)
+    net = sparse_init(ArchNet(graph), density=config.density, mode=config.group_mode,
+                      seed=config.seed).to(device)
+    opt = make_optimizer(net, config)
+    x, y = (t.to(device) for t in data.train.tensors)
+    steps = math.ceil(len(x) / config.batch_size)
+
+    metrics, start, seconds = [], 0, 0.0
+    if resume_from is not None:
+        meta = load_checkpoint(resume_from, net, opt)
+        if meta.get("config_hash") != config.hash():
+            raise RunError(f"{resume_from} belongs to another config; pass --force to restart")
+        metrics, start, seconds = meta["metrics"], meta["epoch"], meta["train_seconds"]
+    # metrics.jsonl always mirrors the checkpoint (a kill may have left one line more)
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+
+    from tqdm import tqdm
+    from .data import evaluate
+    from .groups import alive
+    show = progress and sys.stderr.isatty()
+    bar = tqdm(total=config.epochs * steps, initial=start * steps, disable=not show,
+               unit="batch", desc=f"discover {config.space}", file=sys.stderr, leave=False)
+    try:
+        for epoch in range(start + 1, config.epochs + 1):
+            t0 = time.perf_counter()
+            lr = set_lr(opt, config, epoch)
+            try:
+                loss = train_epoch(net, opt, x, y, data.task, config.batch_size,
+                                   epoch_order(config.seed, epoch, len(x)), bar)
+                if not all(torch.isfinite(p).all() for p in net.parameters()):
+                    raise TrainingError("parameters are not finite")
+            except TrainingError as e:
+                kept = (f"{out / CHECKPOINT} keeps epoch {metrics[-1]['epoch']}" if metrics
+                        else "no epoch finished, so there is no checkpoint")
+                raise TrainingError(f"training diverged in epoch {epoch}: {e}. Stopped; "
+                                    f"{kept}. Try a smaller lr (now {lr:g}).") from None
+            val = evaluate(net, data.val, data.metric, 1024, device)
+            a = alive(net)
+            seconds += time.perf_counter() - t0
+            record = {"epoch": epoch, "train_loss": loss, f"val_{data.metric}": val,
+                      "density": density(net), "alive": a["units"],
+                      "alive_edges": sum(a["edges"].values()), "lam": current_lam(opt),
+                      "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+            metrics.append(record)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_checkpoint(out / CHECKPOINT, net, opt,
+                            {"epoch": epoch, "config_hash": config.hash(), "metrics": metrics,
+                             "train_seconds": seconds})
+            if show:
+                units = " ".join(f"{k}={v}" for k, v in a["units"].items())
+                bar.write(f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  "
+                          f"val {data.metric} {val:.2f}  density {record['density']:.3f}  "
+                          f"alive {units}")
+            if on_epoch is not None:
+                on_epoch(epoch, record, net)
+    finally:
+        bar.close()
+    return net, data, metrics, seconds
+
+
+def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
+    """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model."""
+    opt = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
+    x, y = (t.to(device) for t in data.train.tensors)
+    return [train_epoch(net, opt, x, y, data.task, config.batch_size,
+                        epoch_order(config.seed + 1, e, len(x)))
+            for e in range(1, config.finetune + 1)]
+
+
+def run_discover(config: Config, out, resume=False, force=False, progress=True,
+                 on_epoch=None) -> dict:
+    """Train, extract, evaluate and write the run folder ``out``; returns the report.
+
+    An existing ``out`` that holds another run is refused unless ``force``; the same
+    run is continued from its last checkpoint with ``resume`` (see :func:`prepare_run`).
+    """
+    from .data import evaluate
+    from .extract import extract, extraction_report, format_report
+
+    config = config.validate()
+    out = Path(out)
+    t_start = time.perf_counter()
+    resume_from = prepare_run(out, config, resume=resume, force=force)
+    device = resolve_device(config.device)
+    data = load_dataset(config)
+    build_supernet(config, data)  # bad space options fail before the folder is touched
+    for name in ARTEFACTS:
+        if resume_from is None:  # fresh start: clear what an earlier run left
+            (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(f".{name}.*.tmp"):  # half-written by a killed run
+            tmp.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.toml", config.to_toml())
+
+    net, data, metrics, train_seconds = train(config, out, data, resume_from, progress,
+                                              on_epoch)
+    net.eval()
+    save_model(net, out / "supernet")
+    sample = data.val.tensors[0][:256].to(device)  # verify the extraction on real inputs
+    compact_graph, compact = extract(net, verify=True, inputs=sample)
+    compact = compact.to(device).eval()
+    test = {"supernet": evaluate(net, data.test, data.metric, 1024, device),
+            "compact": evaluate(compact, data.test, data.metric, 1024, device)}
+    if config.finetune:
+        finetune(compact, data, config, device)
+        compact.eval()
+        test["compact_extracted"] = test["compact"]
+        test["compact"] = evaluate(compact, data.test, data.metric, 1024, device)
+    save_model(compact, out / "compact")
+
+    report = extraction_report(net.graph, compact_graph)
+    report.update({
+        "metric": data.metric,
+        "test": test,
+        "val_last": metrics[-1][f"val_{data.metric}"] if metrics else None,
+        "data": {"name": data.name, "task": data.task, "in_shape": list(data.in_shape),
+                 "sizes": [len(data.train), len(data.val), len(data.test)],
+                 "meta": data.meta},
+        "config": config.to_dict(),
+        "config_hash": config.hash(),
+        "epochs": len(metrics),
+        "train_seconds": round(train_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - t_start, 2),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    })
+    report["headline"] = headline(report)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report, format_report))
+    return report
+
+
+def headline(report: dict) -> str:
+    test, metric = report["test"], report["metric"]
+    unit = "%" if metric == "accuracy" else " dB"
+    kept, total = report["params"]["compact"], report["params"]["supernet"]
+    tuned = ""
+    if "compact_extracted" in test:
+        tuned = f", fine-tuned {report['config']['finetune']} epochs"
+    return (f"compact model{tuned}: test {metric} {test['compact']:.2f}{unit} (supernet "
+            f"{test['supernet']:.2f}{unit}); parameters kept: {kept:,} of {total:,} "
+            f"({100 * kept / max(1, total):.1f}%)")
+
+
+def report_markdown(report: dict, format_report) -> str:
+    c = report["config"]
+    lines = [f"# archdisc discover: {c['space']} on {c['data']}", "",
+             report["headline"], "",
+             f"- optimizer {c['optimizer']}, lr {c['lr']:g}, lam {c['lam']:g}, "
+             f"group mode {c['group_mode']}, initial density {c['density']:g}, "
+             f"{report['epochs']} epochs, seed {c['seed']}",
+             f"- data: {report['data']['name']} ({report['data']['task']}), train/val/test "
+             f"{'/'.join(str(s) for s in report['data']['sizes'])}",
+             f"- wall time {report['wall_seconds']:.1f} s (training "
+             f"{report['train_seconds']:.1f} s) on {report['device']}"
+             + (f", {report['threads']} thread(s)" if report["device"] == "cpu" else ""), "",
+             "```", format_report(report), "```", ""]
+    return "\n".join(lines)

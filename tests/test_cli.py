@@ -1,0 +1,121 @@
+"""The ``archdisc`` command: spaces, discover, error handling and exit codes."""
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from archdisc.cli import _option_value, main
+
+SPACES = ["mlp", "skip_mlp", "convnet", "densenet", "resnet18"]
+TEACHER = ["--data", "teacher", "--space", "mlp", "--space-option", "widths=[20, 16, 16, 4]",
+           "--data-option", "n_train=500", "--data-option", "n_val=100",
+           "--data-option", "n_test=100", "--epochs", "2", "--lr", "0.01", "--quiet",
+           "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and far faster on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_spaces_lists_the_builtins(capsys):
+    assert main(["spaces"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == SPACES
+    assert all(len(line.split(None, 1)[1]) > 10 for line in lines)
+
+
+def test_console_script_spaces():
+    exe = Path(sys.executable).with_name("archdisc")
+    out = subprocess.run([str(exe), "spaces"], capture_output=True, text=True, check=True)
+    assert [line.split()[0] for line in out.stdout.splitlines()] == SPACES
+
+
+def test_discover_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", *TEACHER, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"outputs in {out}" in text
+    assert "compact model: test accuracy" in text and "parameters kept:" in text
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg["epochs"] == 2 and cfg["space_options"] == {"widths": [20, 16, 16, 4]}
+    assert cfg["data_options"] == {"n_train": 500, "n_val": 100, "n_test": 100}
+    report = json.loads((out / "report.json").read_text())
+    assert report["test"]["compact"] == report["test"]["supernet"]
+
+    # same run again: refused, exit 2, a one-line message without traceback
+    assert main(["discover", *TEACHER, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "Traceback" not in err
+    # --resume alone reads the run's config.toml
+    assert main(["discover", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert "parameters kept" in capsys.readouterr().out
+    # another config: refused without --force, accepted with it
+    assert main(["discover", *TEACHER, "--lam", "0.3", "--out", str(out)]) == 2
+    assert "differs in: lam" in capsys.readouterr().err
+    assert main(["discover", *TEACHER, "--lam", "0.3", "--out", str(out), "--force"]) == 0
+    assert tomllib.loads((out / "config.toml").read_text())["lam"] == 0.3
+
+
+def test_config_file_and_overrides(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('data = "teacher"\nepochs = 1\nlr = 0.01\ndevice = "cpu"\n'
+                   '[space_options]\nwidths = [20, 8, 4]\n'
+                   '[data_options]\nn_train = 200\nn_val = 50\nn_test = 50\n')
+    out = tmp_path / "run"
+    assert main(["discover", "--config", str(cfg), "--out", str(out), "--quiet",
+                 "--seed", "3", "--space-option", "act=tanh"]) == 0
+    resolved = tomllib.loads((out / "config.toml").read_text())
+    assert resolved["seed"] == 3 and resolved["epochs"] == 1
+    assert resolved["space_options"] == {"widths": [20, 8, 4], "act": "tanh"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "rmsprop"], "'optimizer': 'rmsprop' is not allowed; choose one of"),
+    (["--space", "transformer"], "unknown search space 'transformer'"),
+    (["--data", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--density", "0"], "'density': must be a number in (0, 1]"),
+    (["--data", "teacher"], "space_options"),
+    (["--space-option", "depth=3", "--data", "teacher"], "bad option"),
+])
+def test_config_errors_exit_2_with_a_clean_message(tmp_path, capsys, args, message):
+    assert main(["discover", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("archdisc discover: error:")
+
+
+def test_unknown_key_in_config_file(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text("epoch = 3\n")
+    assert main(["discover", "--config", str(tmp_path / "c.toml"), "--out",
+                 str(tmp_path / "run")]) == 2
+    assert "unknown config key 'epoch' (did you mean 'epochs'?)" in capsys.readouterr().err
+
+
+def test_divergence_exits_1(tmp_path, capsys):
+    args = ["--optimizer", "sgd", "--lr", "1e9", "--density", "1"]
+    assert main(["discover", *TEACHER, *args, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and "smaller lr" in err and "Traceback" not in err
+
+
+def test_bad_flag_value_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["discover", "--out", str(tmp_path), "--epochs", "x"])
+    assert e.value.code == 2
+    assert "--epochs: invalid int value" in capsys.readouterr().err
+
+
+def test_option_values_are_toml():
+    assert _option_value("widths=[1, 2]") == ("widths", [1, 2])
+    assert _option_value("act=relu") == ("act", "relu")
+    assert _option_value("width_mult=0.25") == ("width_mult", 0.25)
+    assert _option_value("bias=true") == ("bias", True)

@@ -1,0 +1,246 @@
+"""archdisc.train: config, training loop, checkpoints, resume and the discover pipeline.
+
+All runs use the synthetic ``teacher`` data (20 features, 4 classes) and a small ``mlp``
+space, so the whole file runs in well under a minute on 2 CPU cores.
+"""
+import json
+import math
+import tomllib
+
+import pytest
+import torch
+
+import archdisc
+from archdisc.io import load_tensors
+from archdisc.train import (CHECKPOINT, Config, ConfigError, RunError, TrainingError,
+                            load_config, run_discover)
+
+
+def small(**kw) -> Config:
+    base = dict(space="mlp", space_options={"widths": [20, 32, 32, 4]}, data="teacher",
+                data_options={"n_train": 1000, "n_val": 300, "n_test": 300}, epochs=3,
+                batch_size=50, lr=1e-2, lam=0.05, density=0.3, device="cpu")
+    return Config(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and far faster on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ARTEFACTS = ["config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
+             "supernet.json", "compact.safetensors", "compact.json", "report.json",
+             "report.md"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    report = run_discover(small(), out, progress=False)
+    return out, report
+
+
+# ---------------------------------------------------------------------- end to end
+def test_discover_writes_every_artefact(run):
+    out, report = run
+    for name in ARTEFACTS:
+        assert (out / name).is_file(), name
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    m = json.loads(lines[-1])
+    assert {"train_loss", "val_accuracy", "density", "alive", "alive_edges", "lam",
+            "seconds"} <= set(m)
+    assert set(m["alive"]) == {"fc1", "fc2"} and 0 < m["density"] < 1
+    assert json.loads((out / "report.json").read_text())["test"] == report["test"]
+    assert "parameters kept" in (out / "report.md").read_text()
+    assert Config.from_dict(tomllib.loads((out / "config.toml").read_text())) == small()
+
+
+def test_compact_model_equals_supernet(run):
+    out, report = run
+    assert report["test"]["compact"] == report["test"]["supernet"]
+    supernet, compact = archdisc.load(out / "supernet"), archdisc.load(out / "compact.json")
+    assert sum(p.numel() for p in compact.parameters()) < \
+        sum(p.numel() for p in supernet.parameters())
+    x = torch.randn(64, 20)
+    with torch.no_grad():
+        assert torch.allclose(compact(x), supernet(x), atol=1e-5)
+    assert report["params"]["compact"] < report["params"]["supernet"]
+
+
+def test_load_round_trip_equals_compact_outputs(run, tmp_path):
+    out, _ = run
+    net = archdisc.load(out / "compact.safetensors")
+    assert not net.training
+    tensors, _ = load_tensors(out / "compact.safetensors")
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, tensors[k])
+    from archdisc.train import save_model
+    save_model(net, tmp_path / "again")
+    again = archdisc.load(tmp_path / "again")
+    x = torch.randn(16, 20)
+    with torch.no_grad():
+        assert torch.equal(again(x), net(x))
+
+
+# ---------------------------------------------------------------------- resume
+def test_resume_after_interruption_is_bit_identical(tmp_path):
+    cfg = small(epochs=4, optimizer="adabreg", lr_schedule="cosine")
+    full = run_discover(cfg, tmp_path / "full", progress=False)
+
+    def stop_after_2(epoch, record, net):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_discover(cfg, tmp_path / "cut", progress=False, on_epoch=stop_after_2)
+    _, meta = load_tensors(tmp_path / "cut" / CHECKPOINT)
+    assert meta["epoch"] == 2
+    with pytest.raises(RunError, match="--resume"):
+        run_discover(cfg, tmp_path / "cut", progress=False)
+    resumed = run_discover(cfg, tmp_path / "cut", resume=True, progress=False)
+
+    for name in ("supernet.safetensors", "compact.safetensors", CHECKPOINT):
+        a, _ = load_tensors(tmp_path / "full" / name)
+        b, _ = load_tensors(tmp_path / "cut" / name)
+        assert a.keys() == b.keys(), name
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    strip = [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+             for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert strip == [{k: v for k, v in m.items() if k != "seconds"}
+                     for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl")
+                                  .read_text().splitlines())]
+    assert resumed["test"] == full["test"]
+
+
+def test_linbreg_resume_is_bit_identical(tmp_path):
+    cfg = small(epochs=2, optimizer="linbreg", lr=0.1)
+
+    def stop(epoch, record, net):
+        raise KeyboardInterrupt
+
+    run_discover(cfg, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_discover(cfg, tmp_path / "cut", progress=False, on_epoch=stop)
+    run_discover(cfg, tmp_path / "cut", resume=True, progress=False)
+    a, _ = load_tensors(tmp_path / "full" / "supernet.safetensors")
+    b, _ = load_tensors(tmp_path / "cut" / "supernet.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------- planted
+def test_planted_architecture_is_found(tmp_path):
+    """Teacher 20-8-4-4, supernet 20-64-64-4: the discovered widths are far below the
+    supernet's and the compact model is accurate (a dense Adam baseline: ~84%)."""
+    data = {"teacher_widths": [8, 4], "n_train": 4000, "n_val": 1000, "n_test": 1000}
+    cfg = small(space_options={"widths": [20, 64, 64, 4]}, data_options=data, epochs=12,
+                batch_size=64, lr=1e-2, lam=0.1, density=0.2)
+    report = run_discover(cfg, tmp_path / "run", progress=False)
+    widths = {n: report["units"][n]["alive"] for n in ("fc1", "fc2")}
+    assert all(1 <= w <= 24 for w in widths.values()), widths
+    assert report["test"]["compact"] >= 78.0, report["test"]
+    assert report["params"]["compact"] <= 0.15 * report["params"]["supernet"]
+
+
+# ---------------------------------------------------------------------- failures
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def poison(epoch, record, net):
+        if epoch == 2:
+            with torch.no_grad():
+                net.layers["fc3"].weight.fill_(float("nan"))
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"diverged in epoch 3.*keeps epoch 2"):
+        run_discover(small(epochs=4), out, progress=False, on_epoch=poison)
+    tensors, meta = load_tensors(out / CHECKPOINT)
+    assert meta["epoch"] == 2
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not (out / "report.json").exists()
+
+
+def test_huge_lr_diverges_with_a_clear_message(tmp_path):
+    with pytest.raises(TrainingError, match="lr"):
+        run_discover(small(epochs=2, optimizer="sgd", lr=1e9, density=1.0), tmp_path / "r",
+                     progress=False)
+
+
+def test_existing_run_with_another_config_is_refused(tmp_path, run):
+    out, _ = run
+    with pytest.raises(RunError, match=r"another run \(differs in: lam\).*--force"):
+        run_discover(small(lam=0.2), out, progress=False)
+    with pytest.raises(RunError, match="--resume"):
+        run_discover(small(), out, progress=False)
+    (tmp_path / "junk.txt").write_text("mine")
+    with pytest.raises(RunError, match="not an archdisc run"):
+        run_discover(small(), tmp_path, progress=False)
+    assert (tmp_path / "junk.txt").read_text() == "mine"
+
+
+def test_finetune_hook(tmp_path):
+    report = run_discover(small(epochs=1, finetune=1, finetune_lr=1e-3), tmp_path / "r",
+                          progress=False)
+    assert set(report["test"]) == {"supernet", "compact", "compact_extracted"}
+    assert report["test"]["compact_extracted"] == report["test"]["supernet"]
+    assert "fine-tuned 1 epochs" in report["headline"]
+    assert archdisc.load(tmp_path / "r" / "compact").graph.units() is not None
+
+
+def test_force_overwrites_another_run(tmp_path):
+    out = tmp_path / "run"
+    run_discover(small(epochs=1), out, progress=False)
+    run_discover(small(epochs=1, lam=0.2), out, force=True, progress=False)
+    assert Config.from_dict(tomllib.loads((out / "config.toml").read_text())).lam == 0.2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- config
+@pytest.mark.parametrize("d, message", [
+    ({"epoch": 3}, r"unknown config key 'epoch' \(did you mean 'epochs'\?\)"),
+    ({"epochs": "3"}, r"'epochs': expected an integer, got '3'"),
+    ({"epochs": 2.5}, r"'epochs': expected an integer"),
+    ({"lr": True}, r"'lr': expected a number"),
+    ({"space_options": 3}, r"'space_options': expected a table"),
+    ({"epochs": 0}, r"'epochs': must be an integer >= 1"),
+    ({"density": 1.5}, r"'density': must be a number in \(0, 1\]"),
+    ({"lr": -1}, r"'lr': must be a finite number > 0"),
+    ({"space": "transformer"}, r"unknown search space 'transformer'; available: mlp, "),
+    ({"data": "imagenet"}, r"unknown dataset 'imagenet'; available: .*fashion-mnist"),
+    ({"optimizer": "rmsprop"}, r"'optimizer': 'rmsprop' is not allowed; choose one of "
+                               r"adabreg, linbreg, proxsgd, sgd, adam"),
+    ({"group_mode": "row"}, r"'group_mode'.*unit, kernel, element"),
+])
+def test_bad_configs_name_the_field(d, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict(d)
+
+
+def test_bad_space_and_data_options(tmp_path):
+    with pytest.raises(ConfigError, match="space_options.*widths"):
+        run_discover(small(space_options={"widths": [10, 5, 4]}), tmp_path / "a",
+                     progress=False)
+    with pytest.raises(ConfigError, match="space_options.*bad option"):
+        run_discover(small(space_options={"depth": 3}), tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="data_options"):
+        run_discover(small(data_options={"colour": 1}), tmp_path / "c", progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_toml_round_trip_and_overrides(tmp_path):
+    cfg = small(lam_edge=0.5, space_options={"widths": [20, 8, 4], "act": "tanh"},
+                lr=3e-4)
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    again = load_config(path)
+    assert again == cfg and again.hash() == cfg.hash()
+    assert math.isclose(load_config(path, {"lr": 1}).lr, 1.0)
+    merged = load_config(path, {"space_options": {"act": "relu"}})
+    assert merged.space_options == {"widths": [20, 8, 4], "act": "relu"}
+    path.write_text("epochs = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
