@@ -563,19 +563,24 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
     sample = data.val.tensors[0][:256].to(device)  # verify the extraction on real inputs
     compact_graph, compact = extract(net, verify=True, inputs=sample)
     compact = compact.to(device).eval()
-    test = {"supernet": evaluate(net, data.test, data.metric, 1024, device),
-            "compact": evaluate(compact, data.test, data.metric, 1024, device)}
+    def scores(split):
+        return {"supernet": evaluate(net, split, data.metric, 1024, device),
+                "compact": evaluate(compact, split, data.metric, 1024, device)}
+
+    test, val = scores(data.test), scores(data.val)
     if config.finetune:
         finetune(compact, data, config, device)
         compact.eval()
-        test["compact_extracted"] = test["compact"]
+        test["compact_extracted"], val["compact_extracted"] = test["compact"], val["compact"]
         test["compact"] = evaluate(compact, data.test, data.metric, 1024, device)
+        val["compact"] = evaluate(compact, data.val, data.metric, 1024, device)
     save_model(compact, out / "compact")
 
     report = extraction_report(net.graph, compact_graph)
     report.update({
         "metric": data.metric,
         "test": test,
+        "val": val,
         "val_last": metrics[-1][f"val_{data.metric}"] if metrics else None,
         "data": {"name": data.name, "task": data.task, "in_shape": list(data.in_shape),
                  "sizes": [len(data.train), len(data.val), len(data.test)],
