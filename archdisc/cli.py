@@ -2,6 +2,9 @@
 
     archdisc spaces                                  list the built-in search spaces
     archdisc discover --space mlp --data fashion-mnist --out runs/demo [options]
+    archdisc render RUN [--format svg|png|pdf] [--supernet]
+    archdisc export RUN [--format safetensors|torchscript|onnx|all]
+    archdisc tune --space mlp --data fashion-mnist --trials 20 --out study [options]
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser
 and sets ``func``; :func:`main` parses, calls ``func`` and turns the known errors into
@@ -44,7 +47,6 @@ def _option_value(text: str):
 
 
 def _add_discover(sub):
-    from .train import CHOICES, Config
     p = sub.add_parser(
         "discover", help="train a supernet, extract the discovered architecture",
         description="Train the supernet of a search space with sparse Bregman iterations, "
@@ -53,12 +55,19 @@ def _add_discover(sub):
         epilog="Settings come from the defaults, then --config FILE.toml (or, with --resume "
                "and no --config, OUT/config.toml), then the options given here.")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--config", type=Path, help="TOML file with config fields")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true",
                    help="overwrite the run in --out even if its config differs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_options(p)
+    p.set_defaults(func=_discover)
+
+
+def _add_config_options(p):
+    """--config FILE, --threads, --space-option, --data-option and one flag per field."""
+    from .train import CHOICES, Config
+    p.add_argument("--config", type=Path, help="TOML file with config fields")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice); 1 is often fastest "
                         "for small models on a busy machine. Resume with the same N for "
@@ -79,31 +88,136 @@ def _add_discover(sub):
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ,
                        default=argparse.SUPPRESS, metavar=f.name.upper(),
                        help=f"{allowed}(default: {default})")
-    p.set_defaults(func=_discover)
 
 
-def _discover(args) -> int:
-    from .train import Config, ConfigError, load_config, run_discover
+def _config_from_args(args, path=None):
+    from .train import Config, ConfigError, load_config
     names = {f.name for f in dataclasses.fields(Config)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
     if args.space_option:
         overrides["space_options"] = dict(args.space_option)
     if args.data_option:
         overrides["data_options"] = dict(args.data_option)
-    path = args.config
-    if path is None and args.resume and (args.out / "config.toml").exists():
-        path = args.out / "config.toml"
-    config = load_config(path, overrides)
+    config = load_config(path or args.config, overrides)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads: must be an integer >= 1")
         import torch
         torch.set_num_threads(args.threads)
+    return config
+
+
+def _discover(args) -> int:
+    from .render import RenderError, render_run
+    from .train import run_discover
+    path = None
+    if args.config is None and args.resume and (args.out / "config.toml").exists():
+        path = args.out / "config.toml"
+    config = _config_from_args(args, path)
     report = run_discover(config, args.out, resume=args.resume, force=args.force,
                           progress=not args.quiet)
+    try:
+        render_run(args.out, "svg")
+        pictures = ", compact.svg (the discovered graph), growth.png"
+    except RenderError as e:
+        pictures = ""
+        print(f"archdisc discover: no picture: {e}", file=sys.stderr)
     print(f"outputs in {args.out}/: compact.safetensors + compact.json (discovered model), "
-          f"report.md, report.json, metrics.jsonl, config.toml")
+          f"report.md, report.json, metrics.jsonl, config.toml{pictures}")
     print(report["headline"])
+    return 0
+
+
+# ---------------------------------------------------------------------- render, export
+def _add_render(sub):
+    from .render import FORMATS
+    p = sub.add_parser("render", help="draw the discovered architecture and its growth",
+                       description="Draw RUN's discovered graph with Graphviz (and the "
+                                   "Graphviz source .gv), and the growth plot growth.png.")
+    p.add_argument("run", type=Path, help="a discover run folder")
+    p.add_argument("--format", choices=FORMATS, default="svg")
+    p.add_argument("--supernet", action="store_true",
+                   help="also draw the whole supernet, dead units, nodes and edges greyed")
+    p.set_defaults(func=_render)
+
+
+def _render(args) -> int:
+    from .render import render_run
+    for path in render_run(args.run, args.format, args.supernet):
+        print(path)
+    return 0
+
+
+def _add_export(sub):
+    from .export import FORMATS
+    p = sub.add_parser("export", help="export the compact model for deployment",
+                       description="Export RUN's compact model (dynamic batch size) into "
+                                   "RUN/export/; every file is checked against the PyTorch "
+                                   "model before it is reported.")
+    p.add_argument("run", type=Path, help="a discover run folder")
+    p.add_argument("--format", choices=(*FORMATS, "all"), default="all")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from .export import FORMATS, export_run
+    formats = FORMATS if args.format == "all" else (args.format,)
+    for fmt, path in export_run(args.run, formats).items():
+        print(f"{fmt:<12} {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- tune
+def _add_tune(sub):
+    from .tune import MODES, SIZES
+    p = sub.add_parser(
+        "tune", help="Optuna search of lam against size: the Pareto front",
+        description="Run --trials discover runs with lam (log scale), lr, initial density "
+                    "(and the edge lam where the space has gates) chosen by Optuna; keep "
+                    "the Pareto front of validation metric versus compact size. Re-running "
+                    "the same command adds trials to the same study.",
+        epilog="Several machines can join one study through a database URL, e.g. "
+               "--storage postgresql://user:pw@host/db --study NAME on each machine.")
+    p.add_argument("--out", required=True, type=Path, help="study folder")
+    p.add_argument("--trials", type=int, default=8, help="trials to add (default 8)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel local processes (a journal file replaces SQLite)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite file in --out)")
+    p.add_argument("--study", help="study name (default: archdisc-SPACE-DATA)")
+    p.add_argument("--mode", choices=MODES, default="pareto",
+                   help="pareto: two objectives; scalar: metric - weight * size%% with a "
+                        "median pruner")
+    p.add_argument("--size", choices=SIZES, default="params", help="size objective")
+    p.add_argument("--lam-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   default=(1e-3, 1.0), help="lam search range, log scale (default 1e-3 1)")
+    p.add_argument("--no-abort", action="store_true",
+                   help="pareto mode: never stop hopeless trials early")
+    p.add_argument("--export-best", action="store_true",
+                   help="do not search: export the chosen Pareto trial of the study in --out")
+    p.add_argument("--min-metric", type=float, help="with --export-best: smallest model "
+                                                    "with validation metric >= X")
+    p.add_argument("--max-params", type=float, help="with --export-best: best model with "
+                                                    "size <= P")
+    _add_config_options(p)
+    p.set_defaults(func=_tune)
+
+
+def _tune(args) -> int:
+    from .tune import TuneSettings, export_best, tune
+    settings = TuneSettings(trials=args.trials, mode=args.mode, size=args.size,
+                            lam_range=tuple(args.lam_range), abort=not args.no_abort)
+    if args.export_best:
+        trial, paths = export_best(args.out, settings, args.storage, args.study,
+                                   args.min_metric, args.max_params)
+        print(f"trial {trial['trial']}: validation metric {trial['metric']:.2f}, "
+              f"{trial['params']:,} params")
+        for fmt, path in paths.items():
+            print(f"{fmt:<12} {path}")
+        return 0
+    config = _config_from_args(args)
+    tune(config, args.out, settings, storage=args.storage, study_name=args.study,
+         workers=args.workers)
+    print(f"outputs in {args.out}/: pareto.csv, pareto.png, summary.md, trials/")
     return 0
 
 
@@ -113,19 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="archdisc", description="Neural architecture discovery with sparse Bregman "
                                      "iterations.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_spaces, _add_discover):
+    for add in (_add_spaces, _add_discover, _add_render, _add_export, _add_tune):
         add(sub)
     return parser
 
 
 def main(argv=None) -> int:
     from .data import DataError
+    from .export import ExportError
     from .graph import GraphError
+    from .render import RenderError
     from .train import ConfigError, RunError, TrainingError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RunError, DataError, GraphError) as e:
+    except (ConfigError, RunError, DataError, GraphError, RenderError, ExportError,
+            FileNotFoundError) as e:
         print(f"archdisc {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:

@@ -28,7 +28,7 @@ from pathlib import Path
 import optuna
 
 from .io import atomic_write_text
-from .train import Config, run_discover
+from .train import Config, ConfigError, run_discover
 
 SIZES = ("params", "macs")
 MODES = ("pareto", "scalar")
@@ -48,15 +48,15 @@ class TuneSettings:
 
     def validate(self):
         if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
+            raise ConfigError(f"trials: must be >= 1, got {self.trials}")
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r}: choose one of {MODES}")
+            raise ConfigError(f"mode {self.mode!r}: choose one of {MODES}")
         if self.size not in SIZES:
-            raise ValueError(f"size {self.size!r}: choose one of {SIZES}")
+            raise ConfigError(f"size {self.size!r}: choose one of {SIZES}")
         lo, hi = self.lam_range
         if not 0 < lo < hi or hi / lo < 100:
-            raise ValueError(f"lam_range {self.lam_range}: need 0 < lo < hi spanning at least "
-                             "two decades (hi / lo >= 100)")
+            raise ConfigError(f"lam_range {list(self.lam_range)}: need 0 < lo < hi spanning "
+                              "at least two decades (hi / lo >= 100)")
         return self
 
 
@@ -65,7 +65,7 @@ def storage_url(out: Path, storage: str | None, workers: int):
     if storage:
         return storage
     out.mkdir(parents=True, exist_ok=True)
-    if workers > 1:
+    if workers > 1 or (out / "study.journal").exists():
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
         return JournalStorage(JournalFileBackend(str(out / "study.journal")))
@@ -167,7 +167,7 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
     settings.validate()
     base = base.validate()
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers: must be >= 1, got {workers}")
     if settings.abort_margin is None:
         settings.abort_margin = 5.0 if base.task == "classification" else 1.0
     out = Path(out)
@@ -177,7 +177,6 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
         if settings.mode == "scalar" else None
     study = optuna.create_study(study_name=study_name, directions=directions, pruner=pruner,
                                 storage=storage_url(out, storage, workers), load_if_exists=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     has_gates = space_has_gates(base)
     if workers == 1:
         study.optimize(make_objective(base, out, settings, has_gates), n_trials=settings.trials,
@@ -290,6 +289,23 @@ def pick(study, settings: TuneSettings, min_metric=None, max_params=None) -> dic
         ok = [r for r in par if max_params is None or r[settings.size] <= max_params]
         best = max(ok, key=lambda r: r["metric"]) if ok else None
     if best is None:
-        raise ValueError(f"no Pareto trial meets min_metric={min_metric} / "
+        raise ConfigError(f"no Pareto trial meets min_metric={min_metric} / "
                          f"max_params={max_params}; see pareto.csv for what the study found")
     return best
+
+
+def export_best(out, settings: TuneSettings, storage=None, study_name=None,
+                min_metric=None, max_params=None):
+    """Export the Pareto trial chosen by :func:`pick` like ``archdisc export``."""
+    from .export import export_run
+    out = Path(out)
+    if storage is None and not (out / "study.db").exists() and \
+            not (out / "study.journal").exists():
+        raise ConfigError(f"--out {out}: no study here (no study.db or study.journal)")
+    url = storage_url(out, storage, 1)
+    names = optuna.get_all_study_names(url)
+    if study_name is None and len(names) != 1:
+        raise ConfigError(f"--study: the storage holds {len(names)} studies {names}; name one")
+    study = optuna.load_study(study_name=study_name or names[0], storage=url)
+    best = pick(study, settings, min_metric, max_params)
+    return best, export_run(Path(best["run_dir"]))

@@ -1,0 +1,118 @@
+import csv
+
+import optuna
+import pytest
+import torch
+
+from archdisc import tune as tune_mod
+from archdisc.cli import main
+from archdisc.train import Config, ConfigError
+from archdisc.tune import SizeAwareAbort, TuneSettings, export_best, storage_url, tune
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def base(**kw):
+    return Config(**{**dict(space="mlp", space_options={"widths": [20, 32, 32, 4]},
+                            data="teacher", data_options={"n_train": 600, "n_val": 200,
+                                                          "n_test": 200},
+                            epochs=2, batch_size=50, lr=1e-2, device="cpu"), **kw})
+
+
+def read_front(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_parallel_study_writes_every_output_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    study = tune(base(), out, TuneSettings(trials=4, abort=False), workers=2)
+    for name in ("pareto.csv", "pareto.png", "summary.md", "study.journal"):
+        assert (out / name).is_file(), name
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4
+    for t in done:
+        assert {"params", "macs", "metric", "graph_hash", "run_dir"} <= set(t.user_attrs)
+        assert 1e-3 <= t.params["lam"] <= 1.0
+        assert t.values[1] == t.user_attrs["params"]
+    rows = read_front(out / "pareto.csv")
+    pareto = [r for r in rows if r["pareto"] == "True"]
+    assert pareto and len(rows) == 4
+    # the Pareto set is exactly the non-dominated trials, checked independently
+    pts = [(float(r["metric"]), int(r["params"])) for r in rows]
+    for r, (m, p) in zip(rows, pts):
+        dominated = any(m2 >= m and p2 <= p and (m2, p2) != (m, p) for m2, p2 in pts)
+        assert (r["pareto"] == "True") == (not dominated)
+    for r in pareto:  # renders of the Pareto-optimal architectures
+        assert (tmp_path / r["run_dir"]).joinpath("compact.svg").is_file()
+    # re-running adds trials to the same study, which plain Optuna can open
+    tune(base(), out, TuneSettings(trials=1), workers=1)
+    loaded = optuna.load_study(study_name="archdisc-mlp-teacher",
+                               storage=storage_url(out, None, 1))
+    assert len(loaded.trials) == 5
+    complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(read_front(out / "pareto.csv")) == len(complete) >= 4
+
+
+def test_sqlite_study_failed_trial_and_export_best(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    real = tune_mod.run_discover
+
+    def flaky(config, run_dir, **kw):
+        if run_dir.name == "1":
+            raise RuntimeError("boom")
+        return real(config, run_dir, **kw)
+
+    monkeypatch.setattr(tune_mod, "run_discover", flaky)
+    tune(base(), out, TuneSettings(trials=3, abort=False), workers=1)
+    study = optuna.load_study(study_name="archdisc-mlp-teacher",
+                              storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    settings = TuneSettings()
+    best, paths = export_best(out, settings)
+    rows = [r for r in read_front(out / "pareto.csv") if r["pareto"] == "True"]
+    assert best["metric"] == max(float(r["metric"]) for r in rows)
+    assert set(paths) == {"safetensors", "torchscript", "onnx"}
+    smallest = min(rows, key=lambda r: int(r["params"]))
+    best, _ = export_best(out, settings, min_metric=float(smallest["metric"]))
+    assert best["params"] == int(smallest["params"])
+    with pytest.raises(ConfigError, match="no Pareto trial"):
+        export_best(out, settings, max_params=0)
+
+
+def test_scalar_mode_with_median_pruner(tmp_path):
+    study = tune(base(epochs=3), tmp_path / "s", TuneSettings(trials=3, mode="scalar"))
+    assert len(study.directions) == 1
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in done:
+        frac = t.user_attrs["size_fraction"]
+        assert t.value == pytest.approx(t.user_attrs["metric"] - 0.1 * 100 * frac)
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+
+
+def test_size_aware_abort_rule():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    curve = {"2": {"metric": 80.0, "density": 0.1}}
+    study.add_trial(optuna.trial.create_trial(values=[80, 100], user_attrs={"curve": curve}))
+    rule = SizeAwareAbort(study, epochs=6, margin=5.0)
+    assert rule.check_epoch == 2
+    assert rule.should_abort(2, 70.0, 0.12)       # similar size, far below
+    assert not rule.should_abort(2, 76.0, 0.12)   # within the margin
+    assert not rule.should_abort(2, 70.0, 0.5)    # much larger: no peer to compare with
+    assert not rule.should_abort(3, 10.0, 0.1)    # only checked once, at a third
+
+
+def test_bad_settings_and_cli(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="two decades"):
+        tune(base(), tmp_path, TuneSettings(lam_range=(0.1, 1.0)))
+    assert main(["tune", "--out", str(tmp_path / "none"), "--export-best"]) == 2
+    assert "no study here" in capsys.readouterr().err
