@@ -150,3 +150,25 @@ def test_onnx_export_of_compiled_graph(tmp_path, g):
     x2 = example_input(g, 9)
     y = sess.run(None, {"x": x2.numpy()})[0]
     assert abs(torch.from_numpy(y) - net(x2)).max() < 1e-5
+
+
+def test_readme_example_builds_trains_and_extracts():
+    import archdisc
+    from archdisc.optim import AdaBreg
+    g = ArchGraph(name="my_supernet")
+    x = g.input("x", [64])
+    h1 = g.act("r1", g.linear("fc1", x, 256))
+    h2 = g.act("r2", g.linear("fc2", h1, 256))
+    s = g.add_op("sum", "add", [h2, h1], units=256, gates={h1: "scalar"})
+    g.output("out", g.linear("head", s, 10, searchable=False))
+    net = archdisc.sparse_init(compile_graph(g), density=0.1)
+    opt = AdaBreg(archdisc.param_groups(net, lam=0.1), lr=1e-3)
+    xs, ys = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xs), ys).backward()
+        opt.step()
+    graph, compact = archdisc.extract(net)
+    assert graph.nodes["fc1"]["units"] < 256
+    net.eval()
+    assert torch.allclose(compact(xs), net(xs), atol=1e-5)
