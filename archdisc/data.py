@@ -7,7 +7,6 @@ ever loaded.  Supported names (see :func:`available_datasets`):
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 * ``mnist``, ``kmnist`` -- IDX files under ``ROOT/MNIST/raw`` / ``ROOT/KMNIST/raw``.
 * ``cifar10`` -- the *binary* batches under ``ROOT/cifar-10-batches-bin``.
-* ``digits`` -- scikit-learn's bundled 8x8 digits (only if scikit-learn is installed).
 * ``teacher`` -- synthetic labels from a random sparse teacher MLP with a known
   ("planted") architecture.
 
@@ -15,7 +14,7 @@ Conventions
 -----------
 * Pixels are first scaled to [0, 1].  For ``task="classification"`` images are
   then standardised with fixed per-dataset mean/std constants
-  (:data:`NORMALISATION`; ``digits`` uses its own training-split statistics);
+  (:data:`NORMALISATION`);
   targets are int64 class labels, metric ``accuracy`` (%).
 * For ``task="denoising"`` pixels stay in [0, 1].  The target ``y`` is the clean
   image; the input ``x`` is the clean image, optionally Gaussian-blurred with std
@@ -68,7 +67,7 @@ NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "kmnist": ((0.1918,), (0.3483,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}  # digits: mean/std of its own training split (computed at load time)
+}
 
 _DESCRIPTIONS = {
     "fashion-mnist": "Fashion-MNIST 28x28 grey clothing images, 10 classes, 60k train / 10k test "
@@ -78,7 +77,6 @@ _DESCRIPTIONS = {
               "(needs --data-root with KMNIST/raw/)",
     "cifar10": "CIFAR-10 32x32 colour images, 10 classes, 50k train / 10k test "
                "(needs --data-root with cifar-10-batches-bin/)",
-    "digits": "scikit-learn 8x8 digits, 10 classes, 1,797 samples (needs scikit-learn)",
     "teacher": "synthetic: labels from a random sparse teacher MLP with a planted architecture",
 }
 
@@ -222,21 +220,6 @@ def _load_cifar10(root: Path | None):
     return x_train, y_train, x_test, y_test
 
 
-def _load_digits():
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DataError("Dataset 'digits' needs scikit-learn: pip install scikit-learn") from exc
-    bunch = load_digits()
-    x = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]  # (N, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
-    # No official test set: a fixed (seed-independent) 20% test split.
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(12345)).numpy()
-    n_test = len(y) // 5
-    test, train = perm[:n_test], perm[n_test:]
-    return x[train], y[train], x[test], y[test]
-
-
 # --------------------------------------------------------------------------- teacher
 
 def _make_teacher(seed: int, teacher_in: int = 20, teacher_widths=(8, 4), teacher_classes: int = 4,
@@ -359,10 +342,8 @@ def load_data(name: str, *, root: str | os.PathLike | None = None, task: str = "
 
     if key in _IDX_FOLDERS:
         x_train, y_train, x_test, y_test = _load_idx_dataset(key, root_path)
-    elif key == "cifar10":
+    else:
         x_train, y_train, x_test, y_test = _load_cifar10(root_path)
-    else:  # digits
-        x_train, y_train, x_test, y_test = _load_digits()
 
     # Seeded train/validation split of the official training set.
     n = len(x_train)
@@ -385,11 +366,7 @@ def load_data(name: str, *, root: str | os.PathLike | None = None, task: str = "
 
     splits = []
     if task == "classification":
-        if key in NORMALISATION:
-            mean, std = NORMALISATION[key]
-        else:  # digits: statistics of its training split
-            train_pixels = raw_splits[0][0].astype(np.float64) / 255.0
-            mean, std = (float(train_pixels.mean()),), (float(train_pixels.std()),)
+        mean, std = NORMALISATION[key]
         for x, y in raw_splits:
             xt = _standardise(torch.from_numpy(x).float() / 255.0, mean, std)
             splits.append((xt, torch.from_numpy(np.ascontiguousarray(y)).long()))
