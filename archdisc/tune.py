@@ -175,8 +175,10 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
     directions = ["maximize"] if settings.mode == "scalar" else ["maximize", "minimize"]
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) \
         if settings.mode == "scalar" else None
+    sampler = optuna.samplers.TPESampler(seed=base.seed)  # reproducible with one worker
     study = optuna.create_study(study_name=study_name, directions=directions, pruner=pruner,
-                                storage=storage_url(out, storage, workers), load_if_exists=True)
+                                sampler=sampler, storage=storage_url(out, storage, workers),
+                                load_if_exists=True)
     has_gates = space_has_gates(base)
     if workers == 1:
         study.optimize(make_objective(base, out, settings, has_gates), n_trials=settings.trials,
