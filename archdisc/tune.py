@@ -5,9 +5,8 @@ Every trial is a full ``discover`` run in ``DIR/trials/<number>/``. Two modes:
 * ``pareto`` (default): a multi-objective study maximizing the validation metric and
   minimizing the compact model's size (parameters, or MACs). Optuna's pruners are
   single-objective only, so hopeless trials are stopped by our own rule
-  (:class:`SizeAwareAbort`): after a third of the epochs, a trial whose validation
-  metric is far below what finished trials of similar density had reached at the
-  same epoch is stopped.
+  (:class:`SizeAwareAbort`): after a third of the epochs, a trial that a finished
+  trial dominated at that epoch by a wide margin (as small, far better) is stopped.
 * ``scalar``: one objective, ``metric - size_weight * percent of supernet size``,
   with Optuna's ``MedianPruner`` on the per-epoch validation metric.
 
@@ -73,10 +72,13 @@ def storage_url(out: Path, storage: str | None, workers: int):
 
 
 class SizeAwareAbort:
-    """Stop a trial whose metric at epoch k is far below finished trials of similar size.
+    """Stop a trial that is far behind, at no smaller size, at a third of its epochs.
 
-    "Similar size" compares the density (non-zero parameter fraction) at the same epoch
-    within a factor of two; "far below" is ``margin`` metric units under the best of them.
+    At epoch k (a third of the epochs) the trial is compared with the finished trials'
+    records at the same epoch: if one of them was at most as dense (non-zero parameter
+    fraction, 10% slack) and ``margin`` metric units better, the trial is dominated by a
+    wide margin there and stopped. A trial that is worse but smaller is never stopped:
+    it may be the front's small end.
     """
 
     def __init__(self, study, epochs: int, margin: float):
@@ -90,7 +92,7 @@ class SizeAwareAbort:
         for t in self.study.get_trials(deepcopy=False,
                                        states=(optuna.trial.TrialState.COMPLETE,)):
             rec = t.user_attrs.get("curve", {}).get(str(epoch))
-            if rec and 0.5 <= rec["density"] / max(density, 1e-12) <= 2.0:
+            if rec and rec["density"] <= 1.1 * density:
                 peers.append(rec["metric"])
         return bool(peers) and metric < max(peers) - self.margin
 

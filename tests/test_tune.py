@@ -105,9 +105,10 @@ def test_size_aware_abort_rule():
     study.add_trial(optuna.trial.create_trial(values=[80, 100], user_attrs={"curve": curve}))
     rule = SizeAwareAbort(study, epochs=6, margin=5.0)
     assert rule.check_epoch == 2
-    assert rule.should_abort(2, 70.0, 0.12)       # similar size, far below
+    assert rule.should_abort(2, 70.0, 0.12)       # larger and far below: dominated
+    assert rule.should_abort(2, 70.0, 0.095)      # as small (10% slack) and far below
     assert not rule.should_abort(2, 76.0, 0.12)   # within the margin
-    assert not rule.should_abort(2, 70.0, 0.5)    # much larger: no peer to compare with
+    assert not rule.should_abort(2, 70.0, 0.05)   # smaller: may be the front's small end
     assert not rule.should_abort(3, 10.0, 0.1)    # only checked once, at a third
 
 
