@@ -51,6 +51,7 @@ CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "device": ("auto", "cpu", "cuda"),
     "task": ("classification", "denoising"),
+    "group_weight": ("sqrt_n", "one", "sqrt_alive"),
 }
 CHECKPOINT = "checkpoint.safetensors"
 ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
@@ -94,8 +95,15 @@ class Config:
     density: float = 0.2               # initial fraction of alive units (kernels, elements)
     lr_schedule: str = "constant"      # constant | cosine
     device: str = "auto"               # auto | cpu | cuda
-    finetune: int = 0                  # epochs of plain Adam on the compact model afterwards
-    finetune_lr: float = 1e-4          # its learning rate
+    finetune: int = 3                  # epochs of plain Adam on the compact model afterwards
+    finetune_lr: float = 1e-3          # its learning rate
+    lam_warmup: float = 0.0            # epochs over which lam ramps linearly from 0 to lam
+    lam_layers: dict = field(default_factory=dict)  # node -> factor on lam (e.g. fc2 = 0.5)
+    group_weight: str = "sqrt_n"       # unit group weight: sqrt(fan-in) | one | sqrt(alive fan-in)
+    target_params: int | None = None   # steer lam until the compact model has <= this many params
+    target_density: float | None = None  # same, as a fraction of the supernet's parameters
+    target_tol: float = 0.1            # hold lam while params are in [(1 - tol) target, target]
+    control_every: int = 50            # steps between two looks of the lam controller
     noise_sigma: float = 0.3           # denoising noise level
 
     # ---------------------------------------------------------------- building
@@ -143,6 +151,24 @@ class Config:
             v = getattr(self, name)
             _require(v is None or 0 <= v < math.inf, name, "a finite number >= 0")
         _require(0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
+        _require(0 <= self.lam_warmup < math.inf, "lam_warmup", "a finite number of epochs >= 0")
+        _require(self.target_params is None or self.target_params >= 1, "target_params",
+                 "an integer >= 1 (or unset)")
+        _require(self.target_density is None or 0 < self.target_density <= 1,
+                 "target_density", "a number in (0, 1] (or unset)")
+        _require(self.target_params is None or self.target_density is None, "target_params",
+                 "unset when target_density is set (give one budget, not both)")
+        _require(0 < self.target_tol < 1, "target_tol", "a number in (0, 1)")
+        _require(self.control_every >= 1, "control_every", "an integer >= 1 (steps)")
+        for k, v in self.lam_layers.items():
+            _require(isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and 0 <= v < math.inf, "lam_layers",
+                     f"a table node = factor >= 0, got {k} = {v!r}")
+        if (self.target_params or self.target_density) and \
+                self.optimizer not in ("adabreg", "linbreg", "proxsgd"):
+            raise ConfigError(f"config field 'target_params' / 'target_density': needs a "
+                              f"regularized optimizer (adabreg, linbreg, proxsgd), not "
+                              f"{self.optimizer!r}")
         _require(0 < self.density <= 1, "density", "a number in (0, 1]")
         return self
 
@@ -334,7 +360,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
-def train_epoch(net, opt, x, y, task, batch_size, order, bar=None) -> float:
+def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None) -> float:
     """One pass over (x, y) in ``order``; returns the mean loss, raises on NaN / inf."""
     net.train()
     order = order.to(x.device)
@@ -349,6 +375,8 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None) -> float:
             raise TrainingError(f"loss became {value} at step {step + 1}")
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(step)
         total += value * len(idx)
         count += len(idx)
         if bar is not None:
@@ -369,6 +397,122 @@ def current_lam(opt) -> float | None:
         if g.get("reg") is not None:
             return g["reg"].lam
     return None
+
+
+@torch.no_grad()
+def compact_params(net) -> tuple[int, dict]:
+    """Parameter count of the compact model that extraction would build now (exact, ~3 ms
+    for an MLP), and each searchable node's alive fan-in there (None: node removed)."""
+    from .extract import extract
+    from .groups import unit_members
+    _, compact = extract(net, verify=False)
+    shapes = {k: v.shape for k, v in compact.named_parameters()}
+    fan_in = {n: (math.prod(shapes[f"layers.{n}.weight"][1:])
+                  if f"layers.{n}.weight" in shapes else None) for n in unit_members(net)}
+    return sum(p.numel() for p in compact.parameters()), fan_in
+
+
+class LamControl:
+    """Sets lam of every regularized param group, every step:
+
+        lam_g = lam * ramp(step) * mult * lam_layers[g] * weight_g
+
+    ``ramp`` rises linearly from 0 to 1 over ``lam_warmup`` epochs. ``weight_g`` changes
+    the unit group weight sqrt(n) of the regularizer to 1 (``group_weight="one"``) or
+    to sqrt(alive fan-in + 1) (``"sqrt_alive"``, refreshed at each look). With a budget
+    (``target_params`` / ``target_density``) the controller looks every ``control_every``
+    steps at the parameter count P of the compact model and multiplies ``mult`` by
+    max(0.8, sqrt(P / target)) while P < (1 - target_tol) target (lowering lam lets the
+    loss switch more units on), and raises lam just enough to bring P back to the
+    target when P > target (:meth:`settle`: raising lam switches units off at once,
+    through the prox). In between, lam is held.
+    """
+
+    def __init__(self, net, opt, config: Config, steps_per_epoch: int):
+        from .groups import unit_members
+        self.opt, self.config, self.spe = opt, config, steps_per_epoch
+        self.groups = [g for g in opt.param_groups if g.get("reg") is not None]
+        names = {g.get("name") for g in self.groups}
+        for k in config.lam_layers:
+            if k not in names:
+                raise ConfigError(f"config field 'lam_layers': {k!r} is not a regularized "
+                                  f"node of this search space; choose from "
+                                  f"{', '.join(sorted(str(n) for n in names))}")
+        self.base = {id(g): g["reg"].lam for g in self.groups}
+        self.full_fan = {}
+        for n, names_ in unit_members(net).items():
+            w = dict(net.named_parameters())[names_[0]]
+            self.full_fan[n] = math.prod(w.shape[1:])
+        total = sum(p.numel() for p in net.parameters())
+        c = config
+        self.target = c.target_params if c.target_params is not None else (
+            round(c.target_density * total) if c.target_density is not None else None)
+        self.mult, self.weights, self.params = 1.0, {}, None
+        self.active = bool(self.target or c.lam_warmup or c.lam_layers
+                           or c.group_weight != "sqrt_n")
+
+    def state(self) -> dict:
+        return {"mult": self.mult, "weights": self.weights}
+
+    def load_state(self, state: dict | None):
+        if state:
+            self.mult, self.weights = state["mult"], state["weights"]
+
+    def weight(self, g) -> float:
+        name, c = g.get("name"), self.config
+        if g.get("kind") != "unit" or name not in self.full_fan or c.group_weight == "sqrt_n":
+            return 1.0
+        if c.group_weight == "one":  # the regularizer's weight is sqrt(n), n = fan-in + 1
+            return 1.0 / math.sqrt(self.full_fan[name] + 1)
+        return self.weights.get(name, 1.0)
+
+    def look(self, net):
+        """Measure the compact size; adjust ``mult`` (budget) and the alive-fan-in weights."""
+        P, fan = compact_params(net)
+        self.params = P
+        if self.config.group_weight == "sqrt_alive":
+            self.weights = {n: math.sqrt(((fan[n] if fan[n] is not None else self.full_fan[n])
+                                          + 1) / (self.full_fan[n] + 1)) for n in fan}
+        if self.target and P > self.target:
+            P = self.settle(net)
+        elif self.target and P < (1 - self.config.target_tol) * self.target:
+            self.mult *= max(0.8, math.sqrt(P / self.target))
+        return P
+
+    def set(self, step: int):
+        """Write lam into the optimizer for global ``step`` (1-based)."""
+        c = self.config
+        ramp = min(1.0, step / (c.lam_warmup * self.spe)) if c.lam_warmup else 1.0
+        for g in self.groups:
+            layer = c.lam_layers.get(g.get("name"), 1.0)
+            g["reg"].lam = self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
+
+    def lam(self, step: int) -> float:
+        """The scalar lam (without per-layer factors) in force at ``step``."""
+        c = self.config
+        ramp = min(1.0, step / (c.lam_warmup * self.spe)) if c.lam_warmup else 1.0
+        return c.lam * ramp * self.mult
+
+    @torch.no_grad()
+    def settle(self, net, max_iter: int = 300) -> int:
+        """While P > target: raise lam by 3% and apply the prox of the extra lam to the
+        weights. For an alive group this is exactly the parameter the Bregman step gives
+        with the raised lam and the same v (theta_g = prox(delta v) shrinks by
+        delta * dlam * w_g and dies when that exceeds its norm); dead groups stay dead.
+        So lam rises just enough to switch off the excess, weakest units first."""
+        P, _ = compact_params(net)
+        it = 0
+        while self.target and P > self.target and it < max_iter:
+            it += 1
+            before = {id(g): g["reg"].lam for g in self.groups}
+            self.mult *= 1.03
+            self.set(10 ** 12)
+            for g in self.groups:
+                extra = type(g["reg"])(max(0.0, g["reg"].lam - before[id(g)]))
+                extra.prox_(g["params"], g.get("delta", 1.0))
+            P, _ = compact_params(net)
+        self.params = P
+        return P
 
 
 # ====================================================================== checkpoints
@@ -468,12 +612,14 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
     x, y = (t.to(device) for t in data.train.tensors)
     steps = math.ceil(len(x) / config.batch_size)
 
+    control = LamControl(net, opt, config, steps)
     metrics, start, seconds = [], 0, 0.0
     if resume_from is not None:
         meta = load_checkpoint(resume_from, net, opt)
         if meta.get("config_hash") != config.hash():
             raise RunError(f"{resume_from} belongs to another config; pass --force to restart")
         metrics, start, seconds = meta["metrics"], meta["epoch"], meta["train_seconds"]
+        control.load_state(meta.get("lam_control"))
     # metrics.jsonl always mirrors the checkpoint (a kill may have left one line more)
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
@@ -487,9 +633,23 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
         for epoch in range(start + 1, config.epochs + 1):
             t0 = time.perf_counter()
             lr = set_lr(opt, config, epoch)
+
+            def on_step(step, epoch=epoch):
+                if not control.active:
+                    return
+                g = (epoch - 1) * steps + step + 1  # the next step's number
+                if control.target or config.group_weight == "sqrt_alive":
+                    if g % config.control_every == 0:
+                        control.look(net)
+                control.set(g)
+
+            if control.active and epoch == start + 1:
+                control.set((epoch - 1) * steps + 1)
             try:
                 loss = train_epoch(net, opt, x, y, data.task, config.batch_size,
-                                   epoch_order(config.seed, epoch, len(x)), bar)
+                                   epoch_order(config.seed, epoch, len(x)), bar, on_step)
+                if control.target and epoch == config.epochs:
+                    control.settle(net)
                 if not all(torch.isfinite(p).all() for p in net.parameters()):
                     raise TrainingError("parameters are not finite")
             except TrainingError as e:
@@ -504,12 +664,16 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
                       "density": density(net), "alive": a["units"],
                       "alive_edges": sum(a["edges"].values()), "lam": current_lam(opt),
                       "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+            if control.active:
+                record["lam"] = control.lam(epoch * steps)
+                record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
+                record["params"] = compact_params(net)[0]
             metrics.append(record)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             save_checkpoint(out / CHECKPOINT, net, opt,
                             {"epoch": epoch, "config_hash": config.hash(), "metrics": metrics,
-                             "train_seconds": seconds})
+                             "train_seconds": seconds, "lam_control": control.state()})
             if show:
                 units = " ".join(f"{k}={v}" for k, v in a["units"].items())
                 bar.write(f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  "
@@ -568,8 +732,11 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
                 "compact": evaluate(compact, split, data.metric, 1024, device)}
 
     test, val = scores(data.test), scores(data.val)
+    finetune_seconds, finetune_losses = 0.0, []
     if config.finetune:
-        finetune(compact, data, config, device)
+        t0 = time.perf_counter()
+        finetune_losses = finetune(compact, data, config, device)
+        finetune_seconds = time.perf_counter() - t0
         compact.eval()
         test["compact_extracted"], val["compact_extracted"] = test["compact"], val["compact"]
         test["compact"] = evaluate(compact, data.test, data.metric, 1024, device)
@@ -588,6 +755,13 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
         "config": config.to_dict(),
         "config_hash": config.hash(),
         "epochs": len(metrics),
+        "finetune": {"epochs": config.finetune, "lr": config.finetune_lr,
+                     "train_loss": finetune_losses, "seconds": round(finetune_seconds, 2),
+                     "test_before": test.get("compact_extracted", test["compact"]),
+                     "test_after": test["compact"]},
+        "epochs_total": len(metrics) + config.finetune,
+        "target_params": target_of(config, report["params"]["supernet"]),
+        "lam_final": metrics[-1]["lam"] if metrics else None,
         "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "device": str(device),
@@ -597,6 +771,15 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", report_markdown(report, format_report))
     return report
+
+
+def target_of(config: Config, supernet_params: int) -> int | None:
+    """The parameter budget of ``config`` (``target_params`` or ``target_density``)."""
+    if config.target_params is not None:
+        return config.target_params
+    if config.target_density is not None:
+        return round(config.target_density * supernet_params)
+    return None
 
 
 def headline(report: dict) -> str:

@@ -19,7 +19,8 @@ from archdisc.train import (CHECKPOINT, Config, ConfigError, RunError, TrainingE
 def small(**kw) -> Config:
     base = dict(space="mlp", space_options={"widths": [20, 32, 32, 4]}, data="teacher",
                 data_options={"n_train": 1000, "n_val": 300, "n_test": 300}, epochs=3,
-                batch_size=50, lr=1e-2, lam=1.0, density=0.3, device="cpu")
+                batch_size=50, lr=1e-2, lam=1.0, density=0.3, device="cpu",
+                finetune=0)  # the default fine-tune would change the compact model
     return Config(**{**base, **kw})
 
 

@@ -1,0 +1,231 @@
+"""Discovery vs. pruning vs. scratch on Fashion-MNIST, MLP 784-200-80-10 (issue 9).
+
+Equal compact parameter counts and equal total epochs (13) for every method:
+
+* ``archdisc``: ``run_discover`` with ``target_params`` = the size, 10 epochs of AdaBreg
+  from a sparse supernet, extraction, then 3 epochs of Adam fine-tuning (regularizer off).
+* ``prune``: dense Adam 10 epochs -> keep the top-k neurons per hidden layer by the L2
+  norm of their incoming weights (row + bias) -> 3 epochs of Adam fine-tuning.
+* ``scratch``: the pruned widths trained from scratch with Adam for 13 epochs.
+
+Every method uses batch 128, Adam lr 1e-3 where it trains densely, the same data split
+(55k/5k/10k, seeded) and one CPU thread. Each (method, seed) writes a part file; ``--merge``
+collects them into ``experiments/results/mlp.json`` and ``mlp.png``::
+
+    python experiments/mlp.py --methods prune scratch --seeds 0 1 2
+    python experiments/mlp.py --methods archdisc --seeds 0 1 2 --archdisc '{"lam": 0.05}'
+    python experiments/mlp.py --merge
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, mean_std, set_threads, workdir, write_results  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+SIZES = {112925: (132, 65), 82935: (98, 55), 46727: (57, 29)}
+EPOCHS, FINETUNE, LR, BATCH = 10, 3, 1e-3, 128
+PARTS = RESULTS / "mlp_parts"
+ARCHDISC = dict(space="mlp", data="fashion-mnist", epochs=EPOCHS, finetune=FINETUNE,
+                finetune_lr=LR, optimizer="adabreg", lr=1e-3, lam=0.05, density=0.2,
+                batch_size=BATCH, device="cpu")
+
+
+def mlp(widths) -> nn.Sequential:
+    w = [784, *widths, 10]
+    layers = [nn.Flatten()]
+    for i in range(len(w) - 1):
+        layers.append(nn.Linear(w[i], w[i + 1]))
+        if i < len(w) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def fit(model, data, epochs, seed, lr=LR, offset=0):
+    from archdisc.train import epoch_order, train_epoch
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y = data.train.tensors
+    for e in range(1, epochs + 1):
+        train_epoch(model, opt, x, y, "classification", BATCH,
+                    epoch_order(seed, offset + e, len(x)))
+    return model
+
+
+def acc(model, split) -> float:
+    from archdisc.data import evaluate
+    return evaluate(model, split, "accuracy")
+
+
+@torch.no_grad()
+def prune(dense: nn.Sequential, widths) -> nn.Sequential:
+    """Keep the top-k neurons of each hidden layer by the L2 norm of (incoming row, bias)."""
+    lin = [m for m in dense if isinstance(m, nn.Linear)]
+    small = mlp(widths)
+    slin = [m for m in small if isinstance(m, nn.Linear)]
+    cols = torch.arange(lin[0].in_features)
+    for i, layer in enumerate(lin):
+        w, b = layer.weight, layer.bias
+        if i < len(widths):
+            norms = torch.cat([w, b[:, None]], 1).norm(dim=1)
+            rows = norms.topk(widths[i]).indices.sort().values
+        else:
+            rows = torch.arange(w.shape[0])
+        slin[i].weight.copy_(w[rows][:, cols])
+        slin[i].bias.copy_(b[rows])
+        cols = rows
+    return small
+
+
+def run_prune(data, seed):
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    dense = fit(mlp((200, 80)), data, EPOCHS, seed)
+    t_dense = time.perf_counter() - t0
+    rows = [{"method": "dense", "seed": seed, "params": n_params(dense), "widths": [200, 80],
+             "test": acc(dense, data.test), "val": acc(dense, data.val), "epochs": EPOCHS,
+             "seconds": round(t_dense, 1)}]
+    for size, widths in SIZES.items():
+        t1 = time.perf_counter()
+        small = prune(dense, widths)
+        before = acc(small, data.test)
+        fit(small, data, FINETUNE, seed, offset=100)
+        assert n_params(small) == size
+        rows.append({"method": "prune", "seed": seed, "params": size, "widths": list(widths),
+                     "test_before_finetune": before, "test": acc(small, data.test),
+                     "val": acc(small, data.val), "epochs": EPOCHS + FINETUNE,
+                     "seconds": round(t_dense + time.perf_counter() - t1, 1)})
+    return rows
+
+
+def run_scratch(data, seed):
+    rows = []
+    for size, widths in SIZES.items():
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        model = fit(mlp(widths), data, EPOCHS + FINETUNE, seed)
+        rows.append({"method": "scratch", "seed": seed, "params": size, "widths": list(widths),
+                     "test": acc(model, data.test), "val": acc(model, data.val),
+                     "epochs": EPOCHS + FINETUNE, "seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
+def run_archdisc(data, seed, overrides: dict, tag: str):
+    from archdisc.train import Config, run_discover
+    rows, base = [], workdir()
+    for size in SIZES:
+        cfg = Config(**{**ARCHDISC, **overrides, "seed": seed, "target_params": size})
+        t0 = time.perf_counter()
+        r = run_discover(cfg, base / f"{tag}_{seed}_{size}", force=True, progress=False)
+        rows.append({"method": tag, "seed": seed, "params": r["params"]["compact"],
+                     "target": size, "widths": [r["units"][n]["alive"] for n in ("fc1", "fc2")],
+                     "test_before_finetune": r["test"]["compact_extracted"],
+                     "test": r["test"]["compact"], "val": r["val"]["compact"],
+                     "epochs": r["epochs_total"], "lam_final": r["lam_final"],
+                     "seconds": round(time.perf_counter() - t0, 1),
+                     "config": {k: v for k, v in cfg.to_dict().items()
+                                if k in {**ARCHDISC, **overrides} or k == "target_params"}})
+    return rows
+
+
+def merge(started):
+    rows, commands = [], []
+    for f in sorted(PARTS.glob("*.json")):
+        part = json.loads(f.read_text())
+        rows += part["rows"]
+        commands.append(part["command"])
+    table = {}
+    for r in rows:
+        if r["method"] == "dense":
+            continue
+        key = (r["method"], r.get("target", r["params"]))
+        table.setdefault(key, []).append(r)
+    summary = []
+    for (method, size), rs in sorted(table.items()):
+        summary.append({"method": method, "size": size,
+                        "params": mean_std([r["params"] for r in rs]),
+                        "test": mean_std([r["test"] for r in rs]),
+                        "test_before_finetune": mean_std([r["test_before_finetune"] for r in rs])
+                        if "test_before_finetune" in rs[0] else None,
+                        "seeds": [r["seed"] for r in rs],
+                        "widths": [r["widths"] for r in rs]})
+    seeds = sorted({r["seed"] for r in rows})
+    path = write_results("mlp", {"summary": summary, "runs": rows, "part_commands": commands},
+                         seeds=seeds, started=started,
+                         notes="Fashion-MNIST 55k/5k/10k, MLP 784-200-80-10; equal compact "
+                               "params (archdisc: <= target) and 13 total epochs per method; "
+                               "1 CPU thread per process, 2 processes at a time on a shared "
+                               "2-core machine (wall times are noisy).")
+    plot(summary)
+    return path, summary
+
+
+def plot(summary):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({s["method"] for s in summary}):
+        ss = sorted((s for s in summary if s["method"] == method), key=lambda s: s["size"])
+        ax.errorbar([s["params"]["mean"] / 1000 for s in ss], [s["test"]["mean"] for s in ss],
+                    yerr=[s["test"]["std"] for s in ss], marker="o", capsize=3, label=method)
+    ax.set_xlabel("compact parameters (thousands)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST MLP, 13 epochs per method")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "mlp.png", dpi=120)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=["archdisc", "prune", "scratch"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--archdisc", default="{}", help="JSON config overrides for archdisc")
+    p.add_argument("--tag", default="archdisc", help="method name of the archdisc rows")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", action="store_true")
+    args = p.parse_args()
+    set_threads(args.threads)
+    started = time.perf_counter()
+    if args.merge:
+        path, summary = merge(started)
+        for s in summary:
+            print(f"{s['method']:<16} {s['size']:>7} params {s['params']['mean']:>9.0f} "
+                  f"test {s['test']['mean']:.2f} ± {s['test']['std']:.2f} (n={s['test']['n']})")
+        print(path)
+        return
+    from archdisc.data import load_data
+    PARTS.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        data = load_data("fashion-mnist", seed=seed)
+        for method in args.methods:
+            t0 = time.perf_counter()
+            if method == "prune":
+                rows = run_prune(data, seed)
+            elif method == "scratch":
+                rows = run_scratch(data, seed)
+            else:
+                rows = run_archdisc(data, seed, json.loads(args.archdisc), args.tag)
+            name = args.tag if method == "archdisc" else method
+            part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1),
+                    "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
+            (PARTS / f"{name}_s{seed}.json").write_text(json.dumps(part, indent=2) + "\n")
+            for r in rows:
+                print(json.dumps({k: v for k, v in r.items() if k != "config"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
