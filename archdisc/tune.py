@@ -16,7 +16,6 @@ writers); or any Optuna storage URL (e.g. PostgreSQL) so that machines join one 
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json

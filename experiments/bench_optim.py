@@ -116,8 +116,8 @@ def main(argv=None):
           f"reg={args.reg}); {args.steps} steps after {args.warmup} warm-up\n")
     base = {"Ada": statistics.median(times["torch Adam (foreach)"]),
             "Lin": statistics.median(times["torch SGD m=0.9 (foreach)"])}
-    print(f"| optimizer | median ms | p90 ms | ratio |")
-    print(f"|---|---|---|---|")
+    print("| optimizer | median ms | p90 ms | ratio |")
+    print("|---|---|---|---|")
     for name, ts in times.items():
         ts = sorted(ts)
         med, p90 = statistics.median(ts), ts[min(len(ts) - 1, int(round(0.9 * (len(ts) - 1))))]

@@ -6,7 +6,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 
 from archdisc.cli import _option_value, main
 
@@ -15,15 +14,6 @@ TEACHER = ["--data", "teacher", "--space", "mlp", "--space-option", "widths=[20,
            "--data-option", "n_train=500", "--data-option", "n_val=100",
            "--data-option", "n_test=100", "--epochs", "2", "--lr", "0.01", "--quiet",
            "--device", "cpu", "--finetune", "0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and far faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_spaces_lists_the_builtins(capsys):

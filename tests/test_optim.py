@@ -16,15 +16,6 @@ from archdisc.optim import (L1, AdaBreg, GroupL2, KernelL2, LinBreg, ProxSGD, Re
                             regularizer_from_config)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TOL = 1e-6
 
 

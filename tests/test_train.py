@@ -24,15 +24,6 @@ def small(**kw) -> Config:
     return Config(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and far faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ARTEFACTS = ["config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
              "supernet.json", "compact.safetensors", "compact.json", "report.json",
              "report.md"]

@@ -2,20 +2,11 @@ import csv
 
 import optuna
 import pytest
-import torch
 
 from archdisc import tune as tune_mod
 from archdisc.cli import main
 from archdisc.train import Config, ConfigError
 from archdisc.tune import SizeAwareAbort, TuneSettings, export_best, storage_url, tune
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def base(**kw):
