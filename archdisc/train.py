@@ -49,6 +49,7 @@ CHOICES = {
     "optimizer": OPTIMIZERS,
     "group_mode": ("unit", "kernel", "element"),
     "lr_schedule": ("constant", "cosine"),
+    "finetune_schedule": ("constant", "cosine"),
     "device": ("auto", "cpu", "cuda"),
     "task": ("classification", "denoising"),
     "group_weight": ("sqrt_n", "one", "sqrt_alive"),
@@ -97,6 +98,7 @@ class Config:
     device: str = "auto"               # auto | cpu | cuda
     finetune: int = 3                  # epochs of plain Adam on the compact model afterwards
     finetune_lr: float = 1e-3          # its learning rate
+    finetune_schedule: str = "constant"  # constant | cosine (per step, finetune_lr -> 0)
     lam_warmup: float = 0.0            # epochs over which lam ramps linearly from 0 to lam
     lam_layers: dict = field(default_factory=dict)  # node -> factor on lam (e.g. fc2 = 0.5)
     group_weight: str = "sqrt_n"       # unit group weight: sqrt(fan-in) | one | sqrt(alive fan-in)
@@ -690,8 +692,18 @@ def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model."""
     opt = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
     x, y = (t.to(device) for t in data.train.tensors)
+    on_step = None
+    if config.finetune_schedule == "cosine":
+        spe = math.ceil(len(x) / config.batch_size)
+        total = spe * config.finetune
+        done = [0]
+
+        def on_step(step):  # lr for the next step: cosine from finetune_lr to 0
+            done[0] += 1
+            for g in opt.param_groups:
+                g["lr"] = config.finetune_lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
-                        epoch_order(config.seed + 1, e, len(x)))
+                        epoch_order(config.seed + 1, e, len(x)), on_step=on_step)
             for e in range(1, config.finetune + 1)]
 
 
@@ -756,6 +768,7 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
         "config_hash": config.hash(),
         "epochs": len(metrics),
         "finetune": {"epochs": config.finetune, "lr": config.finetune_lr,
+                     "schedule": config.finetune_schedule,
                      "train_loss": finetune_losses, "seconds": round(finetune_seconds, 2),
                      "test_before": test.get("compact_extracted", test["compact"]),
                      "test_after": test["compact"]},

@@ -6,6 +6,7 @@ Equal compact parameter counts and equal total epochs (13) for every method:
   from a sparse supernet, extraction, then 3 epochs of Adam fine-tuning (regularizer off).
 * ``prune``: dense Adam 10 epochs -> keep the top-k neurons per hidden layer by the L2
   norm of their incoming weights (row + bias) -> 3 epochs of Adam fine-tuning.
+  ``prune_ftcosine``: the same with a per-step cosine lr (1e-3 -> 0) in the fine-tune.
 * ``scratch``: the pruned widths trained from scratch with Adam for 13 epochs.
 
 Every method uses batch 128, Adam lr 1e-3 where it trains densely, the same data split
@@ -53,13 +54,22 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def fit(model, data, epochs, seed, lr=LR, offset=0):
+def fit(model, data, epochs, seed, lr=LR, offset=0, schedule="constant"):
+    """Adam; ``schedule`` "cosine" decays lr per step to 0 (as archdisc's finetune_schedule)."""
+    import math
     from archdisc.train import epoch_order, train_epoch
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data.train.tensors
+    total, done = epochs * math.ceil(len(x) / BATCH), [0]
+
+    def cosine(step):
+        done[0] += 1
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
     for e in range(1, epochs + 1):
         train_epoch(model, opt, x, y, "classification", BATCH,
-                    epoch_order(seed, offset + e, len(x)))
+                    epoch_order(seed, offset + e, len(x)),
+                    on_step=cosine if schedule == "cosine" else None)
     return model
 
 
@@ -88,7 +98,7 @@ def prune(dense: nn.Sequential, widths) -> nn.Sequential:
     return small
 
 
-def run_prune(data, seed):
+def run_prune(data, seed, schedule="constant"):
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     dense = fit(mlp((200, 80)), data, EPOCHS, seed)
@@ -100,9 +110,9 @@ def run_prune(data, seed):
         t1 = time.perf_counter()
         small = prune(dense, widths)
         before = acc(small, data.test)
-        fit(small, data, FINETUNE, seed, offset=100)
+        fit(small, data, FINETUNE, seed, offset=100, schedule=schedule)
         assert n_params(small) == size
-        rows.append({"method": "prune", "seed": seed, "params": size, "widths": list(widths),
+        rows.append({"method": "prune" if schedule == "constant" else f"prune_ft{schedule}", "seed": seed, "params": size, "widths": list(widths),
                      "test_before_finetune": before, "test": acc(small, data.test),
                      "val": acc(small, data.val), "epochs": EPOCHS + FINETUNE,
                      "seconds": round(t_dense + time.perf_counter() - t1, 1)})
@@ -175,7 +185,7 @@ def plot(summary):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for method in sorted({s["method"] for s in summary}):
         ss = sorted((s for s in summary if s["method"] == method), key=lambda s: s["size"])
         ax.errorbar([s["params"]["mean"] / 1000 for s in ss], [s["test"]["mean"] for s in ss],
@@ -184,7 +194,7 @@ def plot(summary):
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Fashion-MNIST MLP, 13 epochs per method")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "mlp.png", dpi=120)
 
@@ -215,6 +225,8 @@ def main():
             t0 = time.perf_counter()
             if method == "prune":
                 rows = run_prune(data, seed)
+            elif method == "prune_ftcosine":  # fine-tune with the cosine lr archdisc_r2 uses
+                rows = [r for r in run_prune(data, seed, "cosine") if r["method"] != "dense"]
             elif method == "scratch":
                 rows = run_scratch(data, seed)
             else:

@@ -69,6 +69,24 @@ def test_finetune_is_on_by_default_and_reported(tmp_path):
     assert ft["test_after"] == report["test"]["compact"]
 
 
+def test_finetune_cosine_schedule_decays_to_zero(tmp_path, monkeypatch):
+    made = []
+    adam = torch.optim.Adam
+
+    def spy(*a, **k):
+        made.append(adam(*a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    report = run_discover(cfg(epochs=2, finetune=2, finetune_lr=1e-2, finetune_schedule="cosine"),
+                          tmp_path / "r", progress=False)
+    assert report["finetune"]["schedule"] == "cosine"
+    assert len(report["finetune"]["train_loss"]) == 2
+    lr_end = made[-1].param_groups[0]["lr"]  # the fine-tune optimizer is the last Adam made
+    assert lr_end == pytest.approx(0.0, abs=1e-9)
+    assert Config().finetune_schedule == "constant"
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(target_params=0), "target_params"),
     (dict(target_density=1.5), "target_density"),
@@ -77,12 +95,14 @@ def test_finetune_is_on_by_default_and_reported(tmp_path):
     (dict(lam_warmup=-1.0), "lam_warmup"),
     (dict(control_every=0), "control_every"),
     (dict(group_weight="cube"), "group_weight"),
+    (dict(finetune_schedule="linear"), "finetune_schedule"),
 ])
 def test_bad_budget_config(kw, match):
     with pytest.raises(ConfigError, match=match):
         Config.from_dict({k: v for k, v in cfg(**kw).to_dict().items()
                           if k in ("target_params", "target_density", "optimizer",
-                                   "lam_warmup", "control_every", "group_weight")})
+                                   "lam_warmup", "control_every", "group_weight",
+                                   "finetune_schedule")})
 
 
 def test_unknown_lam_layer(tmp_path):
