@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/archdisc discover --config examples/fmnist_mlp.toml --out runs/demo --force
+	.venv/bin/archdisc discover --config examples/fmnist_mlp.toml --out runs/demo --force --threads 1
 
 test: setup
 	.venv/bin/python -m pytest tests
