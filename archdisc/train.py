@@ -692,16 +692,15 @@ def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model."""
     opt = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
     x, y = (t.to(device) for t in data.train.tensors)
-    on_step = None
-    if config.finetune_schedule == "cosine":
-        spe = math.ceil(len(x) / config.batch_size)
-        total = spe * config.finetune
-        done = [0]
+    total = math.ceil(len(x) / config.batch_size) * config.finetune
+    done = [0]
 
-        def on_step(step):  # lr for the next step: cosine from finetune_lr to 0
-            done[0] += 1
-            for g in opt.param_groups:
-                g["lr"] = config.finetune_lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
+    def cosine(step):  # lr for the next step: cosine from finetune_lr to 0
+        done[0] += 1
+        for g in opt.param_groups:
+            g["lr"] = config.finetune_lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
+
+    on_step = cosine if config.finetune_schedule == "cosine" else None
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
                         epoch_order(config.seed + 1, e, len(x)), on_step=on_step)
             for e in range(1, config.finetune + 1)]

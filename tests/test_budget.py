@@ -11,14 +11,6 @@ from archdisc.extract import extract, verify_equivalent
 from archdisc.train import Config, ConfigError, load, run_discover
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cfg(**kw) -> Config:
     base = dict(space="mlp", space_options={"widths": [20, 64, 64, 4]}, data="teacher",
                 data_options={"teacher_widths": [8, 4], "n_train": 2000, "n_val": 500,
