@@ -5,22 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from archdisc import ArchGraph, build_space, compile_graph
+from archdisc import build_space, compile_graph
 from archdisc import export as export_mod
 from archdisc.export import ExportError, export, export_run, load, save
+from helpers import indexed_graph
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-
-def indexed_graph():
-    g = ArchGraph(name="mine")
-    x = g.input("x", [6])
-    a = g.linear("a", x, 4)
-    b = g.linear("b", x, 2)
-    s = g.add_op("s", "add", [a, b], units=4, index={b: [3, 1]}, gates={b: "channel"})
-    g.output("out", g.linear("head", g.act("r", s), 3, searchable=False))
-    return g
 
 
 CASES = {

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from archdisc import ArchGraph, GraphError, build_space, compile_graph, count_macs, count_params
+from helpers import indexed_graph
 
 SMALL = {
     "mlp": {},
@@ -64,16 +65,6 @@ def test_default_spaces_build():
         build_space("nope")
     with pytest.raises(GraphError, match="bad option"):
         build_space("mlp", depth=3)
-
-
-def indexed_graph():
-    g = ArchGraph(name="mine")
-    x = g.input("x", [6])
-    a = g.linear("a", x, 4)
-    b = g.linear("b", x, 2)
-    s = g.add_op("s", "add", [a, b], units=4, index={b: [3, 1]}, gates={b: "channel"})
-    g.output("out", g.linear("head", g.act("r", s), 3, searchable=False))
-    return g
 
 
 def test_user_graph_with_indexed_add_and_gates():
