@@ -15,8 +15,9 @@ folder ``out``::
 
 Nothing is pickled: weights and optimizer state are safetensors, everything else JSON or
 TOML. Resuming is bit-identical to an uninterrupted run on the CPU: each epoch's data
-order is drawn from ``(seed, epoch)`` alone, and the checkpoint holds everything else
-(weights, BatchNorm buffers, optimizer state, torch RNG state).
+order (and, with ``augment``, its random crops / flips) is drawn from ``(seed, epoch)``
+alone, and the checkpoint holds everything else (weights, BatchNorm buffers, optimizer
+state, torch RNG state).
 """
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "task": ("classification", "denoising"),
     "group_weight": ("sqrt_n", "one", "sqrt_alive"),
+    "augment": ("none", "crop_flip"),
 }
+BREGMAN = ("adabreg", "linbreg", "proxsgd")
 CHECKPOINT = "checkpoint.safetensors"
 ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
              "supernet.json", "compact.safetensors", "compact.json", "report.json",
@@ -95,6 +98,9 @@ class Config:
     momentum: float = 0.9              # linbreg, proxsgd, sgd (adam / adabreg use betas)
     density: float = 0.2               # initial fraction of alive units (kernels, elements)
     lr_schedule: str = "constant"      # constant | cosine
+    augment: str = "none"              # none | crop_flip (image inputs; search and fine-tune)
+    weight_decay: float = 0.0          # sgd: coupled; adam / fine-tune: AdamW; Bregman:
+                                       # decoupled, unregularized groups only (see train)
     device: str = "auto"               # auto | cpu | cuda
     finetune: int = 3                  # epochs of plain Adam on the compact model afterwards
     finetune_lr: float = 1e-3          # its learning rate
@@ -152,6 +158,7 @@ class Config:
         for name in ("lam", "lam_edge", "noise_sigma"):
             v = getattr(self, name)
             _require(v is None or 0 <= v < math.inf, name, "a finite number >= 0")
+        _require(0 <= self.weight_decay < math.inf, "weight_decay", "a finite number >= 0")
         _require(0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
         _require(0 <= self.lam_warmup < math.inf, "lam_warmup", "a finite number of epochs >= 0")
         _require(self.target_params is None or self.target_params >= 1, "target_params",
@@ -289,11 +296,21 @@ def resolve_device(name: str) -> torch.device:
 def load_dataset(config: Config):
     from .data import load_data
     try:
-        return load_data(config.data, root=config.data_root, task=config.task,
+        data = load_data(config.data, root=config.data_root, task=config.task,
                          seed=config.seed, noise_sigma=config.noise_sigma, limit=config.limit,
                          **config.data_options)
     except TypeError as e:
         raise ConfigError(f"config field 'data_options': {e}") from None
+    check_augment(config, data)
+    return data
+
+
+def check_augment(config: Config, data):
+    """``augment`` other than "none" needs image inputs (C, H, W)."""
+    if config.augment != "none" and len(data.in_shape) != 3:
+        raise ConfigError(f"config field 'augment': {config.augment!r} needs image inputs "
+                          f"(channels, height, width), but dataset {data.name!r} has inputs "
+                          f"of shape {list(data.in_shape)}; use augment = \"none\"")
 
 
 def build_supernet(config: Config, data) -> ArchGraph:
@@ -329,8 +346,11 @@ def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
     c = config
     if c.optimizer in ("sgd", "adam"):  # dense baselines: no regularizer
         params = list(net.parameters())
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
+        if c.optimizer == "sgd":  # classic (coupled) L2 weight decay
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                   weight_decay=c.weight_decay)
+        if c.weight_decay > 0:  # decoupled: theta <- (1 - lr wd) theta each step
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.Adam(params, lr=c.lr)
     groups = param_groups(net, lam=c.lam, lam_edge=c.lam_edge, mode=c.group_mode)
     if c.optimizer == "adabreg":
@@ -362,14 +382,69 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
-def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None) -> float:
-    """One pass over (x, y) in ``order``; returns the mean loss, raises on NaN / inf."""
+@torch.no_grad()
+def decay_unregularized(opt, weight_decay: float):
+    """Decoupled weight decay for the Bregman optimizers, applied after each step:
+    theta <- (1 - lr * delta * wd) theta on the UNREGULARIZED param groups only (reg None:
+    the head, BatchNorm, ...), where the optimizer is plain Adam / SGD with step size
+    lr * delta (ProxSGD: lr), so this is AdamW-style decay at that step size. Regularized
+    groups are left alone: their sparsity (and shrinkage) comes from the prox."""
+    for g in opt.param_groups:
+        if g.get("reg") is None and g["params"]:
+            torch._foreach_mul_(g["params"], 1 - g["lr"] * g.get("delta", 1.0) * weight_decay)
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per-sample random crop of the zero-padded batch (``pad`` pixels each side) and
+    random horizontal flip, for (N, C, H, W) ``x`` on its own device, drawn from ``gen``
+    (a generator on that device). On standardised data zero padding is the mean colour.
+    Per sample: out = padded[:, dy:dy + H, dx:dx + W], mirrored left-right with p = 1/2."""
+    n, c, h, w = x.shape
+    dev = x.device
+    shift = torch.randint(0, 2 * pad + 1, (2, n), generator=gen, device=dev)
+    flip = torch.rand(n, generator=gen, device=dev) < 0.5
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (shift[0, :, None] + torch.arange(h, device=dev)).view(n, 1, h, 1)
+    out = padded.gather(2, rows.expand(n, c, h, w + 2 * pad))
+    j = torch.arange(w, device=dev)
+    cols = shift[1, :, None] + torch.where(flip[:, None], w - 1 - j, j)  # flip: read j backwards
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def augmenter(config: Config, seed: int, epoch: int, device):
+    """The batch augmentation of ``epoch`` (None for ``augment="none"``): a function
+    ``(xb, yb) -> (xb, yb)`` drawing from a generator seeded by (seed, epoch) alone, so a
+    resumed run augments exactly like an uninterrupted one. Denoising targets (clean
+    images) get the same crop / flip as their inputs."""
+    if config.augment == "none":
+        return None
+    key = (seed * 1_000_003 + epoch) % 2 ** 63 ^ 0x5DEECE66D  # not epoch_order's stream
+    gen = torch.Generator(device=device).manual_seed(key)
+
+    def augment(xb, yb):
+        if xb.dim() != 4:
+            raise ConfigError(f"config field 'augment': {config.augment!r} needs image "
+                              f"batches (N, C, H, W), got shape {list(xb.shape)}")
+        if yb.dim() < 2:  # class labels
+            return crop_flip(xb, gen), yb
+        c = xb.shape[1]
+        both = crop_flip(torch.cat([xb, yb.reshape(xb.shape)], 1), gen)
+        return both[:, :c], both[:, c:].reshape(yb.shape)
+    return augment
+
+
+def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
+                augment=None) -> float:
+    """One pass over (x, y) in ``order``; returns the mean loss, raises on NaN / inf.
+    ``augment(xb, yb) -> (xb, yb)`` (see :func:`augmenter`) transforms each batch."""
     net.train()
     order = order.to(x.device)
     total, count = 0.0, 0
     for step, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
         xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb, yb = augment(xb, yb)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xb), yb, task)
         value = loss.item()
@@ -604,6 +679,7 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
     out = Path(out)
     device = resolve_device(config.device)
     data = data if data is not None else load_dataset(config)
+    check_augment(config, data)
     graph = build_supernet(config, data)
 
     from .groups import sparse_init
@@ -615,6 +691,7 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
     steps = math.ceil(len(x) / config.batch_size)
 
     control = LamControl(net, opt, config, steps)
+    decay = config.weight_decay > 0 and config.optimizer in BREGMAN  # else torch's own
     metrics, start, seconds = [], 0, 0.0
     if resume_from is not None:
         meta = load_checkpoint(resume_from, net, opt)
@@ -637,6 +714,8 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
             lr = set_lr(opt, config, epoch)
 
             def on_step(step, epoch=epoch):
+                if decay:
+                    decay_unregularized(opt, config.weight_decay)
                 if not control.active:
                     return
                 g = (epoch - 1) * steps + step + 1  # the next step's number
@@ -649,7 +728,8 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
                 control.set((epoch - 1) * steps + 1)
             try:
                 loss = train_epoch(net, opt, x, y, data.task, config.batch_size,
-                                   epoch_order(config.seed, epoch, len(x)), bar, on_step)
+                                   epoch_order(config.seed, epoch, len(x)), bar, on_step,
+                                   augmenter(config, config.seed, epoch, x.device))
                 if control.target and epoch == config.epochs:
                     control.settle(net)
                 if not all(torch.isfinite(p).all() for p in net.parameters()):
@@ -689,8 +769,11 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
 
 
 def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
-    """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model."""
-    opt = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
+    """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
+    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search."""
+    opt = (torch.optim.AdamW(net.parameters(), lr=config.finetune_lr,
+                             weight_decay=config.weight_decay) if config.weight_decay > 0
+           else torch.optim.Adam(net.parameters(), lr=config.finetune_lr))
     x, y = (t.to(device) for t in data.train.tensors)
     total = math.ceil(len(x) / config.batch_size) * config.finetune
     done = [0]
@@ -702,7 +785,8 @@ def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
 
     on_step = cosine if config.finetune_schedule == "cosine" else None
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
-                        epoch_order(config.seed + 1, e, len(x)), on_step=on_step)
+                        epoch_order(config.seed + 1, e, len(x)), on_step=on_step,
+                        augment=augmenter(config, config.seed + 1, e, x.device))
             for e in range(1, config.finetune + 1)]
 
 

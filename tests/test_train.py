@@ -239,3 +239,132 @@ def test_toml_round_trip_and_overrides(tmp_path):
     path.write_text("epochs = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+# ---------------------------------------------------------------------- augment, weight decay
+def test_crop_flip_shapes_determinism_and_mirror():
+    import torch.nn.functional as F
+    from archdisc.train import augmenter, crop_flip
+    x = torch.randn(16, 3, 8, 8)
+    out = crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(out, crop_flip(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, crop_flip(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(out, x)
+    # reference: replay the draws, crop the padded sample by slicing, mirror with torch.flip
+    g = torch.Generator().manual_seed(0)
+    shift = torch.randint(0, 9, (2, 16), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    assert flip.any() and not flip.all()
+    padded = F.pad(x, (4, 4, 4, 4))
+    for i in range(16):
+        dy, dx = shift[:, i].tolist()
+        ref = padded[i, :, dy:dy + 8, dx:dx + 8]
+        assert torch.equal(out[i], torch.flip(ref, [2]) if flip[i] else ref), i
+    # without padding each sample is itself or its exact mirror image, both occur
+    same = crop_flip(x, torch.Generator().manual_seed(0), pad=0)
+    kept = [torch.equal(a, b) for a, b in zip(same, x)]
+    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(same, x)]
+    assert all(k or m for k, m in zip(kept, mirrored)) and any(kept) and any(mirrored)
+    # denoising: the clean target gets the same crop / flip as the input
+    aug = augmenter(small(augment="crop_flip"), 0, 1, "cpu")
+    xb, yb = aug(x, x.clone())
+    assert torch.equal(xb, yb) and not torch.equal(xb, x)
+    labels = torch.arange(16)
+    assert torch.equal(aug(x, labels)[1], labels)
+    assert augmenter(small(), 0, 1, "cpu") is None
+
+
+def fake_cifar(root, per_batch=12):
+    """A tiny CIFAR-10 binary layout (5 train batches + test) of random bytes."""
+    import numpy as np
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rec = rng.integers(0, 256, size=(per_batch, 1 + 3 * 32 * 32), dtype=np.uint8)
+        rec[:, 0] %= 10
+        rec.tofile(folder / name)
+    return root
+
+
+def images(root, **kw) -> Config:
+    base = dict(space="convnet", space_options={"channels": [4, 4], "hidden": 8},
+                data="cifar10", data_root=str(root), epochs=3, batch_size=16, lr=1e-2,
+                lam=0.1, density=0.5, device="cpu", finetune=1, augment="crop_flip")
+    return Config(**{**base, **kw})
+
+
+def test_augmented_resume_is_bit_identical(tmp_path):
+    cfg = images(fake_cifar(tmp_path / "data"), weight_decay=0.1)
+    run_discover(cfg, tmp_path / "full", progress=False)
+
+    def stop(epoch, record, net):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_discover(cfg, tmp_path / "cut", progress=False, on_epoch=stop)
+    run_discover(cfg, tmp_path / "cut", resume=True, progress=False)
+    for name in ("supernet.safetensors", "compact.safetensors"):
+        a, _ = load_tensors(tmp_path / "full" / name)
+        b, _ = load_tensors(tmp_path / "cut" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # augmentation is wired in: the same run without it trains differently
+    plain = run_discover(images(tmp_path / "data", weight_decay=0.1, augment="none"),
+                         tmp_path / "plain", progress=False)
+    full = json.loads((tmp_path / "full" / "report.json").read_text())
+    assert plain["finetune"]["train_loss"] != full["finetune"]["train_loss"]
+    first = [(tmp_path / d / "metrics.jsonl").read_text().splitlines()[0]
+             for d in ("full", "plain")]
+    assert json.loads(first[0])["train_loss"] != json.loads(first[1])["train_loss"]
+
+
+def test_weight_decay_shrinks_only_unregularized_groups(tmp_path):
+    from archdisc.compile import ArchNet
+    from archdisc.train import (build_supernet, decay_unregularized, load_dataset,
+                                make_optimizer, train)
+    cfg = small(weight_decay=0.5)
+    net = ArchNet(build_supernet(cfg, load_dataset(cfg)))
+    opt = make_optimizer(net, cfg)
+    before = [[p.detach().clone() for p in g["params"]] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["lr"] = 0.1
+    decay_unregularized(opt, 0.5)
+    for g, old in zip(opt.param_groups, before):
+        factor = 1.0 if g["reg"] is not None else 1 - 0.1 * g["delta"] * 0.5
+        assert all(torch.equal(p, o * factor) for p, o in zip(g["params"], old)), g["name"]
+    assert any(g["reg"] is None for g in opt.param_groups)
+    # baselines use torch's weight decay: SGD's (coupled), AdamW for adam
+    sgd = make_optimizer(net, small(optimizer="sgd", weight_decay=0.5))
+    assert sgd.param_groups[0]["weight_decay"] == 0.5
+    assert isinstance(make_optimizer(net, small(optimizer="adam", weight_decay=0.5)),
+                      torch.optim.AdamW)
+    assert type(make_optimizer(net, small(optimizer="adam"))) is torch.optim.Adam
+    # a short run: the head shrinks; the searched layers keep their structure (measured:
+    # the same alive units, fc1 9 / fc2 11, with and without decay; head norm 1.14 -> 0.61)
+    from archdisc.groups import alive
+    norms, units = {}, {}
+    for wd in (0.0, 2.0):
+        (tmp_path / str(wd)).mkdir()
+        trained = train(small(epochs=2, weight_decay=wd), tmp_path / str(wd), progress=False)[0]
+        norms[wd] = trained.layers["fc3"].weight.norm().item()
+        units[wd] = alive(trained)["units"]
+    assert norms[2.0] < 0.8 * norms[0.0], norms
+    assert units[2.0] == units[0.0] and all(units[0.0].values()), units
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"weight_decay": -1e-4}, r"'weight_decay': must be a finite number >= 0"),
+    ({"weight_decay": math.inf}, r"'weight_decay': must be a finite number >= 0"),
+    ({"augment": "cutout"}, r"'augment': 'cutout' is not allowed; choose one of none, "
+                            r"crop_flip"),
+])
+def test_bad_augment_and_weight_decay(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict(kw)
+
+
+def test_augment_needs_image_inputs(tmp_path):
+    with pytest.raises(ConfigError, match=r"'augment'.*image inputs.*\[20\]"):
+        run_discover(small(augment="crop_flip"), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
