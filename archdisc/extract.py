@@ -43,6 +43,13 @@ node's output: features or channels; a flatten node has one unit per feature). T
    computes its constant output through a chain of single units back to the input: that
    is the documented result, never an error.
 
+   With ``round_to=k`` every searchable linear / conv node and every add keeps extra
+   supernet units (inside the fixed point) until its kept width is a multiple of ``k``
+   (or the supernet width). A padding unit is kept like any other, so what it reads is
+   demanded and constants it produces are no longer folded: still exact. Preferred are
+   units needing no input that is not kept yet, among them those exactly zero (a dead
+   unit; an add position where every member is zero), then by index.
+
 3. **Build.** Kept units are sliced out of the weights with ``index_select``. The
    constants that a layer no longer reads are folded into its bias
    (``b += W[:, j] * c_j``, for a conv the kernel sum times ``c_j``). Nodes with nothing
@@ -76,17 +83,21 @@ class ExtractionError(ValueError):
 # ---------------------------------------------------------------------- public API
 @torch.no_grad()
 def extract(net: ArchNet, *, verify: bool = True, fold_bn: bool = False, inputs=None,
-            atol: float = 1e-5) -> tuple[ArchGraph, ArchNet]:
+            atol: float = 1e-5, round_to: int = 1) -> tuple[ArchGraph, ArchNet]:
     """The discovered architecture of ``net`` and the compact model computing its function.
 
     ``net`` is read, never changed. ``fold_bn`` folds every BatchNorm that follows a conv
     into that conv (a new bias) and removes the BatchNorm nodes. ``verify`` runs both models
     in eval mode on ``inputs`` (a tensor or a tuple, one per input node; default: 4 random
     samples) and raises :class:`ExtractionError` naming the first node where they differ by
-    more than ``atol * max(1, max |activation|)``. Returns ``(graph, model)``, the model in
-    eval mode on ``net``'s device.
+    more than ``atol * max(1, max |activation|)``. ``round_to`` rounds the kept width of
+    every searchable linear / conv node and every add up to a multiple of it (capped at
+    the supernet width) by keeping more supernet units: hardware-friendly widths, same
+    function. Returns ``(graph, model)``, the model in eval mode on ``net``'s device.
     """
-    ex = _Extractor(net)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+    ex = _Extractor(net, round_to)
     graph, state, mapping = ex.build()
     if fold_bn:
         _fold_batchnorm(graph, state, mapping)
@@ -160,8 +171,9 @@ def _inputs(net: ArchNet, inputs, batch: int = 4) -> tuple:
 class _Extractor:
     """Values, keep masks and the compact graph + weights of one supernet (CPU tensors)."""
 
-    def __init__(self, net: ArchNet):
+    def __init__(self, net: ArchNet, round_to: int = 1):
         self.g: ArchGraph = net.graph
+        self.round_to = round_to
         self.state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         self.shapes = self.g.shapes()
         self.order = self.g.order()
@@ -312,6 +324,10 @@ class _Extractor:
                 if not self.g.nodes[n]["searchable"] and (d.any() or self.keep[n].any()):
                     d[:] = True
                 self.keep[n] |= d
+                if self.g.nodes[n]["searchable"] and self.round_to > 1:
+                    s = ins[0]
+                    new = self.nz[n] & ~self.foldable[n] & ~(fwd[s] | dem[s])
+                    self._pad(n, 2 * new.sum(1) + (self.var[n] | (self.val[n] != 0)))
                 rows = self.keep[n]
                 if rows.any():
                     s = ins[0]
@@ -323,6 +339,15 @@ class _Extractor:
                     dem[s] |= need
             elif op == "add":
                 self.keep[n] |= d
+                if self.round_to > 1:
+                    new, nonzero = (torch.zeros(self.units[n], dtype=torch.long)
+                                    for _ in range(2))
+                    for s in ins:
+                        have = dem[s] | (fwd[s] if (s, n) in self.live else False)
+                        idx, nzs = self.index(s, n), self.nonzero[s, n]
+                        new.index_add_(0, idx, (nzs & ~have).long())
+                        nonzero.index_add_(0, idx, nzs.long())
+                    self._pad(n, 2 * new + (nonzero > 0))
                 rows = self.keep[n]
                 if rows.any():
                     for s in ins:
@@ -344,6 +369,15 @@ class _Extractor:
                 dem[ins[0]] |= d.view(self.units[ins[0]], -1).any(1)
             else:
                 dem[ins[0]] |= d
+
+    def _pad(self, n, cost):
+        """Keep the cheapest extra units of ``n`` up to a multiple of ``round_to``."""
+        k, r = int(self.keep[n].sum()), self.round_to
+        extra = min(self.units[n], -(-k // r) * r) - k
+        if extra > 0:
+            free = (~self.keep[n]).nonzero().squeeze(1)
+            pick = free[torch.argsort(cost[free], stable=True)[:extra]]
+            self.keep[n][pick] = True
 
     # ---- step 3: the compact graph and its weights
     def build(self):

@@ -1,7 +1,7 @@
 """CPU latency of a supernet and its discovered (compact) model: eager PyTorch,
 TorchScript and onnxruntime, at batch 1 (latency) and 256 (throughput).
 
-    python experiments/bench_latency.py [--threads 1] [--run RUN_DIR]
+    python experiments/bench_latency.py [--threads 1] [--run RUN_DIR] [--round-to K]
 
 With ``--run`` it reads ``RUN/supernet.{safetensors,json}`` and ``RUN/compact.{...}``.
 By default it runs a synthetic demo: built-in supernets (mlp, convnet, skip_mlp,
@@ -12,8 +12,9 @@ Threads are pinned (torch.set_num_threads, onnxruntime intra_op_num_threads). Ea
 is warmed up, then timed >= 30 times at batch 1 and >= 10 times at batch 256; the table
 gives the median and p90 and the speedup ``supernet eager / compact X`` beside the
 MACs ratio (the ideal speedup). TorchScript and ONNX files come from ``archdisc.export``
-(so they are verified against the eager model before being timed). Results also go to
-``experiments/results/latency.json``.
+(so they are verified against the eager model before being timed). ``--round-to K``
+passes ``round_to=K`` to the demo's ``extract`` (kept widths rounded up to multiples of
+K). Results also go to ``experiments/results/latency.json``.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def kill_half(net, seed=0):
     return net
 
 
-def demo_pair(name, options):
+def demo_pair(name, options, round_to=1):
     from archdisc.extract import extract
 
     torch.manual_seed(0)
@@ -73,7 +74,7 @@ def demo_pair(name, options):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 2.0)
     supernet = kill_half(supernet).eval()
-    _, compact = extract(supernet)
+    _, compact = extract(supernet, round_to=round_to)
     return supernet, compact.eval()
 
 
@@ -179,6 +180,8 @@ def main(argv=None):
                                   "default: the synthetic demo")
     ap.add_argument("--models", nargs="+", choices=sorted(DEMO), default=list(DEMO),
                     help="demo models to time")
+    ap.add_argument("--round-to", type=int, default=1,
+                    help="demo: round kept widths up to a multiple of K (default 1)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
     args = ap.parse_args(argv)
 
@@ -191,7 +194,7 @@ def main(argv=None):
     if args.run:
         pairs = [(Path(args.run).name, *run_pair(args.run))]
     else:
-        pairs = [(n, *demo_pair(n, DEMO[n])) for n in args.models]
+        pairs = [(n, *demo_pair(n, DEMO[n], args.round_to)) for n in args.models]
     models = []
     for name, sup, comp in pairs:
         models.append(bench(name, sup, comp, args.threads))
@@ -205,6 +208,7 @@ def main(argv=None):
             "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
             "cpu": cpu_name(), "cores": os.cpu_count(),
             "source": args.run or "synthetic demo (half the units zeroed, extract)",
+            "round_to": args.round_to,
             "seconds": round(time.perf_counter() - t0, 1)}
     print(f"\nthreads={args.threads}, torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}; median (p90) over {BATCHES[1][1]} runs at batch 1, "

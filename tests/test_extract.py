@@ -463,3 +463,60 @@ def test_messy_patterns_with_constants(seed, space):
     graph, _ = check(net)
     folded, _ = extract(net, fold_bn=True)  # verified inside
     assert set(folded) == {n for n in graph if graph.nodes[n]["op"] != "batchnorm2d"}
+
+
+# ---------------------------------------------------------------------- round_to
+def widths(graph):
+    """Kept width of every node whose width extraction chooses (searchable layers, adds)."""
+    return {n: a["units"] for n, a in graph.nodes(data=True)
+            if a["op"] == "add" or (a["op"] in ("linear", "conv2d") and a["searchable"])}
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=SEEDS, space=st.sampled_from(sorted(SPACES)), messy=st.booleans())
+def test_round_to_multiple(seed, space, messy):
+    """round_to=8 keeps widths at multiples of 8 (or the supernet width), stays exact (the
+    node-by-node verification inside extract), and round_to=1 is the default."""
+    gen = torch.Generator().manual_seed(seed)
+    net = supernet(SPACES[space](), seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith("gates."):
+                p.mul_((torch.rand(p.shape, generator=gen) < 0.7).float())
+            elif net.graph.nodes[name.split(".")[1]].get("searchable", True):
+                p[torch.rand(p.shape[0], generator=gen) < 0.5] = 0  # dead units
+                if messy and p.dim() > 1:  # unread inputs
+                    p[:, torch.rand(p.shape[1], generator=gen) < 0.2] = 0
+    base, _ = extract(net)
+    graph, compact = extract(net, round_to=8)
+    assert extract(net, round_to=1)[0].to_dict() == base.to_dict()
+    full = net.graph.units()
+    for n, w in widths(graph).items():
+        assert w % 8 == 0 or w == full[n], (n, w, full[n])
+        assert w >= widths(base).get(n, 0)
+    heads = [n for n in net.graph if not net.graph.nodes[n].get("searchable", True)]
+    assert all(graph.nodes[n]["units"] == full[n] for n in heads if n in graph)
+    x = inputs_for(net)
+    with torch.no_grad():
+        ref, got = net(x), compact(x)
+    assert (ref - got).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
+    assert sum(p.numel() for p in compact.parameters()) == count_params(graph)
+    assert count_params(base) <= count_params(graph) <= count_params(net.graph)
+
+
+def test_round_to_pads_with_dead_units_first():
+    net = supernet(mlp((20, 16, 12, 5), in_shape=None))
+    kill(net, "fc1", {0, 1, 2})
+    graph, _ = check(net)
+    assert graph.nodes["fc1"]["units"] == 3
+    graph, compact = extract(net, round_to=4)
+    assert graph.nodes["fc1"]["units"] == 4 and graph.nodes["fc2"]["units"] == 12
+    assert graph.nodes["fc1"]["units"] == compact.layers["fc1"].weight.shape[0]
+    assert extract(net, round_to=32)[0].nodes["fc1"]["units"] == 16  # capped
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.0, True, "8"])
+def test_round_to_rejects_bad_values(bad):
+    net = supernet(mlp((20, 16, 12, 5), in_shape=None))
+    with pytest.raises(ValueError, match="round_to"):
+        extract(net, round_to=bad)
