@@ -254,6 +254,7 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     ``total_edges``: the supernet's number of candidate edges (drawn as a reference
     line; 0 hides the edge panel). Records without alive counts are skipped."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     rows = []
     for i, rec in enumerate(_read_records(metrics_path_or_records)):
@@ -266,7 +267,8 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     epochs = [r[0] for r in rows]
     nodes = list(dict.fromkeys(n for r in rows for n in r[1]))
     totals = [t for t in [total_edges] + [r[3] for r in rows] if t is not None]
-    has_edges = any(r[2] is not None for r in rows) and (not totals or max(totals) > 0)
+    counts = [r[2] for r in rows if r[2] is not None]
+    has_edges = bool(counts) and max(totals or counts) > 0  # no candidate edge: no panel
 
     fig = Figure(figsize=(9, 6.5 if has_edges else 4.5), dpi=110, layout="constrained")
     axes = fig.subplots(2 if has_edges else 1, 1, sharex=True, squeeze=False,
@@ -275,7 +277,11 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     for i, n in enumerate(nodes):  # 10 colours, then the next line style
         ax.plot(epochs, [r[1].get(n, float("nan")) for r in rows], marker=".", label=n,
                 color=f"C{i % 10}", ls=("-", "--", ":", "-.")[i // 10 % 4])
-    ax.set_yscale("symlog", linthresh=1)  # log scale that still shows 0 alive
+    values = [v for r in rows for v in r[1].values() if v > 0]
+    if values and max(values) > 20 * min(values):  # spans decades: log, still showing 0
+        ax.set_yscale("symlog", linthresh=1)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("alive units")
     ax.set_title("Growth of the architecture")
     ax.grid(True, which="both", alpha=0.3)
