@@ -93,3 +93,28 @@ def write_results(name: str, results: dict, *, seeds, started: float, out_dir=No
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
+
+
+def fit(model, data, epochs, seed, lr=1e-3, batch=128, offset=0, schedule="constant"):
+    """Plain Adam on ``data.train`` (classification), data order from (seed, offset + epoch);
+    ``schedule="cosine"`` decays lr per step to 0, as archdisc's ``finetune_schedule``."""
+    import math
+    from archdisc.train import epoch_order, train_epoch
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y = data.train.tensors
+    total, done = epochs * math.ceil(len(x) / batch), [0]
+
+    def cosine(step):
+        done[0] += 1
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
+    for e in range(1, epochs + 1):
+        train_epoch(model, opt, x, y, "classification", batch,
+                    epoch_order(seed, offset + e, len(x)),
+                    on_step=cosine if schedule == "cosine" else None)
+    return model
+
+
+def acc(model, split) -> float:
+    from archdisc.data import evaluate
+    return evaluate(model, split, "accuracy")

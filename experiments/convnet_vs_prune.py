@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, mean_std, set_threads, workdir, write_results  # noqa: E402
+from common import (RESULTS, acc, fit, mean_std, set_threads, workdir,  # noqa: E402
+                    write_results)
 
 import torch  # noqa: E402
 
 SUPERNET = 236_618
 BUDGETS = [23_662, 59_155]  # 10% and 25% of the supernet
-LIMIT, BATCH, LR, DENSE_EPOCHS, FT_EPOCHS = 20_000, 128, 1e-3, 10, 3
+LIMIT, BATCH, DENSE_EPOCHS, FT_EPOCHS = 20_000, 128, 10, 3  # baselines: Adam lr 1e-3 (common.fit)
 PARTS = RESULTS / "convnet_vs_prune_parts"
 ARCHDISC = dict(space="convnet", data="fashion-mnist", limit=LIMIT, optimizer="adabreg",
                 group_mode="unit", lr=3e-3, lam=0.05, density=0.2, epochs=5, finetune=8,
@@ -49,28 +49,6 @@ def convnet(widths):
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def fit(model, data, epochs, seed, offset=0, schedule="constant"):
-    from archdisc.train import epoch_order, train_epoch
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    x, y = data.train.tensors
-    total, done = epochs * math.ceil(len(x) / BATCH), [0]
-
-    def cosine(step):
-        done[0] += 1
-        for g in opt.param_groups:
-            g["lr"] = LR * 0.5 * (1 + math.cos(math.pi * done[0] / total))
-    for e in range(1, epochs + 1):
-        train_epoch(model, opt, x, y, "classification", BATCH,
-                    epoch_order(seed, offset + e, len(x)),
-                    on_step=cosine if schedule == "cosine" else None)
-    return model
-
-
-def acc(model, split) -> float:
-    from archdisc.data import evaluate
-    return evaluate(model, split, "accuracy")
 
 
 @torch.no_grad()

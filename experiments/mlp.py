@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, mean_std, set_threads, workdir, write_results  # noqa: E402
+from common import (RESULTS, acc, fit, mean_std, set_threads, workdir,  # noqa: E402
+                    write_results)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -52,30 +53,6 @@ def mlp(widths) -> nn.Sequential:
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def fit(model, data, epochs, seed, lr=LR, offset=0, schedule="constant"):
-    """Adam; ``schedule`` "cosine" decays lr per step to 0 (as archdisc's finetune_schedule)."""
-    import math
-    from archdisc.train import epoch_order, train_epoch
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    x, y = data.train.tensors
-    total, done = epochs * math.ceil(len(x) / BATCH), [0]
-
-    def cosine(step):
-        done[0] += 1
-        for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
-    for e in range(1, epochs + 1):
-        train_epoch(model, opt, x, y, "classification", BATCH,
-                    epoch_order(seed, offset + e, len(x)),
-                    on_step=cosine if schedule == "cosine" else None)
-    return model
-
-
-def acc(model, split) -> float:
-    from archdisc.data import evaluate
-    return evaluate(model, split, "accuracy")
 
 
 @torch.no_grad()
