@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from .compile import ArchNet
+from .export import save as save_model
 from .graph import ArchGraph, GraphError
 from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 
 __all__ = ["Config", "ConfigError", "TrainingError", "RunError", "load_config",
-           "run_discover", "train", "save_model", "load"]
+           "run_discover", "train", "cosine_steps"]
 
 OPTIMIZERS = ("adabreg", "linbreg", "proxsgd", "sgd", "adam")
 CHOICES = {
@@ -624,20 +625,6 @@ def load_checkpoint(path, net, opt) -> dict:
     return meta
 
 
-# ====================================================================== models on disk
-def save_model(net: ArchNet, path):
-    """Write ``PATH.safetensors`` (state dict) and ``PATH.json`` (its ArchGraph)."""
-    from .export import save
-    return save(net, path)
-
-
-def load(path) -> ArchNet:
-    """The eval-mode ArchNet saved as ``PATH.safetensors`` + ``PATH.json`` (``path`` with
-    or without either suffix); no pickle involved."""
-    from .export import load as _load
-    return _load(path)
-
-
 # ====================================================================== the run
 def prepare_run(out, config: Config, resume=False, force=False) -> Path | None:
     """Decide how to use the run folder ``out``; returns the checkpoint to resume from,
@@ -768,6 +755,18 @@ def train(config: Config, out, data=None, resume_from=None, progress=True,
     return net, data, metrics, seconds
 
 
+def cosine_steps(opt, lr: float, total: int):
+    """An ``on_step`` hook for :func:`train_epoch`: after each of ``total`` steps, set the
+    lr of every group of ``opt`` to the next value of a cosine from ``lr`` down to 0."""
+    done = [0]
+
+    def step(_):
+        done[0] += 1
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
+    return step
+
+
 def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
     AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search."""
@@ -776,14 +775,8 @@ def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
            else torch.optim.Adam(net.parameters(), lr=config.finetune_lr))
     x, y = (t.to(device) for t in data.train.tensors)
     total = math.ceil(len(x) / config.batch_size) * config.finetune
-    done = [0]
-
-    def cosine(step):  # lr for the next step: cosine from finetune_lr to 0
-        done[0] += 1
-        for g in opt.param_groups:
-            g["lr"] = config.finetune_lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
-
-    on_step = cosine if config.finetune_schedule == "cosine" else None
+    on_step = (cosine_steps(opt, config.finetune_lr, total)
+               if config.finetune_schedule == "cosine" else None)
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
                         epoch_order(config.seed + 1, e, len(x)), on_step=on_step,
                         augment=augmenter(config, config.seed + 1, e, x.device))

@@ -34,7 +34,8 @@ def workdir(path=None) -> Path:
 
 def discover(config, run_dir):
     """``run_discover`` into ``run_dir`` (overwritten); returns (report, metrics, supernet)."""
-    from archdisc.train import load, run_discover
+    from archdisc import load
+    from archdisc.train import run_discover
     report = run_discover(config, run_dir, force=True, progress=False)
     metrics = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text()
                .splitlines() if line.strip()]
@@ -99,19 +100,14 @@ def fit(model, data, epochs, seed, lr=1e-3, batch=128, offset=0, schedule="const
     """Plain Adam on ``data.train`` (classification), data order from (seed, offset + epoch);
     ``schedule="cosine"`` decays lr per step to 0, as archdisc's ``finetune_schedule``."""
     import math
-    from archdisc.train import epoch_order, train_epoch
+    from archdisc.train import cosine_steps, epoch_order, train_epoch
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data.train.tensors
-    total, done = epochs * math.ceil(len(x) / batch), [0]
-
-    def cosine(step):
-        done[0] += 1
-        for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done[0] / total))
+    total = epochs * math.ceil(len(x) / batch)
+    on_step = cosine_steps(opt, lr, total) if schedule == "cosine" else None
     for e in range(1, epochs + 1):
         train_epoch(model, opt, x, y, "classification", batch,
-                    epoch_order(seed, offset + e, len(x)),
-                    on_step=cosine if schedule == "cosine" else None)
+                    epoch_order(seed, offset + e, len(x)), on_step=on_step)
     return model
 
 

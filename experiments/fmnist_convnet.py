@@ -46,7 +46,8 @@ def main(argv=None):
     started = time.perf_counter()
     set_threads(args.threads)
     from archdisc.render import plot_growth
-    from archdisc.train import Config, load
+    from archdisc import load
+    from archdisc.train import Config
 
     work = workdir(args.work)
     rows = []

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from archdisc.extract import extract, verify_equivalent
-from archdisc.train import Config, ConfigError, load, run_discover
+from archdisc import load
+from archdisc.train import Config, ConfigError, run_discover
 
 
 def cfg(**kw) -> Config:

@@ -71,8 +71,8 @@ def test_load_round_trip_equals_compact_outputs(run, tmp_path):
     tensors, _ = load_tensors(out / "compact.safetensors")
     for k, v in net.state_dict().items():
         assert torch.equal(v, tensors[k])
-    from archdisc.train import save_model
-    save_model(net, tmp_path / "again")
+    from archdisc.export import save
+    save(net, tmp_path / "again")
     again = archdisc.load(tmp_path / "again")
     x = torch.randn(16, 20)
     with torch.no_grad():
