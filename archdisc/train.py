@@ -769,14 +769,26 @@ def cosine_steps(opt, lr: float, total: int):
 
 def finetune(net: ArchNet, data, config: Config, device) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
-    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search."""
+    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search.
+
+    With kernel or element groups the compact model still holds the zeros the search
+    found inside its surviving units; they stay zero, so the sparsity is not lost."""
     opt = (torch.optim.AdamW(net.parameters(), lr=config.finetune_lr,
                              weight_decay=config.weight_decay) if config.weight_decay > 0
            else torch.optim.Adam(net.parameters(), lr=config.finetune_lr))
     x, y = (t.to(device) for t in data.train.tensors)
     total = math.ceil(len(x) / config.batch_size) * config.finetune
-    on_step = (cosine_steps(opt, config.finetune_lr, total)
-               if config.finetune_schedule == "cosine" else None)
+    cosine = (cosine_steps(opt, config.finetune_lr, total)
+              if config.finetune_schedule == "cosine" else None)
+    keep = ([(p, p != 0) for p in net.parameters() if p.dim() > 1]
+            if config.group_mode != "unit" else [])
+
+    @torch.no_grad()
+    def on_step(i):
+        if cosine is not None:
+            cosine(i)
+        for p, mask in keep:
+            p.mul_(mask)
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
                         epoch_order(config.seed + 1, e, len(x)), on_step=on_step,
                         augment=augmenter(config, config.seed + 1, e, x.device))

@@ -25,6 +25,17 @@ def set_threads(n: int) -> int:
     return torch.get_num_threads()
 
 
+def limit_arg(text: str) -> int | None:
+    """``--limit`` values: a training-subset size, or 0 for the whole training set."""
+    n = int(text)
+    return None if n == 0 else n
+
+
+def data_note(limit) -> str:
+    return ("full training set (55k; val 5k, test 10k)" if limit is None
+            else f"training subset {limit} (val/test {limit // 5})")
+
+
 def workdir(path=None) -> Path:
     """Folder for the run folders (checkpoints etc.); a fresh temp dir by default."""
     p = Path(path) if path else Path(tempfile.mkdtemp(prefix="archdisc-exp-"))

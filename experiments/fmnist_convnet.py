@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, discover, fmt, mean_std, nonzeros, set_threads,  # noqa: E402
-                    workdir, write_results)
+from common import (RESULTS, data_note, discover, fmt, limit_arg,  # noqa: E402
+                    mean_std, nonzeros, set_threads, workdir, write_results)
 
 # name: Config overrides (lr, lam, group_mode, density, momentum)
 METHODS = {
@@ -36,7 +36,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--limit", type=int, default=20000, help="training subset (None: 55k)")
+    ap.add_argument("--limit", type=limit_arg, default=20000, help="training subset (0: all 55k)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--finetune", type=int, default=3,
                     help="epochs of Adam (lr 1e-3) on the compact model, reported separately")
@@ -101,7 +101,7 @@ def main(argv=None):
     path = write_results("fmnist_convnet", {"settings": vars(args), "methods": METHODS,
                                             "summary": summary, "runs": rows},
                          seeds=args.seeds, started=started,
-                         notes=f"training subset {args.limit} (val/test {args.limit // 5}), "
+                         notes=f"{data_note(args.limit)}, "
                                f"{args.epochs} epochs, cosine lr, CPU {args.threads} thread(s)")
     print(f"wrote {path}")
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, discover, fmt, mean_std, set_threads, workdir,  # noqa: E402
-                    write_results)
+from common import (RESULTS, data_note, discover, fmt, limit_arg,  # noqa: E402
+                    mean_std, set_threads, workdir, write_results)
 
 
 def layer_widths(report):
@@ -46,7 +46,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--limit", type=int, default=10000, help="training subset (None: 55k)")
+    ap.add_argument("--limit", type=limit_arg, default=10000, help="training subset (0: all 55k)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lam", type=float, default=0.07)
     ap.add_argument("--edge-scale", type=float, default=28.0,
@@ -140,7 +140,7 @@ def main(argv=None):
                              ("growth_skip", "png"), ("growth_noskip", "png"), ("widths", "png"),
                              ("compact_skip", "svg"), ("compact_noskip", "svg"))]},
         seeds=args.seeds, started=started,
-        notes=f"training subset {args.limit} (val/test {args.limit // 5}), {args.epochs} "
+        notes=f"{data_note(args.limit)}, {args.epochs} "
               f"epochs, CPU {args.threads} thread(s)")
     print(f"wrote {path}")
 

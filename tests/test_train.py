@@ -368,3 +368,29 @@ def test_augment_needs_image_inputs(tmp_path):
     with pytest.raises(ConfigError, match=r"'augment'.*image inputs.*\[20\]"):
         run_discover(small(augment="crop_flip"), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("mode", ["kernel", "unit"])
+def test_finetune_keeps_the_zeros_of_kernel_groups(mode):
+    """With kernel groups the compact model keeps zero kernels inside its channels: the
+    fine-tune trains the other weights and leaves those zero. Unit groups mask nothing."""
+    from types import SimpleNamespace
+    from torch.utils.data import TensorDataset
+    from archdisc.compile import compile_graph
+    from archdisc.train import finetune
+    from search_spaces import convnet
+    torch.manual_seed(0)
+    net = compile_graph(convnet(channels=(4, 6), hidden=8, in_shape=(1, 12, 12), kernel_size=3))
+    w = net.layers["conv2"].weight
+    with torch.no_grad():
+        w[:, ::2] = 0  # every second (out, in) kernel
+    before = w.detach().clone()
+    data = SimpleNamespace(task="classification", train=TensorDataset(
+        torch.randn(64, 1, 12, 12), torch.randint(0, 10, (64,))))
+    finetune(net, data, small(finetune=2, finetune_lr=1e-2, group_mode=mode), "cpu")
+    zero = before == 0
+    assert not torch.equal(w[~zero], before[~zero])  # the surviving weights were trained
+    if mode == "kernel":
+        assert torch.count_nonzero(w[zero]) == 0
+    else:
+        assert torch.count_nonzero(w[zero]) > 0
