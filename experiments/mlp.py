@@ -1,4 +1,4 @@
-"""Discovery vs. pruning vs. scratch on Fashion-MNIST, MLP 784-200-80-10 (issue 9).
+"""Discovery vs. pruning vs. scratch on Fashion-MNIST (or MNIST), MLP 784-200-80-10 (issue 9).
 
 Equal compact parameter counts and equal total epochs (13) for every method:
 
@@ -7,11 +7,15 @@ Equal compact parameter counts and equal total epochs (13) for every method:
 * ``prune``: dense Adam 10 epochs -> keep the top-k neurons per hidden layer by the L2
   norm of their incoming weights (row + bias) -> 3 epochs of Adam fine-tuning.
   ``prune_ftcosine``: the same with a per-step cosine lr (1e-3 -> 0) in the fine-tune.
+* ``torch_pruning``: the same dense model, pruned to the same widths by Torch-Pruning
+  (its dependency graph and group L2 magnitude importance: a neuron's incoming *and*
+  outgoing weights), then the 3-epoch cosine fine-tune of ``prune_ftcosine``.
 * ``scratch``: the pruned widths trained from scratch with Adam for 13 epochs.
 
 Every method uses batch 128, Adam lr 1e-3 where it trains densely, the same data split
 (55k/5k/10k, seeded) and one CPU thread. Each (method, seed) writes a part file; ``--merge``
-collects them into ``experiments/results/mlp.json`` and ``mlp.png``::
+collects them into ``experiments/results/mlp.json`` and ``mlp.png``. ``--data mnist
+--data-root ROOT`` (ROOT/MNIST/raw/) uses MNIST instead, with its own files (``mlp_mnist*``)::
 
     python experiments/mlp.py --methods prune scratch --seeds 0 1 2
     python experiments/mlp.py --methods archdisc --seeds 0 1 2 --archdisc '{"lam": 0.05}'
@@ -35,7 +39,7 @@ from torch import nn  # noqa: E402
 
 SIZES = {112925: (132, 65), 82935: (98, 55), 46727: (57, 29)}
 EPOCHS, FINETUNE, LR, BATCH = 10, 3, 1e-3, 128
-PARTS = RESULTS / "mlp_parts"
+LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
 ARCHDISC = dict(space="mlp", data="fashion-mnist", epochs=EPOCHS, finetune=FINETUNE,
                 finetune_lr=LR, optimizer="adabreg", lr=1e-3, lam=0.05, density=0.2,
                 batch_size=BATCH, device="cpu")
@@ -75,7 +79,23 @@ def prune(dense: nn.Sequential, widths) -> nn.Sequential:
     return small
 
 
-def run_prune(data, seed, schedule="constant"):
+def tp_prune(dense: nn.Sequential, widths) -> nn.Sequential:
+    """Torch-Pruning: score every hidden neuron's dependency group (incoming row and outgoing
+    column) by L2 magnitude on the dense model, then remove the lowest of each layer."""
+    import copy
+    import torch_pruning as tp
+    model = copy.deepcopy(dense)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 784))
+    imp = tp.importance.GroupMagnitudeImportance(p=2)
+    hidden = [m for m in model if isinstance(m, nn.Linear)][:len(widths)]
+    drop = [imp(dg.get_pruning_group(m, tp.prune_linear_out_channels, list(range(m.out_features))))
+            .argsort()[:m.out_features - k].tolist() for m, k in zip(hidden, widths)]
+    for m, idxs in zip(hidden, drop):
+        dg.get_pruning_group(m, tp.prune_linear_out_channels, idxs).prune()
+    return model
+
+
+def run_prune(data, seed, schedule="constant", name="prune", pruner=prune):
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     dense = fit(mlp((200, 80)), data, EPOCHS, seed)
@@ -85,11 +105,12 @@ def run_prune(data, seed, schedule="constant"):
              "seconds": round(t_dense, 1)}]
     for size, widths in SIZES.items():
         t1 = time.perf_counter()
-        small = prune(dense, widths)
+        small = pruner(dense, widths)
         before = acc(small, data.test)
         fit(small, data, FINETUNE, seed, offset=100, schedule=schedule)
         assert n_params(small) == size
-        rows.append({"method": "prune" if schedule == "constant" else f"prune_ft{schedule}", "seed": seed, "params": size, "widths": list(widths),
+        assert [m.out_features for m in small if isinstance(m, nn.Linear)][:-1] == list(widths)
+        rows.append({"method": name, "seed": seed, "params": size, "widths": list(widths),
                      "test_before_finetune": before, "test": acc(small, data.test),
                      "val": acc(small, data.val), "epochs": EPOCHS + FINETUNE,
                      "seconds": round(t_dense + time.perf_counter() - t1, 1)})
@@ -126,9 +147,17 @@ def run_archdisc(data, seed, overrides: dict, tag: str):
     return rows
 
 
-def merge(started):
+def files(dataset, out=None):
+    """(parts folder, results name): ``mlp_parts``/``mlp`` for Fashion-MNIST, else with the
+    dataset in the names (``mlp_mnist_parts``/``mlp_mnist``), so results never mix."""
+    name = "mlp" if dataset == "fashion-mnist" else f"mlp_{dataset}"
+    return Path(out or RESULTS) / f"{name}_parts", name
+
+
+def merge(started, dataset="fashion-mnist", out=None):
+    parts, name = files(dataset, out)
     rows, commands = [], []
-    for f in sorted(PARTS.glob("*.json")):
+    for f in sorted(parts.glob("*.json")):
         part = json.loads(f.read_text())
         rows += part["rows"]
         commands.append(part["command"])
@@ -148,17 +177,17 @@ def merge(started):
                         "seeds": [r["seed"] for r in rs],
                         "widths": [r["widths"] for r in rs]})
     seeds = sorted({r["seed"] for r in rows})
-    path = write_results("mlp", {"summary": summary, "runs": rows, "part_commands": commands},
-                         seeds=seeds, started=started,
-                         notes="Fashion-MNIST 55k/5k/10k, MLP 784-200-80-10; equal compact "
+    path = write_results(name, {"summary": summary, "runs": rows, "part_commands": commands},
+                         seeds=seeds, started=started, out_dir=out,
+                         notes=f"{LABELS[dataset]} 55k/5k/10k, MLP 784-200-80-10; equal compact "
                                "params (archdisc: <= target) and 13 total epochs per method; "
                                "1 CPU thread per process, 2 processes at a time on a shared "
                                "2-core machine (wall times are noisy).")
-    plot(summary)
+    plot(summary, path.with_suffix(".png"), LABELS[dataset])
     return path, summary
 
 
-def plot(summary):
+def plot(summary, path, label):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -169,11 +198,11 @@ def plot(summary):
                     yerr=[s["test"]["std"] for s in ss], marker="o", capsize=3, label=method)
     ax.set_xlabel("compact parameters (thousands)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Fashion-MNIST MLP, 13 epochs per method")
+    ax.set_title(f"{label} MLP, 13 epochs per method")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "mlp.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 def main():
@@ -182,36 +211,45 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--archdisc", default="{}", help="JSON config overrides for archdisc")
     p.add_argument("--tag", default="archdisc", help="method name of the archdisc rows")
+    p.add_argument("--data", choices=list(LABELS), default="fashion-mnist")
+    p.add_argument("--data-root", help="dataset folder (MNIST: ROOT/MNIST/raw/)")
+    p.add_argument("--out", help=f"folder of the part files and results (default {RESULTS})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--merge", action="store_true")
     args = p.parse_args()
     set_threads(args.threads)
     started = time.perf_counter()
     if args.merge:
-        path, summary = merge(started)
+        path, summary = merge(started, args.data, args.out)
         for s in summary:
             print(f"{s['method']:<16} {s['size']:>7} params {s['params']['mean']:>9.0f} "
                   f"test {s['test']['mean']:.2f} ± {s['test']['std']:.2f} (n={s['test']['n']})")
         print(path)
         return
     from archdisc.data import load_data
-    PARTS.mkdir(parents=True, exist_ok=True)
+    parts, _ = files(args.data, args.out)
+    parts.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        data = load_data("fashion-mnist", seed=seed)
+        data = load_data(args.data, root=args.data_root, seed=seed)
         for method in args.methods:
             t0 = time.perf_counter()
             if method == "prune":
                 rows = run_prune(data, seed)
-            elif method == "prune_ftcosine":  # fine-tune with the cosine lr archdisc_r2 uses
-                rows = [r for r in run_prune(data, seed, "cosine") if r["method"] != "dense"]
+            elif method in ("prune_ftcosine", "torch_pruning"):  # archdisc_r2's cosine lr
+                pruner = tp_prune if method == "torch_pruning" else prune
+                rows = [r for r in run_prune(data, seed, "cosine", method, pruner)
+                        if r["method"] != "dense"]
             elif method == "scratch":
                 rows = run_scratch(data, seed)
             else:
-                rows = run_archdisc(data, seed, json.loads(args.archdisc), args.tag)
+                data_opts = {"data": args.data, **({"data_root": args.data_root}
+                                                   if args.data_root else {})}
+                rows = run_archdisc(data, seed, {**data_opts, **json.loads(args.archdisc)},
+                                    args.tag)
             name = args.tag if method == "archdisc" else method
             part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1),
                     "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
-            (PARTS / f"{name}_s{seed}.json").write_text(json.dumps(part, indent=2) + "\n")
+            (parts / f"{name}_s{seed}.json").write_text(json.dumps(part, indent=2) + "\n")
             for r in rows:
                 print(json.dumps({k: v for k, v in r.items() if k != "config"}), flush=True)
 

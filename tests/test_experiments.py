@@ -1,8 +1,13 @@
 """The experiment scripts' CI modes run from a fresh checkout and write their JSON."""
+import copy
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +29,55 @@ def test_cifar10_resnet18_smoke(tmp_path):
     assert abs(doc["test_accuracy"]["compact"] - doc["test_accuracy"]["supernet"]) < 1e-6
     assert 0 < doc["params"]["compact"] <= doc["params"]["supernet"]
     assert 0 < doc["supernet_nonzero"]["kernels_pct"] <= 100
+
+
+def _mlp_script():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import mlp
+    return mlp
+
+
+def test_torch_pruning_baseline_keeps_the_top_groups_and_the_dense_function():
+    pytest.importorskip("torch_pruning")
+    mlp = _mlp_script()
+    torch.manual_seed(0)
+    dense = mlp.mlp((20, 12))
+    small = mlp.tp_prune(dense, (7, 5))
+    assert [m.out_features for m in small if isinstance(m, nn.Linear)] == [7, 5, 10]
+    assert mlp.n_params(small) == (784 + 1) * 7 + (7 + 1) * 5 + (5 + 1) * 10
+    lin, slin = ([m for m in net if isinstance(m, nn.Linear)] for net in (dense, small))
+    reference = copy.deepcopy(dense)
+    with torch.no_grad():
+        for i, k in enumerate((7, 5)):
+            # Torch-Pruning's group L2 importance: squared norms of the incoming row and of
+            # the outgoing column (bias not counted), computed on the dense model
+            score = lin[i].weight.pow(2).sum(1) + lin[i + 1].weight.pow(2).sum(0)
+            expected = sorted(score.topk(k).indices.tolist())
+            kept = [lin[i].bias.tolist().index(b) for b in slin[i].bias.tolist()]
+            assert kept == expected
+            dropped = [j for j in range(lin[i].out_features) if j not in kept]
+            ref = [m for m in reference if isinstance(m, nn.Linear)][i]
+            ref.weight[dropped] = 0
+            ref.bias[dropped] = 0
+        x = torch.randn(16, 1, 28, 28)
+        torch.testing.assert_close(small(x), reference(x), rtol=0, atol=1e-5)
+        assert not torch.allclose(dense(x), reference(x), atol=1e-3)  # something was removed
+
+
+def test_mlp_torch_pruning_on_fake_mnist(tmp_path):
+    pytest.importorskip("torch_pruning")
+    from test_data import write_fake_idx_dataset
+    write_fake_idx_dataset(tmp_path / "MNIST" / "raw", n_train=60, n_test=20)
+    script, out = ROOT / "experiments" / "mlp.py", tmp_path / "results"
+    for extra in (["--methods", "torch_pruning", "--seeds", "0"], ["--merge"]):
+        proc = subprocess.run([sys.executable, str(script), "--data", "mnist", "--data-root",
+                               str(tmp_path), "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "mlp_mnist_parts" / "torch_pruning_s0.json").read_text())["rows"]
+    mlp = _mlp_script()
+    assert [(r["method"], r["params"], tuple(r["widths"])) for r in rows] == [
+        ("torch_pruning", size, widths) for size, widths in mlp.SIZES.items()]
+    doc = json.loads((out / "mlp_mnist.json").read_text())
+    assert "MNIST" in doc["notes"] and len(doc["summary"]) == 3
+    assert (out / "mlp_mnist.png").is_file() and not (out / "mlp.json").exists()
