@@ -19,6 +19,8 @@ RESULTS = ROOT / "experiments" / "results"
 if str(ROOT) not in sys.path:  # `python experiments/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from archdisc.io import atomic_write_text  # noqa: E402
+
 
 def set_threads(n: int) -> int:
     torch.set_num_threads(n)
@@ -70,7 +72,9 @@ def nonzeros(net) -> dict:
     pct = lambda a: round(100 * a[0] / a[1], 3) if a[1] else None  # noqa: E731
     return {"kernels_pct": pct(kern), "conv_weights_pct": pct(conv),
             "linear_weights_pct": pct(lin), "params_pct": pct(total),
-            "params_nonzero": total[0], "params_total": total[1]}
+            "params_nonzero": total[0], "params_total": total[1],
+            "kernels_nonzero": kern[0], "kernels_total": kern[1],
+            "linear_nonzero": lin[0], "linear_total": lin[1]}
 
 
 def mean_std(xs) -> dict:
@@ -103,7 +107,7 @@ def write_results(name: str, results: dict, *, seeds, started: float, out_dir=No
         **results,
     }
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     return path
 
 
