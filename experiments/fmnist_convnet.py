@@ -31,7 +31,7 @@ METHODS = {
                                    density=0.05, lam_layers=CHEAP),
     "AdaBreg, channel groups": dict(optimizer="adabreg", lr=1e-3, lam=0.3, group_mode="unit",
                                     density=0.05, lam_layers=CHEAP),
-    "LinBreg, kernel groups": dict(optimizer="linbreg", lr=0.07, lam=0.5, group_mode="kernel",
+    "LinBreg, kernel groups": dict(optimizer="linbreg", lr=0.07, lam=0.15, group_mode="kernel",
                                    density=0.05, lam_layers=CHEAP),
     "ProxSGD, kernel groups": dict(optimizer="proxsgd", lr=0.05, lam=3e-3, group_mode="kernel",
                                    density=1.0),
