@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, discover, nonzeros, set_threads, workdir, write_results  # noqa: E402
+from common import (RESULTS, discover, final_sparsity, nonzeros,  # noqa: E402
+                    set_threads, workdir, write_results)
 
 
 def fake_cifar(root: Path, per_batch: int = 100, seed: int = 0) -> Path:
@@ -84,6 +85,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     started = time.perf_counter()
     set_threads(args.threads)
+    from archdisc import load
     from archdisc.train import Config
 
     root = args.data_root
@@ -110,6 +112,7 @@ def main(argv=None):
         "params": report["params"],
         "macs": report["macs"],
         "supernet_nonzero": nonzeros(supernet),
+        "final_nonzero": final_sparsity(supernet, load(run / "compact")),
         "alive_units": {n: u["alive"] for n, u in report["units"].items()},
         "epochs": metrics,
         "run_dir": str(run),
@@ -119,7 +122,8 @@ def main(argv=None):
     out = Path(args.out) if args.out else RESULTS / f"{name}.json"
     path = write_results(out.stem, result, seeds=[args.seed], started=started,
                          out_dir=out.parent)
-    print(f"{report['headline']}\nnon-zero in supernet: {result['supernet_nonzero']}\n"
+    print(f"{report['headline']}\nnon-zero in the final model, % of the supernet: "
+          f"{result['final_nonzero']}\n"
           f"wrote {path}")
 
 

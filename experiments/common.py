@@ -77,6 +77,16 @@ def nonzeros(net) -> dict:
             "linear_nonzero": lin[0], "linear_total": lin[1]}
 
 
+def final_sparsity(supernet, compact) -> dict:
+    """Non-zero kernels / linear weights / parameters (%) of the final compact model,
+    relative to the supernet's totals. Counting on the supernet instead would include
+    kernels that only read channels the extraction folds away as constants."""
+    sup, fin = nonzeros(supernet), nonzeros(compact)
+    return {"kernels_pct": 100 * fin["kernels_nonzero"] / sup["kernels_total"],
+            "linear_weights_pct": 100 * fin["linear_nonzero"] / sup["linear_total"],
+            "params_nonzero_pct": 100 * fin["params_nonzero"] / sup["params_total"]}
+
+
 def mean_std(xs) -> dict:
     xs = [float(x) for x in xs]
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,

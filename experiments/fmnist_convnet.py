@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, data_note, discover, fmt, limit_arg,  # noqa: E402
-                    mean_std, nonzeros, set_threads, workdir, write_results)
+from common import (RESULTS, data_note, discover, final_sparsity, fmt,  # noqa: E402
+                    limit_arg, mean_std, nonzeros, set_threads, workdir, write_results)
 
 # name: Config overrides. lam_layers: conv1 (64 kernels of 25 weights) and fc1 (whole neurons
 # of c2*16 weights) at a tenth of the conv2 penalty; without it conv1 kept 4-5 real filters.
@@ -72,14 +72,12 @@ def main(argv=None):
                          finetune_schedule="cosine", **METHODS[method])
             run = work / f"convnet_{cfg.optimizer}_{cfg.group_mode}_s{seed}"
             rep, metrics, supernet = discover(cfg, run)
-            sup, final = nonzeros(supernet), nonzeros(load(run / "compact"))
+            compact = load(run / "compact")
             r = {"method": method, "seed": seed, "config": cfg.to_dict(),
                  "test_accuracy_search": rep["test"]["supernet"],  # = extracted compact
                  "test_accuracy": rep["test"]["compact"],  # after the fine-tune
-                 "kernels_pct": 100 * final["kernels_nonzero"] / sup["kernels_total"],
-                 "linear_weights_pct": 100 * final["linear_nonzero"] / sup["linear_total"],
-                 "params_nonzero_pct": 100 * final["params_nonzero"] / sup["params_total"],
-                 "supernet_nonzero": sup, "compact_nonzero": final,
+                 **final_sparsity(supernet, compact),
+                 "supernet_nonzero": nonzeros(supernet), "compact_nonzero": nonzeros(compact),
                  "params_compact_pct": 100 * rep["params"]["ratio"],
                  "params": rep["params"], "macs": rep["macs"],
                  "widths": {n: u["alive"] for n, u in rep["units"].items()},
