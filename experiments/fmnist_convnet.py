@@ -104,6 +104,31 @@ def note(args) -> str:
             f"{args.threads} thread(s)")
 
 
+def plot(rows, path):
+    """Test accuracy against % non-zero kernels of the final model, one point per run,
+    with the reference implementation's run and the target region."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 4.2), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    ax.axvspan(0, 3.5, ymin=0, ymax=1, color="0.93", zorder=0)
+    for method in METHODS:
+        rs = [r for r in rows if r["method"] == method]
+        if rs:
+            ax.scatter([r["kernels_pct"] for r in rs], [r["test_accuracy"] for r in rs],
+                       label=f"{method} ({len(rs)} seeds)")
+    ax.scatter([3.6], [88.0], marker="*", s=140, color="k", label="reference implementation")
+    ax.axhline(89, color="0.5", lw=0.8, ls="--")
+    ax.text(0.01, 89.05, "target: >= 89% at <= 3.5% kernels (shaded)", fontsize=8,
+            va="bottom", transform=ax.get_yaxis_transform())
+    ax.set_xscale("log")
+    ax.set_xlabel("non-zero conv kernels of the final model (% of the supernet's 4,160)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST ConvNet: accuracy against kernel sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.savefig(path)
+
+
 def merge(started):
     """Collect the part files into ``fmnist_convnet.json`` and print the table."""
     parts = [json.loads(f.read_text()) for f in sorted(PARTS.glob("*.json"))]
@@ -121,6 +146,7 @@ def merge(started):
         print(f"| {m} | {fmt(s['test_accuracy'])} | {fmt(s['test_accuracy_search'])} | "
               f"{fmt(s['kernels_pct'])} | {fmt(s['linear_weights_pct'])} | "
               f"{fmt(s['params_compact_pct'])} | {s['macs_compact']['mean']:,.0f} |")
+    plot(rows, RESULTS / "fmnist_convnet.png")
     path = write_results("fmnist_convnet", {
         "methods": METHODS, "summary": summary, "runs": rows,
         "part_commands": sorted({p["command"] for p in parts})},
