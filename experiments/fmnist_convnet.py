@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ METHODS = {
                                    density=0.05, lam_layers=CHEAP),
     "ProxSGD, kernel groups": dict(optimizer="proxsgd", lr=0.05, lam=3e-3, group_mode="kernel",
                                    density=1.0),
+    "ProxSGD λ 1e-2, kernel groups": dict(optimizer="proxsgd", lr=0.05, lam=1e-2,
+                                          group_mode="kernel", density=1.0),
     "dense Adam": dict(optimizer="adam", lr=1e-3, lam=0.0, density=1.0),
 }
 PARTS = RESULTS / "fmnist_convnet_parts"
@@ -70,7 +73,8 @@ def main(argv=None):
                          epochs=args.epochs + args.finetune * dense, lr_schedule="cosine",
                          device="cpu", finetune=0 if dense else args.finetune, finetune_lr=1e-3,
                          finetune_schedule="cosine", **METHODS[method])
-            run = work / f"convnet_{cfg.optimizer}_{cfg.group_mode}_s{seed}"
+            slug = re.sub(r"[^a-z0-9]+", "_", method.split(",")[0].lower()) + f"_{cfg.group_mode}"
+            run = work / f"convnet_{slug}_s{seed}"
             rep, metrics, supernet = discover(cfg, run)
             compact = load(run / "compact")
             r = {"method": method, "seed": seed, "config": cfg.to_dict(),
@@ -85,7 +89,6 @@ def main(argv=None):
                  "alive_per_epoch": [m["alive"] for m in metrics],
                  "train_seconds": rep["train_seconds"],
                  "finetune_seconds": rep["finetune"]["seconds"]}
-            slug = method.split(",")[0].replace(" ", "_").lower() + f"_{cfg.group_mode}"
             write_results(f"{slug}_s{seed}", {"settings": vars(args), "row": r}, seeds=[seed],
                           started=started, out_dir=PARTS, notes=note(args))
             print(f"{method} seed {seed}: test {r['test_accuracy']:.2f}% (after the search "
