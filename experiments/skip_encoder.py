@@ -52,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--edge-scale", type=float, default=28.0,
                     help="skip penalty lam_edge = edge_scale * lam (reference: 28)")
     ap.add_argument("--density", type=float, default=0.05)
+    ap.add_argument("--target-density", type=float,
+                    help="size budget as a fraction of the supernet: lam is steered to it")
     ap.add_argument("--noise-sigma", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", help="folder for run folders (default: a temp dir)")
@@ -77,7 +79,8 @@ def main(argv=None):
     for seed in args.seeds:
         for variant, lam_edge in variants.items():
             cfg = Config(space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
-                         lam=args.lam, lam_edge=lam_edge, density=args.density, **common)
+                         lam=args.lam, lam_edge=lam_edge, density=args.density,
+                         target_density=args.target_density, **common)
             tag = "skip" if lam_edge else "noskip"
             run = work / f"skip_encoder_{tag}_s{seed}"
             rep, metrics, _ = discover(cfg, run)
