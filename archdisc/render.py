@@ -254,7 +254,7 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     ``total_edges``: the supernet's number of candidate edges (drawn as a reference
     line; 0 hides the edge panel). Records without alive counts are skipped."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+    from matplotlib.ticker import SymmetricalLogLocator, MaxNLocator, ScalarFormatter
 
     rows = []
     for i, rec in enumerate(_read_records(metrics_path_or_records)):
@@ -280,6 +280,7 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     values = [v for r in rows for v in r[1].values() if v > 0]
     if values and max(values) > 20 * min(values):  # spans decades: log, still showing 0
         ax.set_yscale("symlog", linthresh=1)
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1, subs=(1, 2, 5)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("alive units")
