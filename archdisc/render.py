@@ -254,7 +254,7 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     ``total_edges``: the supernet's number of candidate edges (drawn as a reference
     line; 0 hides the edge panel). Records without alive counts are skipped."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
-    from matplotlib.ticker import SymmetricalLogLocator, MaxNLocator, ScalarFormatter
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter, SymmetricalLogLocator
 
     rows = []
     for i, rec in enumerate(_read_records(metrics_path_or_records)):

@@ -9,7 +9,8 @@ conv kernels and linear weights of the final model (relative to the supernet), %
 supernet's parameters in the compact model, and its MACs (FLOPs ~ 2 x MACs, executed
 dense: kernel sparsity inside a surviving channel is not counted as saved).
 
-    .venv/bin/python experiments/fmnist_convnet.py --limit 0 --epochs 10 --finetune 5 --seeds 0 1 2
+    .venv/bin/python experiments/fmnist_convnet.py             # all methods, seeds 0 1 2
+    .venv/bin/python experiments/fmnist_convnet.py --merge     # rebuild the JSON and plot
 """
 from __future__ import annotations
 
@@ -45,12 +46,13 @@ PARTS = RESULTS / "fmnist_convnet_parts"
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=10, help="search epochs")
     ap.add_argument("--finetune", type=int, default=5,
                     help="epochs of Adam (lr 1e-3, cosine) on the compact model; dense Adam "
                          "trains epochs + finetune epochs instead")
-    ap.add_argument("--limit", type=limit_arg, default=20000, help="training subset (0: all 55k)")
+    ap.add_argument("--limit", type=limit_arg, default=None,
+                    help="training subset size (default, or 0: all 55k)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", help="folder for run folders (default: a temp dir)")
@@ -155,7 +157,7 @@ def merge(started):
     path = write_results("fmnist_convnet", {
         "methods": METHODS, "summary": summary, "runs": rows,
         "part_commands": sorted({p["command"] for p in parts})},
-        seeds=sorted({r["seed"] for r in rows}), started=started,
+        seeds=sorted({r["seed"] for r in rows}), started=started, out_dir=RESULTS,
         notes="; ".join(sorted({p["notes"] for p in parts})))
     print(f"wrote {path}")
 

@@ -29,6 +29,8 @@ def test_cifar10_resnet18_smoke(tmp_path):
     assert abs(doc["test_accuracy"]["compact"] - doc["test_accuracy"]["supernet"]) < 1e-6
     assert 0 < doc["params"]["compact"] <= doc["params"]["supernet"]
     assert 0 < doc["supernet_nonzero"]["kernels_pct"] <= 100
+    # counted on the final model, folded-away kernels drop out: never more than the supernet's
+    assert 0 < doc["final_nonzero"]["kernels_pct"] <= doc["supernet_nonzero"]["kernels_pct"]
 
 
 def _mlp_script():
@@ -81,3 +83,26 @@ def test_mlp_torch_pruning_on_fake_mnist(tmp_path):
     doc = json.loads((out / "mlp_mnist.json").read_text())
     assert "MNIST" in doc["notes"] and len(doc["summary"]) == 3
     assert (out / "mlp_mnist.png").is_file() and not (out / "mlp.json").exists()
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs the Debian package dataset-fashion-mnist")
+def test_fmnist_convnet_parts_and_merge(tmp_path, monkeypatch):
+    """A tiny run of two methods writes one part file per run and merges them; the
+    fine-tune keeps the search's zero kernels, so the final model has no more non-zero
+    kernels than the searched supernet, and dense Adam trains search + fine-tune epochs."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import fmnist_convnet as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(fc, "PARTS", tmp_path / "parts")
+    fc.main(["--limit", "300", "--epochs", "1", "--finetune", "1", "--seeds", "0",
+             "--methods", "LinBreg, kernel groups", "dense Adam", "--work", str(tmp_path / "w")])
+    assert sorted(f.name for f in (tmp_path / "parts").iterdir()) == [
+        "dense_adam_unit_s0.json", "linbreg_kernel_s0.json"]
+    doc = json.loads((tmp_path / "fmnist_convnet.json").read_text())
+    runs = {r["method"]: r for r in doc["runs"]}
+    sparse, dense = runs["LinBreg, kernel groups"], runs["dense Adam"]
+    assert 0 < sparse["kernels_pct"] <= sparse["supernet_nonzero"]["kernels_pct"] < 100
+    assert dense["kernels_pct"] == 100 and len(dense["val_accuracy_per_epoch"]) == 2
+    assert sparse["config"]["finetune"] == 1 and len(sparse["val_accuracy_per_epoch"]) == 1
+    assert (tmp_path / "fmnist_convnet.png").stat().st_size > 0
