@@ -175,7 +175,7 @@ class Config:
                      and 0 <= v < math.inf, "lam_layers",
                      f"a table node = factor >= 0, got {k} = {v!r}")
         if (self.target_params or self.target_density) and \
-                self.optimizer not in ("adabreg", "linbreg", "proxsgd"):
+                self.optimizer not in BREGMAN:
             raise ConfigError(f"config field 'target_params' / 'target_density': needs a "
                               f"regularized optimizer (adabreg, linbreg, proxsgd), not "
                               f"{self.optimizer!r}")
@@ -508,7 +508,7 @@ class LamControl:
 
     def __init__(self, net, opt, config: Config, steps_per_epoch: int):
         from .groups import unit_members
-        self.opt, self.config, self.spe = opt, config, steps_per_epoch
+        self.config, self.spe = config, steps_per_epoch
         self.groups = [g for g in opt.param_groups if g.get("reg") is not None]
         names = {g.get("name") for g in self.groups}
         for k in config.lam_layers:
@@ -517,17 +517,13 @@ class LamControl:
                                   f"node of this search space; choose from "
                                   f"{', '.join(sorted(str(n) for n in names))}")
         self.base = {id(g): g["reg"].lam for g in self.groups}
-        self.full_fan = {}
-        for n, names_ in unit_members(net).items():
-            w = dict(net.named_parameters())[names_[0]]
-            self.full_fan[n] = math.prod(w.shape[1:])
-        total = sum(p.numel() for p in net.parameters())
-        c = config
-        self.target = c.target_params if c.target_params is not None else (
-            round(c.target_density * total) if c.target_density is not None else None)
-        self.mult, self.weights, self.params = 1.0, {}, None
-        self.active = bool(self.target or c.lam_warmup or c.lam_layers
-                           or c.group_weight != "sqrt_n")
+        params = dict(net.named_parameters())
+        self.full_fan = {n: math.prod(params[names_[0]].shape[1:])
+                         for n, names_ in unit_members(net).items()}
+        self.target = target_of(config, sum(p.numel() for p in params.values()))
+        self.mult, self.weights = 1.0, {}
+        self.active = bool(self.target or config.lam_warmup or config.lam_layers
+                           or config.group_weight != "sqrt_n")
 
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights}
@@ -547,7 +543,6 @@ class LamControl:
     def look(self, net):
         """Measure the compact size; adjust ``mult`` (budget) and the alive-fan-in weights."""
         P, fan = compact_params(net)
-        self.params = P
         if self.config.group_weight == "sqrt_alive":
             self.weights = {n: math.sqrt(((fan[n] if fan[n] is not None else self.full_fan[n])
                                           + 1) / (self.full_fan[n] + 1)) for n in fan}
@@ -557,19 +552,20 @@ class LamControl:
             self.mult *= max(0.8, math.sqrt(P / self.target))
         return P
 
+    def ramp(self, step: int) -> float:
+        w = self.config.lam_warmup
+        return min(1.0, step / (w * self.spe)) if w else 1.0
+
     def set(self, step: int):
         """Write lam into the optimizer for global ``step`` (1-based)."""
-        c = self.config
-        ramp = min(1.0, step / (c.lam_warmup * self.spe)) if c.lam_warmup else 1.0
+        ramp = self.ramp(step)
         for g in self.groups:
-            layer = c.lam_layers.get(g.get("name"), 1.0)
+            layer = self.config.lam_layers.get(g.get("name"), 1.0)
             g["reg"].lam = self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
 
     def lam(self, step: int) -> float:
         """The scalar lam (without per-layer factors) in force at ``step``."""
-        c = self.config
-        ramp = min(1.0, step / (c.lam_warmup * self.spe)) if c.lam_warmup else 1.0
-        return c.lam * ramp * self.mult
+        return self.config.lam * self.ramp(step) * self.mult
 
     @torch.no_grad()
     def settle(self, net, max_iter: int = 300) -> int:
@@ -589,7 +585,6 @@ class LamControl:
                 extra = type(g["reg"])(max(0.0, g["reg"].lam - before[id(g)]))
                 extra.prox_(g["params"], g.get("delta", 1.0))
             P, _ = compact_params(net)
-        self.params = P
         return P
 
 
