@@ -52,6 +52,21 @@ def kill(net, node, alive, keep_bias=False):
         net.layers[succ[0]].bias[dead] = 0
 
 
+@torch.no_grad()
+def zero_at_random(net, gen, *, gates, dead, unread, unread_chance=None):
+    """Keep each gate with probability ``gates``; in every searchable parameter zero each
+    unit (row) with probability ``dead`` and, in a matrix (only with probability
+    ``unread_chance`` when given), each input column with probability ``unread``."""
+    for name, p in net.named_parameters():
+        if name.startswith("gates."):
+            p.mul_((torch.rand(p.shape, generator=gen) < gates).float())
+        elif net.graph.nodes[name.split(".")[1]].get("searchable", True):
+            p[torch.rand(p.shape[0], generator=gen) < dead] = 0  # dead units
+            if p.dim() > 1 and unread and (unread_chance is None or
+                                           torch.rand(1, generator=gen) < unread_chance):
+                p[:, torch.rand(p.shape[1], generator=gen) < unread] = 0  # unread inputs
+
+
 def set_gate(net, src, dst, value):
     with torch.no_grad():
         net.gates[f"{src}__{dst}"].fill_(value)
@@ -446,20 +461,9 @@ SPACES = {
 def test_messy_patterns_with_constants(seed, space):
     """Rows, biases, BatchNorm entries, input columns and gates zeroed independently:
     dead units leave non-zero constants (folded or kept), and extraction stays exact."""
-    gen = torch.Generator().manual_seed(seed)
     net = supernet(SPACES[space](), seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.startswith("gates."):
-                p.mul_((torch.rand(p.shape, generator=gen) < 0.6).float())
-                continue
-            node = name.split(".")[1]
-            if not net.graph.nodes[node].get("searchable", True):
-                continue
-            rows = torch.rand(p.shape[0], generator=gen) < 0.4
-            p[rows] = 0
-            if p.dim() > 1 and torch.rand(1, generator=gen) < 0.3:  # unread inputs
-                p[:, torch.rand(p.shape[1], generator=gen) < 0.3] = 0
+    zero_at_random(net, torch.Generator().manual_seed(seed), gates=0.6, dead=0.4, unread=0.3,
+                   unread_chance=0.3)
     graph, _ = check(net)
     folded, _ = extract(net, fold_bn=True)  # verified inside
     assert set(folded) == {n for n in graph if graph.nodes[n]["op"] != "batchnorm2d"}
@@ -477,16 +481,9 @@ def widths(graph):
 def test_round_to_multiple(seed, space, messy):
     """round_to=8 keeps widths at multiples of 8 (or the supernet width), stays exact (the
     node-by-node verification inside extract), and round_to=1 is the default."""
-    gen = torch.Generator().manual_seed(seed)
     net = supernet(SPACES[space](), seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.startswith("gates."):
-                p.mul_((torch.rand(p.shape, generator=gen) < 0.7).float())
-            elif net.graph.nodes[name.split(".")[1]].get("searchable", True):
-                p[torch.rand(p.shape[0], generator=gen) < 0.5] = 0  # dead units
-                if messy and p.dim() > 1:  # unread inputs
-                    p[:, torch.rand(p.shape[1], generator=gen) < 0.2] = 0
+    zero_at_random(net, torch.Generator().manual_seed(seed), gates=0.7, dead=0.5,
+                   unread=0.2 if messy else 0.0)
     base, _ = extract(net)
     graph, compact = extract(net, round_to=8)
     assert extract(net, round_to=1)[0].to_dict() == base.to_dict()
