@@ -77,6 +77,10 @@ def nonzeros(net) -> dict:
             "linear_nonzero": lin[0], "linear_total": lin[1]}
 
 
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def final_sparsity(supernet, compact) -> dict:
     """Non-zero kernels / linear weights / parameters (%) of the final compact model,
     relative to the supernet's totals. Counting on the supernet instead would include

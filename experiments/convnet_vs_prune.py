@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, acc, fit, mean_std, set_threads, workdir,  # noqa: E402
-                    write_results)
+from common import (RESULTS, acc, atomic_write_text, fit, mean_std,  # noqa: E402
+                    n_params, set_threads, workdir, write_results)
 
 import torch  # noqa: E402
 
@@ -45,10 +45,6 @@ def convnet(widths):
     from archdisc.compile import ArchNet
     from search_spaces import convnet as space
     return ArchNet(space(channels=tuple(widths[:2]), hidden=widths[2]).validate())
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()
@@ -227,7 +223,8 @@ def main():
             rows = run_seed(seed, json.loads(args.archdisc), base)
         part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1),
                 "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
-        (PARTS / f"{args.tag + '_' if args.tag else ''}s{seed}.json").write_text(json.dumps(part, indent=2) + "\n")
+        atomic_write_text(PARTS / f"{args.tag + '_' if args.tag else ''}s{seed}.json",
+                          json.dumps(part, indent=2) + "\n")
 
 
 if __name__ == "__main__":

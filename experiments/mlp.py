@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, acc, fit, mean_std, set_threads, workdir,  # noqa: E402
-                    write_results)
+from common import (RESULTS, acc, atomic_write_text, fit, mean_std,  # noqa: E402
+                    n_params, set_threads, workdir, write_results)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -53,10 +53,6 @@ def mlp(widths) -> nn.Sequential:
         if i < len(w) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()
@@ -249,7 +245,7 @@ def main():
             name = args.tag if method == "archdisc" else method
             part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1),
                     "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
-            (parts / f"{name}_s{seed}.json").write_text(json.dumps(part, indent=2) + "\n")
+            atomic_write_text(parts / f"{name}_s{seed}.json", json.dumps(part, indent=2) + "\n")
             for r in rows:
                 print(json.dumps({k: v for k, v in r.items() if k != "config"}), flush=True)
 

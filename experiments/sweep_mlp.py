@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, set_threads, workdir  # noqa: E402
+from common import RESULTS, atomic_write_text, set_threads, workdir  # noqa: E402
 from mlp import ARCHDISC  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main():
         out = Path(args.out)
         rows = json.loads(out.read_text()) if out.exists() else []
         rows.append(row)
-        out.write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
         print(json.dumps({k: row[k] for k in ("setting", "params", "widths",
                                               "test_before_finetune", "test", "seconds")}),
               flush=True)
