@@ -27,9 +27,9 @@ def _add_spaces(sub):
 
 
 def _spaces(args) -> int:
-    from search_spaces import SPACES
-    width = max(map(len, SPACES))
-    for name, (_, description) in SPACES.items():
+    from .spaces import spaces
+    width = max(map(len, spaces()))
+    for name, (_, description) in spaces().items():
         print(f"{name:<{width}}  {description}")
     return 0
 
@@ -66,7 +66,7 @@ def _add_discover(sub):
 
 def _add_config_options(p):
     """--config FILE, --threads, --space-option, --data-option and one flag per field."""
-    from .train import CHOICES, Config
+    from .config import CHOICES, Config
     p.add_argument("--config", type=Path, help="TOML file with config fields")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice); 1 is often fastest "
@@ -91,7 +91,7 @@ def _add_config_options(p):
 
 
 def _config_from_args(args, path=None):
-    from .train import Config, ConfigError, load_config
+    from .config import Config, ConfigError, load_config
     names = {f.name for f in dataclasses.fields(Config)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
     if args.space_option:
@@ -109,7 +109,7 @@ def _config_from_args(args, path=None):
 
 def _discover(args) -> int:
     from .render import RenderError, render_run
-    from .train import run_discover
+    from .discover import run_discover
     path = None
     if args.config is None and args.resume and (args.out / "config.toml").exists():
         path = args.out / "config.toml"
@@ -233,21 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .data import DataError
-    from .export import ExportError
-    from .graph import GraphError
-    from .render import RenderError
-    from .train import ConfigError, RunError, TrainingError
+    from .errors import ArchdiscError, TrainingError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RunError, DataError, GraphError, RenderError, ExportError,
-            FileNotFoundError) as e:
-        print(f"archdisc {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except TrainingError as e:
         print(f"archdisc {args.command}: {e}", file=sys.stderr)
         return 1
+    except (ArchdiscError, FileNotFoundError) as e:
+        print(f"archdisc {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         hint = (f"; continue with: archdisc discover --out {args.out} --resume"
                 if args.command == "discover" else "")

@@ -22,7 +22,7 @@ class ReLU(nn.Module):
 
     def forward(self, x):
         if self.training:
-            return torch.where(x >= 0, x, torch.zeros_like(x))
+            return torch.where(x >= 0, x, 0.0)
         return torch.relu(x)
 
 

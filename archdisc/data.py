@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .errors import ArchdiscError
+
 __all__ = [
     "Data",
     "DataError",
@@ -90,7 +92,7 @@ _IDX_FILES = {
 }
 
 
-class DataError(FileNotFoundError, ValueError):
+class DataError(ArchdiscError, FileNotFoundError, ValueError):
     """A dataset is missing, incomplete, malformed or cannot be built as asked."""
 
 

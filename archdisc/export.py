@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ArchdiscError
 from .compile import ArchNet, compile_graph
 from .graph import ArchGraph
 from .io import atomic_write_text, load_tensors, save_tensors
@@ -34,7 +35,7 @@ ONNX_OPSET = 17
 VERIFY_BATCHES = (1, 7)
 
 
-class ExportError(RuntimeError):
+class ExportError(ArchdiscError, RuntimeError):
     """An export could not be written or does not reproduce the PyTorch model."""
 
 

@@ -68,15 +68,16 @@ import torch
 
 from .compile import _ACT, ArchNet, compile_graph, gate_name
 from .graph import ArchGraph, GraphError, count_macs, count_params
+from .errors import ArchdiscError
 
-__all__ = ["extract", "ExtractionError", "verify_equivalent", "extraction_report",
+__all__ = ["extract", "extract_graph", "ExtractionError", "verify_equivalent", "extraction_report",
            "format_report"]
 
 LAYERS = ("linear", "conv2d")
 MERGES = ("add", "concat")
 
 
-class ExtractionError(ValueError):
+class ExtractionError(ArchdiscError, ValueError):
     """The compact model does not compute the supernet's function (or cannot be built)."""
 
 
@@ -113,6 +114,14 @@ def extract(net: ArchNet, *, verify: bool = True, fold_bn: bool = False, inputs=
     if verify:
         verify_equivalent(net, compact, inputs=inputs, atol=atol, mapping=mapping)
     return graph, compact
+
+
+@torch.no_grad()
+def extract_graph(net: ArchNet, round_to: int = 1) -> tuple[ArchGraph, dict]:
+    """The discovered graph and the compact model's state dict, without building the model
+    (what a size controller needs: ``count_params(graph)``, the kept weights' shapes)."""
+    graph, state, _ = _Extractor(net, round_to).build()
+    return graph, state
 
 
 @torch.no_grad()

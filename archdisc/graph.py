@@ -27,6 +27,8 @@ from pathlib import Path
 
 import networkx as nx
 
+from .errors import ArchdiscError
+
 SCHEMA_VERSION = 1
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "identity")
 GATES = (None, "scalar", "channel")
@@ -53,7 +55,7 @@ EDGE_ATTRS = {"slot": 0, "gate": None, "index": None}
 ARITY = {"input": (0, 0), "add": (1, None), "concat": (1, None)}
 
 
-class GraphError(ValueError):
+class GraphError(ArchdiscError, ValueError):
     """A malformed ArchGraph; the message names the node or edge and the fix."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import graphviz
 
+from .errors import ArchdiscError
 from .graph import ArchGraph, count_macs, count_params
 from .io import atomic_write_bytes, atomic_write_text
 
@@ -35,7 +36,7 @@ DEAD_NODE = {"fillcolor": "#eeeeee", "color": "#b0b0b0", "fontcolor": "#a0a0a0"}
 DEAD_EDGE = {"style": "dotted", "color": "#b0b0b0"}
 
 
-class RenderError(RuntimeError):
+class RenderError(ArchdiscError, RuntimeError):
     """Rendering failed (most often: Graphviz's ``dot`` program is missing)."""
 
 
@@ -220,7 +221,7 @@ def _read_records(src) -> list[dict]:
 
 def _alive_of(rec: dict) -> tuple[dict, dict | int | None]:
     """(units per node, edges) from one metrics record, whatever its layout:
-    ``{"alive": {node: units}, "alive_edges": n}`` (what :mod:`archdisc.train` writes),
+    ``{"alive": {node: units}, "alive_edges": n}`` (what :mod:`archdisc.discover` writes),
     ``{"alive": {"units": {...}, "edges": {...}}}`` (as :func:`archdisc.groups.alive`
     returns), ``{"alive_units": {...}}``, or flat keys ``"alive_units/<node>"``."""
     nested = rec.get("alive")

@@ -26,7 +26,8 @@ from pathlib import Path
 import optuna
 
 from .io import atomic_write_text
-from .train import Config, ConfigError, run_discover
+from .config import Config, ConfigError
+from .discover import run_discover
 
 SIZES = ("params", "macs")
 MODES = ("pareto", "scalar")
@@ -102,7 +103,7 @@ def graph_hash(graph_json: dict) -> str:
 
 
 def space_has_gates(config: Config) -> bool:
-    from .train import build_supernet, load_dataset
+    from .discover import build_supernet, load_dataset
     return bool(build_supernet(config, load_dataset(config)).candidate_edges())
 
 

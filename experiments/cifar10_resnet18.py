@@ -86,7 +86,7 @@ def main(argv=None):
     started = time.perf_counter()
     set_threads(args.threads)
     from archdisc import load
-    from archdisc.train import Config
+    from archdisc import Config
 
     root = args.data_root
     if args.smoke:

@@ -48,7 +48,7 @@ def workdir(path=None) -> Path:
 def discover(config, run_dir):
     """``run_discover`` into ``run_dir`` (overwritten); returns (report, metrics, supernet)."""
     from archdisc import load
-    from archdisc.train import run_discover
+    from archdisc import run_discover
     report = run_discover(config, run_dir, force=True, progress=False)
     metrics = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text()
                .splitlines() if line.strip()]
@@ -129,7 +129,7 @@ def fit(model, data, epochs, seed, lr=1e-3, batch=128, offset=0, schedule="const
     """Plain Adam on ``data.train`` (classification), data order from (seed, offset + epoch);
     ``schedule="cosine"`` decays lr per step to 0, as archdisc's ``finetune_schedule``."""
     import math
-    from archdisc.train import cosine_steps, epoch_order, train_epoch
+    from archdisc.loop import cosine_steps, epoch_order, train_epoch
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data.train.tensors
     total = epochs * math.ceil(len(x) / batch)

@@ -78,7 +78,7 @@ def prune(dense, widths, data):
 
 
 def run_archdisc(data, seed, budget, overrides, base, tag="archdisc"):
-    from archdisc.train import Config, run_discover
+    from archdisc import Config, run_discover
     cfg = Config(**{**ARCHDISC, **overrides, "seed": seed, "target_params": budget})
     t0 = time.perf_counter()
     out = base / f"{tag}_s{seed}_{budget}"

@@ -63,7 +63,7 @@ def main(argv=None):
     set_threads(args.threads)
     from archdisc.render import plot_growth
     from archdisc import load
-    from archdisc.train import Config
+    from archdisc import Config
 
     if args.merge:
         return merge(started)

@@ -126,7 +126,7 @@ def run_scratch(data, seed):
 
 
 def run_archdisc(data, seed, overrides: dict, tag: str):
-    from archdisc.train import Config, run_discover
+    from archdisc import Config, run_discover
     rows, base = [], workdir()
     for size in SIZES:
         cfg = Config(**{**ARCHDISC, **overrides, "seed": seed, "target_params": size})

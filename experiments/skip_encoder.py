@@ -65,7 +65,7 @@ def main(argv=None):
     set_threads(args.threads)
     from archdisc.graph import ArchGraph
     from archdisc.render import plot_growth, render
-    from archdisc.train import Config
+    from archdisc import Config
 
     work = workdir(args.work)
     common = dict(data="fashion-mnist", task="denoising", limit=args.limit,

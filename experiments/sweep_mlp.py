@@ -26,7 +26,7 @@ def main():
     p.add_argument("--out", default=str(RESULTS / "mlp_sweep.json"))
     args = p.parse_args()
     set_threads(1)
-    from archdisc.train import Config, run_discover
+    from archdisc import Config, run_discover
     data_seed = args.seed
     base = workdir()
     for i, s in enumerate(args.settings):

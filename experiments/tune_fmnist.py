@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from archdisc.train import Config
+from archdisc import Config
 from archdisc.tune import TuneSettings, front, tune
 
 RESULTS = Path(__file__).parent / "results"

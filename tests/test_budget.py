@@ -9,7 +9,7 @@ import torch
 
 from archdisc.extract import extract, verify_equivalent
 from archdisc import load
-from archdisc.train import Config, ConfigError, run_discover
+from archdisc import Config, ConfigError, run_discover
 
 
 def cfg(**kw) -> Config:

@@ -116,7 +116,7 @@ def write_metrics(path, nested=False):
         if nested:  # the layout of archdisc.groups.alive()
             rec = {"epoch": epoch, "alive": {"units": units,
                                              "edges": {"a__b": epoch > 2, "c__d": False}}}
-        else:  # the layout of archdisc.train
+        else:  # the layout of archdisc.discover
             rec = {"epoch": epoch, "loss": 1.0 / epoch, "alive": units,
                    "alive_edges": min(epoch, 3)}
         lines.append(json.dumps(rec))

@@ -1,4 +1,5 @@
-"""archdisc.train: config, training loop, checkpoints, resume and the discover pipeline.
+"""archdisc.config / loop / rundir / discover: config, training loop, checkpoints, resume
+and the discover pipeline.
 
 All runs use the synthetic ``teacher`` data (20 features, 4 classes) and a small ``mlp``
 space, so the whole file runs in well under a minute on 2 CPU cores.
@@ -12,8 +13,8 @@ import torch
 
 import archdisc
 from archdisc.io import load_tensors
-from archdisc.train import (CHECKPOINT, Config, ConfigError, RunError, TrainingError,
-                            load_config, run_discover)
+from archdisc import Config, ConfigError, RunError, TrainingError, load_config, run_discover
+from archdisc.rundir import CHECKPOINT
 
 
 def small(**kw) -> Config:
@@ -244,7 +245,7 @@ def test_toml_round_trip_and_overrides(tmp_path):
 # ---------------------------------------------------------------------- augment, weight decay
 def test_crop_flip_shapes_determinism_and_mirror():
     import torch.nn.functional as F
-    from archdisc.train import augmenter, crop_flip
+    from archdisc.loop import augmenter, crop_flip
     x = torch.randn(16, 3, 8, 8)
     out = crop_flip(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
@@ -321,15 +322,15 @@ def test_augmented_resume_is_bit_identical(tmp_path):
 
 def test_weight_decay_shrinks_only_unregularized_groups(tmp_path):
     from archdisc.compile import ArchNet
-    from archdisc.train import (build_supernet, decay_unregularized, load_dataset,
-                                make_optimizer, train)
+    from archdisc.discover import (build_supernet, load_dataset, make_optimizer, search,
+                                   setup)
     cfg = small(weight_decay=0.5)
     net = ArchNet(build_supernet(cfg, load_dataset(cfg)))
     opt = make_optimizer(net, cfg)
     before = [[p.detach().clone() for p in g["params"]] for g in opt.param_groups]
     for g in opt.param_groups:
         g["lr"] = 0.1
-    decay_unregularized(opt, 0.5)
+    opt.decay_unregularized_(0.5)
     for g, old in zip(opt.param_groups, before):
         factor = 1.0 if g["reg"] is not None else 1 - 0.1 * g["delta"] * 0.5
         assert all(torch.equal(p, o * factor) for p, o in zip(g["params"], old)), g["name"]
@@ -345,8 +346,9 @@ def test_weight_decay_shrinks_only_unregularized_groups(tmp_path):
     from archdisc.groups import alive
     norms, units = {}, {}
     for wd in (0.0, 2.0):
-        (tmp_path / str(wd)).mkdir()
-        trained = train(small(epochs=2, weight_decay=wd), tmp_path / str(wd), progress=False)[0]
+        run = setup(small(epochs=2, weight_decay=wd), tmp_path / str(wd), progress=False)
+        search(run)
+        trained = run.net
         norms[wd] = trained.layers["fc3"].weight.norm().item()
         units[wd] = alive(trained)["units"]
     assert norms[2.0] < 0.8 * norms[0.0], norms
@@ -377,7 +379,7 @@ def test_finetune_keeps_the_zeros_of_kernel_groups(mode):
     from types import SimpleNamespace
     from torch.utils.data import TensorDataset
     from archdisc.compile import compile_graph
-    from archdisc.train import finetune
+    from archdisc.loop import finetune
     from search_spaces import convnet
     torch.manual_seed(0)
     net = compile_graph(convnet(channels=(4, 6), hidden=8, in_shape=(1, 12, 12), kernel_size=3))

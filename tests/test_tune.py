@@ -5,7 +5,7 @@ import pytest
 
 from archdisc import tune as tune_mod
 from archdisc.cli import main
-from archdisc.train import Config, ConfigError
+from archdisc import Config, ConfigError
 from archdisc.tune import SizeAwareAbort, TuneSettings, export_best, storage_url, tune
 
 

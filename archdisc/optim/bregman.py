@@ -161,6 +161,38 @@ class _RegularizedOptimizer(Optimizer):
                     state["v"] = p.detach().div(group["delta"]).add_(s)
         return [self.state[p]["v"] for p in params]
 
+    # -- operations for lam controllers and weight decay ------------------------------
+    def _prox_step(self, group: dict) -> float:
+        """The step size of this group's prox: theta = prox_{s J}(...), s = delta (Bregman)."""
+        return group["delta"]
+
+    def _plain_step(self, group: dict) -> float:
+        """The step size an unregularized group's gradient direction is applied with."""
+        return group["lr"] * group["delta"]
+
+    @torch.no_grad()
+    def shrink_(self, group: dict, extra_lam: float) -> None:
+        """Apply the prox of ``extra_lam * J`` (J: the group's regularizer) to its
+        parameters, with the prox step the optimizer itself uses. For a Bregman group this
+        is exactly the parameter its next prox would give with lam raised by
+        ``extra_lam`` and the same v (group soft-thresholding composes additively); groups
+        whose norm falls below the threshold die at once, weakest first."""
+        reg = group["reg"]
+        if reg is None or extra_lam <= 0:
+            return
+        extra = type(reg)(extra_lam)
+        extra.prox_(group["params"], self._prox_step(group))
+
+    @torch.no_grad()
+    def decay_unregularized_(self, weight_decay: float) -> None:
+        """Decoupled weight decay theta <- (1 - step * wd) theta on the unregularized
+        groups only (reg None: a head, BatchNorm, ...), where the optimizer is plain
+        Adam / SGD with ``step`` = lr * delta (ProxSGD: lr): AdamW-style decay at that
+        step size. Regularized groups get their shrinkage from the prox instead."""
+        for g in self.param_groups:
+            if g["reg"] is None and g["params"]:
+                torch._foreach_mul_(g["params"], 1 - self._plain_step(g) * weight_decay)
+
     # -- state dict --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -433,6 +465,12 @@ class ProxSGD(_RegularizedOptimizer):
     def _validate_hparams(self, group):
         _check_lr(group["lr"])
         _check_unit_interval("momentum", group["momentum"])
+
+    def _prox_step(self, group):
+        return group["lr"]
+
+    def _plain_step(self, group):
+        return group["lr"]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):

@@ -103,6 +103,11 @@ class Regularizer:
                    scale: float) -> None:
         raise NotImplementedError
 
+    def group_weight(self, params: Sequence[Tensor]) -> float:
+        """The weight w_g of this regularizer's groups in ``params`` (one value: every
+        group of one param group has the same weight)."""
+        raise NotImplementedError
+
     # -- serialisation ---------------------------------------------------------------
     def to_config(self) -> dict:
         return {"kind": self.kind, "lam": self.lam}
@@ -134,6 +139,9 @@ class L1(Regularizer):
     def value(self, params):
         return self.lam * sum(float(p.detach().abs().sum()) for p in params)
 
+    def group_weight(self, params):
+        return 1.0
+
     @torch.no_grad()
     def subgrad(self, params):
         return [torch.sign(p).mul_(self.lam) for p in params]
@@ -159,6 +167,14 @@ class _GroupNormReg(Regularizer):
         """[(norms, weight, member indices)]: ``norms`` holds one group norm per entry
         and broadcasts (after trailing unsqueezes) against each member tensor."""
         raise NotImplementedError
+
+    def group_weight(self, params):
+        params = list(params)
+        self.check(params)
+        weights = {w for _, w, _ in self._norms([p.detach() for p in params])}
+        if len(weights) != 1:
+            raise ValueError(f"{type(self).__name__}: groups of different weights {weights}")
+        return weights.pop()
 
     def value(self, params):
         params = list(params)

@@ -1,0 +1,241 @@
+"""The run config: every field with its meaning, TOML in and out, validation.
+
+``Config`` is a dataclass; the comment after each field is its documentation. Bad values
+raise :class:`~archdisc.errors.ConfigError` naming the field and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "load_config", "read_toml", "CHOICES", "BREGMAN"]
+
+OPTIMIZERS = ("adabreg", "linbreg", "proxsgd", "sgd", "adam")
+CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "group_mode": ("unit", "kernel", "element"),
+    "lr_schedule": ("constant", "cosine"),
+    "finetune_schedule": ("constant", "cosine"),
+    "device": ("auto", "cpu", "cuda"),
+    "task": ("classification", "denoising"),
+    "group_weight": ("sqrt_n", "one", "sqrt_alive"),
+    "augment": ("none", "crop_flip"),
+}
+BREGMAN = ("adabreg", "linbreg", "proxsgd")
+
+
+@dataclass
+class Config:
+    """Everything that defines a discover run. ``None`` means "not set"."""
+    space: str = "mlp"                 # a built-in search space (``archdisc spaces``)
+    space_options: dict = field(default_factory=dict)  # keyword arguments of the space
+    data: str = "fashion-mnist"        # a dataset name of archdisc.data
+    data_root: str | None = None       # folder with the dataset files
+    data_options: dict = field(default_factory=dict)   # e.g. teacher_widths for "teacher"
+    task: str = "classification"       # or "denoising"
+    limit: int | None = None           # cap the training set (val/test get limit // 5)
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adabreg"         # adabreg | linbreg | proxsgd | sgd | adam
+    lr: float = 1e-3
+    lam: float = 0.05                  # regularization strength of unit / kernel / element groups
+    lam_edge: float | None = None      # strength on candidate-edge gates (None: lam)
+    group_mode: str = "unit"           # unit | kernel | element
+    delta: float = 1.0                 # Bregman / prox step scale (adabreg, linbreg)
+    momentum: float = 0.9              # linbreg, proxsgd, sgd (adam / adabreg use betas)
+    density: float = 0.2               # initial fraction of alive units (kernels, elements)
+    lr_schedule: str = "constant"      # constant | cosine
+    augment: str = "none"              # none | crop_flip (image inputs; search and fine-tune)
+    weight_decay: float = 0.0          # sgd: coupled; adam / fine-tune: AdamW; Bregman:
+                                       # decoupled, unregularized groups only (see train)
+    device: str = "auto"               # auto | cpu | cuda
+    finetune: int = 3                  # epochs of plain Adam on the compact model afterwards
+    finetune_lr: float = 1e-3          # its learning rate
+    finetune_schedule: str = "constant"  # constant | cosine (per step, finetune_lr -> 0)
+    lam_warmup: float = 0.0            # epochs over which lam ramps linearly from 0 to lam
+    lam_layers: dict = field(default_factory=dict)  # node -> factor on lam (e.g. fc2 = 0.5)
+    group_weight: str = "sqrt_n"       # unit group weight: sqrt(fan-in) | one | sqrt(alive fan-in)
+    target_params: int | None = None   # steer lam until the compact model has <= this many params
+    target_density: float | None = None  # same, as a fraction of the supernet's parameters
+    target_tol: float = 0.1            # hold lam while params are in [(1 - tol) target, target]
+    control_every: int = 50            # steps between two looks of the lam controller
+    noise_sigma: float = 0.3           # denoising noise level
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Check names and types of ``d`` (e.g. read from TOML) and build a Config."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a table of settings, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown config key {key!r}{hint}; allowed keys: "
+                                  f"{', '.join(names)}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _check_type(k, v, hints[k]) for k, v in d.items()}
+        return cls(**values).validate()
+
+    def validate(self) -> "Config":
+        """Check every value; raise ConfigError naming the field and what is allowed."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), hints[f.name]))
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config field {name!r}: {getattr(self, name)!r} is not "
+                                  f"allowed; choose one of {', '.join(allowed)}")
+        from .spaces import spaces
+        if self.space not in spaces():
+            raise ConfigError(f"config field 'space': unknown search space {self.space!r}; "
+                              f"available: {', '.join(spaces())}")
+        from .data import available_datasets
+        known = available_datasets()
+        if _dataset_key(self.data) not in {_dataset_key(k) for k in known}:
+            raise ConfigError(f"config field 'data': unknown dataset {self.data!r}; "
+                              f"available: {', '.join(known)}")
+        _require(self.epochs >= 1, "epochs", "an integer >= 1")
+        _require(self.batch_size >= 1, "batch_size", "an integer >= 1")
+        _require(self.limit is None or self.limit >= 1, "limit", "an integer >= 1 (or unset)")
+        _require(self.finetune >= 0, "finetune", "an integer >= 0")
+        for name in ("lr", "delta", "finetune_lr"):
+            _require(0 < getattr(self, name) < math.inf, name, "a finite number > 0")
+        for name in ("lam", "lam_edge", "noise_sigma"):
+            v = getattr(self, name)
+            _require(v is None or 0 <= v < math.inf, name, "a finite number >= 0")
+        _require(0 <= self.weight_decay < math.inf, "weight_decay", "a finite number >= 0")
+        _require(0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
+        _require(0 <= self.lam_warmup < math.inf, "lam_warmup", "a finite number of epochs >= 0")
+        _require(self.target_params is None or self.target_params >= 1, "target_params",
+                 "an integer >= 1 (or unset)")
+        _require(self.target_density is None or 0 < self.target_density <= 1,
+                 "target_density", "a number in (0, 1] (or unset)")
+        _require(self.target_params is None or self.target_density is None, "target_params",
+                 "unset when target_density is set (give one budget, not both)")
+        _require(0 < self.target_tol < 1, "target_tol", "a number in (0, 1)")
+        _require(self.control_every >= 1, "control_every", "an integer >= 1 (steps)")
+        for k, v in self.lam_layers.items():
+            _require(isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and 0 <= v < math.inf, "lam_layers",
+                     f"a table node = factor >= 0, got {k} = {v!r}")
+        if (self.target_params or self.target_density) and \
+                self.optimizer not in BREGMAN:
+            raise ConfigError(f"config field 'target_params' / 'target_density': needs a "
+                              f"regularized optimizer (adabreg, linbreg, proxsgd), not "
+                              f"{self.optimizer!r}")
+        _require(0 < self.density <= 1, "density", "a number in (0, 1]")
+        return self
+
+    # ---------------------------------------------------------------- output
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A short digest of every field: runs with the same hash are the same run."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        lines = ["# archdisc discover config (fully resolved); rerun with --config FILE", ""]
+        tables = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                tables.append(f.name)
+            elif v is None:
+                lines.append(f"# {f.name}: not set")
+            else:
+                lines.append(f"{f.name} = {_toml_value(v)}")
+        for name in tables:
+            lines += ["", f"[{name}]"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in getattr(self, name).items()]
+        return "\n".join(lines) + "\n"
+
+
+def load_config(path=None, overrides: dict | None = None) -> Config:
+    """Read a TOML config file (optional) and apply ``overrides`` (field -> value).
+
+    ``space_options`` / ``data_options`` overrides are merged into the file's tables.
+    """
+    d = read_toml(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        if key in ("space_options", "data_options") and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return Config.from_dict(d)
+
+
+def read_toml(path) -> dict:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def _require(ok, name, what):
+    if not ok:
+        raise ConfigError(f"config field {name!r}: must be {what}")
+
+
+def _dataset_key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def _check_type(name, value, typ):
+    """``value`` converted to ``typ`` (int -> float allowed), or a ConfigError."""
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        typ = next(a for a in args if a is not type(None))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is dict and isinstance(value, dict):
+        try:  # plain JSON / TOML data only (tuples become lists)
+            return json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field {name!r}: values must be numbers, strings, "
+                              f"booleans, lists or tables, got {value!r}") from None
+    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+        want = {int: "an integer", float: "a number", str: "a string",
+                dict: "a table (key = value pairs)"}[typ]
+        raise ConfigError(f"config field {name!r}: expected {want}, got {value!r} "
+                          f"({type(value).__name__})")
+    return value
+
+
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if v != v else "inf" if v > 0 else "-inf")
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise ConfigError(f"cannot write {v!r} to TOML")

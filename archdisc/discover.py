@@ -1,0 +1,326 @@
+"""The discover recipe: setup -> search -> extract -> fine-tune -> report.
+
+``run_discover(config, out)`` is the whole job, one short function per stage::
+
+    run = setup(config, out)      validate, load the data, build the supernet, prepare ``out``
+    search(run)                   Bregman training of the supernet, a checkpoint every epoch
+    extract_compact(run)          the surviving architecture as an exact compact model
+    finetune_compact(run)         plain Adam on the compact model
+    report(run)                   test / val metrics, sizes, widths -> report.json / .md
+
+Resuming is bit-identical to an uninterrupted run on the CPU: each epoch's data order is a
+function of ``(seed, epoch)`` and the checkpoint holds everything else.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import rundir
+from .budget import LamControl, compact_params, target_of
+from .compile import ArchNet
+from .config import BREGMAN, Config
+from .errors import ConfigError, RunError, TrainingError
+from .graph import ArchGraph, GraphError
+from .io import atomic_write_text
+from .loop import augmenter, epoch_order, finetune, set_lr, train_epoch
+
+__all__ = ["run_discover", "setup", "search", "extract_compact", "finetune_compact",
+           "report", "Run", "load_dataset", "build_supernet", "make_optimizer"]
+
+
+@dataclass
+class Run:
+    """What the stages of one discover run hand to each other."""
+    config: Config
+    out: Path
+    device: torch.device
+    data: object
+    graph: ArchGraph
+    resume_from: Path | None = None
+    progress: bool = True
+    t_start: float = field(default_factory=time.perf_counter)
+    net: ArchNet | None = None
+    metrics: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    compact_graph: ArchGraph | None = None
+    compact: ArchNet | None = None
+    test: dict = field(default_factory=dict)
+    val: dict = field(default_factory=dict)
+    finetune_losses: list = field(default_factory=list)
+    finetune_seconds: float = 0.0
+
+
+def run_discover(config: Config, out, resume=False, force=False, progress=True,
+                 on_epoch=None) -> dict:
+    """Train, extract, fine-tune, evaluate and write the run folder ``out``; returns the
+    report. An ``out`` holding another run is refused unless ``force``; the same run is
+    continued from its last checkpoint with ``resume`` (see :func:`rundir.prepare_run`).
+    ``on_epoch(epoch, record, net)`` is called after each epoch's checkpoint is on disk."""
+    run = setup(config, out, resume, force, progress)
+    search(run, on_epoch)
+    extract_compact(run)
+    finetune_compact(run)
+    return report(run)
+
+
+# ---------------------------------------------------------------------- stages
+def setup(config: Config, out, resume=False, force=False, progress=True) -> Run:
+    """Validate ``config``, load its data, build the supernet graph, prepare ``out``.
+    Everything that can be refused is refused before the folder is touched."""
+    config = config.validate()
+    out = Path(out)
+    resume_from = rundir.prepare_run(out, config, resume=resume, force=force)
+    device = resolve_device(config.device)
+    data = load_dataset(config)
+    graph = build_supernet(config, data)
+    rundir.clear(out, fresh=resume_from is None)
+    atomic_write_text(out / "config.toml", config.to_toml())
+    return Run(config, out, device, data, graph, resume_from, progress)
+
+
+def search(run: Run, on_epoch=None):
+    """Train the sparse-initialised supernet with the configured optimizer; checkpoint,
+    metrics line and progress line after every epoch."""
+    from tqdm import tqdm
+    from .data import evaluate
+    from .groups import alive, sparse_init
+    config, out, data, device = run.config, run.out, run.data, run.device
+    torch.manual_seed(config.seed)
+    net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
+                      seed=config.seed).to(device)
+    opt = make_optimizer(net, config)
+    x, y = (t.to(device) for t in data.train.tensors)
+    steps = math.ceil(len(x) / config.batch_size)
+    control = LamControl(net, opt, config, steps)
+    decay = config.weight_decay > 0 and config.optimizer in BREGMAN  # else torch's own
+    metrics, start, seconds = [], 0, 0.0
+    if run.resume_from is not None:
+        meta = rundir.load_checkpoint(run.resume_from, net, opt)
+        if meta.get("config_hash") != config.hash():
+            raise RunError(f"{run.resume_from} belongs to another config; pass --force to "
+                           f"restart")
+        metrics, start, seconds = meta["metrics"], meta["epoch"], meta["train_seconds"]
+        control.load_state(meta.get("lam_control"))
+    rundir.write_metrics(out, metrics)
+
+    show = run.progress and sys.stderr.isatty()
+    bar = tqdm(total=config.epochs * steps, initial=start * steps, disable=not show,
+               unit="batch", desc=f"discover {config.space}", file=sys.stderr, leave=False)
+    try:
+        for epoch in range(start + 1, config.epochs + 1):
+            t0 = time.perf_counter()
+            lr = set_lr(opt, config, epoch)
+
+            def on_step(step, epoch=epoch):
+                if decay:
+                    opt.decay_unregularized_(config.weight_decay)
+                if not control.active:
+                    return
+                g = (epoch - 1) * steps + step + 1  # the next step's number
+                if control.target or config.group_weight == "sqrt_alive":
+                    if g % config.control_every == 0:
+                        control.look(net)
+                control.set(g)
+
+            if control.active and epoch == start + 1:
+                control.set((epoch - 1) * steps + 1)
+            try:
+                loss = train_epoch(net, opt, x, y, data.task, config.batch_size,
+                                   epoch_order(config.seed, epoch, len(x)), bar, on_step,
+                                   augmenter(config, config.seed, epoch, x.device))
+                if control.target and epoch == config.epochs:
+                    control.settle(net)
+                if not all(torch.isfinite(p).all() for p in net.parameters()):
+                    raise TrainingError("parameters are not finite")
+            except TrainingError as e:
+                kept = (f"{out / rundir.CHECKPOINT} keeps epoch {metrics[-1]['epoch']}"
+                        if metrics else "no epoch finished, so there is no checkpoint")
+                raise TrainingError(f"training diverged in epoch {epoch}: {e}. Stopped; "
+                                    f"{kept}. Try a smaller lr (now {lr:g}).") from None
+            val = evaluate(net, data.val, data.metric, 1024, device)
+            a = alive(net)
+            seconds += time.perf_counter() - t0
+            record = {"epoch": epoch, "train_loss": loss, f"val_{data.metric}": val,
+                      "density": density(net), "alive": a["units"],
+                      "alive_edges": sum(a["edges"].values()), "lam": current_lam(opt),
+                      "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+            if control.active:
+                record["lam"] = control.lam(epoch * steps)
+                record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
+                record["params"] = compact_params(net)[0]
+            metrics.append(record)
+            rundir.append_metrics(out, record)
+            rundir.save_checkpoint(out / rundir.CHECKPOINT, net, opt,
+                                   {"epoch": epoch, "config_hash": config.hash(),
+                                    "metrics": metrics, "train_seconds": seconds,
+                                    "lam_control": control.state()})
+            if show:
+                units = " ".join(f"{k}={v}" for k, v in a["units"].items())
+                bar.write(f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  "
+                          f"val {data.metric} {val:.2f}  density {record['density']:.3f}  "
+                          f"alive {units}")
+            if on_epoch is not None:
+                on_epoch(epoch, record, net)
+    finally:
+        bar.close()
+    run.net, run.metrics, run.train_seconds = net, metrics, seconds
+
+
+def extract_compact(run: Run):
+    """Save the trained supernet, extract the compact model (verified on validation
+    inputs) and score both on the validation and test splits."""
+    from .export import save as save_model
+    from .extract import extract
+    net = run.net.eval()
+    save_model(net, run.out / "supernet")
+    sample = run.data.val.tensors[0][:256].to(run.device)
+    run.compact_graph, compact = extract(net, verify=True, inputs=sample)
+    run.compact = compact.to(run.device).eval()
+    for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
+        scores["supernet"] = _score(run, net, split)
+        scores["compact"] = _score(run, run.compact, split)
+
+
+def finetune_compact(run: Run):
+    """``config.finetune`` epochs of Adam on the compact model; then save it."""
+    from .export import save as save_model
+    if run.config.finetune:
+        t0 = time.perf_counter()
+        run.finetune_losses = finetune(run.compact, run.data, run.config, run.device)
+        run.finetune_seconds = time.perf_counter() - t0
+        run.compact.eval()
+        for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
+            scores["compact_extracted"] = scores["compact"]
+            scores["compact"] = _score(run, run.compact, split)
+    save_model(run.compact, run.out / "compact")
+
+
+def report(run: Run) -> dict:
+    """Write report.json / report.md and return the report."""
+    from .extract import extraction_report
+    config, data, metrics, test = run.config, run.data, run.metrics, run.test
+    rep = extraction_report(run.net.graph, run.compact_graph)
+    rep.update({
+        "metric": data.metric,
+        "test": test,
+        "val": run.val,
+        "val_last": metrics[-1][f"val_{data.metric}"] if metrics else None,
+        "data": {"name": data.name, "task": data.task, "in_shape": list(data.in_shape),
+                 "sizes": [len(data.train), len(data.val), len(data.test)],
+                 "meta": data.meta},
+        "config": config.to_dict(),
+        "config_hash": config.hash(),
+        "epochs": len(metrics),
+        "finetune": {"epochs": config.finetune, "lr": config.finetune_lr,
+                     "schedule": config.finetune_schedule,
+                     "train_loss": run.finetune_losses,
+                     "seconds": round(run.finetune_seconds, 2),
+                     "test_before": test.get("compact_extracted", test["compact"]),
+                     "test_after": test["compact"]},
+        "epochs_total": len(metrics) + config.finetune,
+        "target_params": target_of(config, rep["params"]["supernet"]),
+        "lam_final": metrics[-1]["lam"] if metrics else None,
+        "train_seconds": round(run.train_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - run.t_start, 2),
+        "device": str(run.device),
+        "threads": torch.get_num_threads(),
+    })
+    rundir.write_report(run.out, rep)
+    return rep
+
+
+# ---------------------------------------------------------------------- parts
+def _score(run: Run, model, split) -> float:
+    from .data import evaluate
+    return evaluate(model, split, run.data.metric, 1024, run.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config field 'device': 'cuda' asked for but no CUDA device is "
+                          "available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def load_dataset(config: Config):
+    from .data import load_data
+    try:
+        data = load_data(config.data, root=config.data_root, task=config.task,
+                         seed=config.seed, noise_sigma=config.noise_sigma, limit=config.limit,
+                         **config.data_options)
+    except TypeError as e:
+        raise ConfigError(f"config field 'data_options': {e}") from None
+    if config.augment != "none" and len(data.in_shape) != 3:
+        raise ConfigError(f"config field 'augment': {config.augment!r} needs image inputs "
+                          f"(channels, height, width), but dataset {data.name!r} has inputs "
+                          f"of shape {list(data.in_shape)}; use augment = \"none\"")
+    return data
+
+
+def build_supernet(config: Config, data) -> ArchGraph:
+    """The search space's graph; ``in_shape`` / ``classes`` / ``task`` default to the data's."""
+    from .spaces import build_space, spaces
+    accepted = inspect.signature(spaces()[config.space][0]).parameters
+    opts = dict(config.space_options)
+    fill = {"in_shape": list(data.in_shape), "task": data.task}
+    if data.task == "classification":
+        fill["classes"] = data.out_dim
+    for key, value in fill.items():
+        if key in accepted and key not in opts:
+            opts[key] = value
+    try:
+        graph = build_space(config.space, **opts)
+    except GraphError as e:
+        raise ConfigError(f"config field 'space_options': {e}") from None
+    shapes = graph.shapes()
+    x_shape = tuple(shapes[graph.input_nodes()[0]])
+    out_numel = math.prod(shapes[graph.output_nodes()[0]])
+    want = data.out_dim if data.task == "classification" else math.prod(data.in_shape)
+    if x_shape != tuple(data.in_shape) or out_numel != want:
+        raise ConfigError(
+            f"config field 'space_options': search space {config.space!r} maps {list(x_shape)} "
+            f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
+            f"{list(data.in_shape)} -> {want}; adjust the space options")
+    return graph
+
+
+def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
+    from . import optim
+    from .groups import param_groups
+    c = config
+    if c.optimizer in ("sgd", "adam"):  # dense baselines: no regularizer
+        params = list(net.parameters())
+        if c.optimizer == "sgd":  # classic (coupled) L2 weight decay
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                   weight_decay=c.weight_decay)
+        if c.weight_decay > 0:  # decoupled: theta <- (1 - lr wd) theta each step
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr)
+    groups = param_groups(net, lam=c.lam, lam_edge=c.lam_edge, mode=c.group_mode)
+    if c.optimizer == "adabreg":
+        return optim.AdaBreg(groups, lr=c.lr, delta=c.delta)
+    if c.optimizer == "linbreg":
+        return optim.LinBreg(groups, lr=c.lr, delta=c.delta, momentum=c.momentum)
+    return optim.ProxSGD(groups, lr=c.lr, momentum=c.momentum)
+
+
+@torch.no_grad()
+def density(net) -> float:
+    nz = sum(int(p.count_nonzero()) for p in net.parameters())
+    return nz / max(1, sum(p.numel() for p in net.parameters()))
+
+
+def current_lam(opt) -> float | None:
+    for g in opt.param_groups:
+        if g.get("reg") is not None:
+            return g["reg"].lam
+    return None

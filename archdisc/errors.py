@@ -1,0 +1,23 @@
+"""The errors archdisc raises on bad input.
+
+Every one derives from :class:`ArchdiscError`: the ``archdisc`` command catches it and
+prints its one-line message (which names the field and the fix) with exit status 2
+(:class:`TrainingError`: 1). Any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class ArchdiscError(Exception):
+    """Base of every error archdisc raises on bad input or an unusable run."""
+
+
+class ConfigError(ArchdiscError, ValueError):
+    """A bad config: the message names the field and what is allowed."""
+
+
+class RunError(ArchdiscError, RuntimeError):
+    """The run folder cannot be used as asked (another run is there, nothing to resume)."""
+
+
+class TrainingError(ArchdiscError, RuntimeError):
+    """Training diverged (NaN / inf loss); the last good checkpoint is kept."""

@@ -1,0 +1,154 @@
+"""The training loop: one epoch, the learning-rate schedules, augmentation, the loss,
+and the fine-tune of a compact model.
+
+Every epoch's data order (and random crops / flips) is drawn from ``(seed, epoch)`` alone,
+so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, TrainingError
+
+__all__ = ["train_epoch", "loss_fn", "epoch_order", "cosine", "set_lr", "cosine_steps",
+           "crop_flip", "augmenter", "finetune"]
+
+
+def loss_fn(out, y, task):
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    return F.mse_loss(out.reshape(y.shape), y)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of ``epoch``: a function of (seed, epoch) only, so resume sees it too."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 63)
+    return torch.randperm(n, generator=gen)
+
+
+def cosine(base: float, t: float, total: float) -> float:
+    """The cosine schedule: ``base`` at t = 0 down to 0 at t = total."""
+    return base * 0.5 * (1 + math.cos(math.pi * t / total))
+
+
+def set_lr(opt, config, epoch: int) -> float:
+    """The learning rate of (1-based) ``epoch``: constant, or cosine from lr to ~0."""
+    lr = config.lr
+    if config.lr_schedule == "cosine":
+        lr = cosine(config.lr, epoch - 1, config.epochs)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def cosine_steps(opt, lr: float, total: int):
+    """An ``on_step`` hook for :func:`train_epoch`: after each of ``total`` steps, set the
+    lr of every group of ``opt`` to the next value of a cosine from ``lr`` down to 0."""
+    done = [0]
+
+    def step(_):
+        done[0] += 1
+        for g in opt.param_groups:
+            g["lr"] = cosine(lr, done[0], total)
+    return step
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per-sample random crop of the zero-padded batch (``pad`` pixels each side) and
+    random horizontal flip, for (N, C, H, W) ``x`` on its own device, drawn from ``gen``
+    (a generator on that device). On standardised data zero padding is the mean colour.
+    Per sample: out = padded[:, dy:dy + H, dx:dx + W], mirrored left-right with p = 1/2."""
+    n, c, h, w = x.shape
+    dev = x.device
+    shift = torch.randint(0, 2 * pad + 1, (2, n), generator=gen, device=dev)
+    flip = torch.rand(n, generator=gen, device=dev) < 0.5
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (shift[0, :, None] + torch.arange(h, device=dev)).view(n, 1, h, 1)
+    out = padded.gather(2, rows.expand(n, c, h, w + 2 * pad))
+    j = torch.arange(w, device=dev)
+    cols = shift[1, :, None] + torch.where(flip[:, None], w - 1 - j, j)  # flip: read j backwards
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def augmenter(config, seed: int, epoch: int, device):
+    """The batch augmentation of ``epoch`` (None for ``augment="none"``): a function
+    ``(xb, yb) -> (xb, yb)`` drawing from a generator seeded by (seed, epoch) alone, so a
+    resumed run augments exactly like an uninterrupted one. Denoising targets (clean
+    images) get the same crop / flip as their inputs."""
+    if config.augment == "none":
+        return None
+    key = (seed * 1_000_003 + epoch) % 2 ** 63 ^ 0x5DEECE66D  # not epoch_order's stream
+    gen = torch.Generator(device=device).manual_seed(key)
+
+    def augment(xb, yb):
+        if xb.dim() != 4:
+            raise ConfigError(f"config field 'augment': {config.augment!r} needs image "
+                              f"batches (N, C, H, W), got shape {list(xb.shape)}")
+        if yb.dim() < 2:  # class labels
+            return crop_flip(xb, gen), yb
+        c = xb.shape[1]
+        both = crop_flip(torch.cat([xb, yb.reshape(xb.shape)], 1), gen)
+        return both[:, :c], both[:, c:].reshape(yb.shape)
+    return augment
+
+
+def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
+                augment=None) -> float:
+    """One pass over (x, y) in ``order``; returns the mean loss, raises TrainingError when
+    it is not finite. ``augment(xb, yb) -> (xb, yb)`` (see :func:`augmenter`) transforms
+    each batch. The loss stays on the device during the epoch (no sync per step)."""
+    net.train()
+    order = order.to(x.device)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    shown = bar is not None and not bar.disable
+    for step, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start:start + batch_size]
+        xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb, yb = augment(xb, yb)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xb), yb, task)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step)
+        total += loss.detach().double() * len(idx)
+        if bar is not None:
+            bar.update(1)
+            if shown and step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    mean = total.item() / len(order)
+    if not math.isfinite(mean):
+        raise TrainingError(f"the mean training loss of the epoch is {mean}")
+    return mean
+
+
+def finetune(net, data, config, device) -> list[float]:
+    """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
+    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search.
+
+    With kernel or element groups the compact model still holds the zeros the search
+    found inside its surviving units; they stay zero, so the sparsity is not lost."""
+    opt = (torch.optim.AdamW(net.parameters(), lr=config.finetune_lr,
+                             weight_decay=config.weight_decay) if config.weight_decay > 0
+           else torch.optim.Adam(net.parameters(), lr=config.finetune_lr))
+    x, y = (t.to(device) for t in data.train.tensors)
+    total = math.ceil(len(x) / config.batch_size) * config.finetune
+    schedule = (cosine_steps(opt, config.finetune_lr, total)
+                if config.finetune_schedule == "cosine" else None)
+    keep = ([(p, p != 0) for p in net.parameters() if p.dim() > 1]
+            if config.group_mode != "unit" else [])
+
+    @torch.no_grad()
+    def on_step(i):
+        if schedule is not None:
+            schedule(i)
+        for p, mask in keep:
+            p.mul_(mask)
+    return [train_epoch(net, opt, x, y, data.task, config.batch_size,
+                        epoch_order(config.seed + 1, e, len(x)), on_step=on_step,
+                        augment=augmenter(config, config.seed + 1, e, x.device))
+            for e in range(1, config.finetune + 1)]

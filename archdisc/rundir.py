@@ -1,0 +1,148 @@
+"""The run folder: checkpoints, metrics.jsonl, the report, and whether ``out`` may be used.
+
+Everything is written atomically (a kill never leaves half a file) and nothing is pickled:
+weights and optimizer state are safetensors, the rest JSON, JSON lines or TOML::
+
+    config.toml              the fully resolved Config (re-runnable: --config out/config.toml)
+    metrics.jsonl            one JSON line per epoch
+    checkpoint.safetensors   model + optimizer state + RNG state, rewritten every epoch
+    supernet.safetensors/.json   trained supernet: weights + its ArchGraph
+    compact.safetensors/.json    discovered model: weights + its (smaller) ArchGraph
+    report.json, report.md   test metrics, sizes, widths, surviving edges, wall time
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .config import Config, read_toml
+from .errors import ConfigError, RunError
+from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+
+__all__ = ["CHECKPOINT", "ARTEFACTS", "prepare_run", "save_checkpoint", "load_checkpoint",
+           "write_metrics", "append_metrics", "write_report"]
+
+CHECKPOINT = "checkpoint.safetensors"
+ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
+             "supernet.json", "compact.safetensors", "compact.json", "report.json",
+             "report.md")
+
+
+def save_checkpoint(path, net, opt, meta: dict):
+    """Atomically write weights, buffers, optimizer and RNG state (safetensors, no pickle)."""
+    from .optim import optimizer_state_to_tensors
+    tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
+    opt_tensors, opt_meta = optimizer_state_to_tensors(opt)
+    tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    save_tensors(path, tensors, {**meta, "optim": opt_meta, "format": "archdisc-checkpoint"})
+
+
+def load_checkpoint(path, net, opt) -> dict:
+    """Restore what :func:`save_checkpoint` wrote into ``net`` and ``opt``; returns its meta."""
+    from .optim import optimizer_state_from_tensors
+    tensors, meta = load_tensors(path)
+    if not meta or meta.get("format") != "archdisc-checkpoint":
+        raise RunError(f"{path} is not an archdisc checkpoint")
+    device = next(net.parameters()).device
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_state_from_tensors(
+        opt, {k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
+        meta["optim"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    return meta
+
+
+def prepare_run(out, config: Config, resume=False, force=False) -> Path | None:
+    """Decide how to use the run folder ``out``; returns the checkpoint to resume from,
+    or None for a fresh start. Raises RunError when ``out`` holds something else."""
+    out = Path(out)
+    cfg_file, ckpt = out / "config.toml", out / CHECKPOINT
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {str(out)!r} is a file; give a folder")
+    if force or not out.exists():
+        return None
+    if cfg_file.exists():
+        try:
+            old = Config.from_dict(read_toml(cfg_file))
+        except ConfigError:
+            old = None
+        if old is None or old.hash() != config.hash():
+            diff = [] if old is None else [k for k, v in config.to_dict().items()
+                                            if old.to_dict()[k] != v]
+            what = f" (differs in: {', '.join(diff)})" if diff else ""
+            raise RunError(f"{out} holds another run{what}; choose another --out, or pass "
+                           f"--force to overwrite it")
+        if not resume:
+            raise RunError(f"{out} already holds this run; pass --resume to continue it, or "
+                           f"--force to start it over")
+        return ckpt if ckpt.exists() else None
+    if any(out.iterdir()):
+        raise RunError(f"{out} exists and is not an archdisc run; choose another --out, or "
+                       f"pass --force to write into it")
+    return None
+
+
+def clear(out: Path, fresh: bool):
+    """Remove temporary files a killed run left in ``out`` (and, on a fresh start, the
+    artefacts of an earlier run), then write nothing: the caller writes config.toml."""
+    for name in ARTEFACTS:
+        if fresh:
+            (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(f".{name}.*.tmp"):  # half-written by a killed run
+            tmp.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_metrics(out: Path, records: list[dict]):
+    """metrics.jsonl mirrors the checkpoint's records (a kill may have left one line more)."""
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in records))
+
+
+def append_metrics(out: Path, record: dict):
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_report(out: Path, report: dict):
+    """report.json and report.md (with the headline) of a finished run."""
+    from .extract import format_report
+    report["headline"] = headline(report)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report, format_report))
+
+
+def headline(report: dict) -> str:
+    test, metric = report["test"], report["metric"]
+    unit = "%" if metric == "accuracy" else " dB"
+    kept, total = report["params"]["compact"], report["params"]["supernet"]
+    tuned = ""
+    if "compact_extracted" in test:
+        tuned = f", fine-tuned {report['config']['finetune']} epochs"
+    return (f"compact model{tuned}: test {metric} {test['compact']:.2f}{unit} (supernet "
+            f"{test['supernet']:.2f}{unit}); parameters kept: {kept:,} of {total:,} "
+            f"({100 * kept / max(1, total):.1f}%)")
+
+
+def report_markdown(report: dict, format_report) -> str:
+    c = report["config"]
+    lines = [f"# archdisc discover: {c['space']} on {c['data']}", "",
+             report["headline"], "",
+             f"- optimizer {c['optimizer']}, lr {c['lr']:g}, lam {c['lam']:g}, "
+             f"group mode {c['group_mode']}, initial density {c['density']:g}, "
+             f"{report['epochs']} epochs, seed {c['seed']}",
+             f"- data: {report['data']['name']} ({report['data']['task']}), train/val/test "
+             f"{'/'.join(str(s) for s in report['data']['sizes'])}",
+             f"- wall time {report['wall_seconds']:.1f} s (training "
+             f"{report['train_seconds']:.1f} s) on {report['device']}"
+             + (f", {report['threads']} thread(s)" if report["device"] == "cpu" else ""), "",
+             "```", format_report(report), "```", ""]
+    return "\n".join(lines)
