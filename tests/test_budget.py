@@ -101,3 +101,73 @@ def test_bad_budget_config(kw, match):
 def test_unknown_lam_layer(tmp_path):
     with pytest.raises(ConfigError, match="lam_layers.*fc9"):
         run_discover(cfg(lam_layers={"fc9": 0.5}, epochs=1), tmp_path / "r", progress=False)
+
+
+# ---------------------------------------------------------------------- controller parts
+def _control(net, **kw):
+    from archdisc.budget import LamControl
+    from archdisc.discover import make_optimizer
+    config = cfg(**kw)
+    opt = make_optimizer(net, config)
+    return LamControl(net, opt, config, steps_per_epoch=10), opt
+
+
+def test_group_weight_one_cancels_the_regularizer_weight_also_without_bias():
+    """"one": lam_g * w_g == lam for every unit group. A bias-free layer has w = sqrt(fan_in)
+    (not sqrt(fan_in + 1), which the controller used to assume)."""
+    from archdisc import ArchGraph, compile_graph
+    g = ArchGraph(name="nobias")
+    x = g.input("x", [20])
+    h = g.act("a1", g.linear("fc1", x, 16, bias=False))
+    h = g.act("a2", g.linear("fc2", h, 8))
+    g.output("out", g.linear("head", h, 4, searchable=False))
+    net = compile_graph(g)
+    control, opt = _control(net, group_weight="one", lam=0.7)
+    control.set(1)
+    eff = {gr["name"]: gr["reg"].lam * gr["reg"].group_weight(gr["params"])
+           for gr in opt.param_groups if gr["reg"] is not None}
+    assert eff == pytest.approx({"fc1": 0.7, "fc2": 0.7}, rel=1e-12)
+
+
+def test_group_weight_sqrt_alive_follows_the_alive_fan_in():
+    from archdisc import compile_graph, sparse_init
+    from search_spaces import mlp
+    net = sparse_init(compile_graph(mlp(widths=[20, 64, 64, 4], in_shape=None)),
+                      density=0.25, seed=3)
+    control, opt = _control(net, group_weight="sqrt_alive", lam=0.5)
+    control.look(net)
+    control.set(1)
+    compact = extract(net)[1]
+    fan = compact.layers["fc2"].weight.shape[1]  # fc2's inputs in the compact model
+    lam = {gr["name"]: gr["reg"].lam for gr in opt.param_groups if gr["reg"] is not None}
+    assert fan < 64
+    assert lam["fc2"] == pytest.approx(0.5 * ((fan + 1) / 65) ** 0.5)
+    assert lam["fc1"] == pytest.approx(0.5)  # the input layer reads all 20 features
+
+
+def test_lam_layers_scales_one_layer(tmp_path):
+    """lam_layers fc2 = 0: fc2 is not regularized at all, so every fc2 unit that receives
+    a gradient switches on, while fc1 keeps its full lam."""
+    report = run_discover(cfg(lam_layers={"fc2": 0.0}, epochs=2, finetune=0), tmp_path / "r",
+                          progress=False)
+    last = [json.loads(line) for line in
+            (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["lam_layers"] == {"fc1": 1.0, "fc2": 0.0}
+    assert last["alive"]["fc2"] == 64
+    assert report["units"]["fc1"]["alive"] < 64
+
+
+def test_proxsgd_shrink_uses_its_step_size():
+    """ProxSGD's prox step is lr: shrinking by an extra lam soft-thresholds each unit by
+    lr * extra * sqrt(n), computed here by hand."""
+    from archdisc.optim import GroupL2, ProxSGD
+    torch.manual_seed(0)
+    w, b = torch.randn(6, 5), torch.randn(6)
+    opt = ProxSGD([{"params": [w, b], "reg": GroupL2(0.1)}], lr=0.05)
+    norms = torch.cat([w, b[:, None]], 1).norm(dim=1)
+    extra = norms.median().item() / (0.05 * 6 ** 0.5)  # kills about half the units
+    factor = (1 - 0.05 * extra * 6 ** 0.5 / norms).clamp(min=0)
+    want_w, want_b = w * factor[:, None], b * factor
+    opt.shrink_(opt.param_groups[0], extra)
+    assert torch.allclose(w, want_w) and torch.allclose(b, want_b)
+    assert 0 < int((factor == 0).sum()) < 6

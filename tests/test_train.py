@@ -184,7 +184,9 @@ def test_finetune_hook(tmp_path):
     assert set(report["test"]) == {"supernet", "compact", "compact_extracted"}
     assert report["test"]["compact_extracted"] == report["test"]["supernet"]
     assert "fine-tuned 1 epochs" in report["headline"]
-    assert archdisc.load(tmp_path / "r" / "compact").graph.units() is not None
+    units = archdisc.load(tmp_path / "r" / "compact").graph.units()
+    assert {n: units[n] for n in ("fc1", "fc2")} == \
+        {n: report["units"][n]["alive"] for n in ("fc1", "fc2")}
 
 
 def test_force_overwrites_another_run(tmp_path):

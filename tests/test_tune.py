@@ -84,6 +84,7 @@ def test_scalar_mode_with_median_pruner(tmp_path):
     assert len(study.directions) == 1
     assert isinstance(study.pruner, optuna.pruners.MedianPruner)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and not [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     for t in done:
         frac = t.user_attrs["size_fraction"]
         assert t.value == pytest.approx(t.user_attrs["metric"] - 0.1 * 100 * frac)
