@@ -398,3 +398,42 @@ def test_finetune_keeps_the_zeros_of_kernel_groups(mode):
         assert torch.count_nonzero(w[zero]) == 0
     else:
         assert torch.count_nonzero(w[zero]) > 0
+
+
+# ---------------------------------------------------------------------- spaces, errors
+def test_register_space_runs_a_user_space(tmp_path):
+    from archdisc import ArchGraph, GraphError, register_space, spaces
+
+    def tiny(in_shape=(20,), classes=4, hidden=6):
+        g = ArchGraph(name="tiny")
+        h = g.act("a1", g.linear("fc1", g.input("x", list(in_shape)), hidden))
+        g.output("out", g.linear("head", h, classes, searchable=False))
+        return g
+    register_space("tiny_user", tiny, "a user's space", replace=True)
+    assert spaces()["tiny_user"][1] == "a user's space"
+    with pytest.raises(GraphError, match="registered already"):
+        register_space("tiny_user", tiny)
+    report = run_discover(small(space="tiny_user", space_options={"hidden": 5}),
+                          tmp_path / "r", progress=False)
+    assert report["units"]["fc1"]["supernet"] == 5
+
+
+def test_engine_does_not_import_the_builtin_spaces():
+    import subprocess
+    import sys
+    code = ("import sys, archdisc; a = 'search_spaces' in sys.modules; "
+            "archdisc.spaces(); print(a, 'search_spaces' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True"]
+
+
+def test_every_library_error_is_an_archdisc_error():
+    from archdisc.data import DataError
+    from archdisc.export import ExportError
+    from archdisc.extract import ExtractionError
+    from archdisc.graph import GraphError
+    from archdisc.render import RenderError
+    for cls in (ConfigError, RunError, TrainingError, DataError, ExportError,
+                ExtractionError, GraphError, RenderError):
+        assert issubclass(cls, archdisc.ArchdiscError), cls
