@@ -11,32 +11,11 @@ import torch
 from torch import nn
 
 from .graph import ArchGraph
-
-class ReLU(nn.Module):
-    """ReLU whose gradient at exactly 0 is 1 (a valid subgradient; forward unchanged).
-
-    A dead unit (zero weights and bias) sits at exactly 0: with PyTorch's choice of
-    0 there, it would never see a gradient, and the inverse scale space could never
-    switch it on. Passing the gradient at 0 lets Bregman iterations grow units from zero.
-    """
-
-    def forward(self, x):
-        if self.training:
-            return torch.where(x >= 0, x, 0.0)
-        return torch.relu(x)
-
-
-_ACT = {"relu": ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-        "identity": nn.Identity}
+from .ops import OPS
 
 
 def gate_name(src: str, dst: str) -> str:
     return f"{src}__{dst}"
-
-
-class GlobalAvgPool(nn.Module):
-    def forward(self, x):
-        return x.mean(dim=(2, 3))
 
 
 class ArchNet(nn.Module):
@@ -54,23 +33,8 @@ class ArchNet(nn.Module):
             a, ins = graph.nodes[n], graph.inputs(n)
             op = a["op"]
             cin = shapes[ins[0]][0] if ins else None
-            if op == "linear":
-                self.layers[n] = nn.Linear(cin, a["units"], bias=a["bias"])
-            elif op == "conv2d":
-                self.layers[n] = nn.Conv2d(cin, a["units"], a["kernel_size"], a["stride"],
-                                           a["padding"], bias=a["bias"])
-            elif op == "batchnorm2d":
-                self.layers[n] = nn.BatchNorm2d(cin, eps=a["eps"], momentum=a["momentum"])
-            elif op == "activation":
-                self.layers[n] = _ACT[a["fn"]]()
-            elif op == "maxpool2d":
-                self.layers[n] = nn.MaxPool2d(a["kernel_size"], a["stride"], a["padding"])
-            elif op == "avgpool2d":
-                self.layers[n] = nn.AvgPool2d(a["kernel_size"], a["stride"], a["padding"])
-            elif op == "gap":
-                self.layers[n] = GlobalAvgPool()
-            elif op == "flatten":
-                self.layers[n] = nn.Flatten()
+            if OPS[op].module is not None:
+                self.layers[n] = OPS[op].module(a, cin)
             sources = []
             for src in ins:
                 e = graph.edges[src, n]
@@ -113,7 +77,8 @@ class ArchNet(nn.Module):
                 continue
             ndim = env[sources[0][0]].dim()
             vals = [self._read(env, s, k, ndim) for s, k, _ in sources]
-            if op == "add":
+            kind = OPS[op].kind
+            if kind == "add":
                 out = None
                 for (_, _, idx), v in zip(sources, vals):
                     if idx is not None:  # widen a narrow member into the add's unit space
@@ -121,9 +86,9 @@ class ArchNet(nn.Module):
                         v = torch.cat([v, zero], 1).index_select(1, getattr(self, idx))
                     out = v if out is None else out + v
                 env[n] = out
-            elif op == "concat":
+            elif kind == "concat":
                 env[n] = torch.cat(vals, dim=1)
-            elif op == "output":
+            elif kind == "output":
                 env[n] = vals[0]
             else:
                 env[n] = self.layers[n](vals[0])

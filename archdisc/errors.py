@@ -21,3 +21,7 @@ class RunError(ArchdiscError, RuntimeError):
 
 class TrainingError(ArchdiscError, RuntimeError):
     """Training diverged (NaN / inf loss); the last good checkpoint is kept."""
+
+
+class GraphError(ArchdiscError, ValueError):
+    """A malformed ArchGraph; the message names the node or edge and the fix."""

@@ -66,14 +66,14 @@ import math
 
 import torch
 
-from .compile import _ACT, ArchNet, compile_graph, gate_name
+from .compile import ArchNet, compile_graph, gate_name
 from .graph import ArchGraph, GraphError, count_macs, count_params
+from .ops import OPS
 from .errors import ArchdiscError
 
 __all__ = ["extract", "extract_graph", "ExtractionError", "verify_equivalent", "extraction_report",
            "format_report"]
 
-LAYERS = ("linear", "conv2d")
 MERGES = ("add", "concat")
 
 
@@ -193,7 +193,9 @@ class _Extractor:
 
     # ---- helpers
     def op(self, n):
-        return self.g.nodes[n]["op"]
+        """The node's kind in the op registry (input, layer, add, concat, flatten,
+        channelwise, output)."""
+        return OPS[self.g.nodes[n]["op"]].kind
 
     def param(self, n, key):
         return self.state.get(f"layers.{n}.{key}")
@@ -228,17 +230,17 @@ class _Extractor:
             if op == "input":
                 var = torch.ones(self.units[n], dtype=torch.bool)
                 val = torch.zeros(self.units[n], dtype=torch.float64)
-            elif op in LAYERS:
+            elif op == "layer":
                 s = self.ins[n][0]
                 rvar, rval = self.read(s, n)
                 w = self.param(n, "weight")
-                nz = w != 0 if op == "linear" else (w != 0).flatten(2).any(2)
-                wsum = w.double() if op == "linear" else w.sum((2, 3), dtype=torch.float64)
+                nz = w != 0 if w.dim() == 2 else (w != 0).flatten(2).any(2)
+                wsum = w.double() if w.dim() == 2 else w.sum((2, 3), dtype=torch.float64)
                 g = self.gate(s, n)
                 if g is not None:
                     nz &= (g != 0).expand(rvar.shape)
                 var = (nz & rvar).any(1)
-                padded = op == "conv2d" and a["padding"] > 0
+                padded = a.get("padding", 0) > 0
                 if padded:  # zero padding makes a non-zero constant input vary at borders
                     var |= (nz & (rval != 0)).any(1)
                 val = wsum @ rval
@@ -250,15 +252,9 @@ class _Extractor:
             else:
                 reads = [self.read(s, n) for s in self.ins[n]]
                 var, val = reads[0]
-                if op == "batchnorm2d":
-                    w, b = self.param(n, "weight").double(), self.param(n, "bias").double()
-                    mean, v = self.param(n, "running_mean"), self.param(n, "running_var")
-                    var = var & (w != 0)
-                    val = (val - mean.double()) / torch.sqrt(v.double() + a["eps"]) * w + b
-                elif op == "activation":
-                    val = _ACT[a["fn"]]()(val)
-                elif op == "avgpool2d" and a["padding"] > 0:  # padding counts as zeros
-                    var = var | (val != 0)
+                constant = OPS[a["op"]].constant
+                if op == "channelwise" and constant is not None:
+                    var, val = constant(a, lambda key: self.param(n, key), var, val)
                 elif op == "flatten":
                     hw = math.prod(self.shapes[self.ins[n][0]][1:])
                     var, val = var.repeat_interleave(hw), val.repeat_interleave(hw)
@@ -272,12 +268,12 @@ class _Extractor:
                 elif op == "concat":
                     var = torch.cat([r[0] for r in reads])
                     val = torch.cat([r[1] for r in reads])
-                # maxpool (pads with -inf), avgpool without padding, gap, output: unchanged
+                # other channelwise ops (gap, ...) and output: constants pass unchanged
             self.var[n], self.val[n] = var, torch.where(var, 0.0, val)
 
     # ---- step 2: which units are kept (fixed point of demand and coupling)
     def _keep(self):
-        self.keep = {n: self.zeros(n) for n in self.order if self.op(n) in (*LAYERS, "add")}
+        self.keep = {n: self.zeros(n) for n in self.order if self.op(n) in ("layer", "add")}
         self.live: set = set()  # edges into add / concat that carry their source's units
         fwd = self._forward()
         while True:
@@ -304,7 +300,7 @@ class _Extractor:
             op, ins = self.op(n), self.ins[n]
             if op == "input":
                 fwd[n] = torch.ones(self.units[n], dtype=torch.bool)
-            elif op in LAYERS:
+            elif op == "layer":
                 fwd[n] = self.keep[n].clone()
             elif op == "add":  # the union of what the live members keep
                 for s in ins:
@@ -329,7 +325,7 @@ class _Extractor:
             op, ins, d = self.op(n), self.ins[n], dem[n]
             if op == "input":
                 continue
-            if op in LAYERS:
+            if op == "layer":
                 if not self.g.nodes[n]["searchable"] and (d.any() or self.keep[n].any()):
                     d[:] = True
                 self.keep[n] |= d
@@ -422,13 +418,13 @@ class _Extractor:
                                   "this is a bug in archdisc.extract")
         state = {}
         for n in g:
-            op, k = self.op(n), keep[n]
-            if op in LAYERS:
+            spec, k = OPS[self.g.nodes[n]["op"]], keep[n]
+            if spec.kind == "layer":
                 state.update(self._layer(n, k, keep[self.ins[n][0]]))
-            elif op == "batchnorm2d":
-                for key in ("weight", "bias", "running_mean", "running_var"):
-                    state[f"layers.{n}.{key}"] = self.param(n, key).index_select(0, k)
-                state[f"layers.{n}.num_batches_tracked"] = self.param(n, "num_batches_tracked")
+            for key in spec.sliced:
+                state[f"layers.{n}.{key}"] = self.param(n, key).index_select(0, k)
+            for key in spec.copied:
+                state[f"layers.{n}.{key}"] = self.param(n, key)
             for s in g.predecessors(n):
                 gt = self.gate(s, n)
                 if gt is not None:
@@ -508,7 +504,7 @@ def extraction_report(supernet_graph: ArchGraph, compact_graph: ArchGraph) -> di
     sunits = sg.units()
     units = {n: {"op": sg.nodes[n]["op"], "alive": cg.nodes[n]["units"] if n in cg else 0,
                  "supernet": sunits[n]}
-             for n in sg.order() if sg.nodes[n]["op"] in (*LAYERS, "add")}
+             for n in sg.order() if OPS[sg.nodes[n]["op"]].kind in ("layer", "add")}
 
     def kept(u, v):  # with fold_bn a BatchNorm's out-edges start at its conv
         return cg.has_edge(u, v) or (u not in cg and sg.nodes[u]["op"] == "batchnorm2d"

@@ -1,7 +1,8 @@
 """ArchGraph: one graph representation for supernets and discovered models.
 
 An :class:`ArchGraph` is a ``networkx.DiGraph``. Nodes are operations, edges are data
-flow. Every node has an ``op`` and the attributes of that op (see ``OPS``); only the
+flow. Every node has an ``op`` and the attributes of that op (the registry in
+:mod:`archdisc.ops`); only the
 ops that *define* a width store it (``input.shape``, ``linear.units``, ``conv2d.units``,
 ``add.units``). Every other shape follows from those by :meth:`ArchGraph.shapes`.
 
@@ -27,36 +28,12 @@ from pathlib import Path
 
 import networkx as nx
 
-from .errors import ArchdiscError
+from .errors import GraphError
+from .ops import ACTIVATIONS, OPS, REQUIRED
 
 SCHEMA_VERSION = 1
-ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "identity")
 GATES = (None, "scalar", "channel")
-
-# op -> {attribute: default}; ``REQUIRED`` marks attributes without a default.
-REQUIRED = object()
-OPS: dict[str, dict] = {
-    "input": {"shape": REQUIRED},
-    "linear": {"units": REQUIRED, "bias": True, "searchable": True},
-    "conv2d": {"units": REQUIRED, "kernel_size": 3, "stride": 1, "padding": 0,
-               "bias": True, "searchable": True},
-    "batchnorm2d": {"eps": 1e-5, "momentum": 0.1},
-    "activation": {"fn": "relu"},
-    "maxpool2d": {"kernel_size": REQUIRED, "stride": None, "padding": 0},
-    "avgpool2d": {"kernel_size": REQUIRED, "stride": None, "padding": 0},
-    "gap": {},
-    "flatten": {},
-    "add": {"units": REQUIRED},
-    "concat": {},
-    "output": {},
-}
 EDGE_ATTRS = {"slot": 0, "gate": None, "index": None}
-# How many inputs each op takes: (min, max); None = unbounded.
-ARITY = {"input": (0, 0), "add": (1, None), "concat": (1, None)}
-
-
-class GraphError(ArchdiscError, ValueError):
-    """A malformed ArchGraph; the message names the node or edge and the fix."""
 
 
 class ArchGraph(nx.DiGraph):
@@ -79,11 +56,11 @@ class ArchGraph(nx.DiGraph):
         if isinstance(inputs, str):
             inputs = [inputs]
         node = {"op": op}
-        for key, default in OPS[op].items():
+        for key, default in OPS[op].attrs.items():
             node[key] = attrs.pop(key, default)
         if attrs:
             raise GraphError(f"node {name!r} ({op}): unknown attribute(s) {sorted(attrs)}; "
-                             f"allowed: {sorted(OPS[op])}")
+                             f"allowed: {sorted(OPS[op].attrs)}")
         if op == "input":
             node["shape"] = [int(s) for s in node["shape"]]
         self.add_node(name, **node)
@@ -161,11 +138,11 @@ class ArchGraph(nx.DiGraph):
             op = a.get("op")
             if op not in OPS:
                 raise GraphError(f"node {n!r}: unknown op {op!r}; known ops: {sorted(OPS)}")
-            extra = set(a) - set(OPS[op]) - {"op"}
+            extra = set(a) - set(OPS[op].attrs) - {"op"}
             if extra:
                 raise GraphError(f"node {n!r} ({op}): unknown attribute(s) {sorted(extra)}; "
-                                 f"allowed: {sorted(OPS[op])}")
-            for key, default in OPS[op].items():
+                                 f"allowed: {sorted(OPS[op].attrs)}")
+            for key, default in OPS[op].attrs.items():
                 if a.get(key, default) is REQUIRED:
                     raise GraphError(f"node {n!r} ({op}): missing attribute {key!r}")
             _check_attrs(n, a)
@@ -194,7 +171,7 @@ class ArchGraph(nx.DiGraph):
         if not outs:
             raise GraphError("graph has no 'output' node")
         for n in self:
-            lo, hi = ARITY.get(self.nodes[n]["op"], (1, 1))
+            lo, hi = OPS[self.nodes[n]["op"]].arity
             k = self.in_degree(n)
             if k < lo or (hi is not None and k > hi):
                 want = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else 'n'}"
@@ -212,33 +189,12 @@ class ArchGraph(nx.DiGraph):
                                  "remove it or connect it")
 
     def _infer(self, n, ins):
-        a, op = self.nodes[n], self.nodes[n]["op"]
-        if op == "input":
+        a = self.nodes[n]
+        op = OPS[a["op"]]
+        if op.kind == "input":
             return tuple(a["shape"])
         s = ins[0][1]
-        if op == "linear":
-            if len(s) != 1:
-                raise GraphError(f"linear node {n!r} reads a {len(s)}-d input {s} from "
-                                 f"{ins[0][0]!r}; insert a 'flatten' or 'gap' node first")
-            return (a["units"],)
-        if op in ("conv2d", "maxpool2d", "avgpool2d"):
-            if len(s) != 3:
-                raise GraphError(f"{op} node {n!r} needs a (C, H, W) input, got {s} "
-                                 f"from {ins[0][0]!r}")
-            k, st, p = a["kernel_size"], a["stride"] or a["kernel_size"], a["padding"]
-            h, w = ((d + 2 * p - k) // st + 1 for d in s[1:])
-            if h < 1 or w < 1:
-                raise GraphError(f"node {n!r}: input {s} is too small for kernel {k}")
-            return (a["units"] if op == "conv2d" else s[0], h, w)
-        if op == "batchnorm2d" and len(s) != 3:
-            raise GraphError(f"batchnorm2d node {n!r} needs a (C, H, W) input, got {s}")
-        if op == "gap":
-            if len(s) != 3:
-                raise GraphError(f"gap node {n!r} needs a (C, H, W) input, got {s}")
-            return (s[0],)
-        if op == "flatten":
-            return (math.prod(s),)
-        if op == "add":
+        if op.kind == "add":
             for src, si in ins:
                 idx = self.edges[src, n]["index"]
                 width = a["units"] if idx is None else len(idx)
@@ -250,13 +206,24 @@ class ArchGraph(nx.DiGraph):
                     raise GraphError(f"edge {src!r}->{n!r}: index must hold distinct "
                                      f"positions in [0, {a['units']})")
             return (a["units"], *s[1:])
-        if op == "concat":
+        if op.kind == "concat":
             for src, si in ins:
                 if si[1:] != s[1:]:
                     raise GraphError(f"concat node {n!r}: input {src!r} has shape {si}, "
                                      f"spatial size must be {list(s[1:])}")
             return (sum(si[0] for _, si in ins), *s[1:])
-        return s  # batchnorm2d, activation, output
+        if op.spatial and len(s) != 3:
+            raise GraphError(f"{op.name} node {n!r} needs a (C, H, W) input, got {s} "
+                             f"from {ins[0][0]!r}")
+        if op.kind == "layer" and not op.spatial and len(s) != 1:
+            raise GraphError(f"{op.name} node {n!r} reads a {len(s)}-d input {s} from "
+                             f"{ins[0][0]!r}; insert a 'flatten' or 'gap' node first")
+        if op.out_shape is None:
+            return s
+        try:
+            return tuple(op.out_shape(a, s))
+        except GraphError as e:
+            raise GraphError(f"node {n!r}: {e}") from None
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
@@ -328,17 +295,21 @@ def _check_attrs(n, a):
                 any(not isinstance(s, int) or s < 1 for s in a["shape"]):
             raise GraphError(f"node {n!r} (input): 'shape' must be [features] or "
                              f"[channels, height, width] of positive ints, got {a['shape']!r}")
-    if op in ("linear", "conv2d", "add"):
+    if "units" in a:
         positive_int("units")
-    if op in ("conv2d", "maxpool2d", "avgpool2d"):
+    if "kernel_size" in a:
         positive_int("kernel_size")
+    if "padding" in a:
         positive_int("padding", 0)
-        if op == "conv2d" or a["stride"] is not None:
-            positive_int("stride")
+    if "stride" in a and (a["stride"] is not None or OPS[op].attrs["stride"] is not None):
+        positive_int("stride")
     for key in ("bias", "searchable"):
         if key in a and not isinstance(a[key], bool):
             raise GraphError(f"node {n!r} ({op}): {key!r} must be true or false, got {a[key]!r}")
-    if op == "activation" and a["fn"] not in ACTIVATIONS:
+    complaint = OPS[op].check(a) if OPS[op].check is not None else None
+    if complaint:
+        raise GraphError(f"node {n!r} ({op}): {complaint}")
+    if "fn" in a and a["fn"] not in ACTIVATIONS:
         raise GraphError(f"node {n!r} (activation): fn {a['fn']!r} unknown; "
                          f"choose one of {ACTIVATIONS}")
 
@@ -349,12 +320,8 @@ def count_params(g: ArchGraph) -> int:
     shapes, total = g.shapes(), 0
     for n in g:
         a, ins = g.nodes[n], g.inputs(n)
-        if a["op"] == "linear":
-            total += shapes[ins[0]][0] * a["units"] + a["units"] * a["bias"]
-        elif a["op"] == "conv2d":
-            total += (shapes[ins[0]][0] * a["kernel_size"] ** 2 + a["bias"]) * a["units"]
-        elif a["op"] == "batchnorm2d":
-            total += 2 * shapes[n][0]
+        cin = shapes[ins[0]][0] if ins else 0
+        total += OPS[a["op"]].params(a, cin, shapes[n])
     for u, v in g.candidate_edges():
         total += 1 if g.edges[u, v]["gate"] == "scalar" else shapes[u][0]
     return total
@@ -365,9 +332,6 @@ def count_macs(g: ArchGraph) -> int:
     shapes, total = g.shapes(), 0
     for n in g:
         a, ins = g.nodes[n], g.inputs(n)
-        if a["op"] == "linear":
-            total += shapes[ins[0]][0] * a["units"]
-        elif a["op"] == "conv2d":
-            _, h, w = shapes[n]
-            total += shapes[ins[0]][0] * a["kernel_size"] ** 2 * a["units"] * h * w
+        cin = shapes[ins[0]][0] if ins else 0
+        total += OPS[a["op"]].macs(a, cin, shapes[n])
     return total

@@ -2,7 +2,8 @@
 
 * A **unit group** of a searchable ``linear`` / ``conv2d`` node is everything that
   produces unit *i*: row / filter *i* of the weight, bias entry *i*, and the shift
-  (bias) entry *i* of a ``batchnorm2d`` that reads only this node. When the whole group
+  (bias) entry *i* of a normalisation (an op with a per-unit ``bias``) that reads only
+  this node. When the whole group
   is zero the unit outputs exactly zero in training (zero-invariant). The BatchNorm
   scale stays outside the group: at 1 it lets a zero filter still receive gradient
   through the normalisation, so Bregman iterations can switch the channel on.
@@ -19,6 +20,7 @@ import torch
 
 from .compile import ArchNet
 from .init import bias_init_, sparse_init_
+from .ops import OPS
 from .optim import L1, GroupL2, KernelL2, TensorL2
 
 MODES = ("unit", "kernel", "element")
@@ -29,11 +31,11 @@ def unit_members(net: ArchNet) -> dict[str, list[str]]:
     g, members = net.graph, {}
     for n in g.order():
         a = g.nodes[n]
-        if a["op"] not in ("linear", "conv2d") or not a["searchable"]:
+        if OPS[a["op"]].kind != "layer" or not a["searchable"]:
             continue
         names = [f"layers.{n}.weight"] + ([f"layers.{n}.bias"] if a["bias"] else [])
         succ = list(g.successors(n))
-        if len(succ) == 1 and g.nodes[succ[0]]["op"] == "batchnorm2d" \
+        if len(succ) == 1 and "bias" in OPS[g.nodes[succ[0]]["op"]].sliced \
                 and not g.edges[n, succ[0]]["gate"]:
             names.append(f"layers.{succ[0]}.bias")
         members[n] = names
@@ -58,8 +60,7 @@ def param_groups(net: ArchNet, lam: float = 0.1, lam_edge: float | None = None,
     params = dict(net.named_parameters())
     taken, groups = set(), []
     for n, names in unit_members(net).items():
-        op = net.graph.nodes[n]["op"]
-        if mode == "unit" or (mode == "kernel" and op == "linear"):
+        if mode == "unit" or (mode == "kernel" and params[names[0]].dim() != 4):
             groups.append({"params": [params[p] for p in names], "reg": GroupL2(lam),
                            "name": n, "kind": "unit"})
             taken.update(names)

@@ -24,13 +24,12 @@ import graphviz
 from .errors import ArchdiscError
 from .graph import ArchGraph, count_macs, count_params
 from .io import atomic_write_bytes, atomic_write_text
+from .ops import OPS, label
 
 FORMATS = ("svg", "png", "pdf")
 MODES = ("compact", "supernet")
-MERGEABLE = ("batchnorm2d", "activation")  # elementwise: merged into their producer
-
-FILL = {"input": "#d9ead3", "output": "#d9ead3", "linear": "#cfe2f3", "conv2d": "#cfe2f3",
-        "add": "#fff2cc", "concat": "#fff2cc"}
+FILL = {"input": "#d9ead3", "output": "#d9ead3", "layer": "#cfe2f3", "add": "#fff2cc",
+        "concat": "#fff2cc"}  # by the op's kind (archdisc.ops)
 CANDIDATE = {"style": "dashed", "color": "#1f6fd1", "penwidth": "1.6"}
 DEAD_NODE = {"fillcolor": "#eeeeee", "color": "#b0b0b0", "fontcolor": "#a0a0a0"}
 DEAD_EDGE = {"style": "dotted", "color": "#b0b0b0"}
@@ -43,25 +42,18 @@ class RenderError(ArchdiscError, RuntimeError):
 # ---------------------------------------------------------------------- labels
 def _describe(g: ArchGraph, n: str, units: dict, ref_units: dict | None) -> str:
     """One-line description of node ``n``: op, hyper-parameters and width."""
-    a, op = g.nodes[n], g.nodes[n]["op"]
+    a = g.nodes[n]
     width = str(units[n])
-    if ref_units is not None and n in ref_units and op in ("linear", "conv2d", "add", "concat"):
+    if ref_units is not None and n in ref_units and \
+            OPS[a["op"]].kind in ("layer", "add", "concat"):
         width = f"{units[n]}/{ref_units[n]}"
-    if op == "input":
-        return "input " + "×".join(str(s) for s in a["shape"])
-    if op == "linear":
-        return f"linear {width}"
-    if op == "conv2d":
-        k = a["kernel_size"]
-        stride = f" /{a['stride']}" if a["stride"] != 1 else ""
-        return f"conv {k}×{k}{stride} {width}"
-    if op == "batchnorm2d":
-        return "bn"
-    if op == "activation":
-        return a["fn"]
-    if op in ("maxpool2d", "avgpool2d"):
-        return f"{op[:3]}pool {a['kernel_size']}"
-    return f"{op} {width}"  # gap, flatten, add, concat, output
+    return label(a, width)
+
+
+def _mergeable(a: dict) -> bool:
+    """Elementwise (a channelwise op that keeps the shape): drawn inside its producer."""
+    op = OPS[a["op"]]
+    return op.kind == "channelwise" and op.out_shape is None
 
 
 def _chains(g: ArchGraph, merge: bool) -> dict[str, list[str]]:
@@ -73,7 +65,7 @@ def _chains(g: ArchGraph, merge: bool) -> dict[str, list[str]]:
     head = {}
     for n in g.order():
         ins = g.inputs(n)
-        if (merge and g.nodes[n]["op"] in MERGEABLE and len(ins) == 1
+        if (merge and _mergeable(g.nodes[n]) and len(ins) == 1
                 and g.out_degree(ins[0]) == 1 and g.edges[ins[0], n]["gate"] is None
                 and g.nodes[ins[0]]["op"] != "input"):
             head[n] = head[ins[0]]
@@ -119,7 +111,7 @@ def _draw(g: ArchGraph, ref: ArchGraph | None, alive: ArchGraph | None, title: s
     chains = _chains(g, merge)
     box_of = {n: h for h, members in chains.items() for n in members}
     for h, members in chains.items():
-        lines, attrs = [h], {"fillcolor": FILL.get(g.nodes[h]["op"], "white")}
+        lines, attrs = [h], {"fillcolor": FILL.get(OPS[g.nodes[h]["op"]].kind, "white")}
         parts = []
         for n in members:
             if alive_units is None:

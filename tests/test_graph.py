@@ -163,3 +163,25 @@ def test_readme_example_builds_trains_and_extracts():
     assert graph.nodes["fc1"]["units"] < 256
     net.eval()
     assert torch.allclose(compact(xs), net(xs), atol=1e-5)
+
+
+def test_an_op_is_one_registry_entry_dropout():
+    """dropout is declared only in archdisc.ops: the graph validates it, the compiler
+    builds it, extraction stays exact (eval mode: identity), drawings label it."""
+    import torch
+    from archdisc import extract, sparse_init
+    from archdisc.render import to_dot
+    g = ArchGraph(name="drop")
+    h = g.act("a1", g.linear("fc1", g.input("x", [10]), 12))
+    h = g.add_op("drop", "dropout", [h], p=0.25)
+    g.output("out", g.linear("head", h, 3, searchable=False))
+    assert ArchGraph.from_json(g.to_json()).nodes["drop"]["p"] == 0.25
+    net = sparse_init(compile_graph(g), density=0.5, seed=1).eval()
+    assert isinstance(net.layers["drop"], torch.nn.Dropout)
+    small, compact = extract(net, inputs=torch.randn(32, 10))
+    assert small.units()["drop"] == small.units()["fc1"] < 12
+    assert "dropout 0.25" in to_dot(small).source
+    with pytest.raises(GraphError, match=r"node 'bad' \(dropout\): 'p' must be a number in \[0, 1\)"):
+        g2 = ArchGraph()
+        g2.output("out", g2.add_op("bad", "dropout", [g2.input("x", [4])], p=1.5))
+        g2.validate()
