@@ -59,14 +59,17 @@ def _add_discover(sub):
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true",
                    help="overwrite the run in --out even if its config differs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no progress lines (errors and the result only)")
     _add_config_options(p)
     p.set_defaults(func=_discover)
 
 
 def _add_config_options(p):
     """--config FILE, --threads, --space-option, --data-option and one flag per field."""
-    from .config import CHOICES, Config
+    from .config import CHOICES, Config, field_docs
+    from .data import available_datasets
+    from .spaces import spaces
     p.add_argument("--config", type=Path, help="TOML file with config fields")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice); 1 is often fastest "
@@ -76,24 +79,33 @@ def _add_config_options(p):
                    metavar="KEY=VALUE", help="search-space option, e.g. widths=[784,64,10]")
     p.add_argument("--data-option", action="append", type=_option_value, default=[],
                    metavar="KEY=VALUE", help="dataset option, e.g. teacher_widths=[8,4]")
-    # one option per scalar config field, e.g. --batch-size; only given ones override
-    hints = typing.get_type_hints(Config)
+    # one option per config field, e.g. --batch-size; only given ones override. The help
+    # text is the field's documentation in archdisc/config.py.
+    docs, hints = field_docs(), typing.get_type_hints(Config)
+    listed = {**CHOICES, "space": tuple(spaces()), "data": tuple(available_datasets())}
     for f in dataclasses.fields(Config):
+        if f.name in ("space_options", "data_options"):
+            continue  # --space-option / --data-option
         typ = hints[f.name]
         typ = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
+        flag = "--" + f.name.replace("_", "-")
         if typ is dict:
+            p.add_argument(flag, dest=f.name, action="append", type=_option_value,
+                           default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                           help=f"{docs[f.name]}; repeat the option for several keys")
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
-        allowed = "|".join(CHOICES[f.name]) + " " if f.name in CHOICES else ""
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=typ,
-                       default=argparse.SUPPRESS, metavar=f.name.upper(),
-                       help=f"{allowed}(default: {default})")
+        allowed = f"; one of: {', '.join(listed[f.name])}" if f.name in listed else ""
+        p.add_argument(flag, dest=f.name, type=typ, default=argparse.SUPPRESS,
+                       metavar=f.name.upper(),
+                       help=f"{docs[f.name]}{allowed} (default: {default})".replace("%", "%%"))
 
 
 def _config_from_args(args, path=None):
     from .config import Config, ConfigError, load_config
     names = {f.name for f in dataclasses.fields(Config)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
+    overrides = {k: dict(v) if isinstance(v, list) else v
+                 for k, v in vars(args).items() if k in names}
     if args.space_option:
         overrides["space_options"] = dict(args.space_option)
     if args.data_option:
@@ -135,7 +147,8 @@ def _add_render(sub):
                        description="Draw RUN's discovered graph with Graphviz (and the "
                                    "Graphviz source .gv), and the growth plot growth.png.")
     p.add_argument("run", type=Path, help="a discover run folder")
-    p.add_argument("--format", choices=FORMATS, default="svg")
+    p.add_argument("--format", choices=FORMATS, default="svg",
+                   help="picture format: svg, png or pdf (default: svg)")
     p.add_argument("--supernet", action="store_true",
                    help="also draw the whole supernet, dead units, nodes and edges greyed")
     p.set_defaults(func=_render)
@@ -155,7 +168,8 @@ def _add_export(sub):
                                    "RUN/export/; every file is checked against the PyTorch "
                                    "model before it is reported.")
     p.add_argument("run", type=Path, help="a discover run folder")
-    p.add_argument("--format", choices=(*FORMATS, "all"), default="all")
+    p.add_argument("--format", choices=(*FORMATS, "all"), default="all",
+                   help="which format to write (default: all)")
     p.set_defaults(func=_export)
 
 
@@ -226,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archdisc", description="Neural architecture discovery with sparse Bregman "
                                      "iterations.")
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        v = version("archdisc")
+    except PackageNotFoundError:
+        v = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"archdisc {v}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_spaces, _add_discover, _add_render, _add_export, _add_tune):
         add(sub)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "load_config", "read_toml", "CHOICES", "BREGMAN"]
+__all__ = ["Config", "ConfigError", "load_config", "read_toml", "field_docs", "CHOICES",
+           "BREGMAN"]
 
 OPTIMIZERS = ("adabreg", "linbreg", "proxsgd", "sgd", "adam")
 CHOICES = {
@@ -37,32 +38,32 @@ BREGMAN = ("adabreg", "linbreg", "proxsgd")
 @dataclass
 class Config:
     """Everything that defines a discover run. ``None`` means "not set"."""
-    space: str = "mlp"                 # a built-in search space (``archdisc spaces``)
+    space: str = "mlp"                 # the search space (see `archdisc spaces`)
     space_options: dict = field(default_factory=dict)  # keyword arguments of the space
-    data: str = "fashion-mnist"        # a dataset name of archdisc.data
-    data_root: str | None = None       # folder with the dataset files
+    data: str = "fashion-mnist"        # the dataset
+    data_root: str | None = None       # folder with the dataset files (unset: the system copy)
     data_options: dict = field(default_factory=dict)   # e.g. teacher_widths for "teacher"
-    task: str = "classification"       # or "denoising"
+    task: str = "classification"       # what the model learns from the data
     limit: int | None = None           # cap the training set (val/test get limit // 5)
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adabreg"         # adabreg | linbreg | proxsgd | sgd | adam
-    lr: float = 1e-3
+    seed: int = 0                      # seeds the split, the initialisation and the data order
+    epochs: int = 10                   # epochs of the search (training the supernet)
+    batch_size: int = 128              # samples per step (search and fine-tune)
+    optimizer: str = "adabreg"         # Bregman, proximal (proxsgd) or dense (sgd, adam)
+    lr: float = 1e-3                   # learning rate of the search
     lam: float = 0.05                  # regularization strength of unit / kernel / element groups
     lam_edge: float | None = None      # strength on candidate-edge gates (None: lam)
-    group_mode: str = "unit"           # unit | kernel | element
+    group_mode: str = "unit"           # one regularized group: a unit, a conv kernel, an element
     delta: float = 1.0                 # Bregman / prox step scale (adabreg, linbreg)
-    momentum: float = 0.9              # linbreg, proxsgd, sgd (adam / adabreg use betas)
+    momentum: float = 0.9              # momentum of linbreg, proxsgd, sgd (adam / adabreg: betas)
     density: float = 0.2               # initial fraction of alive units (kernels, elements)
-    lr_schedule: str = "constant"      # constant | cosine
-    augment: str = "none"              # none | crop_flip (image inputs; search and fine-tune)
+    lr_schedule: str = "constant"      # learning-rate schedule of the search (per epoch)
+    augment: str = "none"              # batch augmentation (image inputs; search and fine-tune)
     weight_decay: float = 0.0          # sgd: coupled; adam / fine-tune: AdamW; Bregman:
-                                       # decoupled, unregularized groups only (see train)
-    device: str = "auto"               # auto | cpu | cuda
+                                       # decoupled, unregularized groups only
+    device: str = "auto"               # where to train (auto: cuda when available)
     finetune: int = 3                  # epochs of plain Adam on the compact model afterwards
-    finetune_lr: float = 1e-3          # its learning rate
-    finetune_schedule: str = "constant"  # constant | cosine (per step, finetune_lr -> 0)
+    finetune_lr: float = 1e-3          # learning rate of the fine-tune
+    finetune_schedule: str = "constant"  # fine-tune lr schedule (cosine: per step, to 0)
     lam_warmup: float = 0.0            # epochs over which lam ramps linearly from 0 to lam
     lam_layers: dict = field(default_factory=dict)  # node -> factor on lam (e.g. fc2 = 0.5)
     group_weight: str = "sqrt_n"       # unit group weight: sqrt(fan-in) | one | sqrt(alive fan-in)
@@ -239,3 +240,21 @@ def _toml_value(v) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise ConfigError(f"cannot write {v!r} to TOML")
+
+
+def field_docs() -> dict[str, str]:
+    """Each Config field's documentation: the comment after it in the class body (with
+    its continuation lines), read from the source so that it is written only once."""
+    import inspect
+    import re
+    docs, name = {}, None
+    for line in inspect.getsource(Config).splitlines():
+        m = re.match(r"    (\w+): [^=]+=.*?#\s?(.*)$", line)
+        if m:
+            name = m.group(1)
+            docs[name] = m.group(2).strip()
+        elif name and re.match(r"\s+#", line):
+            docs[name] += " " + line.strip().lstrip("#").strip()
+        else:
+            name = None
+    return docs

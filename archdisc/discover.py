@@ -70,6 +70,12 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
     return report(run)
 
 
+def _log(run: Run, line: str):
+    """One progress line on stderr (a log file tells the story); silent without progress."""
+    if run.progress:
+        print(line, file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------------- stages
 def setup(config: Config, out, resume=False, force=False, progress=True) -> Run:
     """Validate ``config``, load its data, build the supernet graph, prepare ``out``.
@@ -161,11 +167,14 @@ def search(run: Run, on_epoch=None):
                                    {"epoch": epoch, "config_hash": config.hash(),
                                     "metrics": metrics, "train_seconds": seconds,
                                     "lam_control": control.state()})
+            units = " ".join(f"{k}={v}" for k, v in a["units"].items())
+            line = (f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  val {data.metric} "
+                    f"{val:.2f}  alive {units}  lam {record['lam']:.3g}  "
+                    f"{record['seconds']:.1f} s")
             if show:
-                units = " ".join(f"{k}={v}" for k, v in a["units"].items())
-                bar.write(f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  "
-                          f"val {data.metric} {val:.2f}  density {record['density']:.3f}  "
-                          f"alive {units}")
+                bar.write(line)
+            else:
+                _log(run, line)
             if on_epoch is not None:
                 on_epoch(epoch, record, net)
     finally:
@@ -177,7 +186,7 @@ def extract_compact(run: Run):
     """Save the trained supernet, extract the compact model (verified on validation
     inputs) and score both on the validation and test splits."""
     from .export import save as save_model
-    from .extract import extract
+    from .extract import extract, extraction_report
     net = run.net.eval()
     save_model(net, run.out / "supernet")
     sample = run.data.val.tensors[0][:256].to(run.device)
@@ -186,6 +195,10 @@ def extract_compact(run: Run):
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
         scores["supernet"] = _score(run, net, split)
         scores["compact"] = _score(run, run.compact, split)
+    widths = " ".join(f"{n}={u['alive']}/{u['supernet']}" for n, u in
+                      extraction_report(net.graph, run.compact_graph)["units"].items())
+    _log(run, f"extracted (exact, verified): {widths}; val {run.data.metric} "
+              f"{run.val['compact']:.2f}")
 
 
 def finetune_compact(run: Run):
@@ -199,6 +212,8 @@ def finetune_compact(run: Run):
         for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
             scores["compact_extracted"] = scores["compact"]
             scores["compact"] = _score(run, run.compact, split)
+        _log(run, f"fine-tuned {run.config.finetune} epochs: val {run.data.metric} "
+                  f"{run.val['compact']:.2f}  {run.finetune_seconds:.1f} s")
     save_model(run.compact, run.out / "compact")
 
 

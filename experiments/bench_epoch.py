@@ -32,7 +32,7 @@ def epoch_seconds(tree: Path, args: list[str]) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         subprocess.run([sys.executable, "-m", "archdisc.cli", "discover", *args, "--out",
-                        tmp + "/r", "--threads", "1", "--force"], check=True, env=env,
+                        tmp + "/r", "--threads", "1", "--force", "--quiet"], check=True, env=env,
                        cwd=tree, stdout=subprocess.DEVNULL)
         lines = Path(tmp, "r", "metrics.jsonl").read_text().splitlines()
         return [json.loads(line)["seconds"] for line in lines]

@@ -109,3 +109,52 @@ def test_option_values_are_toml():
     assert _option_value("act=relu") == ("act", "relu")
     assert _option_value("width_mult=0.25") == ("width_mult", 0.25)
     assert _option_value("bias=true") == ("bias", True)
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+    from archdisc.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = []
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            text = (action.help or "").strip()
+            if action.dest != "help" and (not text or text.startswith("(default")):
+                bare.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not bare, bare
+    import os
+    text = subprocess.run([sys.executable, "-m", "archdisc.cli", "discover", "--help"],
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "COLUMNS": "400"}).stdout
+    assert "one of: adabreg, linbreg, proxsgd, sgd, adam" in text
+    assert "teacher" in text.split("\n  --data DATA", 1)[1].split("\n  --data-root", 1)[0]
+
+
+def test_version_and_dict_fields_as_repeated_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("archdisc 0.")
+    out = tmp_path / "run"
+    assert main(["discover", *TEACHER, "--out", str(out), "--lam-layers", "fc2=0.5",
+                 "--lam-layers", "fc1=2"]) == 0
+    assert tomllib.loads((out / "config.toml").read_text())["lam_layers"] == \
+        {"fc2": 0.5, "fc1": 2}
+
+
+def test_a_log_file_gets_a_line_per_epoch_and_per_phase(tmp_path):
+    args = [a for a in TEACHER if a != "--quiet"]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "archdisc.cli", "discover", *args,
+                        "--finetune", "1", "--out", str(tmp_path / "r")], stderr=f,
+                       stdout=subprocess.DEVNULL, check=True)
+    lines = log.read_text().splitlines()
+    assert [line.split()[:2] for line in lines if line.startswith("epoch")] == \
+        [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert any(line.startswith("extracted (exact, verified)") for line in lines)
+    assert any(line.startswith("fine-tuned 1 epochs") for line in lines)
+    quiet = subprocess.run([sys.executable, "-m", "archdisc.cli", "discover", *TEACHER,
+                            "--out", str(tmp_path / "q")], capture_output=True, text=True,
+                           check=True)
+    assert quiet.stderr == ""
