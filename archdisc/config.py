@@ -40,7 +40,7 @@ class Config:
     """Everything that defines a discover run. ``None`` means "not set"."""
     space: str = "mlp"                 # the search space (see `archdisc spaces`)
     space_options: dict = field(default_factory=dict)  # keyword arguments of the space
-    data: str = "fashion-mnist"        # the dataset
+    data: str = "fashion-mnist"        # a dataset name, or a .npz / .csv file or image folder
     data_root: str | None = None       # folder with the dataset files (unset: the system copy)
     data_options: dict = field(default_factory=dict)   # e.g. teacher_widths for "teacher"
     task: str = "classification"       # what the model learns from the data
@@ -103,11 +103,12 @@ class Config:
         if self.space not in spaces():
             raise ConfigError(f"config field 'space': unknown search space {self.space!r}; "
                               f"available: {', '.join(spaces())}")
-        from .data import available_datasets
+        from .data import available_datasets, is_user_data
         known = available_datasets()
-        if _dataset_key(self.data) not in {_dataset_key(k) for k in known}:
+        if _dataset_key(self.data) not in {_dataset_key(k) for k in known} and \
+                not is_user_data(self.data):
             raise ConfigError(f"config field 'data': unknown dataset {self.data!r}; "
-                              f"available: {', '.join(known)}")
+                              f"available: {', '.join(known)}, or a .npz / .csv file or an image folder")
         _require(self.epochs >= 1, "epochs", "an integer >= 1")
         _require(self.batch_size >= 1, "batch_size", "an integer >= 1")
         _require(self.limit is None or self.limit >= 1, "limit", "an integer >= 1 (or unset)")

@@ -467,3 +467,97 @@ def evaluate(model: torch.nn.Module, dataset: TensorDataset, metric: str,
     if metric == "accuracy":
         return 100.0 * total / count
     return _psnr_from_mse(total / count, 1.0)
+
+
+# --------------------------------------------------------------------------- user data
+def is_user_data(name: str) -> bool:
+    """Whether ``name`` points to a user's own data: a .npz / .csv file or a folder (a
+    built-in dataset's name always means the built-in)."""
+    key = name.lower().replace("_", "-")
+    if {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key) in _DESCRIPTIONS:
+        return False
+    p = Path(name).expanduser()
+    return p.suffix.lower() in (".npz", ".csv") or p.is_dir()
+
+
+def load_user_data(path, *, seed: int = 0, limit: int | None = None,
+                   val_fraction: float = 0.1, test_fraction: float = 0.1) -> Data:
+    """A classification dataset from the user's files (nothing is pickled or downloaded):
+
+    * ``.npz`` with arrays ``x`` (N, ...) and ``y`` (N,) integer labels; optional
+      ``x_test`` / ``y_test`` (else a test split is drawn);
+    * ``.csv`` of numbers with a header row; the last column is the integer label;
+    * a folder in ImageFolder layout (``ROOT/<class>/<image>``, or ``ROOT/train/<class>``
+      and ``ROOT/test/<class>``), read with torchvision; images must share one size.
+
+    Features are standardised with the training split's mean and std (per channel for
+    images, per column otherwise); validation (and test, when none is given) are drawn
+    from the rest with ``seed``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data {str(p)!r} does not exist; give a .npz, a .csv or a folder")
+    test = None
+    if p.suffix.lower() == ".npz":
+        with np.load(p, allow_pickle=False) as f:
+            missing = {"x", "y"} - set(f.files)
+            if missing:
+                raise DataError(f"{p}: missing array(s) {sorted(missing)}; an .npz needs 'x' "
+                                f"and 'y' (optional 'x_test', 'y_test'); it has {f.files}")
+            x, y = f["x"], f["y"]
+            if "x_test" in f.files and "y_test" in f.files:
+                test = (f["x_test"], f["y_test"])
+    elif p.suffix.lower() == ".csv":
+        try:
+            table = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+        except ValueError as e:
+            raise DataError(f"{p}: not a numeric CSV with a header row ({e})") from None
+        x, y = table[:, :-1], table[:, -1]
+    else:
+        root = p / "train" if (p / "train").is_dir() else p
+        x, y = _read_image_folder(root)
+        if (p / "test").is_dir():
+            test = _read_image_folder(p / "test")
+    return _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction)
+
+
+def _read_image_folder(root: Path):
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"{root}: not an image folder ROOT/<class>/<image> ({e})") from None
+    images = [pil_to_tensor(folder.loader(path)) for path, _ in folder.samples]
+    if len({tuple(t.shape) for t in images}) != 1:
+        raise DataError(f"{root}: images differ in size or channels; resize them to one "
+                        f"size first")
+    return torch.stack(images).numpy(), np.array(folder.targets)
+
+
+def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction) -> Data:
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y) or len(x) < 3:
+        raise DataError(f"{p}: x and y must hold the same number (>= 3) of samples, got "
+                        f"{len(x)} and {len(y)}")
+    if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
+        raise DataError(f"{p}: labels must be integers >= 0 (classification)")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).numpy()
+    n_val = max(1, round(val_fraction * len(x)))
+    n_test = 0 if test is not None else max(1, round(test_fraction * len(x)))
+    val_idx, test_idx, train_idx = (perm[:n_val], perm[n_val:n_val + n_test],
+                                    perm[n_val + n_test:])
+    if test is None:
+        test = (x[test_idx], y[test_idx])
+    if limit is not None:
+        train_idx = train_idx[:limit]
+    raw = [(x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), test]
+    xs = [torch.as_tensor(a, dtype=torch.float32) for a, _ in raw]
+    dims = (0, 2, 3) if xs[0].dim() == 4 else (0,)
+    mean = xs[0].mean(dims, keepdim=True)[0:1]
+    std = xs[0].std(dims, keepdim=True)[0:1].clamp(min=1e-8)
+    splits = [TensorDataset((xt - mean) / std, torch.as_tensor(b).long())
+              for xt, (_, b) in zip(xs, raw)]
+    classes = int(max(int(s.tensors[1].max()) for s in splits)) + 1
+    return Data(train=splits[0], val=splits[1], test=splits[2],
+                in_shape=tuple(xs[0].shape[1:]), out_dim=classes, task="classification",
+                metric="accuracy", name=str(p), meta={"seed": seed, "source": str(p)})

@@ -267,7 +267,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_dataset(config: Config):
-    from .data import load_data
+    from .data import is_user_data, load_data, load_user_data
+    if is_user_data(config.data):
+        if config.task != "classification" or config.data_options:
+            raise ConfigError("config field 'data': a user's file or folder supports "
+                              "task = \"classification\" and no data_options")
+        return load_user_data(config.data, seed=config.seed, limit=config.limit)
     try:
         data = load_data(config.data, root=config.data_root, task=config.task,
                          seed=config.seed, noise_sigma=config.noise_sigma, limit=config.limit,

@@ -357,3 +357,59 @@ def test_evaluate_accuracy_and_psnr():
     assert got == pytest.approx(numpy_psnr(noisy.numpy(), clean.numpy()), abs=1e-4)
     with pytest.raises(ValueError):
         evaluate(identity, ds, "f1")
+
+
+# ---------------------------------------------------------------------- the user's data
+def _blobs(n=300, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, d, generator=g) + 3 * torch.nn.functional.one_hot(y, d).float()
+    return x.numpy(), y.numpy()
+
+
+def test_user_npz_and_csv_are_the_same_data(tmp_path):
+    from archdisc.data import load_user_data
+    x, y = _blobs()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    header = ",".join([f"f{i}" for i in range(x.shape[1])] + ["label"])
+    np.savetxt(tmp_path / "d.csv", np.column_stack([x, y]), delimiter=",", header=header,
+               comments="")
+    a, b = load_user_data(tmp_path / "d.npz"), load_user_data(tmp_path / "d.csv")
+    assert (len(a.train), len(a.val), len(a.test)) == (240, 30, 30)
+    assert a.in_shape == (6,) and a.out_dim == 3
+    for sa, sb in zip((a.train, a.val, a.test), (b.train, b.val, b.test)):
+        assert torch.allclose(sa.tensors[0], sb.tensors[0], atol=1e-5)
+        assert torch.equal(sa.tensors[1], sb.tensors[1])
+    mean = a.train.tensors[0].mean(0)  # standardised with the training split's statistics
+    assert torch.allclose(mean, torch.zeros(6), atol=1e-5)
+
+
+def test_user_image_folder_and_bad_files(tmp_path):
+    from PIL import Image
+    from archdisc.data import DataError, load_user_data
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for c in ("cat", "dog"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / c / f"{i}.png")
+    d = load_user_data(tmp_path / "img")
+    assert d.in_shape == (3, 8, 8) and d.out_dim == 2 and len(d.test) == 8
+    assert len(d.train) + len(d.val) == 24
+    np.savez(tmp_path / "bad.npz", a=np.zeros(3))
+    with pytest.raises(DataError, match=r"missing array\(s\) \['x', 'y'\]"):
+        load_user_data(tmp_path / "bad.npz")
+    (tmp_path / "bad.csv").write_text("a,b\n1,x\n")
+    with pytest.raises(DataError, match="not a numeric CSV"):
+        load_user_data(tmp_path / "bad.csv")
+
+
+def test_discover_on_a_user_npz(tmp_path):
+    from archdisc import Config, run_discover
+    x, y = _blobs(n=400)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    config = Config(space="mlp", space_options={"widths": [6, 16, 3]}, data=str(tmp_path / "d.npz"),
+                    epochs=3, lr=1e-2, lam=0.1, batch_size=32, finetune=0, device="cpu")
+    report = run_discover(config, tmp_path / "r", progress=False)
+    assert report["test"]["compact"] > 80  # three well separated blobs
