@@ -168,9 +168,9 @@ def search(run: Run, on_epoch=None):
                                     "metrics": metrics, "train_seconds": seconds,
                                     "lam_control": control.state()})
             units = " ".join(f"{k}={v}" for k, v in a["units"].items())
+            lam = f"  lam {record['lam']:.3g}" if record["lam"] is not None else ""
             line = (f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  val {data.metric} "
-                    f"{val:.2f}  alive {units}  lam {record['lam']:.3g}  "
-                    f"{record['seconds']:.1f} s")
+                    f"{val:.2f}  alive {units}{lam}  {record['seconds']:.1f} s")
             if show:
                 bar.write(line)
             else:
