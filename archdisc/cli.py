@@ -212,6 +212,8 @@ def _add_tune(sub):
                                                     "with validation metric >= X")
     p.add_argument("--max-params", type=float, help="with --export-best: best model with "
                                                     "size <= P")
+    p.add_argument("--join-different", action="store_true",
+                   help="add trials to a study made with another base config (mixes them)")
     _add_config_options(p)
     p.set_defaults(func=_tune)
 
@@ -230,7 +232,7 @@ def _tune(args) -> int:
         return 0
     config = _config_from_args(args)
     tune(config, args.out, settings, storage=args.storage, study_name=args.study,
-         workers=args.workers)
+         workers=args.workers, join_different=args.join_different)
     print(f"outputs in {args.out}/: pareto.csv, pareto.png, summary.md, trials/")
     return 0
 

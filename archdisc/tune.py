@@ -16,11 +16,16 @@ writers); or any Optuna storage URL (e.g. PostgreSQL) so that machines join one 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import multiprocessing as mp
+import os
+import socket
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -64,6 +69,8 @@ def storage_url(out: Path, storage: str | None, workers: int):
     if storage:
         return storage
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "study.db").exists():  # an existing study continues in its own storage
+        return f"sqlite:///{out / 'study.db'}"
     if workers > 1 or (out / "study.journal").exists():
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -122,8 +129,11 @@ def make_objective(base: Config, out: Path, s: TuneSettings, has_gates: bool):
         abort = SizeAwareAbort(trial.study, config.epochs, s.abort_margin) \
             if s.mode == "pareto" and s.abort else None
 
+        trial.set_user_attr("heartbeat", time.time())
+
         def on_epoch(epoch, record, net):
             nonlocal metric_key
+            trial.set_user_attr("heartbeat", time.time())
             metric_key = next(k for k in record if k.startswith("val_"))
             value = record[metric_key]
             curve[str(epoch)] = {"metric": value, "density": record["density"]}
@@ -154,18 +164,45 @@ def make_objective(base: Config, out: Path, s: TuneSettings, has_gates: bool):
     return objective
 
 
-def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates):
+def sampler_for(seed: int, study: optuna.Study, worker: int, shared: bool):
+    """A TPE sampler that never repeats another process's draws: its seed mixes the base
+    seed, the trials already in the study, the worker index and, for a shared database
+    (other machines), this machine and process."""
+    key = [seed, len(study.trials), worker]
+    if shared:
+        key += [socket.gethostname(), os.getpid()]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+    return optuna.samplers.TPESampler(seed=int(digest[:8], 16))
+
+
+def fail_stale_trials(study: optuna.Study, alone: bool, grace: float = 600.0) -> int:
+    """Mark trials left RUNNING by a killed process as FAIL: every one when this process
+    holds the study folder alone, else those without a heartbeat for ``grace`` seconds."""
+    now, failed = time.time(), 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp())
+        if alone or now - beat > grace:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            failed += 1
+    return failed
+
+
+def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates, index):
     import torch
     torch.set_num_threads(1)  # K workers share the cores
     s = TuneSettings(**settings_dict)
     study = optuna.load_study(study_name=study_name, storage=storage_url(Path(out), storage, 2))
+    study.sampler = sampler_for(Config.from_dict(base_dict).seed, study, index, bool(storage))
     study.optimize(make_objective(Config.from_dict(base_dict), Path(out), s, has_gates),
                    n_trials=n_trials, catch=(Exception,))
 
 
 def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
-         study_name: str | None = None, workers: int = 1) -> optuna.Study:
-    """Run ``settings.trials`` more trials of the study in ``out`` and write its outputs."""
+         study_name: str | None = None, workers: int = 1,
+         join_different: bool = False) -> optuna.Study:
+    """Run ``settings.trials`` more trials of the study in ``out`` and write its outputs.
+    A study made with another base config (or settings) is refused unless
+    ``join_different``."""
     settings.validate()
     base = base.validate()
     if workers < 1:
@@ -177,28 +214,67 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
     directions = ["maximize"] if settings.mode == "scalar" else ["maximize", "minimize"]
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) \
         if settings.mode == "scalar" else None
-    sampler = optuna.samplers.TPESampler(seed=base.seed)  # reproducible with one worker
+    url = storage_url(out, storage, workers)
     study = optuna.create_study(study_name=study_name, directions=directions, pruner=pruner,
-                                sampler=sampler, storage=storage_url(out, storage, workers),
-                                load_if_exists=True)
-    has_gates = space_has_gates(base)
-    if workers == 1:
-        study.optimize(make_objective(base, out, settings, has_gates), n_trials=settings.trials,
-                       catch=(Exception,))
-    else:
-        share = [settings.trials // workers + (i < settings.trials % workers)
-                 for i in range(workers)]
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(base.to_dict(), str(out), storage,
-                                                   study_name, dataclasses.asdict(settings),
-                                                   n, has_gates))
-                 for n in share if n]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+                                storage=url, load_if_exists=True)
+    _check_same_base(study, base, settings, join_different)
+    with _alone(out) as alone:
+        stale = fail_stale_trials(study, alone=alone and not storage)
+        study.sampler = sampler_for(base.seed, study, 0, bool(storage))
+        where = url if isinstance(url, str) else out / "study.journal"
+        stale = f", {stale} left running by a killed process marked FAIL" if stale else ""
+        print(f"study {study_name!r} in {where} ({len(study.trials)} trials so far{stale})",
+              file=sys.stderr)
+        has_gates = space_has_gates(base)
+        if workers == 1:
+            study.optimize(make_objective(base, out, settings, has_gates),
+                           n_trials=settings.trials, catch=(Exception,))
+        else:
+            share = [settings.trials // workers + (i < settings.trials % workers)
+                     for i in range(workers)]
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=_worker, args=(base.to_dict(), str(out), storage,
+                                                       study_name, dataclasses.asdict(settings),
+                                                       n, has_gates, i + 1))
+                     for i, n in enumerate(share) if n]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
     write_outputs(study, out, settings)
     return study
+
+
+def _check_same_base(study, base: Config, settings: TuneSettings, join_different: bool):
+    """The study remembers the base config and settings it was made with; names objectives."""
+    mine = {k: v for k, v in base.to_dict().items() if k != "seed"}
+    mine["tune"] = {k: getattr(settings, k) for k in ("mode", "size", "lam_range", "lr_range",
+                                                     "density_range", "size_weight")}
+    mine = json.loads(json.dumps(mine))  # tuples -> lists, as stored
+    old = study.user_attrs.get("base")
+    if old is None:
+        study.set_user_attr("base", mine)
+        names = ["val_metric"] + ([] if settings.mode == "scalar" else [settings.size])
+        study.set_metric_names(names)
+    elif old != mine and not join_different:
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        raise ConfigError(f"study {study.study_name!r} was made with another base config "
+                          f"(differs in: {', '.join(diff)}); use another --out / --study, or "
+                          f"pass --join-different to mix the trials")
+
+
+@contextlib.contextmanager
+def _alone(out: Path):
+    """Hold an exclusive lock on the study folder while tuning; yields whether this
+    process got it (False: another tune process works in the same folder)."""
+    import fcntl
+    with open(out / ".tune.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
 
 
 # ---------------------------------------------------------------------- outputs

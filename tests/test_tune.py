@@ -109,3 +109,22 @@ def test_bad_settings_and_cli(tmp_path, capsys):
         tune(base(), tmp_path, TuneSettings(lam_range=(0.1, 1.0)))
     assert main(["tune", "--out", str(tmp_path / "none"), "--export-best"]) == 2
     assert "no study here" in capsys.readouterr().err
+
+
+def test_reruns_never_repeat_stale_trials_fail_and_other_configs_are_refused(tmp_path):
+    out = tmp_path / "s"
+    first = tune(base(epochs=1), out, TuneSettings(trials=2, abort=False))
+    # a trial killed mid-run stays RUNNING: the next start (alone on the folder) fails it
+    first.ask()
+    study = tune(base(epochs=1), out, TuneSettings(trials=2, abort=False))
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    draws = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+    assert len(set(draws)) == len(draws)  # the re-run drew new parameters
+    assert study.metric_names == ["val_metric", "params"]
+    with pytest.raises(ConfigError, match=r"another base config \(differs in: lr\)"):
+        tune(base(epochs=1, lr=0.5), out, TuneSettings(trials=1))
+    mixed = tune(base(epochs=1, lr=0.5), out, TuneSettings(trials=1, abort=False),
+                 join_different=True)
+    assert len(mixed.trials) == 6
