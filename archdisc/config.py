@@ -31,6 +31,7 @@ CHOICES = {
     "task": ("classification", "denoising"),
     "group_weight": ("sqrt_n", "one", "sqrt_alive"),
     "augment": ("none", "crop_flip"),
+    "select": ("shrink", "none"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
 
@@ -72,6 +73,13 @@ class Config:
     target_tol: float = 0.1            # hold lam while params are in [(1 - tol) target, target]
     control_every: int = 50            # steps between two looks of the lam controller
     noise_sigma: float = 0.3           # denoising noise level
+    select: str = "shrink"             # how the final width is chosen: shrink on validation
+                                       # (archdisc.select), or none (what the search left)
+    select_steps: int = 100            # refit steps per shrink candidate (the first: 5x)
+    select_frac: float = 0.3           # fraction of a layer's units one shrink step removes
+    select_tol: float = 1.0            # keep the smallest model within this many standard
+                                       # errors of the best validation metric
+    select_lr: float = 3e-3            # Adam learning rate of the shrink refits
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -139,6 +147,10 @@ class Config:
                               f"regularized optimizer (adabreg, linbreg, proxsgd), not "
                               f"{self.optimizer!r}")
         _require(0 < self.density <= 1, "density", "a number in (0, 1]")
+        _require(self.select_steps >= 1, "select_steps", "an integer >= 1")
+        _require(0 < self.select_frac < 1, "select_frac", "a number in (0, 1)")
+        _require(0 <= self.select_tol < math.inf, "select_tol", "a finite number >= 0")
+        _require(0 < self.select_lr < math.inf, "select_lr", "a finite number > 0")
         return self
 
     # ---------------------------------------------------------------- output

@@ -1,10 +1,11 @@
-"""The discover recipe: setup -> search -> extract -> fine-tune -> report.
+"""The discover recipe: setup -> search -> extract -> select -> fine-tune -> report.
 
 ``run_discover(config, out)`` is the whole job, one short function per stage::
 
     run = setup(config, out)      validate, load the data, build the supernet, prepare ``out``
     search(run)                   Bregman training of the supernet, a checkpoint every epoch
     extract_compact(run)          the surviving architecture as an exact compact model
+    select_compact(run)           the width the validation data asks for (archdisc.select)
     finetune_compact(run)         plain Adam on the compact model
     report(run)                   test / val metrics, sizes, widths -> report.json / .md
 
@@ -53,6 +54,8 @@ class Run:
     compact: ArchNet | None = None
     test: dict = field(default_factory=dict)
     val: dict = field(default_factory=dict)
+    select_path: list = field(default_factory=list)
+    select_seconds: float = 0.0
     finetune_losses: list = field(default_factory=list)
     finetune_seconds: float = 0.0
 
@@ -66,6 +69,7 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
     run = setup(config, out, resume, force, progress)
     search(run, on_epoch)
     extract_compact(run)
+    select_compact(run)
     finetune_compact(run)
     return report(run)
 
@@ -201,6 +205,21 @@ def extract_compact(run: Run):
               f"{run.val['compact']:.2f}")
 
 
+def select_compact(run: Run):
+    """With ``select = "shrink"``: shrink the compact model on the validation split."""
+    if run.config.select == "none":
+        return
+    from .select import shrink_select
+    t0 = time.perf_counter()
+    run.compact, run.select_path = shrink_select(run.compact, run.data, run.config,
+                                                 run.device, lambda s: _log(run, s))
+    run.compact_graph = run.compact.graph
+    run.select_seconds = time.perf_counter() - t0
+    for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
+        scores["compact_extracted"] = scores["compact"]
+        scores["compact"] = scores["compact_selected"] = _score(run, run.compact, split)
+
+
 def finetune_compact(run: Run):
     """``config.finetune`` epochs of Adam on the compact model; then save it."""
     from .export import save as save_model
@@ -210,7 +229,7 @@ def finetune_compact(run: Run):
         run.finetune_seconds = time.perf_counter() - t0
         run.compact.eval()
         for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
-            scores["compact_extracted"] = scores["compact"]
+            scores.setdefault("compact_extracted", scores["compact"])
             scores["compact"] = _score(run, run.compact, split)
         _log(run, f"fine-tuned {run.config.finetune} epochs: val {run.data.metric} "
                   f"{run.val['compact']:.2f}  {run.finetune_seconds:.1f} s")
@@ -237,8 +256,11 @@ def report(run: Run) -> dict:
                      "schedule": config.finetune_schedule,
                      "train_loss": run.finetune_losses,
                      "seconds": round(run.finetune_seconds, 2),
-                     "test_before": test.get("compact_extracted", test["compact"]),
+                     "test_before": test.get("compact_selected",
+                                             test.get("compact_extracted", test["compact"])),
                      "test_after": test["compact"]},
+        "select": {"mode": config.select, "seconds": round(run.select_seconds, 2),
+                   "path": run.select_path},
         "epochs_total": len(metrics) + config.finetune,
         "target_params": target_of(config, rep["params"]["supernet"]),
         "lam_final": metrics[-1]["lam"] if metrics else None,

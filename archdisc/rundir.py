@@ -124,9 +124,10 @@ def headline(report: dict) -> str:
     test, metric = report["test"], report["metric"]
     unit = "%" if metric == "accuracy" else " dB"
     kept, total = report["params"]["compact"], report["params"]["supernet"]
-    tuned = ""
-    if "compact_extracted" in test:
-        tuned = f", fine-tuned {report['config']['finetune']} epochs"
+    c = report["config"]
+    tuned = ", selected on validation" if c.get("select", "none") != "none" else ""
+    if c["finetune"]:
+        tuned += f", fine-tuned {c['finetune']} epochs"
     return (f"compact model{tuned}: test {metric} {test['compact']:.2f}{unit} (supernet "
             f"{test['supernet']:.2f}{unit}); parameters kept: {kept:,} of {total:,} "
             f"({100 * kept / max(1, total):.1f}%)")

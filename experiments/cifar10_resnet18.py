@@ -96,7 +96,7 @@ def main(argv=None):
     elif root is None:
         ap.error("give --data-root ROOT (with ROOT/cifar-10-batches-bin/), or --smoke")
     adam = args.optimizer == "adam"
-    config = Config(space="resnet18", space_options={"width_mult": args.width_mult},
+    config = Config(select="none", space="resnet18", space_options={"width_mult": args.width_mult},
                     data="cifar10", data_root=str(root), seed=args.seed, epochs=args.epochs,
                     batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                     lam=0.0 if adam else args.lam, group_mode=args.group_mode,

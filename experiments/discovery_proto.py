@@ -139,20 +139,55 @@ def discover(data, a):
             print(json.dumps(rec))
     # ---- selection
     t_prune = 0.0
-    if a.method == "prune":
-        ppath, snaps, t_prune = prune_path(net, data, a, t_start)
+    if a.method in ("prune", "greedy"):
+        fn = prune_path if a.method == "prune" else (lambda n, d, a_, t: greedy_path(n, d, a_))
+        ppath, snaps, t_prune = fn(net, data, a, t_start)
         path = path + [dict(r, phase="prune") for r in ppath]
-    key = "refit_val" if (a.refit or a.method == "prune") else "val_acc"
+    key = "refit_val" if (a.refit or a.method != "path") else "val_acc"
     cands = [(r, c) for r, c in snaps if key in r]
     best = max(r[key] for r, _ in cands)
     se = math.sqrt(max(best * (100 - best), 1.0) / n_val)
     ok = [(r, c) for r, c in cands if r[key] >= best - a.tol * se]
     sel, compact = min(ok, key=lambda rc: (rc[0]["params"], -rc[0][key]))
     t0 = time.perf_counter()
-    final = adam_train(copy.deepcopy(compact), data, a.finetune, a.ft_lr, a.seed + 1)
+    confirm = []
+    if a.confirm:
+        # reference: the best snapshot after the full fine-tune; then candidates from the
+        # smallest up (pre-filtered: path val >= best - prefilter SE), each fine-tuned the
+        # same way; the first within confirm_tol SE of the reference is the result
+        ref_r, ref_c = max(cands, key=lambda rc: rc[0][key])
+        ref = adam_train(copy.deepcopy(ref_c), data, a.finetune, a.ft_lr, a.seed + 1)
+        ref_val = score(ref, data.val)[0]
+        confirm.append({"widths": ref_r["widths"], "val": ref_val, "ref": True})
+        se_ref = math.sqrt(max(ref_val * (100 - ref_val), 1.0) / n_val)
+        pool = sorted([rc for rc in cands if rc[0][key] >= best - a.prefilter * se
+                       and rc[0]["params"] < ref_r["params"]], key=lambda rc: rc[0]["params"])
+        sel, final = ref_r, ref
+        if a.bisect:  # smallest passing candidate, assuming pass/fail is monotone in size
+            lo, hi = 0, len(pool)  # pool[hi] (or the reference) passes
+            while lo < hi and len(confirm) <= a.confirm:
+                mid = (lo + hi) // 2
+                r_, c_ = pool[mid]
+                m = adam_train(copy.deepcopy(c_), data, a.finetune, a.ft_lr, a.seed + 1)
+                v = score(m, data.val)[0]
+                confirm.append({"widths": r_["widths"], "val": v})
+                if v >= ref_val - a.confirm_tol * se_ref:
+                    hi, sel, final, compact = mid, r_, m, c_
+                else:
+                    lo = mid + 1
+        else:
+          for r_, c_ in pool[:a.confirm]:
+            m = adam_train(copy.deepcopy(c_), data, a.finetune, a.ft_lr, a.seed + 1)
+            v = score(m, data.val)[0]
+            confirm.append({"widths": r_["widths"], "val": v})
+            if v >= ref_val - a.confirm_tol * se_ref:
+                sel, final, compact = r_, m, c_
+                break
+    else:
+        final = adam_train(copy.deepcopy(compact), data, a.finetune, a.ft_lr, a.seed + 1)
     t_ft = time.perf_counter() - t0
     test, _ = score(final, data.test)
-    return {"selected": sel, "best_val": best, "se": se, "widths": sel["widths"],
+    return {"selected": sel, "confirm": confirm, "best_val": best, "se": se, "widths": sel["widths"],
             "params": sel["params"], "test": test, "val": score(final, data.val)[0],
             "test_before_ft": score(compact, data.test)[0],
             "seconds": {"train": t_train, "refit": t_refit, "prune": t_prune, "finetune": t_ft,
@@ -250,6 +285,68 @@ def prune_path(net, data, a, t_start):
     return path, snaps, time.perf_counter() - t_stage
 
 
+def greedy_path(net, data, a):
+    """Per stage, try shrinking each hidden layer by `prune_frac` of its alive units
+    (weakest by relative contribution), retrain `stage_epochs` with Adam, and keep the
+    candidate with the lowest val loss. Every candidate is a snapshot."""
+    x, y = data.train.tensors
+    n_val = len(data.val.tensors[0])
+    with torch.no_grad():
+        masks = [(w.ne(0).any(1) | b.ne(0)).float() for w, b, _ in unit_layers(net)]
+    apply_masks(net, masks)
+    t0 = time.perf_counter()
+
+    def train(net, masks, epochs, e0):
+        opt = torch.optim.Adam(net.parameters(), lr=a.prune_lr)
+        for e in range(e0 + 1, e0 + epochs + 1):
+            run_epoch(net, opt, x, y, a.bs, epoch_order(a.seed + 3, e, len(x)),
+                      lambda: apply_masks(net, masks))
+
+    def snap(net, masks, stage, e, layer):
+        acc, loss = score(net, data.val)
+        _, compact = extract(net, verify=False)
+        r = {"stage": stage, "epoch": e, "layer": layer, "widths": [int(m.sum()) for m in masks],
+             "params": nparams(compact), "refit_val": acc, "val_loss": loss}
+        if a.verbose:
+            print(json.dumps(r), flush=True)
+        return r, compact
+
+    train(net, masks, a.first_epochs, 0)
+    e = a.first_epochs
+    path, snaps = [], []
+    r, c = snap(net, masks, 0, e, None)
+    path.append(r); snaps.append((r, c))
+    stage = 0
+    while True:
+        stage += 1
+        acts = hidden_acts(net, x[:1024])
+        cands = []
+        for li, ((wt, b, nxt), m) in enumerate(zip(unit_layers(net), masks)):
+            n = int(m.sum())
+            if n <= 1:
+                continue
+            k = max(1, int(a.prune_frac * n))
+            s_ = acts[li].pow(2).mean(0).sqrt() * nxt.norm(dim=0)
+            s_[~m.bool()] = float("inf")
+            drop = torch.argsort(s_)[:k]
+            net2, masks2 = copy.deepcopy(net), [mm.clone() for mm in masks]
+            masks2[li][drop] = 0
+            apply_masks(net2, masks2)
+            train(net2, masks2, a.stage_epochs, e + 100 * li)
+            r, c = snap(net2, masks2, stage, e + a.stage_epochs, li)
+            path.append(r); snaps.append((r, c))
+            cands.append((r, net2, masks2))
+        if not cands:
+            break
+        e += a.stage_epochs
+        r, net, masks = min(cands, key=lambda t: t[0]["val_loss"])
+        best = max(p_["refit_val"] for p_ in path)
+        se = math.sqrt(max(best * (100 - best), 1.0) / n_val)
+        if r["refit_val"] < best - a.stop_se * se:
+            break
+    return path, snaps, time.perf_counter() - t0
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--teacher", default="8,4")
@@ -272,7 +369,7 @@ def main():
     p.add_argument("--bs", type=int, default=128)
     p.add_argument("--dense", default="", help="'sweep' (1,2,4,8x teacher + supernet) or ''")
     p.add_argument("--dense-epochs", type=int, default=None)
-    p.add_argument("--method", default="path", choices=["path", "prune"])
+    p.add_argument("--method", default="path", choices=["path", "prune", "greedy"])
     p.add_argument("--prune-lr", type=float, default=3e-3)
     p.add_argument("--first-epochs", type=int, default=10)
     p.add_argument("--stage-epochs", type=int, default=3)
@@ -280,6 +377,10 @@ def main():
     p.add_argument("--stop-se", type=float, default=5.0)
     p.add_argument("--score", default="act", choices=["act", "norm"])
     p.add_argument("--layer-cap", type=float, default=0.34)
+    p.add_argument("--confirm", type=int, default=0)
+    p.add_argument("--confirm-tol", type=float, default=1.0)
+    p.add_argument("--bisect", type=int, default=0)
+    p.add_argument("--prefilter", type=float, default=3.0)
     p.add_argument("--score-norm", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--out", default=None)

@@ -71,7 +71,7 @@ def main(argv=None):
     for method in args.methods:
         dense = METHODS[method]["optimizer"] == "adam"
         for seed in args.seeds:
-            cfg = Config(space="convnet", data="fashion-mnist", limit=args.limit, seed=seed,
+            cfg = Config(select="none", space="convnet", data="fashion-mnist", limit=args.limit, seed=seed,
                          epochs=args.epochs + args.finetune * dense, lr_schedule="cosine",
                          device="cpu", finetune=0 if dense else args.finetune, finetune_lr=1e-3,
                          finetune_schedule="cosine", **METHODS[method])

@@ -78,14 +78,14 @@ def main(argv=None):
     rows = []
     for seed in args.seeds:
         for variant, lam_edge in variants.items():
-            cfg = Config(space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
+            cfg = Config(select="none", space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
                          lam=args.lam, lam_edge=lam_edge, density=args.density,
                          target_density=args.target_density, **common)
             tag = "skip" if lam_edge else "noskip"
             run = work / f"skip_encoder_{tag}_s{seed}"
             rep, metrics, _ = discover(cfg, run)
             widths = [w for w in layer_widths(rep) if w > 0]
-            dense = Config(space="mlp", space_options={"widths": [784, *widths, 784]},
+            dense = Config(select="none", space="mlp", space_options={"widths": [784, *widths, 784]},
                            seed=seed, optimizer="adam", lr=args.lr, lam=0.0, density=1.0,
                            **common)
             drep, _, _ = discover(dense, work / f"dense_ae_{tag}_s{seed}")

@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("runs/tune_fmnist"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = Config(space="mlp", data="fashion-mnist", epochs=args.epochs, density=0.2,
+    base = Config(select="none", space="mlp", data="fashion-mnist", epochs=args.epochs, density=0.2,
                   device="cpu", seed=0)
     result = {"command": "python " + " ".join(sys.argv), "trials": args.trials,
               "margin": args.margin,

@@ -17,7 +17,7 @@ def cfg(**kw) -> Config:
                 data_options={"teacher_widths": [8, 4], "n_train": 2000, "n_val": 500,
                               "n_test": 500},
                 epochs=6, batch_size=64, lr=1e-2, lam=1.0, density=0.05, device="cpu",
-                finetune=2, control_every=10)
+                finetune=2, control_every=10, select="none")
     return Config(**{**base, **kw})
 
 

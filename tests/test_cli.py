@@ -13,7 +13,7 @@ SPACES = ["mlp", "skip_mlp", "convnet", "densenet", "resnet18"]
 TEACHER = ["--data", "teacher", "--space", "mlp", "--space-option", "widths=[20, 16, 16, 4]",
            "--data-option", "n_train=500", "--data-option", "n_val=100",
            "--data-option", "n_test=100", "--epochs", "2", "--lr", "0.01", "--quiet",
-           "--device", "cpu", "--finetune", "0"]
+           "--device", "cpu", "--finetune", "0", "--select", "none"]
 
 
 def test_spaces_lists_the_builtins(capsys):

@@ -21,7 +21,7 @@ def small(**kw) -> Config:
     base = dict(space="mlp", space_options={"widths": [20, 32, 32, 4]}, data="teacher",
                 data_options={"n_train": 1000, "n_val": 300, "n_test": 300}, epochs=3,
                 batch_size=50, lr=1e-2, lam=1.0, density=0.3, device="cpu",
-                finetune=0)  # the default fine-tune would change the compact model
+                finetune=0, select="none")  # select / fine-tune change the compact model
     return Config(**{**base, **kw})
 
 
@@ -294,7 +294,8 @@ def fake_cifar(root, per_batch=12):
 def images(root, **kw) -> Config:
     base = dict(space="convnet", space_options={"channels": [4, 4], "hidden": 8},
                 data="cifar10", data_root=str(root), epochs=3, batch_size=16, lr=1e-2,
-                lam=0.1, density=0.5, device="cpu", finetune=1, augment="crop_flip")
+                lam=0.1, density=0.5, device="cpu", finetune=1, augment="crop_flip",
+                select="none")
     return Config(**{**base, **kw})
 
 

@@ -13,7 +13,8 @@ def base(**kw):
     return Config(**{**dict(space="mlp", space_options={"widths": [20, 32, 32, 4]},
                             data="teacher", data_options={"n_train": 600, "n_val": 200,
                                                           "n_test": 200},
-                            epochs=2, batch_size=50, lr=1e-2, device="cpu"), **kw})
+                            epochs=2, batch_size=50, lr=1e-2, device="cpu", select="none"),
+                         **kw})
 
 
 def read_front(path):

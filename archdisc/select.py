@@ -1,0 +1,165 @@
+"""Selection: the width the held-out data asks for.
+
+The Bregman search admits units in order of significance, and given time it admits them
+all: lam sets *when* units enter, not how many the data needs. So the search only proposes;
+this stage decides, on the validation split, by shrinking the extracted model:
+
+1. refit the extracted model briefly (Adam), so that it is judged at its ability rather
+   than at the shrunken iterate of the search;
+2. per stage, one candidate per searchable layer: remove the weakest ``select_frac`` of
+   its units (score: RMS of the unit's activation on training samples times the norm of
+   the weights reading it), refit ``select_steps`` steps, score on validation; keep the
+   candidate with the lowest validation loss;
+3. stop when the kept candidate's metric falls ``STOP`` standard errors below the best
+   seen, or nothing can shrink;
+4. return the smallest snapshot whose validation metric is within ``select_tol`` standard
+   errors of the best (the standard error of the per-sample metric over the validation
+   split).
+
+Removing units is exact: their whole unit group is zeroed and extraction rebuilds the model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from .compile import ArchNet
+from .groups import unit_members
+from .loop import epoch_order, loss_fn, train_epoch
+from .ops import OPS
+
+__all__ = ["shrink_select"]
+
+STOP = 5.0  # standard errors below the best: the shrink goes no further
+
+
+def shrink_select(compact: ArchNet, data, config, device, log=print):
+    """The selected compact model and the path of snapshots (dicts) it was chosen from."""
+    x, y = (t.to(device) for t in data.train.tensors)
+    probe = x[:1024]
+    step = [0]
+
+    def refit(net, steps):
+        opt = torch.optim.Adam(net.parameters(), lr=config.select_lr)
+        keep = ([(p, p != 0) for p in net.parameters() if p.dim() > 1]
+                if config.group_mode != "unit" else [])
+
+        @torch.no_grad()
+        def mask(_):
+            for p, m in keep:
+                p.mul_(m)
+        done = 0
+        while done < steps:
+            step[0] += 1
+            order = epoch_order(config.seed + 2, step[0], len(x))
+            order = order[:(steps - done) * config.batch_size]
+            train_epoch(net, opt, x, y, data.task, config.batch_size, order, on_step=mask)
+            done += math.ceil(len(order) / config.batch_size)
+        return net.eval()
+
+    def snapshot(net, stage):
+        metric, se, loss = _scores(net, data, device)
+        widths = {n: a["units"] for n, a in net.graph.nodes(data=True)
+                  if OPS[a["op"]].kind == "layer" and a["searchable"]}
+        return {"stage": stage, "widths": widths, "metric": metric, "se": se,
+                "val_loss": loss, "params": sum(p.numel() for p in net.parameters()),
+                "net": net}
+
+    net = refit(_copy(compact), 5 * config.select_steps)
+    path = [snapshot(net, 0)]
+    log(_line(path[-1], data.metric))
+    best = path[0]["metric"]
+    while True:
+        candidates = []
+        for n in _shrinkable(net):
+            smaller = _remove_weakest(net, n, config.select_frac, probe)
+            candidates.append(snapshot(refit(smaller, config.select_steps), len(path)))
+        if not candidates:
+            break
+        kept = min(candidates, key=lambda c: c["val_loss"])
+        path.append(kept)
+        log(_line(kept, data.metric))
+        net = kept["net"]
+        if kept["metric"] < best - STOP * kept["se"]:
+            break
+        best = max(best, kept["metric"])
+    top = max(path, key=lambda s: s["metric"])
+    ok = [s for s in path if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
+    chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
+    for s in path:
+        s["chosen"] = s is chosen
+    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+
+
+def _line(s, metric):
+    widths = "-".join(str(w) for w in s["widths"].values())
+    return (f"select stage {s['stage']}: widths {widths}, {s['params']:,} params, "
+            f"val {metric} {s['metric']:.2f} (se {s['se']:.2f})")
+
+
+def _copy(net: ArchNet) -> ArchNet:
+    return copy.deepcopy(net).train()
+
+
+@torch.no_grad()
+def _scores(net, data, device):
+    """Validation metric, the standard error of its per-sample values, and the mean loss."""
+    xv, yv = (t.to(device) for t in data.val.tensors)
+    out = torch.cat([net(xv[i:i + 1024]) for i in range(0, len(xv), 1024)])
+    loss = float(loss_fn(out, yv, data.task))
+    if data.metric == "accuracy":
+        per = (out.argmax(-1) == yv).double() * 100
+        metric = float(per.mean())
+    else:
+        mse = (out.double() - yv.double().reshape(out.shape)).pow(2).flatten(1).mean(1)
+        per = -10 * torch.log10(mse.clamp(min=1e-12))
+        metric = float(-10 * torch.log10(mse.mean()))
+    se = float(per.std() / math.sqrt(len(per))) if len(per) > 1 else 0.0
+    return metric, se, loss
+
+
+def _shrinkable(net: ArchNet) -> list[str]:
+    return [n for n in unit_members(net) if net.graph.nodes[n]["units"] > 1]
+
+
+@torch.no_grad()
+def _remove_weakest(net: ArchNet, n: str, frac: float, probe) -> ArchNet:
+    """A copy of ``net`` without the weakest ``frac`` (at least one) of node ``n``'s units."""
+    from .extract import extract
+    g = net.graph
+    net = _copy(net).eval()
+    env = net.activations(probe)
+    end = n  # follow the unit-preserving ops after n (activation, BatchNorm, ...)
+    while g.out_degree(end) == 1:
+        nxt = next(iter(g.successors(end)))
+        if OPS[g.nodes[nxt]["op"]].kind != "channelwise" or g.edges[end, nxt]["gate"]:
+            break
+        end = nxt
+    a = env[end]
+    score = a.transpose(0, 1).reshape(a.shape[1], -1).pow(2).mean(1).sqrt()
+    score = score * _outgoing_norm(net, end, a.shape[1])
+    k = max(1, int(frac * len(score)))
+    weakest = torch.argsort(score, stable=True)[:k]
+    params = dict(net.named_parameters())
+    for name in unit_members(net)[n]:
+        params[name][weakest] = 0
+    return extract(net, inputs=probe[:256])[1].train()
+
+
+def _outgoing_norm(net: ArchNet, end: str, units: int):
+    """Norm of the weights that read each unit of ``end`` (through a flatten too); ones when
+    the readers are not plain layers (an add, a concat)."""
+    g, total = net.graph, torch.zeros(units, device=next(net.parameters()).device)
+    for s in g.successors(end):
+        edge = (end, s)
+        if OPS[g.nodes[s]["op"]].kind == "flatten" and g.out_degree(s) == 1:
+            edge = (s, next(iter(g.successors(s))))
+        reader = edge[1]
+        if OPS[g.nodes[reader]["op"]].kind != "layer" or g.edges[edge]["gate"]:
+            return torch.ones_like(total)
+        w = net.layers[reader].weight
+        w = w.reshape(w.shape[0], units, -1)  # (out, units, kernel or flattened positions)
+        total += w.pow(2).sum((0, 2))
+    return total.sqrt() if total.any() else torch.ones_like(total)
