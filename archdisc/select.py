@@ -4,8 +4,8 @@ The Bregman search admits units in order of significance, and given time it admi
 all: lam sets *when* units enter, not how many the data needs. So the search only proposes;
 this stage decides, on the validation split, by shrinking the extracted model:
 
-1. refit the extracted model briefly (Adam), so that it is judged at its ability rather
-   than at the shrunken iterate of the search;
+1. refit the extracted model briefly (Adam, lr decaying to 0), so that it is judged at its
+   ability rather than at the shrunken iterate of the search;
 2. per stage, one candidate per searchable layer: remove the weakest ``select_frac`` of
    its units (score: RMS of the unit's activation on training samples times the norm of
    the weights reading it), refit ``select_steps`` steps, score on validation; keep the
@@ -27,7 +27,7 @@ import torch
 
 from .compile import ArchNet
 from .groups import unit_members
-from .loop import epoch_order, loss_fn, train_epoch
+from .loop import cosine_steps, epoch_order, loss_fn, train_epoch
 from .ops import OPS
 
 __all__ = ["shrink_select"]
@@ -35,19 +35,24 @@ __all__ = ["shrink_select"]
 STOP = 5.0  # standard errors below the best: the shrink goes no further
 
 
-def shrink_select(compact: ArchNet, data, config, device, log=print):
-    """The selected compact model and the path of snapshots (dicts) it was chosen from."""
+def shrink_select(compact: ArchNet, data, config, device, log=print, keep_nets=False):
+    """The selected compact model and the path of snapshots (dicts) it was chosen from
+    (with each snapshot's model under "net" when ``keep_nets``)."""
     x, y = (t.to(device) for t in data.train.tensors)
     probe = x[:1024]
     step = [0]
 
     def refit(net, steps):
+        """``steps`` of Adam, lr from select_lr down to 0 (cosine): the model is judged
+        settled, not in the middle of its noisy steps."""
         opt = torch.optim.Adam(net.parameters(), lr=config.select_lr)
+        schedule = cosine_steps(opt, config.select_lr, steps)
         keep = ([(p, p != 0) for p in net.parameters() if p.dim() > 1]
                 if config.group_mode != "unit" else [])
 
         @torch.no_grad()
-        def mask(_):
+        def mask(i):
+            schedule(i)
             for p, m in keep:
                 p.mul_(m)
         done = 0
@@ -90,7 +95,8 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
     for s in path:
         s["chosen"] = s is chosen
-    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+    return chosen["net"], [{k: v for k, v in s.items() if k != "net" or keep_nets}
+                           for s in path]
 
 
 def _line(s, metric):

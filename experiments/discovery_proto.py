@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from archdisc import ArchNet, alive, extract, param_groups, sparse_init
 from archdisc.data import load_data
 from archdisc.optim import AdaBreg, LinBreg
-from search_spaces import build_space
+from archdisc import build_space
 
 
 def epoch_order(seed, epoch, n):
