@@ -35,9 +35,8 @@ __all__ = ["shrink_select"]
 STOP = 5.0  # standard errors below the best: the shrink goes no further
 
 
-def shrink_select(compact: ArchNet, data, config, device, log=print, keep_nets=False):
-    """The selected compact model and the path of snapshots (dicts) it was chosen from
-    (with each snapshot's model under "net" when ``keep_nets``)."""
+def shrink_select(compact: ArchNet, data, config, device, log=print):
+    """The selected compact model and the path of snapshots (dicts) it was chosen from."""
     x, y = (t.to(device) for t in data.train.tensors)
     probe = x[:1024]
     step = [0]
@@ -95,8 +94,7 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, keep_nets=F
     chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
     for s in path:
         s["chosen"] = s is chosen
-    return chosen["net"], [{k: v for k, v in s.items() if k != "net" or keep_nets}
-                           for s in path]
+    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
 
 
 def _line(s, metric):
