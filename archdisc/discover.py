@@ -30,7 +30,7 @@ from .config import BREGMAN, Config
 from .errors import ConfigError, RunError, TrainingError
 from .graph import ArchGraph, GraphError
 from .io import atomic_write_text
-from .loop import augmenter, epoch_order, finetune, set_lr, train_epoch
+from .loop import augmenter, epoch_order, finetune, loss_fn, set_lr, train_epoch
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "finetune_compact",
            "report", "Run", "load_dataset", "build_supernet", "make_optimizer"]
@@ -57,6 +57,7 @@ class Run:
     select_path: list = field(default_factory=list)
     select_seconds: float = 0.0
     finetune_losses: list = field(default_factory=list)
+    finetune_kept: bool = True
     finetune_seconds: float = 0.0
 
 
@@ -111,6 +112,7 @@ def search(run: Run, on_epoch=None):
     control = LamControl(net, opt, config, steps)
     decay = config.weight_decay > 0 and config.optimizer in BREGMAN  # else torch's own
     metrics, start, seconds = [], 0, 0.0
+    initial = _initial_loss(net, x, y, data.task)
     if run.resume_from is not None:
         meta = rundir.load_checkpoint(run.resume_from, net, opt)
         if meta.get("config_hash") != config.hash():
@@ -118,6 +120,7 @@ def search(run: Run, on_epoch=None):
                            f"restart")
         metrics, start, seconds = meta["metrics"], meta["epoch"], meta["train_seconds"]
         control.load_state(meta.get("lam_control"))
+        initial = meta.get("initial_loss", initial)
     rundir.write_metrics(out, metrics)
 
     show = run.progress and sys.stderr.isatty()
@@ -149,6 +152,9 @@ def search(run: Run, on_epoch=None):
                     control.settle(net)
                 if not all(torch.isfinite(p).all() for p in net.parameters()):
                     raise TrainingError("parameters are not finite")
+                if loss > DIVERGED * initial:
+                    raise TrainingError(f"the training loss {loss:.3g} is over {DIVERGED}x "
+                                        f"the untrained model's {initial:.3g}")
             except TrainingError as e:
                 kept = (f"{out / rundir.CHECKPOINT} keeps epoch {metrics[-1]['epoch']}"
                         if metrics else "no epoch finished, so there is no checkpoint")
@@ -170,7 +176,8 @@ def search(run: Run, on_epoch=None):
             rundir.save_checkpoint(out / rundir.CHECKPOINT, net, opt,
                                    {"epoch": epoch, "config_hash": config.hash(),
                                     "metrics": metrics, "train_seconds": seconds,
-                                    "lam_control": control.state()})
+                                    "lam_control": control.state(),
+                                    "initial_loss": initial})
             units = " ".join(f"{k}={v}" for k, v in a["units"].items())
             lam = f"  lam {record['lam']:.3g}" if record["lam"] is not None else ""
             line = (f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  val {data.metric} "
@@ -221,12 +228,25 @@ def select_compact(run: Run):
 
 
 def finetune_compact(run: Run):
-    """``config.finetune`` epochs of Adam on the compact model; then save it."""
+    """``config.finetune`` epochs of Adam on the compact model, kept only if it does not
+    make the validation metric worse (a diverging fine-tune never replaces the model)."""
+    import copy
     from .export import save as save_model
     if run.config.finetune:
         t0 = time.perf_counter()
-        run.finetune_losses = finetune(run.compact, run.data, run.config, run.device)
+        before, val_before = copy.deepcopy(run.compact.state_dict()), run.val["compact"]
+        try:
+            run.finetune_losses = finetune(run.compact, run.data, run.config, run.device)
+            val_after = _score(run, run.compact.eval(), run.data.val)
+        except TrainingError:
+            val_after = -math.inf
         run.finetune_seconds = time.perf_counter() - t0
+        run.finetune_kept = val_after >= val_before
+        if not run.finetune_kept:
+            run.compact.load_state_dict(before)
+            _log(run, f"fine-tune made val {run.data.metric} worse ({val_before:.2f} -> "
+                      f"{val_after:.2f}); kept the model from before it. Try a smaller "
+                      f"finetune_lr (now {run.config.finetune_lr:g})")
         run.compact.eval()
         for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
             scores.setdefault("compact_extracted", scores["compact"])
@@ -258,7 +278,7 @@ def report(run: Run) -> dict:
                      "seconds": round(run.finetune_seconds, 2),
                      "test_before": test.get("compact_selected",
                                              test.get("compact_extracted", test["compact"])),
-                     "test_after": test["compact"]},
+                     "test_after": test["compact"], "kept": run.finetune_kept},
         "select": {"mode": config.select, "seconds": round(run.select_seconds, 2),
                    "path": run.select_path},
         "epochs_total": len(metrics) + config.finetune,
@@ -274,6 +294,18 @@ def report(run: Run) -> dict:
 
 
 # ---------------------------------------------------------------------- parts
+DIVERGED = 10.0  # an epoch's training loss over this many times the untrained model's
+
+
+@torch.no_grad()
+def _initial_loss(net, x, y, task) -> float:
+    """The untrained model's loss on (up to) 1024 training samples, in eval mode."""
+    net.eval()
+    loss = float(loss_fn(net(x[:1024]), y[:1024], task))
+    net.train()
+    return loss
+
+
 def _score(run: Run, model, split) -> float:
     from .data import evaluate
     return evaluate(model, split, run.data.metric, 1024, run.device)

@@ -438,3 +438,25 @@ def test_every_library_error_is_an_archdisc_error():
     for cls in (ConfigError, RunError, TrainingError, DataError, ExportError,
                 ExtractionError, GraphError, RenderError):
         assert issubclass(cls, archdisc.ArchdiscError), cls
+
+
+# ---------------------------------------------------------------------- divergence
+def test_finite_divergence_stops_the_run_and_keeps_the_checkpoint(tmp_path, capsys):
+    from archdisc.cli import main
+    args = ["discover", "--space", "mlp", "--data", "teacher", "--space-option",
+            "widths=[20, 32, 32, 4]", "--data-option", "n_train=500", "--data-option",
+            "n_val=100", "--data-option", "n_test=100", "--epochs", "2", "--quiet",
+            "--device", "cpu", "--optimizer", "adam", "--lr", "1e6", "--out",
+            str(tmp_path / "r")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "diverged in epoch 1" in err and "untrained model" in err
+    assert not (tmp_path / "r" / "compact.safetensors").exists()
+
+
+def test_a_worse_finetune_never_replaces_the_model(tmp_path):
+    report = run_discover(small(epochs=2, finetune=1, finetune_lr=1e6), tmp_path / "r",
+                          progress=False)
+    assert report["finetune"]["kept"] is False
+    assert report["val"]["compact"] == report["val"]["compact_extracted"]
+    assert report["test"]["compact"] == report["test"]["compact_extracted"]
