@@ -56,7 +56,7 @@ class Run:
     val: dict = field(default_factory=dict)
     select_path: list = field(default_factory=list)
     select_seconds: float = 0.0
-    finetune_losses: list | None = None
+    finetune_losses: list = field(default_factory=list)
     finetune_kept: bool = True
     finetune_seconds: float = 0.0
 
@@ -218,16 +218,13 @@ def select_compact(run: Run):
         return
     from .select import shrink_select
     t0 = time.perf_counter()
-    run.compact, run.select_path, run.finetune_losses = shrink_select(
-        run.compact, run.data, run.config, run.device, lambda s: _log(run, s))
+    run.compact, run.select_path = shrink_select(run.compact, run.data, run.config,
+                                                 run.device, lambda s: _log(run, s))
     run.compact_graph = run.compact.graph
     run.select_seconds = time.perf_counter() - t0
-    tuned = run.finetune_losses is not None  # the choice was made after its fine-tune
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
         scores["compact_extracted"] = scores["compact"]
-        scores["compact"] = _score(run, run.compact, split)
-        if not tuned:
-            scores["compact_selected"] = scores["compact"]
+        scores["compact"] = scores["compact_selected"] = _score(run, run.compact, split)
 
 
 def finetune_compact(run: Run):
@@ -235,10 +232,7 @@ def finetune_compact(run: Run):
     make the validation metric worse (a diverging fine-tune never replaces the model)."""
     import copy
     from .export import save as save_model
-    if run.finetune_losses is not None:
-        _log(run, f"fine-tuned {run.config.finetune} epochs inside the select stage: val "
-                  f"{run.data.metric} {run.val['compact']:.2f}")
-    elif run.config.finetune:
+    if run.config.finetune:
         t0 = time.perf_counter()
         before, val_before = copy.deepcopy(run.compact.state_dict()), run.val["compact"]
         try:
@@ -280,11 +274,10 @@ def report(run: Run) -> dict:
         "epochs": len(metrics),
         "finetune": {"epochs": config.finetune, "lr": config.finetune_lr,
                      "schedule": config.finetune_schedule,
-                     "train_loss": run.finetune_losses or [],
+                     "train_loss": run.finetune_losses,
                      "seconds": round(run.finetune_seconds, 2),
                      "test_before": test.get("compact_selected",
                                              test.get("compact_extracted", test["compact"])),
-                     "inside_select": config.select != "none" and bool(config.finetune),
                      "test_after": test["compact"], "kept": run.finetune_kept},
         "select": {"mode": config.select, "seconds": round(run.select_seconds, 2),
                    "path": run.select_path},

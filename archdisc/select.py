@@ -14,8 +14,7 @@ this stage decides, on the validation split, by shrinking the extracted model:
    seen, or nothing can shrink;
 4. return the smallest snapshot whose validation metric is within ``select_tol`` standard
    errors of the best (the standard error of the per-sample metric over the validation
-   split); with a fine-tune configured, judged after the real fine-tune (see _confirm),
-   since the short refits under-rate small models.
+   split).
 
 Removing units is exact: their whole unit group is zeroed and extraction rebuilds the model.
 """
@@ -34,13 +33,10 @@ from .ops import OPS
 __all__ = ["shrink_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
-PREFILTER = 6.0  # standard errors: snapshots worth a real fine-tune before the choice
-CONFIRM = 4  # at most this many of them, smallest first
 
 
 def shrink_select(compact: ArchNet, data, config, device, log=print):
-    """(the selected compact model, the path of snapshots it was chosen from, the losses of
-    its fine-tune or None). With ``config.finetune`` the model comes back fine-tuned."""
+    """The selected compact model and the path of snapshots (dicts) it was chosen from."""
     x, y = (t.to(device) for t in data.train.tensors)
     probe = x[:1024]
     step = [0]
@@ -94,43 +90,11 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
             break
         best = max(best, kept["metric"])
     top = max(path, key=lambda s: s["metric"])
-    if config.finetune:
-        chosen, net, losses = _confirm(path, top, data, config, device, log)
-    else:
-        ok = [s for s in path if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
-        chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
-        net, losses = chosen["net"], None
+    ok = [s for s in path if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
+    chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
     for s in path:
         s["chosen"] = s is chosen
-    return net, [{k: v for k, v in s.items() if k != "net"} for s in path], losses
-
-
-def _confirm(path, top, data, config, device, log):
-    """Short refits under-rate small models (they need longer to recover), so the final
-    choice is made after the real fine-tune: fine-tune the best snapshot, then the smallest
-    snapshots within ``PREFILTER`` standard errors of it (at most ``CONFIRM``), and keep the
-    first whose fine-tuned validation metric is within ``select_tol`` standard errors of
-    the best's. Returns (snapshot, its fine-tuned model, its fine-tune losses)."""
-    from .loop import finetune
-
-    def tuned(s):
-        net = _copy(s["net"])
-        losses = finetune(net, data, config, device)
-        metric, se, _ = _scores(net.eval(), data, device)
-        s["finetuned_metric"] = metric
-        log(f"select confirm: widths {'-'.join(map(str, s['widths'].values()))} fine-tuned "
-            f"{config.finetune} epochs: val {data.metric} {metric:.2f}")
-        return net, losses, metric, se
-
-    best = tuned(top)
-    pool = sorted((s for s in path if s["params"] < top["params"]
-                   and s["metric"] >= top["metric"] - PREFILTER * top["se"]),
-                  key=lambda s: s["params"])
-    for s in pool[:CONFIRM]:
-        net, losses, metric, _ = tuned(s)
-        if metric >= best[2] - config.select_tol * best[3]:
-            return s, net, losses
-    return top, best[0], best[1]
+    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
 
 
 def _line(s, metric):
