@@ -11,6 +11,8 @@ format         files                                 load with
 safetensors    ``model.safetensors`` + ``model.json``  :func:`load` (archdisc)
 torchscript    ``model.pt``                          ``torch.jit.load`` (torch only)
 onnx           ``model.onnx``                        ``onnxruntime.InferenceSession``
+pt2            ``model.pt2``                         ``torch.export.load`` (torch only;
+                                                     verified in a process without archdisc)
 =============  ====================================  =================================
 """
 from __future__ import annotations
@@ -29,8 +31,9 @@ from .compile import ArchNet, compile_graph
 from .graph import ArchGraph
 from .io import atomic_write_text, load_tensors, save_tensors
 
-FORMATS = ("safetensors", "torchscript", "onnx")
-SUFFIX = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}
+FORMATS = ("safetensors", "torchscript", "onnx", "pt2")
+SUFFIX = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx",
+          "pt2": ".pt2"}
 ONNX_OPSET = 17
 VERIFY_BATCHES = (1, 7)
 
@@ -111,8 +114,41 @@ def _run_onnx(paths, inputs):
     return sess.run(None, feed)
 
 
+_PT2_RUNNER = """
+import sys
+import torch
+from safetensors.torch import load_file, save_file
+program = torch.export.load(sys.argv[1])
+xs = load_file(sys.argv[2])
+with torch.no_grad():
+    out = program.module()(*[xs[str(i)] for i in range(len(xs))])
+out = out if isinstance(out, tuple) else (out,)
+assert "archdisc" not in sys.modules
+save_file({str(i): o.contiguous() for i, o in enumerate(out)}, sys.argv[3])
+"""
+
+
+def _run_pt2(paths, inputs):
+    """Load and run the program in a fresh Python process that never imports archdisc."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+    with tempfile.TemporaryDirectory() as tmp:
+        xs, ys = Path(tmp, "in.safetensors"), Path(tmp, "out.safetensors")
+        save_file({str(i): x.contiguous() for i, x in enumerate(inputs)}, str(xs))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run([sys.executable, "-c", _PT2_RUNNER, str(paths[0]), str(xs),
+                               str(ys)], capture_output=True, text=True, cwd=tmp, env=env)
+        if done.returncode:
+            raise ExportError(f"the torch.export program does not load or run without "
+                              f"archdisc: {done.stderr.strip().splitlines()[-1]}")
+        out = load_file(str(ys))
+        return [out[str(i)].numpy() for i in range(len(out))]
+
+
 RUNNERS = {"safetensors": _run_safetensors, "torchscript": _run_torchscript,
-           "onnx": _run_onnx}
+           "onnx": _run_onnx, "pt2": _run_pt2}
 
 
 # ---------------------------------------------------------------------- writers
@@ -143,8 +179,16 @@ def _write_onnx(net, graph, tmp_paths, finals, example):
     onnx.checker.check_model(onnx.load(str(tmp_paths[0])))
 
 
+def _write_pt2(net, graph, tmp_paths, finals, example):
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(  # forward(*xs): one spec per input, in one tuple
+            net, example, dynamic_shapes=(tuple({0: batch} for _ in example),))
+    torch.export.save(program, str(tmp_paths[0]))
+
+
 WRITERS = {"safetensors": _write_safetensors, "torchscript": _write_torchscript,
-           "onnx": _write_onnx}
+           "onnx": _write_onnx, "pt2": _write_pt2}
 
 
 # ---------------------------------------------------------------------- export

@@ -27,6 +27,7 @@ from .io import atomic_write_bytes, atomic_write_text
 from .ops import OPS, label
 
 FORMATS = ("svg", "png", "pdf")
+LONG = 24  # boxes: above this many, drawings run top to bottom
 MODES = ("compact", "supernet")
 FILL = {"input": "#d9ead3", "output": "#d9ead3", "layer": "#cfe2f3", "add": "#fff2cc",
         "concat": "#fff2cc"}  # by the op's kind (archdisc.ops)
@@ -134,7 +135,26 @@ def _draw(g: ArchGraph, ref: ArchGraph | None, alive: ArchGraph | None, title: s
         if alive is not None and not alive.has_edge(u, v):
             attrs.update(DEAD_EDGE)
         dot.edge(box_of[u], v, **attrs)
+    if len(chains) > LONG:  # a long chain reads better top to bottom than as a strip
+        dot.graph_attr["rankdir"] = "TB"
+    _legend(dot, g, ref is not None or alive is not None, alive is not None)
     return dot
+
+
+def _legend(dot, g: ArchGraph, widths: bool, dead: bool):
+    """A small key of what the picture's conventions mean (only those it uses)."""
+    rows = []
+    if widths:
+        rows.append("37/200: alive / supernet units")
+    if g.candidate_edges():
+        rows.append("blue dashed: candidate connection (gated)")
+    if dead:
+        rows.append("grey, dotted: removed")
+    rows.append("a → b: layers drawn in one box")
+    with dot.subgraph(name="cluster_legend") as key:
+        key.attr(label="legend", fontsize="10", style="dashed", color="#b0b0b0")
+        key.node("legend", "\l".join(rows) + "\l", shape="plaintext", fontsize="10",
+                 style="")
 
 
 # ---------------------------------------------------------------------- public API

@@ -60,10 +60,12 @@ import numpy as np, onnxruntime as ort, torch
 for d in sorted(p for p in pathlib.Path(sys.argv[1]).iterdir() if p.is_dir()):
     ts = torch.jit.load(str(d / "model.pt"))
     sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    program = torch.export.load(str(d / "model.pt2")).module()
     for b in (1, 7):
         x = np.load(d / f"x{b}.npy")
         with torch.no_grad():
             np.save(d / f"torchscript{b}.npy", ts(torch.from_numpy(x)).numpy())
+            np.save(d / f"pt2{b}.npy", program(torch.from_numpy(x)).numpy())
         np.save(d / f"onnx{b}.npy", sess.run(None, {sess.get_inputs()[0].name: x})[0])
 assert "archdisc" not in sys.modules and "search_spaces" not in sys.modules
 print("standalone ok")
@@ -91,7 +93,7 @@ def exported(tmp_path_factory):
     return root, refs, paths
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_export_reproduces_outputs_without_archdisc(exported, name, fmt):
     root, refs, paths = exported
