@@ -72,7 +72,7 @@ def test_sqlite_study_failed_trial_and_export_best(tmp_path, monkeypatch):
     best, paths = export_best(out, settings)
     rows = [r for r in read_front(out / "pareto.csv") if r["pareto"] == "True"]
     assert best["metric"] == max(float(r["metric"]) for r in rows)
-    assert set(paths) == {"safetensors", "torchscript", "onnx"}
+    assert set(paths) == {"safetensors", "torchscript", "onnx", "pt2"}
     smallest = min(rows, key=lambda r: int(r["params"]))
     best, _ = export_best(out, settings, min_metric=float(smallest["metric"]))
     assert best["params"] == int(smallest["params"])
