@@ -235,11 +235,17 @@ def finetune_compact(run: Run):
     if run.config.finetune:
         t0 = time.perf_counter()
         before, val_before = copy.deepcopy(run.compact.state_dict()), run.val["compact"]
+        from tqdm import tqdm
+        steps = math.ceil(len(run.data.train) / run.config.batch_size) * run.config.finetune
+        bar = tqdm(total=steps, unit="batch", desc="fine-tune", file=sys.stderr, leave=False,
+                   disable=not (run.progress and sys.stderr.isatty()))
         try:
-            run.finetune_losses = finetune(run.compact, run.data, run.config, run.device)
+            run.finetune_losses = finetune(run.compact, run.data, run.config, run.device, bar)
             val_after = _score(run, run.compact.eval(), run.data.val)
         except TrainingError:
             val_after = -math.inf
+        finally:
+            bar.close()
         run.finetune_seconds = time.perf_counter() - t0
         run.finetune_kept = val_after >= val_before
         if not run.finetune_kept:

@@ -126,7 +126,7 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
     return mean
 
 
-def finetune(net, data, config, device) -> list[float]:
+def finetune(net, data, config, device, bar=None) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
     AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search.
 
@@ -149,6 +149,6 @@ def finetune(net, data, config, device) -> list[float]:
         for p, mask in keep:
             p.mul_(mask)
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
-                        epoch_order(config.seed + 1, e, len(x)), on_step=on_step,
+                        epoch_order(config.seed + 1, e, len(x)), bar, on_step=on_step,
                         augment=augmenter(config, config.seed + 1, e, x.device))
             for e in range(1, config.finetune + 1)]
