@@ -191,7 +191,7 @@ def _add_tune(sub):
                     "the Pareto front of validation metric versus compact size. Re-running "
                     "the same command adds trials to the same study.",
         epilog="Several machines can join one study through a database URL, e.g. "
-               "--storage postgresql://user:pw@host/db --study NAME on each machine.")
+               "--storage postgresql+psycopg2://user:pw@host/db --study NAME on each machine.")
     p.add_argument("--out", required=True, type=Path, help="study folder")
     p.add_argument("--trials", type=int, default=8, help="trials to add (default 8)")
     p.add_argument("--workers", type=int, default=1,
