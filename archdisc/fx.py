@@ -20,14 +20,18 @@ from .graph import ArchGraph
 __all__ = ["from_module"]
 
 _ACTS = {nn.ReLU: "relu", nn.GELU: "gelu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-         nn.Identity: "identity"}
-_ACT_FUNCTIONS = {torch.relu: "relu", nn.functional.relu: "relu", torch.tanh: "tanh",
-                  torch.sigmoid: "sigmoid", nn.functional.gelu: "gelu"}
+         nn.Identity: "identity", nn.ReLU6: "relu6", nn.SiLU: "silu",
+         nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid"}
+F = nn.functional
+_ACT_FUNCTIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh",
+                  torch.sigmoid: "sigmoid", F.gelu: "gelu", F.relu6: "relu6",
+                  F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid"}
 SUPPORTED = sorted([c.__name__ for c in (*_ACTS, nn.Linear, nn.Conv2d, nn.BatchNorm2d,
-                                         nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                                         nn.Flatten, nn.Dropout)]
-                   + ["+ / torch.add", "torch.cat(dim=1)", "torch.flatten(x, 1)",
-                      "x.view(x.size(0), -1)", "relu / tanh / sigmoid / gelu functions"])
+                                         nn.BatchNorm1d, nn.MaxPool2d, nn.AvgPool2d,
+                                         nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout)]
+                   + ["LeakyReLU(0.01)", "+ / torch.add", "torch.cat(dim=1)",
+                      "torch.flatten(x, 1)", "x.view(x.size(0), -1)", "x.mean((2, 3))",
+                      "the functional forms of the activations"])
 
 
 def from_module(module: nn.Module, example_input: torch.Tensor, *,
@@ -114,8 +118,13 @@ def _build(gm):
                 layer_of[n] = node.target
             elif kind is nn.BatchNorm2d and m.affine and m.track_running_stats:
                 name_of[n] = g.bn(n, ins[0], eps=m.eps, momentum=m.momentum or 0.1)
-            elif kind in _ACTS:
+            elif kind in _ACTS and not (kind is nn.GELU and m.approximate != "none"):
                 name_of[n] = g.act(n, ins[0], _ACTS[kind])
+            elif kind is nn.LeakyReLU and m.negative_slope == 0.01:
+                name_of[n] = g.act(n, ins[0], "leaky_relu")
+            elif kind is nn.BatchNorm1d and m.affine and m.track_running_stats:
+                name_of[n] = g.add_op(n, "batchnorm1d", ins, eps=m.eps,
+                                      momentum=m.momentum or 0.1)
             elif kind in (nn.MaxPool2d, nn.AvgPool2d):
                 if m.ceil_mode or (kind is nn.MaxPool2d and pair(m.dilation, node, "dilation")
                                    != 1) or (kind is nn.AvgPool2d and (
@@ -155,6 +164,9 @@ def _function(g, node, ins, shape, unsupported):
         return g.add_op(n, "add", ins, units=shape(node)[0])
     if t in _ACT_FUNCTIONS or t in ("relu", "sigmoid", "tanh"):
         return g.act(n, ins[0], _ACT_FUNCTIONS.get(t, t))
+    if t in (torch.mean, "mean") and (args[1:2] in (((2, 3),), ([2, 3],)) or node.kwargs.get(
+            "dim") in ((2, 3), [2, 3])) and not node.kwargs.get("keepdim", False):
+        return g.add_op(n, "gap", ins)
     if t is torch.cat and (args[1:] == (1,) or node.kwargs.get("dim") == 1):
         return g.add_op(n, "concat", ins)
     flat = (t in (torch.flatten, "flatten") and (args[1:] == (1,) or node.kwargs == {

@@ -24,7 +24,8 @@ from torch import nn
 from .errors import GraphError
 
 REQUIRED = object()  # an attribute without a default
-ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "identity")
+ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "identity", "relu6", "silu", "hardswish",
+               "hardsigmoid", "leaky_relu")
 
 
 class ReLU(nn.Module):
@@ -41,8 +42,19 @@ class ReLU(nn.Module):
         return torch.relu(x)
 
 
+class ReLU6(nn.Module):
+    """ReLU6 whose gradient at exactly 0 is 1, for the same reason as :class:`ReLU`."""
+
+    def forward(self, x):
+        if self.training:
+            return torch.where(x >= 0, x.clamp(max=6.0), 0.0)
+        return nn.functional.relu6(x)
+
+
 ACT_MODULES = {"relu": ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-               "identity": nn.Identity}
+               "identity": nn.Identity, "relu6": ReLU6, "silu": nn.SiLU,
+               "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+               "leaky_relu": nn.LeakyReLU}  # leaky_relu: torch's slope 0.01
 
 
 class GlobalAvgPool(nn.Module):
@@ -76,6 +88,12 @@ def _window(a, s):
     if h < 1 or w < 1:
         raise GraphError(f"input {s} is too small for kernel {k}")
     return (a.get("units", s[0]), h, w)
+
+
+def _features(s, name):
+    if len(s) != 1:
+        raise GraphError(f"{name} needs a (features,) input, got {s}")
+    return s
 
 
 def _bn_constant(a, param, var, val):
@@ -115,6 +133,12 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("batchnorm2d", {"eps": 1e-5, "momentum": 0.1},
        module=lambda a, cin: nn.BatchNorm2d(cin, eps=a["eps"], momentum=a["momentum"]),
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "bn", spatial=True,
+       constant=_bn_constant, sliced=("weight", "bias", "running_mean", "running_var"),
+       copied=("num_batches_tracked",)),
+    Op("batchnorm1d", {"eps": 1e-5, "momentum": 0.1},
+       module=lambda a, cin: nn.BatchNorm1d(cin, eps=a["eps"], momentum=a["momentum"]),
+       params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "bn",
+       out_shape=lambda a, s: _features(s, "batchnorm1d"),
        constant=_bn_constant, sliced=("weight", "bias", "running_mean", "running_var"),
        copied=("num_batches_tracked",)),
     Op("activation", {"fn": "relu"}, module=lambda a, cin: ACT_MODULES[a["fn"]](),

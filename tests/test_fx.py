@@ -88,3 +88,32 @@ def test_unsupported_op_and_untraceable_module_are_clear_errors():
 
     with pytest.raises(ArchdiscError, match="cannot trace Branchy.*control flow"):
         from_module(Branchy(), torch.randn(2, 4))
+
+
+def test_more_activations_batchnorm1d_and_spatial_mean():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.acts = nn.ModuleList([nn.ReLU6(), nn.SiLU(), nn.Hardswish()])
+            self.fc, self.bn = nn.Linear(8, 12), nn.BatchNorm1d(12)
+            self.leaky, self.head = nn.LeakyReLU(), nn.Linear(12, 5)
+
+        def forward(self, x):
+            x = self.conv(x)
+            for act in self.acts:
+                x = act(x)
+            x = nn.functional.hardsigmoid(x).mean((2, 3))
+            return self.head(self.leaky(self.bn(self.fc(x))))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    m.bn.running_mean.uniform_(-0.3, 0.3)
+    m.bn.running_var.uniform_(0.5, 2.0)
+    net = from_module(m, torch.randn(4, 3, 6, 6))
+    x = torch.randn(9, 3, 6, 6)
+    assert torch.allclose(net.eval()(x), m(x), atol=1e-5)
+    fns = [a.get("fn") for _, a in net.graph.nodes(data=True) if a["op"] == "activation"]
+    assert fns == ["relu6", "silu", "hardswish", "hardsigmoid", "leaky_relu"]
+    sparse_init(net, density=0.5, seed=2)
+    extract(net, inputs=x)  # exact on the new ops (verified inside)
