@@ -52,8 +52,41 @@ def _pair(path) -> tuple[Path, Path]:
 
 def _load_pair(weights: Path, graph_json: Path, device="cpu") -> ArchNet:
     graph = ArchGraph.from_json(graph_json)
+    _check_weights(weights, graph_json, graph)
     tensors, _ = load_tensors(weights)
     return compile_graph(graph, tensors).to(device).eval()
+
+
+def _check_weights(weights: Path, graph_json: Path, graph: ArchGraph):
+    """Names, shapes and dtypes in the file's header against what the graph needs, before
+    anything is allocated (the model is built on the "meta" device: no memory)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            have = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                    for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
+        raise ExportError(f"{weights}: not a readable safetensors file ({e}); it is "
+                          f"truncated or damaged - save or export the model again") from None
+    with torch.device("meta"):
+        want = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+                for k, v in ArchNet(graph).state_dict().items()}
+    short = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
+             "int64": "I64"}
+    for k in sorted(set(want) | set(have)):
+        if k not in have:
+            raise ExportError(f"{weights}: tensor {k!r} that {graph_json.name} needs is "
+                              f"missing; the two files do not belong together")
+        if k not in want:
+            raise ExportError(f"{weights}: tensor {k!r} is not part of {graph_json.name}; "
+                              f"the two files do not belong together")
+        if have[k][0] != want[k][0]:
+            raise ExportError(f"{weights}: tensor {k!r} has shape {list(have[k][0])} but "
+                              f"{graph_json.name} needs {list(want[k][0])}; the graph or the "
+                              f"weights were changed - save or export the model again")
+        if have[k][1] != short.get(want[k][1], want[k][1]):
+            raise ExportError(f"{weights}: tensor {k!r} is {have[k][1]}, expected "
+                              f"{want[k][1]}")
 
 
 def load(path, device="cpu") -> ArchNet:

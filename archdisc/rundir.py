@@ -46,7 +46,11 @@ def save_checkpoint(path, net, opt, meta: dict):
 def load_checkpoint(path, net, opt) -> dict:
     """Restore what :func:`save_checkpoint` wrote into ``net`` and ``opt``; returns its meta."""
     from .optim import optimizer_state_from_tensors
-    tensors, meta = load_tensors(path)
+    try:
+        tensors, meta = load_tensors(path)
+    except Exception as e:  # noqa: BLE001 - safetensors / JSON errors of a damaged file
+        raise RunError(f"{path} cannot be read ({e}); it is damaged - start the run over "
+                       f"with --force") from None
     if not meta or meta.get("format") != "archdisc-checkpoint":
         raise RunError(f"{path} is not an archdisc checkpoint")
     device = next(net.parameters()).device

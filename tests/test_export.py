@@ -160,3 +160,39 @@ def test_export_run(tmp_path):
     x = inputs(g, 4, 1)
     with torch.no_grad():
         assert torch.allclose(load(tmp_path / "export" / "model")(x), net(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- damaged files
+def _saved(tmp_path):
+    g = build_space("mlp", widths=(20, 16, 4), in_shape=None)
+    return save(random_net(g), tmp_path / "m")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "not a readable safetensors file"),
+    ("empty", "not a readable safetensors file"),
+    ("width", r"'layers.fc1.bias' has shape \[16\] but m.json needs \[500000\]"),
+    ("missing", "'layers.fc2.bias' that m.json needs is missing"),
+    ("extra", "'layers.extra' is not part of m.json"),
+])
+def test_damaged_files_are_refused_before_anything_is_allocated(tmp_path, damage, message):
+    import json
+    from safetensors.torch import load_file, save_file
+    weights, graph_json = _saved(tmp_path)
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "width":  # a crafted width: would allocate 500000 x 20 floats and more
+        d = json.loads(graph_json.read_text())
+        next(n for n in d["nodes"] if n["name"] == "fc1")["units"] = 500000
+        graph_json.write_text(json.dumps(d))
+    else:
+        t = load_file(str(weights))
+        if damage == "missing":
+            del t["layers.fc2.bias"]
+        else:
+            t["layers.extra"] = torch.zeros(3)
+        save_file(t, str(weights))
+    with pytest.raises(ExportError, match=message):
+        load(weights)

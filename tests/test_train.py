@@ -460,3 +460,13 @@ def test_a_worse_finetune_never_replaces_the_model(tmp_path):
     assert report["finetune"]["kept"] is False
     assert report["val"]["compact"] == report["val"]["compact_extracted"]
     assert report["test"]["compact"] == report["test"]["compact_extracted"]
+
+
+def test_resume_from_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    from archdisc.cli import main
+    run_discover(small(epochs=1), tmp_path / "r", progress=False)
+    ckpt = tmp_path / "r" / CHECKPOINT
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(RunError, match="cannot be read.*damaged.*--force"):
+        run_discover(small(epochs=1), tmp_path / "r", resume=True, progress=False)
+    assert main(["discover", "--out", str(tmp_path / "r"), "--resume", "--quiet"]) == 2
