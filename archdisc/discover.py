@@ -296,6 +296,7 @@ def report(run: Run) -> dict:
         "threads": torch.get_num_threads(),
     })
     rundir.write_report(run.out, rep)
+    rundir.write_checksums(run.out)
     return rep
 
 

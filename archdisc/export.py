@@ -316,6 +316,8 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
 def export_run(run_dir, formats=FORMATS) -> dict[str, Path]:
     """Export a run's discovered model (``RUN/compact.safetensors`` + ``.json``) into
     ``RUN/export/`` as ``model.*``; returns ``{format: path}``."""
+    from .rundir import verify_checksums
     run = Path(run_dir)
+    verify_checksums(run, ("compact.safetensors", "compact.json"))
     net = load(run / "compact")
     return export(net, net.graph, run / "export", formats)

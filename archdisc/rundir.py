@@ -9,6 +9,7 @@ weights and optimizer state are safetensors, the rest JSON, JSON lines or TOML::
     supernet.safetensors/.json   trained supernet: weights + its ArchGraph
     compact.safetensors/.json    discovered model: weights + its (smaller) ArchGraph
     report.json, report.md   test metrics, sizes, widths, surviving edges, wall time
+    checksums.json           sha256 of the model files (export refuses changed ones)
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ __all__ = ["CHECKPOINT", "ARTEFACTS", "prepare_run", "save_checkpoint", "load_ch
 CHECKPOINT = "checkpoint.safetensors"
 ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
              "supernet.json", "compact.safetensors", "compact.json", "report.json",
-             "report.md")
+             "report.md", "checksums.json")
 
 
 def save_checkpoint(path, net, opt, meta: dict):
@@ -114,6 +115,39 @@ def write_metrics(out: Path, records: list[dict]):
 def append_metrics(out: Path, record: dict):
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+CHECKED = ("supernet.safetensors", "supernet.json", "compact.safetensors", "compact.json")
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(out: Path):
+    """checksums.json: the sha256 of each model file, so that a later change is noticed."""
+    atomic_write_json(out / "checksums.json", {n: sha256(out / n) for n in CHECKED})
+
+
+def verify_checksums(out: Path, names=CHECKED):
+    """Raise RunError when a model file of the run differs from what the run wrote."""
+    path = out / "checksums.json"
+    if not path.exists():
+        return
+    try:
+        sums = json.loads(path.read_text())
+    except ValueError:
+        raise RunError(f"{path} is damaged; re-run the discover command") from None
+    for n in names:
+        if n in sums and (not (out / n).exists() or sha256(out / n) != sums[n]):
+            raise RunError(f"{out / n} changed after the run wrote it (its sha256 differs "
+                           f"from checksums.json); re-run `archdisc discover --out {out} "
+                           f"--force`, or restore the file")
 
 
 def write_report(out: Path, report: dict):

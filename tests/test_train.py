@@ -470,3 +470,17 @@ def test_resume_from_a_truncated_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(RunError, match="cannot be read.*damaged.*--force"):
         run_discover(small(epochs=1), tmp_path / "r", resume=True, progress=False)
     assert main(["discover", "--out", str(tmp_path / "r"), "--resume", "--quiet"]) == 2
+
+
+def test_export_refuses_a_model_changed_after_the_run(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from archdisc.cli import main
+    from archdisc.export import export_run
+    run_discover(small(epochs=1), tmp_path / "r", progress=False)
+    path = tmp_path / "r" / "compact.safetensors"
+    t = load_file(str(path))
+    t["layers.fc1.bias"] = t["layers.fc1.bias"] + 5  # a silent edit of one bias
+    save_file(t, str(path))
+    with pytest.raises(RunError, match="compact.safetensors changed after the run wrote it"):
+        export_run(tmp_path / "r", ("safetensors",))
+    assert main(["export", str(tmp_path / "r"), "--format", "safetensors"]) == 2
