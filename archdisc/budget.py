@@ -29,7 +29,8 @@ def target_of(config, supernet_params: int) -> int | None:
 @torch.no_grad()
 def compact_params(net) -> tuple[int, dict]:
     """Parameter count of the compact model that extraction would build now (exact; read from
-    the extracted graph, no module is compiled), and each searchable node's alive fan-in there (None: node removed)."""
+    the extracted graph, no module is compiled), and each searchable node's alive fan-in
+    there (None: node removed)."""
     from .extract import extract_graph
     from .graph import count_params
     from .groups import unit_members
@@ -127,7 +128,8 @@ class LamControl:
         weights. For an alive group this is exactly the parameter the Bregman step gives
         with the raised lam and the same v (theta_g = prox(delta v) shrinks by
         delta * dlam * w_g and dies when that exceeds its norm); dead groups stay dead.
-        (ProxSGD: the prox with step lr, as in its own step.) So lam rises just enough to switch off the excess, weakest units first."""
+        (ProxSGD: the prox with step lr, as in its own step.) So lam rises just enough to
+        switch off the excess, weakest units first."""
         P, _ = compact_params(net)
         it = 0
         while self.target and P > self.target and it < max_iter:

@@ -116,7 +116,8 @@ class Config:
         if _dataset_key(self.data) not in {_dataset_key(k) for k in known} and \
                 not is_user_data(self.data):
             raise ConfigError(f"config field 'data': unknown dataset {self.data!r}; "
-                              f"available: {', '.join(known)}, or a .npz / .csv file or an image folder")
+                              f"available: {', '.join(known)}, or a .npz / .csv file or an "
+                              f"image folder")
         _require(self.epochs >= 1, "epochs", "an integer >= 1")
         _require(self.batch_size >= 1, "batch_size", "an integer >= 1")
         _require(self.limit is None or self.limit >= 1, "limit", "an integer >= 1 (or unset)")

@@ -63,7 +63,7 @@ class Run:
 
 def run_discover(config: Config, out, resume=False, force=False, progress=True,
                  on_epoch=None) -> dict:
-    """Train, extract, fine-tune, evaluate and write the run folder ``out``; returns the
+    """Search, extract, select, fine-tune, evaluate and write the run folder ``out``; returns the
     report. An ``out`` holding another run is refused unless ``force``; the same run is
     continued from its last checkpoint with ``resume`` (see :func:`rundir.prepare_run`).
     ``on_epoch(epoch, record, net)`` is called after each epoch's checkpoint is on disk."""

@@ -148,8 +148,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     _pool("avg"),
     Op("dropout", {"p": 0.5}, module=lambda a, cin: nn.Dropout(a["p"]),
        label=lambda a, w: f"dropout {a['p']:g}",
-       check=lambda a: (None if isinstance(a["p"], (int, float)) and not isinstance(a["p"], bool)
-                        and 0 <= a["p"] < 1 else f"'p' must be a number in [0, 1), got {a['p']!r}")),
+       check=lambda a: (None if isinstance(a["p"], (int, float))
+                        and not isinstance(a["p"], bool) and 0 <= a["p"] < 1
+                        else f"'p' must be a number in [0, 1), got {a['p']!r}")),
     Op("gap", module=lambda a, cin: GlobalAvgPool(), spatial=True,
        out_shape=lambda a, s: (s[0],)),
     Op("flatten", kind="flatten", module=lambda a, cin: nn.Flatten(),
