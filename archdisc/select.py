@@ -33,7 +33,6 @@ from .ops import OPS
 __all__ = ["shrink_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
-ROUNDS = 5  # at most this many refit rounds of select_steps per candidate
 
 
 def shrink_select(compact: ArchNet, data, config, device, log=print):
@@ -72,17 +71,6 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
                 "val_loss": loss, "params": sum(p.numel() for p in net.parameters()),
                 "net": net}
 
-    def settle(net):
-        """Refit in rounds of ``select_steps`` until the validation loss stops falling (at
-        most ``ROUNDS``): a model that lost more units gets the longer recovery it needs."""
-        s = snapshot(refit(net, config.select_steps), 0)
-        for _ in range(ROUNDS - 1):
-            t = snapshot(refit(_copy(s["net"]), config.select_steps), 0)
-            if t["val_loss"] >= s["val_loss"]:
-                break
-            s = t
-        return s
-
     net = refit(_copy(compact), 5 * config.select_steps)
     path = [snapshot(net, 0)]
     log(_line(path[-1], data.metric))
@@ -91,7 +79,7 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
         candidates = []
         for n in _shrinkable(net):
             smaller = _remove_weakest(net, n, config.select_frac, probe)
-            candidates.append({**settle(smaller), "stage": len(path)})
+            candidates.append(snapshot(refit(smaller, config.select_steps), len(path)))
         if not candidates:
             break
         kept = min(candidates, key=lambda c: c["val_loss"])
