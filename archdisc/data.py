@@ -316,6 +316,11 @@ def _standardise(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- main entry
+def _canonical(name: str) -> str:
+    """The built-in dataset key a user's spelling means (``Fashion_MNIST`` -> ...)."""
+    key = name.lower().replace("_", "-")
+    return {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
+
 
 def load_data(name: str, *, root: str | os.PathLike | None = None, task: str = "classification",
               seed: int = 0, val_size: int | None = None, noise_sigma: float = 0.3,
@@ -326,8 +331,7 @@ def load_data(name: str, *, root: str | os.PathLike | None = None, task: str = "
     ``teacher_options`` (only for ``name="teacher"``): ``teacher_in``, ``teacher_widths``,
     ``teacher_classes``, ``teacher_density``, ``n_train``, ``n_val``, ``n_test``.
     """
-    key = name.lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
+    key = _canonical(name)
     if key not in _DESCRIPTIONS:
         listing = ", ".join(sorted(_DESCRIPTIONS))
         raise DataError(f"Unknown dataset {name!r}. Available datasets: {listing}")
@@ -473,8 +477,7 @@ def evaluate(model: torch.nn.Module, dataset: TensorDataset, metric: str,
 def is_user_data(name: str) -> bool:
     """Whether ``name`` points to a user's own data: a .npz / .csv file or a folder (a
     built-in dataset's name always means the built-in)."""
-    key = name.lower().replace("_", "-")
-    if {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key) in _DESCRIPTIONS:
+    if _canonical(name) in _DESCRIPTIONS:
         return False
     p = Path(name).expanduser()
     return p.suffix.lower() in (".npz", ".csv") or p.is_dir()

@@ -32,8 +32,9 @@ from .graph import ArchGraph, GraphError
 from .io import atomic_write_text
 from .loop import augmenter, epoch_order, finetune, loss_fn, set_lr, train_epoch
 
-__all__ = ["run_discover", "setup", "search", "extract_compact", "finetune_compact",
-           "report", "Run", "load_dataset", "build_supernet", "make_optimizer"]
+__all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
+           "finetune_compact", "report", "Run", "load_dataset", "build_supernet",
+           "make_optimizer"]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .errors import ConfigError, TrainingError
 
 __all__ = ["train_epoch", "loss_fn", "epoch_order", "cosine", "set_lr", "cosine_steps",
-           "crop_flip", "augmenter", "finetune"]
+           "crop_flip", "augmenter", "masked_adam", "finetune"]
 
 
 def loss_fn(out, y, task):
@@ -126,19 +126,13 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
     return mean
 
 
-def finetune(net, data, config, device, bar=None) -> list[float]:
-    """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
-    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search.
-
-    With kernel or element groups the compact model still holds the zeros the search
-    found inside its surviving units; they stay zero, so the sparsity is not lost."""
-    opt = (torch.optim.AdamW(net.parameters(), lr=config.finetune_lr,
-                             weight_decay=config.weight_decay) if config.weight_decay > 0
-           else torch.optim.Adam(net.parameters(), lr=config.finetune_lr))
-    x, y = (t.to(device) for t in data.train.tensors)
-    total = math.ceil(len(x) / config.batch_size) * config.finetune
-    schedule = (cosine_steps(opt, config.finetune_lr, total)
-                if config.finetune_schedule == "cosine" else None)
+def masked_adam(net, config, lr: float, total: int, cosine: bool, weight_decay: float = 0.0):
+    """Adam (AdamW with ``weight_decay``) on a compact model and its ``on_step`` hook: the
+    cosine lr over ``total`` steps, and, with kernel or element groups, keeping the zeros the
+    search found inside surviving units (so the sparsity is not lost). Returns (opt, hook)."""
+    opt = (torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+           if weight_decay > 0 else torch.optim.Adam(net.parameters(), lr=lr))
+    schedule = cosine_steps(opt, lr, total) if cosine else None
     keep = ([(p, p != 0) for p in net.parameters() if p.dim() > 1]
             if config.group_mode != "unit" else [])
 
@@ -148,6 +142,16 @@ def finetune(net, data, config, device, bar=None) -> list[float]:
             schedule(i)
         for p, mask in keep:
             p.mul_(mask)
+    return opt, on_step
+
+
+def finetune(net, data, config, device, bar=None) -> list[float]:
+    """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
+    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search."""
+    x, y = (t.to(device) for t in data.train.tensors)
+    total = math.ceil(len(x) / config.batch_size) * config.finetune
+    opt, on_step = masked_adam(net, config, config.finetune_lr, total,
+                               config.finetune_schedule == "cosine", config.weight_decay)
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
                         epoch_order(config.seed + 1, e, len(x)), bar, on_step=on_step,
                         augment=augmenter(config, config.seed + 1, e, x.device))

@@ -30,7 +30,7 @@ import torch
 
 from .compile import ArchNet
 from .groups import unit_members
-from .loop import cosine_steps, epoch_order, loss_fn, train_epoch
+from .loop import epoch_order, loss_fn, masked_adam, train_epoch
 from .ops import OPS
 
 __all__ = ["shrink_select"]
@@ -47,22 +47,13 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     def refit(net, steps):
         """``steps`` of Adam, lr from select_lr down to 0 (cosine): the model is judged
         settled, not in the middle of its noisy steps."""
-        opt = torch.optim.Adam(net.parameters(), lr=config.select_lr)
-        schedule = cosine_steps(opt, config.select_lr, steps)
-        keep = ([(p, p != 0) for p in net.parameters() if p.dim() > 1]
-                if config.group_mode != "unit" else [])
-
-        @torch.no_grad()
-        def mask(i):
-            schedule(i)
-            for p, m in keep:
-                p.mul_(m)
+        opt, on_step = masked_adam(net, config, config.select_lr, steps, cosine=True)
         done = 0
         while done < steps:
             step[0] += 1
             order = epoch_order(config.seed + 2, step[0], len(x))
             order = order[:(steps - done) * config.batch_size]
-            train_epoch(net, opt, x, y, data.task, config.batch_size, order, on_step=mask)
+            train_epoch(net, opt, x, y, data.task, config.batch_size, order, on_step=on_step)
             done += math.ceil(len(order) / config.batch_size)
         return net.eval()
 
@@ -80,8 +71,10 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     best = path[0]["metric"]
     while True:
         candidates = []
+        with torch.no_grad():
+            env = net.eval().activations(probe)  # shared by every candidate of the stage
         for n in _shrinkable(net):
-            smaller = _remove_weakest(net, n, config.select_frac, probe)
+            smaller = _remove_weakest(net, n, config.select_frac, env, probe)
             candidates.append(snapshot(refit(smaller, config.select_steps), len(path)))
         if not candidates:
             break
@@ -132,12 +125,12 @@ def _shrinkable(net: ArchNet) -> list[str]:
 
 
 @torch.no_grad()
-def _remove_weakest(net: ArchNet, n: str, frac: float, probe) -> ArchNet:
-    """A copy of ``net`` without the weakest ``frac`` (at least one) of node ``n``'s units."""
+def _remove_weakest(net: ArchNet, n: str, frac: float, env: dict, probe) -> ArchNet:
+    """A copy of ``net`` without the weakest ``frac`` (at least one) of node ``n``'s units;
+    ``env`` holds ``net``'s eval-mode activations on ``probe``."""
     from .extract import extract
     g = net.graph
     net = _copy(net).eval()
-    env = net.activations(probe)
     end = n  # follow the unit-preserving ops after n (activation, BatchNorm, ...)
     while g.out_degree(end) == 1:
         nxt = next(iter(g.successors(end)))
