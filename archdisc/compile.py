@@ -88,6 +88,8 @@ class ArchNet(nn.Module):
                 env[n] = out
             elif kind == "concat":
                 env[n] = torch.cat(vals, dim=1)
+            elif kind == "mul":
+                env[n] = vals[0] * vals[1]
             elif kind == "output":
                 env[n] = vals[0]
             else:

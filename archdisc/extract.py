@@ -14,7 +14,9 @@ node's output: features or channels; a flatten node has one unit per feature). T
    on varying inputs are zero; its value is its bias plus the weights times the constant
    inputs (a conv with ``padding > 0`` reading a non-zero constant is *not* constant: the
    zero padding shows at the borders). Constants flow through BatchNorm, activations,
-   pooling (an avgpool with padding only keeps zeros), flatten, gates, adds and concats.
+   pooling (an avgpool with padding only keeps zeros), depthwise convs (the same rule as a
+   conv), layer norm, flatten, gates, adds, concats, channel selections and products (a
+   product with an exact zero is zero).
 
 2. **Keep.** Demand flows backward from the outputs (which keep every unit):
 
@@ -23,7 +25,14 @@ node's output: features or channels; a flatten node has one unit per feature). T
      layer with a bias, or by a conv with a bias and ``padding == 0``;
    * a kept unit of an ``add`` needs every member unit that lands on it, unless that
      member's value there is exactly zero (a dead unit, or a zero gate);
-   * activations, BatchNorm, pooling, flatten and concat pass demand to their inputs.
+   * activations, BatchNorm, pooling, depthwise convs, flatten, concat and channel
+     selections pass demand to their inputs, unit by unit;
+   * the two inputs of a ``mul`` keep the same units (a product of tensors of different
+     widths has no meaning), so each demands what the other keeps: a coupled space, as
+     at an add, except that a unit is removed only when neither side needs it;
+   * all or nothing: a layer norm that keeps any unit demands every input unit (its
+     mean and variance read them all); a grouped conv (``groups > 1``) keeps all its
+     units and reads all its input channels (a channel cannot leave one group alone).
 
    A linear / conv / add node keeps exactly its demanded units (a ``searchable=False``
    layer keeps all of them as soon as any is demanded). Every other node keeps what its
@@ -58,7 +67,8 @@ node's output: features or channels; a flatten node has one unit per feature). T
 Limitations (exact, just not minimal): a zero entry of a *channel* gate on an edge into an
 add removes that contribution, but the source unit still occupies its add position when it
 is kept for another consumer; concat edges cannot drop a subset of their source's units; a
-non-zero constant read by a bias-free layer (or a padded conv) keeps its unit.
+non-zero constant read by a bias-free layer (or a padded conv) keeps its unit; grouped
+convs and layer norms keep all their channels.
 """
 from __future__ import annotations
 
@@ -68,7 +78,7 @@ import torch
 
 from .compile import ArchNet, compile_graph, gate_name
 from .graph import ArchGraph, GraphError, count_macs, count_params
-from .ops import OPS
+from .ops import OPS, padded
 from .errors import ArchdiscError
 
 __all__ = ["extract", "extract_graph", "ExtractionError", "verify_equivalent", "extraction_report",
@@ -222,6 +232,13 @@ class _Extractor:
     def zeros(self, n):
         return torch.zeros(self.units[n], dtype=torch.bool)
 
+    def channels(self, n):
+        """Input unit read by each unit of the select node ``n``."""
+        return torch.tensor(self.g.nodes[n]["channels"], dtype=torch.long)
+
+    def grouped(self, n):
+        return self.g.nodes[n].get("groups", 1) > 1
+
     # ---- step 1: which units vary, and the exact value of the others
     def _values(self):
         self.var, self.val, self.nz, self.foldable, self.nonzero = {}, {}, {}, {}, {}
@@ -233,21 +250,19 @@ class _Extractor:
             elif op == "layer":
                 s = self.ins[n][0]
                 rvar, rval = self.read(s, n)
-                w = self.param(n, "weight")
-                nz = w != 0 if w.dim() == 2 else (w != 0).flatten(2).any(2)
-                wsum = w.double() if w.dim() == 2 else w.sum((2, 3), dtype=torch.float64)
+                nz, wsum = _kernel_sums(self.param(n, "weight"), a.get("groups", 1))
                 g = self.gate(s, n)
                 if g is not None:
                     nz &= (g != 0).expand(rvar.shape)
                 var = (nz & rvar).any(1)
-                padded = a.get("padding", 0) > 0
-                if padded:  # zero padding makes a non-zero constant input vary at borders
+                pad = padded(a)
+                if pad:  # zero padding makes a non-zero constant input vary at borders
                     var |= (nz & (rval != 0)).any(1)
                 val = wsum @ rval
                 if a["bias"]:
                     val += self.param(n, "bias").double()
                 # A constant input can be folded into this layer's bias.
-                self.foldable[n] = ~rvar & ((rval == 0) | (a["bias"] and not padded))
+                self.foldable[n] = ~rvar & ((rval == 0) | (a["bias"] and not pad))
                 self.nz[n] = nz
             else:
                 reads = [self.read(s, n) for s in self.ins[n]]
@@ -268,6 +283,12 @@ class _Extractor:
                 elif op == "concat":
                     var = torch.cat([r[0] for r in reads])
                     val = torch.cat([r[1] for r in reads])
+                elif op == "select":
+                    var, val = var[self.channels(n)], val[self.channels(n)]
+                elif op == "mul":  # a product with an exact zero is zero
+                    (vx, cx), (vg, cg) = reads
+                    zero = (~vx & (cx == 0)) | (~vg & (cg == 0))
+                    var, val = (vx | vg) & ~zero, cx * cg
                 # other channelwise ops (gap, ...) and output: constants pass unchanged
             self.var[n], self.val[n] = var, torch.where(var, 0.0, val)
 
@@ -312,6 +333,10 @@ class _Extractor:
                                     for s in ins])
             elif op == "flatten":
                 fwd[n] = fwd[ins[0]].repeat_interleave(math.prod(self.shapes[ins[0]][1:]))
+            elif op == "select":
+                fwd[n] = fwd[ins[0]][self.channels(n)]
+            elif op == "mul":  # the same on both sides at the fixed point
+                fwd[n] = fwd[ins[0]] & fwd[ins[1]]
             else:
                 fwd[n] = fwd[ins[0]].clone()
         return fwd
@@ -327,7 +352,7 @@ class _Extractor:
                 continue
             if op == "layer":
                 if not self.g.nodes[n]["searchable"] and (d.any() or self.keep[n].any()):
-                    d[:] = True
+                    d[:] = True  # (a grouped conv is never searchable)
                 self.keep[n] |= d
                 if self.g.nodes[n]["searchable"] and self.round_to > 1:
                     s = ins[0]
@@ -338,6 +363,8 @@ class _Extractor:
                     s = ins[0]
                     read = self.nz[n][rows].any(0)
                     need = read & ~self.foldable[n]
+                    if self.grouped(n):  # every channel of every group stays
+                        need[:] = True
                     if not (fwd[s] | dem[s] | need).any():  # keep one input: stay connected
                         const = ~self.var[s]  # a constant unit needs nothing upstream
                         need[_first(read & const, const, read)] = True
@@ -372,6 +399,14 @@ class _Extractor:
                         dem[s] |= part
             elif op == "flatten":
                 dem[ins[0]] |= d.view(self.units[ins[0]], -1).any(1)
+            elif op == "select":
+                dem[ins[0]][self.channels(n)[d]] = True
+            elif op == "mul":  # both sides keep the same units
+                both = d | fwd[ins[0]] | fwd[ins[1]]
+                for s in ins:
+                    dem[s] |= both
+            elif OPS[self.g.nodes[n]["op"]].mixes and (d.any() or fwd[n].any()):
+                dem[ins[0]][:] = True  # all units or none
             else:
                 dem[ins[0]] |= d
 
@@ -395,6 +430,14 @@ class _Extractor:
             attrs = dict(self.g.nodes[n])
             if "units" in attrs:
                 attrs["units"] = len(keep[n])
+            if self.op(n) == "select":  # the kept input units, in the compact numbering
+                pos = torch.full((self.units[self.ins[n][0]],), -1, dtype=torch.long)
+                pos[keep[self.ins[n][0]]] = torch.arange(len(keep[self.ins[n][0]]))
+                attrs["channels"] = pos[self.channels(n)[keep[n]]].tolist()
+            if self.op(n) == "mul" and not all(torch.equal(keep[s], keep[n])
+                                               for s in self.ins[n]):
+                raise ExtractionError(f"the inputs of mul node {n!r} keep different units; "
+                                      f"this is a bug in archdisc.extract")
             g.add_node(n, **attrs)
         for n in g:
             slot = 0
@@ -422,7 +465,8 @@ class _Extractor:
             if spec.kind == "layer":
                 state.update(self._layer(n, k, keep[self.ins[n][0]]))
             for key in spec.sliced:
-                state[f"layers.{n}.{key}"] = self.param(n, key).index_select(0, k)
+                if self.param(n, key) is not None:  # (an optional bias)
+                    state[f"layers.{n}.{key}"] = self.param(n, key).index_select(0, k)
             for key in spec.copied:
                 state[f"layers.{n}.{key}"] = self.param(n, key)
             for s in g.predecessors(n):
@@ -436,6 +480,12 @@ class _Extractor:
     def _layer(self, n, rows, cols):
         """Sliced weight and bias of layer ``n``; constants it stops reading fold into the bias."""
         s, a = self.ins[n][0], self.g.nodes[n]
+        if self.grouped(n):  # kept whole (see _backward)
+            if len(rows) != self.units[n] or len(cols) != self.units[s]:
+                raise ExtractionError(f"grouped conv {n!r} lost units; this is a bug in "
+                                      f"archdisc.extract")
+            return {f"layers.{n}.{k}": self.param(n, k) for k in ("weight", "bias")
+                    if self.param(n, k) is not None}
         w = self.param(n, "weight").index_select(0, rows)
         out = {f"layers.{n}.weight": w.index_select(1, cols)}
         drop = torch.ones(self.units[s], dtype=torch.bool)
@@ -460,6 +510,20 @@ class _Extractor:
             raise ExtractionError(f"node {n!r} has no bias to fold a constant into; "
                                   "this is a bug in archdisc.extract")
         return out
+
+
+def _kernel_sums(w, groups: int = 1):
+    """Which weights are non-zero, and their sums, per (output unit, input unit) of a
+    linear or conv weight (kernel sums for a conv); a grouped conv's blocks lie on the
+    diagonal."""
+    if w.dim() == 2:
+        return w != 0, w.double()
+    nz, ws = (w != 0).flatten(2).any(2), w.sum((2, 3), dtype=torch.float64)
+    if groups > 1:
+        per = w.shape[0] // groups
+        nz = torch.block_diag(*nz.double().split(per)) != 0
+        ws = torch.block_diag(*ws.split(per))
+    return nz, ws
 
 
 def _first(*masks) -> int:

@@ -206,6 +206,13 @@ class ArchGraph(nx.DiGraph):
                     raise GraphError(f"edge {src!r}->{n!r}: index must hold distinct "
                                      f"positions in [0, {a['units']})")
             return (a["units"], *s[1:])
+        if op.kind == "mul":  # same units; a (C, 1, 1) factor broadcasts over H, W
+            (_, s0), (src, s1) = ins
+            if s0[0] != s1[0] or len(s0) != len(s1) or any(
+                    x != y and 1 not in (x, y) for x, y in zip(s0[1:], s1[1:])):
+                raise GraphError(f"mul node {n!r}: input {src!r} has shape {s1}, expected "
+                                 f"({s0[0]}, ...) broadcastable with {s0}")
+            return tuple(max(x, y) for x, y in zip(s0, s1))
         if op.kind == "concat":
             for src, si in ins:
                 if si[1:] != s[1:]:
@@ -257,7 +264,12 @@ class ArchGraph(nx.DiGraph):
                 raise GraphError(f"nodes[{i}]: expected an object with a string 'name'")
             if nd["name"] in g:
                 raise GraphError(f"nodes[{i}]: duplicate node name {nd['name']!r}")
-            g.add_node(nd["name"], **{k: v for k, v in nd.items() if k != "name"})
+            attrs = {k: v for k, v in nd.items() if k != "name"}
+            if isinstance(attrs.get("op"), str) and attrs["op"] in OPS:  # newer attributes
+                for key, default in OPS[attrs["op"]].attrs.items():
+                    if default is not REQUIRED:
+                        attrs.setdefault(key, default)
+            g.add_node(nd["name"], **attrs)
         for i, ed in enumerate(d["edges"]):
             if not isinstance(ed, dict):
                 raise GraphError(f"edges[{i}]: expected an object with 'src' and 'dst'")
@@ -295,14 +307,25 @@ def _check_attrs(n, a):
                 any(not isinstance(s, int) or s < 1 for s in a["shape"]):
             raise GraphError(f"node {n!r} (input): 'shape' must be [features] or "
                              f"[channels, height, width] of positive ints, got {a['shape']!r}")
+
+    def size(key, minimum=1):  # an int or [height, width]
+        x = a[key]
+        parts = x if isinstance(x, (list, tuple)) and len(x) == 2 else [x]
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in parts):
+            raise GraphError(f"node {n!r} ({op}): {key!r} must be an integer >= {minimum} "
+                             f"or a pair [height, width] of them, got {x!r}")
+
     if "units" in a:
         positive_int("units")
-    if "kernel_size" in a:
-        positive_int("kernel_size")
+    if "groups" in a:
+        positive_int("groups")
+    for key in ("kernel_size", "dilation", "output_size"):
+        if key in a:
+            size(key)
     if "padding" in a:
-        positive_int("padding", 0)
+        size("padding", 0)
     if "stride" in a and (a["stride"] is not None or OPS[op].attrs["stride"] is not None):
-        positive_int("stride")
+        size("stride")
     for key in ("bias", "searchable"):
         if key in a and not isinstance(a[key], bool):
             raise GraphError(f"node {n!r} ({op}): {key!r} must be true or false, got {a[key]!r}")

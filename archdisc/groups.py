@@ -1,12 +1,14 @@
 """Structural groups derived from the graph: what the regularizer sees.
 
 * A **unit group** of a searchable ``linear`` / ``conv2d`` node is everything that
-  produces unit *i*: row / filter *i* of the weight, bias entry *i*, and the shift
-  (bias) entry *i* of a normalisation (an op with a per-unit ``bias``) that reads only
-  this node. When the whole group
-  is zero the unit outputs exactly zero in training (zero-invariant). The BatchNorm
-  scale stays outside the group: at 1 it lets a zero filter still receive gradient
-  through the normalisation, so Bregman iterations can switch the channel on.
+  produces unit *i*: row / filter *i* of the weight, bias entry *i*, and entry *i* of
+  the ``grouped`` tensors (ops.py) of the per-channel ops that follow it alone, as long
+  as each maps a zero unit to zero: a normalisation's shift, and in a depthwise block
+  (conv -> bn -> act -> dwconv -> bn) the depthwise filter and the second shift too.
+  When the whole group is zero the unit outputs exactly zero in training
+  (zero-invariant). The BatchNorm scale stays outside the group: at 1 it lets a zero
+  filter still receive gradient through the normalisation, so Bregman iterations can
+  switch the channel on.
 * An **edge group** is the gate of a candidate edge.
 
 :func:`param_groups` turns these into optimizer param groups, each carrying its
@@ -28,16 +30,23 @@ MODES = ("unit", "kernel", "element")
 
 def unit_members(net: ArchNet) -> dict[str, list[str]]:
     """Searchable node -> names (in ``net.named_parameters()``) of its unit group's tensors."""
-    g, members = net.graph, {}
+    g, members, params = net.graph, {}, dict(net.named_parameters())
     for n in g.order():
         a = g.nodes[n]
         if OPS[a["op"]].kind != "layer" or not a["searchable"]:
             continue
         names = [f"layers.{n}.weight"] + ([f"layers.{n}.bias"] if a["bias"] else [])
-        succ = list(g.successors(n))
-        if len(succ) == 1 and "bias" in OPS[g.nodes[succ[0]]["op"]].sliced \
-                and not g.edges[n, succ[0]]["gate"]:
-            names.append(f"layers.{succ[0]}.bias")
+        cur = n
+        while g.out_degree(cur) == 1:  # the per-channel ops reading only this unit
+            nxt = next(iter(g.successors(cur)))
+            spec = OPS[g.nodes[nxt]["op"]]
+            if spec.kind != "channelwise" or g.edges[cur, nxt]["gate"]:
+                break
+            names += [f"layers.{nxt}.{k}" for k in spec.grouped
+                      if f"layers.{nxt}.{k}" in params]
+            if not spec.keeps_zero(g.nodes[nxt]):
+                break
+            cur = nxt
         members[n] = names
     return members
 
@@ -102,9 +111,13 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
         fan_in = math.prod(w.shape[1:])
         if f"layers.{n}.bias" in params:
             bias_init_(params[f"layers.{n}.bias"], fan_in, r=bias_r, generator=gen, mask=alive)
-        bn = [p for p in names[1:] if not p.startswith(f"layers.{n}.")]
-        if bn:  # BatchNorm shift 0 (scale stays 1): a dead channel outputs exactly 0
-            params[bn[0]].zero_()
+        for p in names[1:]:
+            if p.startswith(f"layers.{n}."):
+                continue
+            if params[p].dim() == 1:  # BatchNorm shift 0 (scale stays 1): a dead channel
+                params[p].zero_()     # outputs exactly 0
+            else:                     # a depthwise filter: zero for the dead channels
+                params[p][~alive] = 0
     for k, p in params.items():
         if k.startswith("gates."):
             p.fill_(gate_init)

@@ -10,7 +10,13 @@ plus its tests.
 Kinds: ``input`` and ``output``; ``layer`` (linear / conv: defines its width, its units
 may be searchable, weights sliced by kept rows and read columns); ``add`` (a shared unit
 space, see graph.py); ``concat``; ``flatten``; ``channelwise`` (keeps its input's
-units one to one: activations, normalisation, pooling).
+units one to one: activations, normalisation, pooling, a depthwise conv); ``mul`` (the
+elementwise product of two tensors with the same units, one of them possibly (C, 1, 1):
+a squeeze-excitation gate; its two inputs keep the same units); ``select`` (output unit
+*j* is input unit ``channels[j]``: a channel slice or a channel shuffle).
+
+Sizes (``kernel_size``, ``stride``, ``padding``, ``dilation``, ``output_size``) are an int
+or ``[height, width]``.
 """
 from __future__ import annotations
 
@@ -62,6 +68,64 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class ChannelScale(nn.Module):
+    """``x * weight`` per channel (dim 1): a layer scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x):
+        return x * self.weight.view(-1, *([1] * (x.dim() - 2)))
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels (dim 1) of (N, C) or (N, C, H, W) tensors; computed as
+    ConvNeXt computes it (permute to channels-last, layer_norm, permute back)."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        shape = self.weight.shape
+        if x.dim() == 2:
+            return nn.functional.layer_norm(x, shape, self.weight, self.bias, self.eps)
+        x = nn.functional.layer_norm(x.permute(0, 2, 3, 1), shape, self.weight, self.bias,
+                                     self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ChannelSelect(nn.Module):
+    """Output channel j is input channel ``channels[j]`` (dim 1)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.register_buffer("channels", torch.tensor(channels, dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, x):
+        return x.index_select(1, self.channels)
+
+
+class StochasticDepth(nn.Module):
+    """In training, drops the whole input with probability ``p`` (per sample: ``"row"``,
+    or per batch: ``"batch"``) and scales survivors by 1 / (1 - p); identity in eval."""
+
+    def __init__(self, p: float, mode: str):
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        shape = [x.shape[0] if self.mode == "row" else 1] + [1] * (x.dim() - 1)
+        keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p) if self.p < 1 else x * keep
+
+
 @dataclass(frozen=True)
 class Op:
     """One op. Callables take the node's attribute dict ``a``; ``cin`` is the channel /
@@ -80,14 +144,90 @@ class Op:
     sliced: tuple = ()                       # per-unit tensors sliced by the kept units
     copied: tuple = ()                       # other tensors copied as they are
     check: Callable | None = None            # (a) -> a complaint about an attribute, or None
+    grouped: tuple = ()                      # per-unit tensors joining the unit group of
+    #                                          the layer feeding this op (a norm's shift,
+    #                                          a depthwise filter): see groups.py
+    keeps_zero: Callable = lambda a: False   # maps an exactly zero unit to zero (with its
+    #                                          grouped tensors zero): unit groups go on
+    mixes: bool = False                      # each output reads every input unit (layer
+    #                                          norm): extraction keeps all units or none
+
+
+def pair(v) -> tuple:
+    """``(height, width)`` of a size given as an int or a pair."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def padded(a) -> bool:
+    return any(p > 0 for p in pair(a.get("padding", 0)))
 
 
 def _window(a, s):
-    k, st, p = a["kernel_size"], a["stride"] or a["kernel_size"], a["padding"]
-    h, w = ((d + 2 * p - k) // st + 1 for d in s[1:])
-    if h < 1 or w < 1:
-        raise GraphError(f"input {s} is too small for kernel {k}")
-    return (a.get("units", s[0]), h, w)
+    """Output shape of a sliding window (conv, pool) over a (C, H, W) input, with
+    PyTorch's rule for ``ceil_mode`` (the last window starts inside the input or its
+    left padding)."""
+    out = []
+    for d, k, st, p, dil in zip(s[1:], pair(a["kernel_size"]),
+                                pair(a["stride"] or a["kernel_size"]), pair(a["padding"]),
+                                pair(a.get("dilation", 1))):
+        span = d + 2 * p - dil * (k - 1) - 1
+        n = (-(-span // st) if a.get("ceil_mode") else span // st) + 1
+        if a.get("ceil_mode") and (n - 1) * st >= d + p:
+            n -= 1
+        out.append(n)
+    if min(out) < 1:
+        raise GraphError(f"input {s} is too small for kernel {a['kernel_size']}")
+    return (a.get("units", s[0]), *out)
+
+
+def _size_text(v) -> str:
+    h, w = pair(v)
+    return f"{h}×{w}"
+
+
+def _conv_label(a, w):
+    text = f"conv {_size_text(a['kernel_size'])}"
+    text += f" /{_stride_text(a['stride'])}" if pair(a["stride"]) != (1, 1) else ""
+    text += f" dil {_stride_text(a['dilation'])}" if pair(a.get("dilation", 1)) != (1, 1) else ""
+    text += f" g{a['groups']}" if a.get("groups", 1) != 1 else ""
+    return f"{text} {w}"
+
+
+def _stride_text(v) -> str:
+    h, w = pair(v)
+    return str(h) if h == w else f"{h}×{w}"
+
+
+def _conv_shape(a, s):
+    g = a["groups"]
+    if s[0] % g or a["units"] % g:
+        raise GraphError(f"groups={g} must divide the input channels ({s[0]}) and the "
+                         f"units ({a['units']})")
+    return _window(a, s)
+
+
+def _dw_constant(a, param, var, val):
+    """A depthwise conv of a constant channel c: c * sum(filter) + bias, except that
+    zero padding makes a non-zero constant vary at the borders."""
+    w, b = param("weight"), param("bias")
+    nz = (w != 0).flatten(1).any(1)
+    out = val * w.sum((1, 2, 3), dtype=torch.float64)
+    if b is not None:
+        out = out + b.double()
+    new = var & nz
+    if padded(a):
+        new |= nz & (val != 0)
+    return new, out
+
+
+def _ln_constant(a, param, var, val):
+    """Layer norm over the units: a unit with zero weight is its bias; with no varying
+    input every unit is a constant, computed here."""
+    w, b = param("weight").double(), param("bias").double()
+    if var.any():
+        return w != 0, torch.where(w != 0, 0.0, b)
+    mean = val.mean()
+    return var, (val - mean) / torch.sqrt(((val - mean) ** 2).mean() + a["eps"]) * w + b
 
 
 def _features(s, name):
@@ -102,15 +242,34 @@ def _bn_constant(a, param, var, val):
     return var & (w != 0), (val - mean) / torch.sqrt(v + a["eps"]) * w + b
 
 
+def _select_shape(a, s):
+    if max(a["channels"]) >= s[0]:
+        raise GraphError(f"channel {max(a['channels'])} is out of range for {s[0]} channels")
+    return (len(a["channels"]), *s[1:])
+
+
 def _pool(kind):
     modules = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
     def constant(a, param, var, val):  # avg padding counts zeros; max pads with -inf
-        return (var | (val != 0) if kind == "avg" and a["padding"] > 0 else var), val
-    return Op(f"{kind}pool2d", {"kernel_size": REQUIRED, "stride": None, "padding": 0},
-              module=lambda a, cin: modules[kind](a["kernel_size"], a["stride"], a["padding"]),
+        return (var | (val != 0) if kind == "avg" and padded(a) else var), val
+    return Op(f"{kind}pool2d", {"kernel_size": REQUIRED, "stride": None, "padding": 0,
+                                "ceil_mode": False},
+              module=lambda a, cin: modules[kind](a["kernel_size"], a["stride"], a["padding"],
+                                                  ceil_mode=a["ceil_mode"]),
               label=lambda a, w: f"{kind}pool {a['kernel_size']}", spatial=True,
-              out_shape=_window, constant=constant)
+              out_shape=_window, constant=constant, keeps_zero=lambda a: True,
+              check=lambda a: (None if isinstance(a["ceil_mode"], bool)
+                               else f"'ceil_mode' must be true or false"))
+
+
+def _adaptive_pool(kind):
+    modules = {"max": nn.AdaptiveMaxPool2d, "avg": nn.AdaptiveAvgPool2d}
+    return Op(f"adaptive_{kind}pool2d", {"output_size": REQUIRED},
+              module=lambda a, cin: modules[kind](pair(a["output_size"])),
+              label=lambda a, w: f"adaptive {kind}pool {_size_text(a['output_size'])}",
+              spatial=True, out_shape=lambda a, s: (s[0], *pair(a["output_size"])),
+              keeps_zero=lambda a: True)  # a constant stays the same constant
 
 
 OPS: dict[str, Op] = {op.name: op for op in [
@@ -121,42 +280,85 @@ OPS: dict[str, Op] = {op.name: op for op in [
        params=lambda a, cin, shape: (cin + a["bias"]) * a["units"],
        macs=lambda a, cin, shape: cin * a["units"],
        label=lambda a, w: f"linear {w}", out_shape=lambda a, s: (a["units"],)),
+    # groups > 1: a grouped conv keeps all its units and reads all its input channels
+    # (extraction cannot drop a channel inside a group); a depthwise conv is dwconv2d.
     Op("conv2d", {"units": REQUIRED, "kernel_size": 3, "stride": 1, "padding": 0,
-                  "bias": True, "searchable": True}, kind="layer",
+                  "dilation": 1, "groups": 1, "bias": True, "searchable": True},
+       kind="layer",
        module=lambda a, cin: nn.Conv2d(cin, a["units"], a["kernel_size"], a["stride"],
-                                       a["padding"], bias=a["bias"]),
-       params=lambda a, cin, shape: (cin * a["kernel_size"] ** 2 + a["bias"]) * a["units"],
-       macs=lambda a, cin, shape: cin * a["kernel_size"] ** 2 * math.prod(shape),
-       label=lambda a, w: (f"conv {a['kernel_size']}×{a['kernel_size']}"
-                           f"{' /%d' % a['stride'] if a['stride'] != 1 else ''} {w}"),
-       spatial=True, out_shape=_window),
+                                       a["padding"], a["dilation"], a["groups"],
+                                       bias=a["bias"]),
+       params=lambda a, cin, shape: ((cin // a["groups"]) * math.prod(pair(a["kernel_size"]))
+                                     + a["bias"]) * a["units"],
+       macs=lambda a, cin, shape: ((cin // a["groups"]) * math.prod(pair(a["kernel_size"]))
+                                   * math.prod(shape)),
+       label=_conv_label, spatial=True, out_shape=_conv_shape,
+       check=lambda a: ("a grouped conv (groups > 1) cannot be searchable: its units are "
+                        "kept all or none" if a["groups"] != 1 and a["searchable"] else None)),
+    # depthwise conv: output channel i filters input channel i only, so it keeps its
+    # input's units one to one; its filters join the unit group of the layer feeding it
+    Op("dwconv2d", {"kernel_size": 3, "stride": 1, "padding": 0, "dilation": 1,
+                    "bias": True},
+       module=lambda a, cin: nn.Conv2d(cin, cin, a["kernel_size"], a["stride"], a["padding"],
+                                       a["dilation"], groups=cin, bias=a["bias"]),
+       params=lambda a, cin, shape: (math.prod(pair(a["kernel_size"])) + a["bias"]) * cin,
+       macs=lambda a, cin, shape: math.prod(pair(a["kernel_size"])) * math.prod(shape),
+       label=lambda a, w: _conv_label(a, w).replace("conv", "dwconv", 1),
+       spatial=True, out_shape=_window, constant=_dw_constant, sliced=("weight", "bias"),
+       grouped=("weight", "bias"), keeps_zero=lambda a: True),
     Op("batchnorm2d", {"eps": 1e-5, "momentum": 0.1},
        module=lambda a, cin: nn.BatchNorm2d(cin, eps=a["eps"], momentum=a["momentum"]),
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "bn", spatial=True,
        constant=_bn_constant, sliced=("weight", "bias", "running_mean", "running_var"),
-       copied=("num_batches_tracked",)),
+       copied=("num_batches_tracked",), grouped=("bias",), keeps_zero=lambda a: True),
     Op("batchnorm1d", {"eps": 1e-5, "momentum": 0.1},
        module=lambda a, cin: nn.BatchNorm1d(cin, eps=a["eps"], momentum=a["momentum"]),
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "bn",
        out_shape=lambda a, s: _features(s, "batchnorm1d"),
        constant=_bn_constant, sliced=("weight", "bias", "running_mean", "running_var"),
-       copied=("num_batches_tracked",)),
+       copied=("num_batches_tracked",), grouped=("bias",), keeps_zero=lambda a: True),
+    # layer norm over the channels (ConvNeXt): every unit reads all of them, so it keeps
+    # all its units or none (the mean and variance would change otherwise)
+    Op("layernorm", {"eps": 1e-5}, module=lambda a, cin: ChannelLayerNorm(cin, a["eps"]),
+       params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "layernorm",
+       constant=_ln_constant, sliced=("weight", "bias"), mixes=True),
     Op("activation", {"fn": "relu"}, module=lambda a, cin: ACT_MODULES[a["fn"]](),
        label=lambda a, w: a["fn"],
-       constant=lambda a, param, var, val: (var, ACT_MODULES[a["fn"]]()(val))),
+       constant=lambda a, param, var, val: (var, ACT_MODULES[a["fn"]]()(val)),
+       keeps_zero=lambda a: a["fn"] not in ("sigmoid", "hardsigmoid")),
     _pool("max"),
     _pool("avg"),
+    _adaptive_pool("max"),
+    _adaptive_pool("avg"),
     Op("dropout", {"p": 0.5}, module=lambda a, cin: nn.Dropout(a["p"]),
-       label=lambda a, w: f"dropout {a['p']:g}",
+       label=lambda a, w: f"dropout {a['p']:g}", keeps_zero=lambda a: True,
        check=lambda a: (None if isinstance(a["p"], (int, float))
                         and not isinstance(a["p"], bool) and 0 <= a["p"] < 1
                         else f"'p' must be a number in [0, 1), got {a['p']!r}")),
+    Op("stochastic_depth", {"p": 0.0, "mode": "row"},
+       module=lambda a, cin: StochasticDepth(a["p"], a["mode"]),
+       label=lambda a, w: f"stochastic depth {a['p']:.3g}", keeps_zero=lambda a: True,
+       check=lambda a: (None if isinstance(a["p"], (int, float)) and 0 <= a["p"] <= 1
+                        and a["mode"] in ("row", "batch")
+                        else f"'p' must be in [0, 1] and 'mode' 'row' or 'batch', got "
+                             f"{a['p']!r}, {a['mode']!r}")),
+    Op("scale", module=lambda a, cin: ChannelScale(cin), params=lambda a, cin, shape: cin,
+       label=lambda a, w: "scale", sliced=("weight",), keeps_zero=lambda a: True,
+       constant=lambda a, param, var, val: (var & (param("weight") != 0),
+                                            val * param("weight").double())),
     Op("gap", module=lambda a, cin: GlobalAvgPool(), spatial=True,
-       out_shape=lambda a, s: (s[0],)),
+       out_shape=lambda a, s: (s[0],), keeps_zero=lambda a: True),
     Op("flatten", kind="flatten", module=lambda a, cin: nn.Flatten(),
        out_shape=lambda a, s: (math.prod(s),)),
     Op("add", {"units": REQUIRED}, arity=(1, None), kind="add"),
     Op("concat", arity=(1, None), kind="concat"),
+    Op("mul", arity=(2, 2), kind="mul", label=lambda a, w: f"× {w}"),
+    Op("select", {"channels": REQUIRED}, kind="select",
+       module=lambda a, cin: ChannelSelect(a["channels"]),
+       label=lambda a, w: f"select {w}", out_shape=_select_shape,
+       check=lambda a: (None if isinstance(a["channels"], list) and a["channels"] and all(
+           isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in a["channels"])
+           else "'channels' must be a non-empty list of channel indices")),
     Op("output", kind="output"),
 ]}
 
