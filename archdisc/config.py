@@ -80,6 +80,9 @@ class Config:
     select_tol: float = 1.0            # keep the smallest model within this many standard
                                        # errors of the best validation metric
     select_lr: float = 3e-3            # Adam learning rate of the shrink refits
+    select_sweep: bool = False         # shrink by one power-of-two width sweep per layer
+                                       # (each cut from the same refit model, equal refits)
+                                       # and a joint check, not by the greedy 30% steps
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -118,6 +121,7 @@ class Config:
             raise ConfigError(f"config field 'data': unknown dataset {self.data!r}; "
                               f"available: {', '.join(known)}, or a .npz / .csv file or an "
                               f"image folder")
+        _require(0 <= self.seed < 2**63, "seed", "an integer in 0..2**63-1")
         _require(self.epochs >= 1, "epochs", "an integer >= 1")
         _require(self.batch_size >= 1, "batch_size", "an integer >= 1")
         _require(self.limit is None or self.limit >= 1, "limit", "an integer >= 1 (or unset)")
@@ -200,6 +204,12 @@ def read_toml(path) -> dict:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a .toml file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not text; give a .toml file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (gzipped if its name ends in .gz) into a numpy array."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip: truncated or not gzip at all
+        raise DataError(f"{path} cannot be read ({e}); the file is damaged - replace it "
+                        f"(e.g. reinstall {FASHION_MNIST_PACKAGE})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic bytes {raw[:4]!r})")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
@@ -200,6 +205,7 @@ def _load_idx_dataset(name: str, root: Path | None):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{name}: inconsistent {split} files {files[split + '_x']} "
                             f"{x.shape} and {files[split + '_y']} {y.shape}")
+        _check_labels(y, files[split + "_y"])
     # (N, 28, 28) uint8 -> (N, 1, 28, 28)
     return (arrays["train_x"][:, None], arrays["train_y"].astype(np.int64),
             arrays["test_x"][:, None], arrays["test_y"].astype(np.int64))
@@ -219,7 +225,17 @@ def _load_cifar10(root: Path | None):
     x_train = np.concatenate([b[0] for b in batches])
     y_train = np.concatenate([b[1] for b in batches])
     x_test, y_test = read_cifar_batch(folder / "test_batch.bin")
+    _check_labels(y_train, folder / "data_batch_*.bin")
+    _check_labels(y_test, folder / "test_batch.bin")
     return x_train, y_train, x_test, y_test
+
+
+def _check_labels(y: np.ndarray, path, classes: int = 10):
+    """The built-in datasets have 10 classes: a label outside 0..9 means a damaged file."""
+    bad = (y < 0) | (y >= classes)
+    if bad.any():
+        raise DataError(f"{path}: label {int(y[bad][0])} at record {int(np.argmax(bad))} is "
+                        f"outside 0..{classes - 1}; the file is damaged - replace it")
 
 
 # --------------------------------------------------------------------------- teacher
@@ -238,13 +254,21 @@ def _make_teacher(seed: int, teacher_in: int = 20, teacher_widths=(8, 4), teache
     (e.g. dead ReLU units), the weights are redrawn (up to 20 times, keeping the
     most balanced draw).
     """
-    widths = [int(w) for w in teacher_widths]
-    if teacher_in < 1 or teacher_classes < 2 or any(w < 1 for w in widths):
-        raise DataError("teacher needs teacher_in >= 1, teacher_classes >= 2 and positive widths")
-    if not 0.0 < teacher_density <= 1.0:
-        raise DataError("teacher_density must be in (0, 1]")
-    if min(n_train, n_val, n_test) < 1:
-        raise DataError("teacher needs n_train, n_val and n_test >= 1")
+    def count(name, value, lo, hi=10**7):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise DataError(f"data option {name!r}: must be an integer in {lo}..{hi}, got "
+                            f"{value!r}")
+        return value
+    if not isinstance(teacher_widths, (list, tuple)) or not teacher_widths:
+        raise DataError(f"data option 'teacher_widths': must be a list of widths such as "
+                        f"[8, 4], got {teacher_widths!r}")
+    widths = [count("teacher_widths", w, 1, 10**5) for w in teacher_widths]
+    count("teacher_in", teacher_in, 1, 10**5)
+    count("teacher_classes", teacher_classes, 2, 10**4)
+    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        count(name, n, 1)
+    if not isinstance(teacher_density, (int, float)) or not 0.0 < teacher_density <= 1.0:
+        raise DataError("data option 'teacher_density': must be a number in (0, 1]")
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_val + n_test
     x = torch.randn(n, teacher_in, generator=g)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -372,6 +373,14 @@ def build_supernet(config: Config, data) -> ArchGraph:
             f"config field 'space_options': search space {config.space!r} maps {list(x_shape)} "
             f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
             f"{list(data.in_shape)} -> {want}; adjust the space options")
+    from .graph import count_params
+    params = count_params(graph)
+    need = 5 * 4 * params  # float32 weights, gradients and three optimizer buffers
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(f"config field 'space_options': the supernet has {params:,} "
+                          f"parameters and needs about {need / 2**30:,.0f} GiB to train, more "
+                          f"than this machine's {have / 2**30:,.0f} GiB; make it narrower")
     return graph
 
 

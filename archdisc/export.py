@@ -29,7 +29,7 @@ import torch
 from .errors import ArchdiscError
 from .compile import ArchNet, compile_graph
 from .graph import ArchGraph
-from .io import atomic_write_text, load_tensors, save_tensors
+from .io import atomic_write_text, load_tensors, remove_stale_temps, save_tensors
 
 FORMATS = ("safetensors", "torchscript", "onnx", "pt2")
 SUFFIX = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx",
@@ -227,7 +227,7 @@ WRITERS = {"safetensors": _write_safetensors, "torchscript": _write_torchscript,
 # ---------------------------------------------------------------------- export
 def _tmp_beside(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                               suffix=path.suffix)
+                               suffix=path.suffix + ".tmp")
     os.close(fd)
     return Path(tmp)
 
@@ -272,6 +272,7 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
         raise ValueError(f"unknown export format(s) {unknown}; choose from {FORMATS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir, name)  # left by an export killed midway
     example = tuple(x.detach().cpu() for x in _as_tuple(example_input)) \
         if example_input is not None else _inputs(graph, 2, 0)
     checks = [_inputs(graph, b, 1 + b) for b in VERIFY_BATCHES]

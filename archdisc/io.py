@@ -25,6 +25,15 @@ def _atomic(path, write):
         raise
 
 
+def remove_stale_temps(folder, prefix: str = ""):
+    """Delete the hidden temporary files (``.<prefix>*.tmp``) that a writer killed midway
+    (kill -9, power loss) left in ``folder``; a finished write never leaves one."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(f".{prefix}*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path, data: bytes):
     _atomic(path, lambda f: f.write(data))
 

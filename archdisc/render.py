@@ -23,7 +23,7 @@ import graphviz
 
 from .errors import ArchdiscError
 from .graph import ArchGraph, count_macs, count_params
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from .ops import OPS, label
 
 FORMATS = ("svg", "png", "pdf")
@@ -325,6 +325,8 @@ def render_run(run_dir, format: str = "svg", supernet: bool = False) -> list[Pat
     exists) and, with ``supernet=True``, ``RUN/supernet.<format>`` with the dead greyed.
     Returns the paths written."""
     run = Path(run_dir)
+    for name in ("compact", "supernet", "growth"):
+        remove_stale_temps(run, name)  # left by a render killed midway
     if not (run / "compact.json").exists():
         raise FileNotFoundError(f"{run / 'compact.json'} not found: is {run} a finished "
                                 "run directory?")

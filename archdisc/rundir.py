@@ -14,13 +14,15 @@ weights and optimizer state are safetensors, the rest JSON, JSON lines or TOML::
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from .config import Config, read_toml
 from .errors import ConfigError, RunError
-from .io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from .io import (atomic_write_json, atomic_write_text, load_tensors, remove_stale_temps,
+                 save_tensors)
 
 __all__ = ["CHECKPOINT", "ARTEFACTS", "prepare_run", "save_checkpoint", "load_checkpoint",
            "write_metrics", "append_metrics", "write_report"]
@@ -73,6 +75,9 @@ def prepare_run(out, config: Config, resume=False, force=False) -> Path | None:
     cfg_file, ckpt = out / "config.toml", out / CHECKPOINT
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {str(out)!r} is a file; give a folder")
+    if resume and not force and not cfg_file.exists():
+        raise RunError(f"nothing to resume: {out} holds no archdisc run (no config.toml); "
+                       f"start it without --resume")
     if force or not out.exists():
         return None
     if cfg_file.exists():
@@ -96,14 +101,22 @@ def prepare_run(out, config: Config, resume=False, force=False) -> Path | None:
     return None
 
 
+DRAWN = ("compact", "supernet", "growth")  # render_run's files: NAME.{gv,svg,png,pdf}
+
+
 def clear(out: Path, fresh: bool):
     """Remove temporary files a killed run left in ``out`` (and, on a fresh start, the
-    artefacts of an earlier run), then write nothing: the caller writes config.toml."""
-    for name in ARTEFACTS:
-        if fresh:
+    artefacts, drawings and exports of an earlier run), then write nothing: the caller
+    writes config.toml."""
+    remove_stale_temps(out)
+    remove_stale_temps(out / "export")
+    if fresh:
+        for name in ARTEFACTS:
             (out / name).unlink(missing_ok=True)
-        for tmp in out.glob(f".{name}.*.tmp"):  # half-written by a killed run
-            tmp.unlink()
+        for name in DRAWN:
+            for suffix in (".gv", ".svg", ".png", ".pdf"):
+                (out / (name + suffix)).unlink(missing_ok=True)
+        shutil.rmtree(out / "export", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 

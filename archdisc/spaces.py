@@ -46,7 +46,7 @@ def build_space(name: str, **options) -> ArchGraph:
         raise GraphError(f"unknown search space {name!r}; available: {', '.join(known)}")
     try:
         graph = known[name][0](**options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise GraphError(f"search space {name!r}: bad option ({e})") from None
     if not isinstance(graph, ArchGraph):
         raise GraphError(f"search space {name!r}: its builder returned "

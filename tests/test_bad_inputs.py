@@ -1,0 +1,207 @@
+"""The bad-input corpus: every case is one row, run through the ``archdisc`` command.
+
+Each row gives the arguments (``{tmp}`` is the test's folder, ``{run}`` a finished small
+run), a function that damages files first (or None), and the message the one-line error
+must contain. Every case must exit non-zero, print no traceback and leave no half-written
+file behind. RESULTS.md section 10 counts the outcomes.
+"""
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from archdisc.cli import main
+
+from test_data import write_fake_cifar, write_fake_idx_dataset
+
+TEACHER = ["--data", "teacher", "--space", "mlp", "--space-option", "widths=[20, 8, 4]",
+           "--data-option", "n_train=200", "--data-option", "n_val=50",
+           "--data-option", "n_test=50", "--epochs", "1", "--quiet", "--finetune", "0",
+           "--select", "none"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["discover", *TEACHER, "--out", str(run)]) == 0
+    return run
+
+
+# ----------------------------------------------------------------- damage functions
+def binary_file(tmp, run):
+    (tmp / "bin.toml").write_bytes(bytes(range(256)))
+
+
+def a_folder(tmp, run):
+    (tmp / "folder.toml").mkdir()
+
+
+def empty_folder(tmp, run):
+    (tmp / "empty").mkdir()
+
+
+def idx(label=None, truncate=False):
+    def damage(tmp, run):
+        write_fake_idx_dataset(tmp / "fm")
+        path = tmp / "fm" / "train-labels-idx1-ubyte.gz"
+        raw = gzip.decompress(path.read_bytes())
+        if label is not None:
+            raw = raw[:8] + bytes([label]) + raw[9:]
+        blob = gzip.compress(raw)
+        path.write_bytes(blob[: len(blob) // 2] if truncate else blob)
+    return damage
+
+
+def cifar_label_255(tmp, run):
+    write_fake_cifar(tmp / "c10")
+    path = tmp / "c10" / "cifar-10-batches-bin" / "data_batch_3.bin"
+    raw = bytearray(path.read_bytes())
+    raw[0] = 255
+    path.write_bytes(bytes(raw))
+
+
+def npz(**arrays):
+    def damage(tmp, run):
+        np.savez(tmp / "d.npz", **arrays)
+    return damage
+
+
+def text_csv(tmp, run):
+    (tmp / "d.csv").write_text("a,b,label\n1,x,0\n2,y,1\n3,z,0\n4,w,1\n")
+
+
+def model_file(edit):
+    """Copy the finished run into {tmp}/m and damage its compact model with ``edit``."""
+    def damage(tmp, run):
+        shutil.copytree(run, tmp / "m")
+        edit(tmp / "m")
+    return damage
+
+
+def truncate(m):
+    path = m / "compact.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def empty(m):
+    (m / "compact.safetensors").write_bytes(b"")
+
+
+def bad_header(m):
+    path = m / "compact.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes((10**12).to_bytes(8, "little") + raw[8:])
+
+
+def huge_width(m):
+    graph = json.loads((m / "compact.json").read_text())
+    node = next(n for n in graph["nodes"] if n.get("op") == "linear")
+    node["units"] = 500000
+    (m / "compact.json").write_text(json.dumps(graph))
+
+
+def dotted_name(m):
+    text = (m / "compact.json").read_text()
+    name = next(n["name"] for n in json.loads(text)["nodes"] if n.get("op") == "linear")
+    (m / "compact.json").write_text(text.replace(f'"{name}"', f'"{name}.x"'))
+
+
+def truncated_checkpoint(m):
+    path = m / "checkpoint.safetensors"
+    path.write_bytes(path.read_bytes()[:200])
+
+
+# ----------------------------------------------------------------- the corpus
+D = ["discover", "--out", "{tmp}/out"]
+CASES = {
+    # config files and fields
+    "config is a folder": ([*D, "--config", "{tmp}/folder.toml"], a_folder, "is a folder"),
+    "config is binary": ([*D, "--config", "{tmp}/bin.toml"], binary_file, "is not text"),
+    "config missing": ([*D, "--config", "{tmp}/none.toml"], None, "does not exist"),
+    "widths not a list": ([*D, *TEACHER, "--space-option", 'widths="abc"'], None,
+                          "'space_options'"),
+    "teacher_widths text": ([*D, *TEACHER, "--data-option", 'teacher_widths="abc"'], None,
+                            "'teacher_widths': must be a list"),
+    "seed 10**20": ([*D, *TEACHER, "--seed", str(10**20)], None, "'seed'"),
+    "n_train 1e10": ([*D, *TEACHER, "--data-option", "n_train=1e10"], None,
+                     "'n_train': must be an integer"),
+    "width 1e9": ([*D, "--space", "mlp", "--space-option", "widths=[784, 1e9, 10]"], None,
+                  "make it narrower"),
+    "negative lr": ([*D, *TEACHER, "--lr", "-1"], None, "'lr'"),
+    "unknown optimizer": ([*D, *TEACHER, "--optimizer", "rmsprop"], None, "choose one of"),
+    # run folders
+    "resume a missing folder": (["discover", "--out", "{tmp}/none", "--resume"], None,
+                                "nothing to resume"),
+    "resume an empty folder": (["discover", "--out", "{tmp}/empty", "--resume"], empty_folder,
+                               "nothing to resume"),
+    "out is a file": (["discover", "--out", "{tmp}/bin.toml", *TEACHER], binary_file,
+                      "is a file"),
+    "truncated checkpoint": (["discover", "--out", "{tmp}/m", "--resume", "--quiet"],
+                             model_file(truncated_checkpoint), "damaged"),
+    # data files
+    "IDX label 200": ([*D, "--data", "fashion-mnist", "--data-root", "{tmp}/fm"],
+                      idx(label=200), "label 200 at record 0 is outside 0..9"),
+    "truncated .gz IDX": ([*D, "--data", "fashion-mnist", "--data-root", "{tmp}/fm"],
+                          idx(truncate=True), "cannot be read"),
+    "CIFAR label 255": ([*D, "--data", "cifar10", "--data-root", "{tmp}/c10"],
+                        cifar_label_255, "label 255"),
+    "npz without y": ([*D, "--data", "{tmp}/d.npz"], npz(x=np.zeros((10, 3))), "missing"),
+    "npz negative label": ([*D, "--data", "{tmp}/d.npz"],
+                           npz(x=np.zeros((10, 3)), y=-np.ones(10, int)), "labels must be"),
+    "csv with text": ([*D, "--data", "{tmp}/d.csv"], text_csv, "not a numeric CSV"),
+    "data path missing": ([*D, "--data", "{tmp}/none.npz"], None, "does not exist"),
+    # model files given to export / render
+    "truncated weights": (["export", "{tmp}/m"], model_file(truncate), "changed after"),
+    "empty weights": (["export", "{tmp}/m"], model_file(empty), "changed after"),
+    "bad safetensors header": (["export", "{tmp}/m"], model_file(bad_header), "changed after"),
+    "width 500000 in compact.json": (["export", "{tmp}/m"], model_file(huge_width),
+                                     "changed after"),
+    "node name with a dot": (["render", "{tmp}/m"], model_file(dotted_name), "without '.'"),
+    "export of no run": (["export", "{tmp}/none"], None, "not found"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_one_clear_line(case, tmp_path, finished, capsys):
+    argv, damage, message = CASES[case]
+    if damage is not None:
+        damage(tmp_path, finished)
+    argv = [a.format(tmp=tmp_path, run=finished) for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3, err  # one line (plus a listing at most)
+    assert not list(tmp_path.rglob(".*.tmp"))
+    out = tmp_path / "out"
+    assert not (out / "config.toml").exists()  # a refused run leaves nothing to block a re-run
+
+
+def test_force_leaves_nothing_of_the_previous_run(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    assert main(["export", str(run), "--format", "safetensors"]) == 0
+    assert (run / "export" / "model.safetensors").exists() and (run / "compact.svg").exists()
+    (run / "export" / "notes.txt").write_text("mine")
+    assert main(["discover", *TEACHER, "--lam", "5", "--out", str(run), "--force"]) == 0
+    assert not (run / "export").exists()  # an export of the old model would be wrong now
+    growth = json.loads((run / "report.json").read_text())
+    assert growth["config"]["lam"] == 5.0
+
+
+def test_a_rerun_removes_temp_files_a_kill_left(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "export").mkdir()
+    left = [run / ".compact.svg.abc123.tmp", run / ".growth.png.x.tmp",
+            run / "export" / ".model.onnx.q1.onnx.tmp", run / ".report.json.z.tmp"]
+    for path in left:
+        path.write_bytes(b"half")
+    assert main(["render", str(run)]) == 0
+    assert [p.exists() for p in left] == [False, False, True, True]
+    assert main(["export", str(run), "--format", "safetensors"]) == 0
+    assert not left[2].exists()
+    assert main(["discover", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert not list(run.rglob(".*.tmp"))
