@@ -264,6 +264,9 @@ class ArchGraph(nx.DiGraph):
                 raise GraphError(f"nodes[{i}]: expected an object with a string 'name'")
             if nd["name"] in g:
                 raise GraphError(f"nodes[{i}]: duplicate node name {nd['name']!r}")
+            if not nd["name"] or "." in nd["name"]:
+                raise GraphError(f"nodes[{i}]: node name {nd['name']!r}: use a non-empty "
+                                 f"string without '.'")
             attrs = {k: v for k, v in nd.items() if k != "name"}
             if isinstance(attrs.get("op"), str) and attrs["op"] in OPS:  # newer attributes
                 for key, default in OPS[attrs["op"]].attrs.items():
