@@ -257,6 +257,8 @@ class _Importer:
     def layernorm(self, node, src, shape, weight, bias, eps):
         """A LayerNorm over the channels: of a channels-last view, or of features."""
         c = self.shape(node)[-1]
+        if weight is not None:  # what torch checked: the same as normalized_shape
+            shape = weight.shape
         if tuple(shape) != (c,) or (src == self.val[node.args[0].name]
                                     and len(self.shape(node)) != 1):
             self.unsupported(node, f"{self.what(node)} over {tuple(shape)}: only over the "

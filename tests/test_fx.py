@@ -117,3 +117,280 @@ def test_more_activations_batchnorm1d_and_spatial_mean():
     assert fns == ["relu6", "silu", "hardswish", "hardsigmoid", "leaky_relu"]
     sparse_init(net, density=0.5, seed=2)
     extract(net, inputs=x)  # exact on the new ops (verified inside)
+
+
+# ---------------------------------------------------------------------- torchvision patterns
+# Small modules that mimic each family's pattern (tiny widths: CI stays fast). Each check
+# zeroes a random half of every unit group, extracts, and compares the compact model with
+# the zeroed supernet; BatchNorms have random statistics, so zeroed units are non-zero
+# constants that extraction must fold or keep.
+
+def _half_dead_extracts_exactly(m, x, seed=0, trained=False):
+    """Import ``m``, zero half of every unit group, extract; returns (supernet, compact
+    graph, compact model) after checking outputs and that parameters went down.
+    ``trained``: the running means of a dead unit's grouped BatchNorm are 0, as training
+    leaves them (the batch mean of a zero channel is 0)."""
+    torch.manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    m.eval()
+    net = from_module(m, x)
+    assert torch.allclose(net.eval()(x), m(x), atol=1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for names in archdisc.groups.unit_members(net).values():
+            units = params[names[0]].shape[0]
+            dead = torch.randperm(units, generator=gen)[: units // 2]
+            for p in names:
+                params[p][dead] = 0
+                bn = net.layers[p.split(".")[1]]
+                if trained and isinstance(bn, nn.BatchNorm2d):
+                    bn.running_mean[dead] = 0
+    x2 = torch.randn(5, *x.shape[1:])
+    small, compact = extract(net, inputs=x2)
+    with torch.no_grad():
+        want, got = net(x2), compact(x2)
+    assert want.abs().max() > 1e-3  # a real signal, not zeros
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+    assert archdisc.count_params(small) < archdisc.count_params(net.graph)
+    return net, small, compact
+
+
+def _ops(g):
+    return [a["op"] for _, a in g.nodes(data=True)]
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 / EfficientNet / MnasNet: expand, depthwise, squeeze-excitation, project."""
+
+    def __init__(self, c=8, e=16, gate=nn.Sigmoid):
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e),
+                                    nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(e, e, (3, 5), padding=(1, 2), groups=e,
+                                          bias=False), nn.BatchNorm2d(e), nn.SiLU())
+        self.se = torchvision.ops.SqueezeExcitation(e, 4, scale_activation=gate)
+        self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.stem, self.head = nn.Conv2d(3, c, 3, padding=1), nn.Linear(c, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.se(self.dw(self.expand(x))))
+        return self.head(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_depthwise_separable_block_with_squeeze_excitation():
+    x = torch.randn(3, 3, 8, 8)
+    _half_dead_extracts_exactly(InvertedResidual(), x)
+    net, small, compact = _half_dead_extracts_exactly(InvertedResidual(), x, trained=True)
+    ops = _ops(net.graph)
+    assert ops.count("dwconv2d") == 1 and ops.count("mul") == 1
+    assert net.graph.nodes["dw_0"]["kernel_size"] == [3, 5]
+    # the depthwise filters and the second BatchNorm's shift join the expand conv's group
+    assert archdisc.groups.unit_members(net)["expand_0"] == [
+        "layers.expand_0.weight", "layers.expand_1.bias", "layers.dw_0.weight",
+        "layers.dw_1.bias"]
+    # the depthwise conv keeps exactly the expand conv's channels, the gate the same
+    assert small.units()["dw_0"] == small.units()["expand_0"] == small.units()["se_fc2"] < 16
+
+
+def test_an_exactly_zero_gate_keeps_both_sides_of_the_product_aligned():
+    m = InvertedResidual(gate=nn.Hardsigmoid).eval()
+    net = from_module(m, torch.randn(2, 3, 8, 8))
+    with torch.no_grad():  # gates 0..4 are hardsigmoid(-4) = 0: products exactly zero
+        net.layers["se_fc2"].weight[:5] = 0
+        net.layers["se_fc2"].bias[:5] = -4
+    x = torch.randn(4, 3, 8, 8)
+    small, compact = extract(net, inputs=x)  # the gated tensor is still read by se_fc1
+    assert small.units()["se_fc2"] == small.units()["dw_0"] == 16
+    assert torch.allclose(compact(x), net.eval()(x), atol=1e-6)
+
+
+def test_dead_depthwise_filter_frees_its_input_channel():
+    m = InvertedResidual().eval()
+    net = from_module(m, torch.randn(2, 3, 8, 8))
+    with torch.no_grad():  # channels 0..5: depthwise filter and shift zero, expand alive
+        net.layers["dw_0"].weight[:6] = 0
+        net.layers["dw_1"].bias[:6] = 0
+    small, _ = extract(net, inputs=torch.randn(4, 3, 8, 8))
+    assert small.units()["expand_0"] == 10  # read by nothing alive: removed
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2: split the channels, one branch through a depthwise block, concat,
+    shuffle (torchvision's view / transpose / view), then nn.ChannelShuffle."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        h = c // 2
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.branch = nn.Sequential(
+            nn.Conv2d(h, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU(),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h),
+            nn.Conv2d(h, h, 1), nn.BatchNorm2d(h), nn.ReLU())
+        self.shuffle, self.conv = nn.ChannelShuffle(2), nn.Conv2d(c, 6, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x1, x2 = x.chunk(2, dim=1)
+        x = torch.cat((x1, self.branch(x2)), dim=1)
+        n, c, h, w = x.size()
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+        x = self.conv(self.shuffle(x))
+        return self.head(x.mean([2, 3]))
+
+
+def test_channel_split_and_shuffle_block():
+    net, small, _ = _half_dead_extracts_exactly(ShuffleBlock(), torch.randn(2, 3, 6, 6))
+    assert _ops(net.graph).count("select") == 4  # two pieces, two shuffles
+    assert _ops(small).count("select") >= 3
+
+
+class DenseBlock(nn.Module):
+    """DenseNet / GoogLeNet / Inception: concatenations, pre-activation BN-ReLU-conv,
+    functional pools with ceil_mode, non-square and dilated convs, grouped convs."""
+
+    def __init__(self, c=6, k=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.l1 = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, k, 3, padding=1))
+        self.l2 = nn.Sequential(nn.BatchNorm2d(c + k), nn.ReLU(),
+                                nn.Conv2d(c + k, k, (1, 3), padding=(0, 1)))
+        self.branch = nn.Conv2d(c + 2 * k, 8, 3, padding=2, dilation=2)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)  # ResNeXt / RegNet
+        self.bn, self.pool = nn.BatchNorm2d(c + 2 * k), nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.head = nn.Linear(8 + c + 2 * k, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, self.l1(x)], 1)
+        x = torch.cat([x, self.l2(x)], 1)
+        b = torch.relu(self.grouped(torch.relu(self.branch(x))))
+        x = torch.relu(self.bn(x))  # dead channels: non-zero constants, avg-padded
+        x = torch.cat([nn.functional.avg_pool2d(x, 3, stride=1, padding=1), b], 1)
+        x = nn.functional.adaptive_max_pool2d(self.pool(x), (1, 1))
+        return self.head(torch.flatten(x, 1))
+
+
+def test_dense_concat_block_grouped_and_dilated_convs():
+    net, small, _ = _half_dead_extracts_exactly(DenseBlock(), torch.randn(2, 3, 8, 8))
+    g = net.graph
+    assert g.nodes["branch"]["dilation"] == 2 and g.nodes["l2_2"]["kernel_size"] == [1, 3]
+    assert g.nodes["grouped"]["groups"] == 2 and not g.nodes["grouped"]["searchable"]
+    assert small.units()["grouped"] == 8 and small.units()["branch"] == 8  # kept whole
+    assert small.units()["l1_2"] < 4 or small.units()["l2_2"] < 4
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7, permute to channels-last, LayerNorm, Linear, GELU, Linear,
+    permute back, layer scale, stochastic depth, residual; a channels-first LayerNorm
+    written with F.layer_norm (torchvision's LayerNorm2d) before a downsampling conv."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(c, eps=1e-6), nn.Linear(c, 4 * c), \
+            nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1))
+        self.depth = torchvision.ops.StochasticDepth(0.1, "row")
+        self.ln_w, self.ln_b = nn.Parameter(torch.rand(c)), nn.Parameter(torch.rand(c))
+        self.down, self.head = nn.Conv2d(c, 6, 2, stride=2), nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(nn.functional.gelu(self.fc1(self.norm(y)))).permute(0, 3, 1, 2)
+        x = x + self.depth(self.gamma * y)
+        x = nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.ln_w,
+                                     self.ln_b, 1e-6)
+        x = self.down(x.permute(0, 3, 1, 2))
+        return self.head(x.mean((2, 3)))
+
+
+def test_convnext_block_layernorm_layer_scale_stochastic_depth():
+    m = ConvNeXtBlock()
+    net, small, compact = _half_dead_extracts_exactly(m, torch.randn(2, 3, 8, 8))
+    ops = _ops(net.graph)
+    assert ops.count("layernorm") == 2 and "scale" in ops and "stochastic_depth" in ops
+    assert net.graph.nodes["fc1"]["op"] == "conv2d"  # a Linear on channels-last: 1x1 conv
+    assert small.units()["fc1"] < 32  # the MLP's hidden units are pruned
+    assert small.units()["stem"] == 8  # the layer norms keep their channels all or none
+    m.train()  # stochastic depth: drops whole samples in training, as torchvision's does
+    net.train()
+    torch.manual_seed(3)
+    x = torch.randn(64, 3, 8, 8)
+    (sd,) = [n for n, op in zip(net.graph, _ops(net.graph)) if op == "stochastic_depth"]
+    kept = (net.activations(x)[sd].flatten(1) != 0).any(1).float().mean()
+    assert 0.75 < float(kept) < 1.0
+
+
+@pytest.mark.parametrize("window", ["avgpool", "dwconv"])
+def test_zero_padding_makes_a_constant_channel_vary(window):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6)
+            self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+            self.head = nn.Linear(6 * 4 * 4, 2)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.conv(x)))
+            x = nn.functional.avg_pool2d(x, 3, 1, 1) if window == "avgpool" else self.dw(x)
+            return self.head(x.flatten(1))
+
+    net = from_module(Net().eval(), torch.randn(2, 3, 4, 4))
+    with torch.no_grad():  # channels 0..2 are the constant relu(bn shift) = 0.5 ...
+        net.layers["conv"].weight[:3] = 0
+        net.layers["conv"].bias[:3] = 0
+        net.layers["bn"].bias[:] = 0.5
+    x = torch.randn(5, 3, 4, 4)
+    small, compact = extract(net, inputs=x)  # ... except at the borders
+    assert small.units()["conv"] == 6
+    assert torch.allclose(compact(x), net.eval()(x), atol=1e-6)
+
+
+def test_layernorm_keeps_all_its_channels_or_none():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 8, 1), nn.LayerNorm(8)
+            self.out, self.head = nn.Conv2d(8, 4, 1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.head(self.out(x).mean((2, 3)))
+
+    net = from_module(Net().eval(), torch.randn(2, 3, 4, 4))
+    with torch.no_grad():  # channels 0..3: zero, and the norm's scale zero (a constant)
+        for p in (net.layers["conv"].weight, net.layers["conv"].bias, net.layers["norm"].weight):
+            p[:4] = 0
+    x = torch.randn(5, 3, 4, 4)
+    small, compact = extract(net, inputs=x)  # dropping them would change mean and variance
+    assert small.units()["conv"] == 8
+    assert torch.allclose(compact(x), net.eval()(x), atol=1e-6)
+
+
+def test_unsupported_permute_and_layernorm_are_clear_errors():
+    class WrongNorm(nn.Module):  # LayerNorm over the width, not the channels
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(6)
+
+        def forward(self, x):
+            return self.norm(x)
+
+    with pytest.raises(ArchdiscError, match=r"node 'norm' .*only over the channels"):
+        from_module(WrongNorm(), torch.randn(2, 3, 6, 6))
+
+    class Transposed(nn.Module):
+        def forward(self, x):
+            return x.permute(0, 1, 3, 2)
+
+    with pytest.raises(ArchdiscError, match=r"node 'permute' .*permute \[0, 1, 3, 2\]"):
+        from_module(Transposed(), torch.randn(2, 3, 6, 6))
