@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,14 +188,34 @@ def fail_stale_trials(study: optuna.Study, alone: bool, grace: float = 600.0) ->
     return failed
 
 
+def _outputs_after_each_trial(out: Path, settings: TuneSettings):
+    """An Optuna callback: pareto.csv / summary.md are current after every finished trial,
+    so a killed tune process loses no finished trial's outputs."""
+    return lambda study, trial: write_outputs(study, out, settings, echo=False)
+
+
+def _exit_with_parent():
+    """A worker stops when the tune process that started it dies (kill -9 included): its
+    running trial is then marked FAIL by the next tune in this folder."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates, index):
     import torch
+    _exit_with_parent()
     torch.set_num_threads(1)  # K workers share the cores
-    s = TuneSettings(**settings_dict)
-    study = optuna.load_study(study_name=study_name, storage=storage_url(Path(out), storage, 2))
+    s, out = TuneSettings(**settings_dict), Path(out)
+    study = optuna.load_study(study_name=study_name, storage=storage_url(out, storage, 2))
     study.sampler = sampler_for(Config.from_dict(base_dict).seed, study, index, bool(storage))
-    study.optimize(make_objective(Config.from_dict(base_dict), Path(out), s, has_gates),
-                   n_trials=n_trials, catch=(Exception,))
+    study.optimize(make_objective(Config.from_dict(base_dict), out, s, has_gates),
+                   n_trials=n_trials, catch=(Exception,),
+                   callbacks=[_outputs_after_each_trial(out, s)])
 
 
 def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
@@ -228,7 +249,8 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
         has_gates = space_has_gates(base)
         if workers == 1:
             study.optimize(make_objective(base, out, settings, has_gates),
-                           n_trials=settings.trials, catch=(Exception,))
+                           n_trials=settings.trials, catch=(Exception,),
+                           callbacks=[_outputs_after_each_trial(out, settings)])
         else:
             share = [settings.trials // workers + (i < settings.trials % workers)
                      for i in range(workers)]
@@ -294,7 +316,7 @@ def front(study, settings: TuneSettings):
     return sorted(rows, key=lambda r: r[settings.size])
 
 
-def write_outputs(study, out: Path, settings: TuneSettings):
+def write_outputs(study, out: Path, settings: TuneSettings, echo: bool = True):
     rows = front(study, settings)
     states = [t.state.name for t in study.trials]
     if rows:
@@ -317,7 +339,8 @@ def write_outputs(study, out: Path, settings: TuneSettings):
            f"{r['density']:.3g} |" for r in rows]
     text = "\n".join(md) + "\n"
     atomic_write_text(out / "summary.md", text)
-    print(text)
+    if echo:
+        print(text)
 
 
 def plot_front(rows, path: Path, size: str):

@@ -129,3 +129,44 @@ def test_reruns_never_repeat_stale_trials_fail_and_other_configs_are_refused(tmp
     mixed = tune(base(epochs=1, lr=0.5), out, TuneSettings(trials=1, abort=False),
                  join_different=True)
     assert len(mixed.trials) == 6
+
+
+def test_killing_the_parent_of_workers_stops_them_and_keeps_finished_trials(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    out = tmp_path / "study"
+    exe = Path(sys.executable).with_name("archdisc")
+    cmd = [str(exe), "tune", "--out", str(out), "--trials", "40", "--workers", "2",
+           "--no-abort", "--space", "mlp", "--space-option", "widths=[20, 32, 32, 4]",
+           "--data", "teacher", "--data-option", "n_train=600", "--data-option", "n_val=200",
+           "--data-option", "n_test=200", "--epochs", "2", "--select", "none",
+           "--batch-size", "50", "--lr", "0.01",
+           "--device", "cpu"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "summary.md").exists() and time.time() < deadline:  # written last
+        time.sleep(0.2)
+    assert (out / "summary.md").exists(), "no trial finished in 120 s"
+    workers = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True,
+                             text=True).stdout.split()
+    assert len(workers) >= 2  # two workers (and multiprocessing's resource tracker)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    time.sleep(3)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()
+                and "zombie" not in Path(f"/proc/{w}/status").read_text()]
+    kept = read_front(out / "pareto.csv")
+    assert kept and "trials" in (out / "summary.md").read_text()
+    # the next tune marks the killed workers' running trials FAIL and goes on
+    S = optuna.trial.TrialState
+    before = [t.state for t in optuna.load_study(study_name="archdisc-mlp-teacher",
+                                                 storage=storage_url(out, None, 2)).trials]
+    study = tune(base(), out, TuneSettings(trials=1, abort=False), workers=1)
+    states = [t.state for t in study.trials]
+    assert S.RUNNING not in states
+    assert states.count(S.FAIL) == before.count(S.RUNNING) + before.count(S.FAIL)
+    assert len(read_front(out / "pareto.csv")) == len(kept) + 1
