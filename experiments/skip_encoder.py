@@ -59,6 +59,9 @@ def main(argv=None):
     ap.add_argument("--work", help="folder for run folders (default: a temp dir)")
     ap.add_argument("--only-penalty", action="store_true", help="skip the lam_edge = 0 runs")
     ap.add_argument("--suffix", default="", help="appended to every output file name")
+    ap.add_argument("--select", choices=["none", "shrink"], default="none",
+                    help="discover's select stage for the skip_mlp runs (the recorded tables "
+                         "above were made with none; shrink is discover's default)")
     args = ap.parse_args(argv)
     sfx = args.suffix
     started = time.perf_counter()
@@ -78,7 +81,7 @@ def main(argv=None):
     rows = []
     for seed in args.seeds:
         for variant, lam_edge in variants.items():
-            cfg = Config(select="none", space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
+            cfg = Config(select=args.select, space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
                          lam=args.lam, lam_edge=lam_edge, density=args.density,
                          target_density=args.target_density, **common)
             tag = "skip" if lam_edge else "noskip"
@@ -101,7 +104,11 @@ def main(argv=None):
                          "alive_per_epoch": [m["alive"] for m in metrics],
                          "alive_edges_per_epoch": [m["alive_edges"] for m in metrics],
                          "val_psnr_per_epoch": [m["val_psnr"] for m in metrics],
-                         "train_seconds": rep["train_seconds"]})
+                         "train_seconds": rep["train_seconds"],
+                         "select_seconds": rep["select"]["seconds"],
+                         "select_path": [{k: s[k] for k in ("widths", "metric", "se", "params",
+                                                             "chosen")}
+                                         for s in rep["select"]["path"]]})
             print(f"seed {seed} {variant}: PSNR compact {rep['test']['compact']:.2f} dB vs "
                   f"dense same widths {drep['test']['compact']:.2f} dB; widths "
                   f"{layer_widths(rep)}; gates kept {len(rep['edges']['kept'])}", flush=True)
