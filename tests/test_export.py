@@ -142,6 +142,29 @@ def test_failed_verification_raises_and_writes_nothing(tmp_path, monkeypatch):
     assert export(net, g, tmp_path / "loose", formats=("onnx",), atol=1e-2)["onnx"].exists()
 
 
+def test_tolerance_follows_the_size_of_the_outputs(tmp_path, monkeypatch):
+    g = CASES["indexed"]()
+    net = random_net(g)
+    with torch.no_grad():  # outputs in the thousands, as --export-best met (~692)
+        for p in net.parameters():
+            p.mul_(12.0)
+    x = inputs(g, 7, 1)
+    with torch.no_grad():
+        peak = max(float(y.abs().max()) for y in _as_tuple(net(x)))
+    assert peak > 500
+    assert export(net, g, tmp_path / "big", formats=("onnx",))["onnx"].exists()
+    # an error of 1e-3 of the largest output is still refused
+    run = export_mod.RUNNERS["onnx"]
+    monkeypatch.setitem(export_mod.RUNNERS, "onnx",
+                        lambda paths, xs: [y + 1e-3 * peak for y in run(paths, xs)])
+    with pytest.raises(ExportError, match="times the largest output"):
+        export(net, g, tmp_path / "wrong", formats=("onnx",))
+
+
+def _as_tuple(y):
+    return y if isinstance(y, tuple) else (y,)
+
+
 def test_bad_format_and_missing_files(tmp_path):
     net = random_net(CASES["mlp"]())
     with pytest.raises(ValueError, match="unknown export format"):
