@@ -83,6 +83,8 @@ class Config:
     select_sweep: bool = False         # shrink by one power-of-two width sweep per layer
                                        # (each cut from the same refit model, equal refits)
                                        # and a joint check, not by the greedy 30% steps
+    select_fresh: bool = False         # with select_sweep: train every candidate width from
+                                       # a fresh init (10 x select_steps), not warm-started
 
     # ---------------------------------------------------------------- building
     @classmethod

@@ -28,43 +28,22 @@ import math
 
 import torch
 
-from .compile import ArchNet
+from .compile import ArchNet, compile_graph
 from .groups import unit_members
 from .loop import epoch_order, loss_fn, masked_adam, train_epoch
 from .ops import OPS
 
-__all__ = ["shrink_select"]
+__all__ = ["shrink_select", "sweep_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
+SWEEP_STOP = 3.0  # sweep: a layer's sweep goes no narrower once this far below its best
 
 
 def shrink_select(compact: ArchNet, data, config, device, log=print):
     """The selected compact model and the path of snapshots (dicts) it was chosen from."""
-    x, y = (t.to(device) for t in data.train.tensors)
-    probe = x[:1024]
-    step = [0]
-
-    def refit(net, steps):
-        """``steps`` of Adam, lr from select_lr down to 0 (cosine): the model is judged
-        settled, not in the middle of its noisy steps."""
-        opt, on_step = masked_adam(net, config, config.select_lr, steps, cosine=True)
-        done = 0
-        while done < steps:
-            step[0] += 1
-            order = epoch_order(config.seed + 2, step[0], len(x))
-            order = order[:(steps - done) * config.batch_size]
-            train_epoch(net, opt, x, y, data.task, config.batch_size, order, on_step=on_step)
-            done += math.ceil(len(order) / config.batch_size)
-        return net.eval()
-
-    def snapshot(net, stage):
-        metric, se, loss = _scores(net, data, device)
-        widths = {n: a["units"] for n, a in net.graph.nodes(data=True)
-                  if OPS[a["op"]].kind == "layer" and a["searchable"]}
-        return {"stage": stage, "widths": widths, "metric": metric, "se": se,
-                "val_loss": loss, "params": sum(p.numel() for p in net.parameters()),
-                "net": net}
-
+    if config.select_sweep:
+        return sweep_select(compact, data, config, device, log)
+    probe, refit, snapshot = _tools(data, config, device)
     net = refit(_copy(compact), 5 * config.select_steps)
     path = [snapshot(net, 0)]
     log(_line(path[-1], data.metric))
@@ -74,7 +53,8 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
         with torch.no_grad():
             env = net.eval().activations(probe)  # shared by every candidate of the stage
         for n in _shrinkable(net):
-            smaller = _remove_weakest(net, n, config.select_frac, env, probe)
+            k = max(1, int(config.select_frac * net.graph.nodes[n]["units"]))
+            smaller = _remove_weakest(net, {n: k}, env, probe)
             candidates.append(snapshot(refit(smaller, config.select_steps), len(path)))
         if not candidates:
             break
@@ -91,6 +71,111 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     for s in path:
         s["chosen"] = s is chosen
     return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+
+
+def sweep_select(compact: ArchNet, data, config, device, log=print):
+    """``select_sweep``: one geometric width sweep per layer, then one joint model.
+
+    1. refit the extracted model (5 x ``select_steps``): the reference N0;
+    2. for each searchable layer alone, the other layers as in N0: keep N0's top-scored
+       units at every power of two below the layer's width (128, 64, ..., 1 from 200 or
+       256: the same absolute grid whatever width the search left), each from N0's
+       weights and refit ``select_steps`` steps - equal budgets, one parent, no chain of
+       cuts; narrower stops once ``SWEEP_STOP`` standard errors below the layer's best;
+       the layer's width is the narrowest within ``select_tol`` standard errors of that best;
+    3. all layers at their widths together (cut from N0, refit ``select_steps``); while it is
+       more than ``select_tol`` standard errors below the best model seen, double the cut
+       layers (capped at N0's widths) and try again; N0 itself when nothing else holds.
+
+    With ``select_fresh`` every candidate (and a full-width reference) is the cut
+    architecture trained from a fresh initialization for 10 x ``select_steps``: measured,
+    warm-started cuts of a wide first layer stay 5-10 points below the same width trained
+    from scratch even after 1000 steps, which biases any warm-start rule to wide layers.
+    """
+    probe, refit, snapshot = _tools(data, config, device)
+    n0 = refit(_copy(compact), 5 * config.select_steps)
+    path = [snapshot(n0, 0, layer=None)]
+    log(_line(path[-1], data.metric))
+    with torch.no_grad():
+        env = n0.eval().activations(probe)
+    steps = 10 * config.select_steps if config.select_fresh else config.select_steps
+
+    def make(cuts):
+        """N0 without the weakest ``cuts[n]`` units of each n; with ``select_fresh`` the
+        same architecture from a fresh initialization (N0's weights discarded)."""
+        net = _remove_weakest(n0, cuts, env, probe) if cuts else _copy(n0)
+        if config.select_fresh:
+            torch.manual_seed(config.seed + 3)
+            net = compile_graph(net.graph).to(next(n0.parameters()).device).train()
+        return net
+
+    ref = path[0]
+    if config.select_fresh:  # the full width under the same protocol as the candidates
+        ref = snapshot(refit(make({}), steps), 1, layer="full")
+        path.append(ref)
+        log(_line(ref, data.metric))
+    widths0 = {n: n0.graph.nodes[n]["units"] for n in _shrinkable(n0)}
+    chosen_w = {}
+    for n, w0 in widths0.items():
+        sweep = [ref]
+        for w in (2 ** j for j in reversed(range(max(w0 - 1, 1).bit_length()))):
+            if w >= w0:
+                continue
+            cand = snapshot(refit(make({n: w0 - w}), steps), len(path), layer=n)
+            path.append(cand)
+            sweep.append(cand)
+            log(_line(cand, data.metric))
+            top = max(sweep, key=lambda s: s["metric"])
+            if cand["metric"] < top["metric"] - SWEEP_STOP * top["se"]:
+                break
+        top = max(sweep, key=lambda s: s["metric"])
+        ok = [s for s in sweep if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
+        chosen_w[n] = min(s["widths"][n] for s in ok)
+    same = path[1:] if config.select_fresh else path  # one protocol: comparable scores
+    best = max(same, key=lambda s: s["metric"])
+    chosen = ref
+    target = dict(chosen_w)
+    while any(target[n] < widths0[n] for n in target):
+        cuts = {n: widths0[n] - target[n] for n in target if target[n] < widths0[n]}
+        cand = snapshot(refit(make(cuts), steps), len(path), layer="joint")
+        path.append(cand)
+        log(_line(cand, data.metric))
+        if cand["metric"] >= best["metric"] - config.select_tol * best["se"]:
+            chosen = cand
+            break
+        target = {n: min(2 * target[n], widths0[n]) for n in target}
+    for s in path:
+        s["chosen"] = s is chosen
+    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+
+
+def _tools(data, config, device):
+    """(probe batch, refit, snapshot): what both selection rules share."""
+    x, y = (t.to(device) for t in data.train.tensors)
+    step = [0]
+
+    def refit(net, steps):
+        """``steps`` of Adam, lr from select_lr down to 0 (cosine): the model is judged
+        settled, not in the middle of its noisy steps."""
+        opt, on_step = masked_adam(net, config, config.select_lr, steps, cosine=True)
+        done = 0
+        while done < steps:
+            step[0] += 1
+            order = epoch_order(config.seed + 2, step[0], len(x))
+            order = order[:(steps - done) * config.batch_size]
+            train_epoch(net, opt, x, y, data.task, config.batch_size, order, on_step=on_step)
+            done += math.ceil(len(order) / config.batch_size)
+        return net.eval()
+
+    def snapshot(net, stage, **extra):
+        metric, se, loss = _scores(net, data, device)
+        widths = {n: a["units"] for n, a in net.graph.nodes(data=True)
+                  if OPS[a["op"]].kind == "layer" and a["searchable"]}
+        return {"stage": stage, "widths": widths, "metric": metric, "se": se,
+                "val_loss": loss, "params": sum(p.numel() for p in net.parameters()),
+                **extra, "net": net}
+
+    return x[:1024], refit, snapshot
 
 
 def _line(s, metric):
@@ -125,26 +210,28 @@ def _shrinkable(net: ArchNet) -> list[str]:
 
 
 @torch.no_grad()
-def _remove_weakest(net: ArchNet, n: str, frac: float, env: dict, probe) -> ArchNet:
-    """A copy of ``net`` without the weakest ``frac`` (at least one) of node ``n``'s units;
-    ``env`` holds ``net``'s eval-mode activations on ``probe``."""
+def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe) -> ArchNet:
+    """A copy of ``net`` without the weakest ``cuts[n]`` units of each node ``n`` (scores
+    from ``net`` as it is: ``env`` holds its eval-mode activations on ``probe``)."""
     from .extract import extract
     g = net.graph
     net = _copy(net).eval()
-    end = n  # follow the unit-preserving ops after n (activation, BatchNorm, ...)
-    while g.out_degree(end) == 1:
-        nxt = next(iter(g.successors(end)))
-        if OPS[g.nodes[nxt]["op"]].kind != "channelwise" or g.edges[end, nxt]["gate"]:
-            break
-        end = nxt
-    a = env[end]
-    score = a.transpose(0, 1).reshape(a.shape[1], -1).pow(2).mean(1).sqrt()
-    score = score * _outgoing_norm(net, end, a.shape[1])
-    k = max(1, int(frac * len(score)))
-    weakest = torch.argsort(score, stable=True)[:k]
+    members, weakest = unit_members(net), {}
+    for n, k in cuts.items():
+        end = n  # follow the unit-preserving ops after n (activation, BatchNorm, ...)
+        while g.out_degree(end) == 1:
+            nxt = next(iter(g.successors(end)))
+            if OPS[g.nodes[nxt]["op"]].kind != "channelwise" or g.edges[end, nxt]["gate"]:
+                break
+            end = nxt
+        a = env[end]
+        score = a.transpose(0, 1).reshape(a.shape[1], -1).pow(2).mean(1).sqrt()
+        score = score * _outgoing_norm(net, end, a.shape[1])
+        weakest[n] = torch.argsort(score, stable=True)[:k]
     params = dict(net.named_parameters())
-    for name in unit_members(net)[n]:
-        params[name][weakest] = 0
+    for n, idx in weakest.items():  # all scores first: zeroing n changes what reads it
+        for name in members[n]:
+            params[name][idx] = 0
     return extract(net, inputs=probe[:256])[1].train()
 
 

@@ -8,6 +8,7 @@ and the dense supernet trained as long (its wall time is the cost baseline of ta
     python experiments/discovery.py --teachers 8,4 32,8 16,16,4 --seeds 0 1 2
     python experiments/discovery.py --teachers 8,4 --seeds 0 1 2 --set density=0.4 --tag d04
     python experiments/discovery.py --teachers 8,4 --seeds 0 1 2 --epochs 40 --finetune 40
+    python experiments/discovery.py --no-dense --set select_sweep=true --tag sweep
 
 One thread; writes experiments/results/discovery[_TAG].json.
 """
@@ -30,7 +31,8 @@ def parse_set(items):
     out = {}
     for item in items:
         k, v = item.split("=", 1)
-        out[k] = float(v) if any(c in v for c in ".e") else int(v)
+        out[k] = ({"true": True, "false": False}[v.lower()] if v.lower() in ("true", "false")
+                  else float(v) if any(c in v for c in ".e") else int(v))
     return out
 
 
@@ -72,7 +74,10 @@ def main():
             row = {"teacher": t, "seed": seed, "widths": widths,
                    "ratio": [round(w / tt, 2) for w, tt in zip(widths, tw)],
                    "params": rep["params"]["compact"], "test": rep["test"]["compact"],
-                   "wall": rep["wall_seconds"], "select_seconds": rep["select"]["seconds"]}
+                   "wall": rep["wall_seconds"], "select_seconds": rep["select"]["seconds"],
+                   "select_path": [{k: s.get(k) for k in ("stage", "layer", "widths",
+                                                          "metric", "se", "params", "chosen")}
+                                   for s in rep["select"]["path"]]}
             if not args.no_dense:
                 row["dense"] = {}
                 for k in (1, 2, 4, 8):

@@ -3,6 +3,7 @@ density, lam or the length changed. Does the discovered size stay put?
 
     python experiments/discovery_demo.py                         # densities and lam x0.5, x2
     python experiments/discovery_demo.py --select none --tag none  # the search alone
+    python experiments/discovery_demo.py --set select_sweep=true --tag sweep
 
 One thread; writes experiments/results/discovery_demo[_TAG].json.
 """
@@ -14,6 +15,7 @@ import tempfile
 import time
 
 from common import ROOT, set_threads, write_results
+from discovery import parse_set
 
 from archdisc import load_config, run_discover
 
@@ -27,6 +29,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--select", default="shrink")
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    ap.add_argument("--set", nargs="*", default=[], help="other config fields, KEY=VALUE")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     set_threads(1)
@@ -35,7 +38,7 @@ def main():
         if args.only and name not in args.only:
             continue
         config = load_config(ROOT / "examples" / "fmnist_mlp.toml",
-                             {**over, "select": args.select})
+                             {**parse_set(args.set), **over, "select": args.select})
         with tempfile.TemporaryDirectory() as tmp:
             rep = run_discover(config, tmp, progress=False)
         rows[name] = {"widths": [rep["units"][n]["alive"] for n in ("fc1", "fc2")],
