@@ -67,9 +67,9 @@ class TuneSettings:
 
 def storage_url(out: Path, storage: str | None, workers: int):
     """The study's storage: the given URL, a journal file for parallel workers, or SQLite."""
+    out.mkdir(parents=True, exist_ok=True)
     if storage:
         return storage
-    out.mkdir(parents=True, exist_ok=True)
     if (out / "study.db").exists():  # an existing study continues in its own storage
         return f"sqlite:///{out / 'study.db'}"
     if workers > 1 or (out / "study.journal").exists():
@@ -236,8 +236,7 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) \
         if settings.mode == "scalar" else None
     url = storage_url(out, storage, workers)
-    study = optuna.create_study(study_name=study_name, directions=directions, pruner=pruner,
-                                storage=url, load_if_exists=True)
+    study = _open_study(url, study_name, directions, pruner)
     _check_same_base(study, base, settings, join_different)
     with _alone(out) as alone:
         stale = fail_stale_trials(study, alone=alone and not storage)
@@ -265,6 +264,33 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
                 p.join()
     write_outputs(study, out, settings)
     return study
+
+
+def _open_study(url, study_name, directions, pruner) -> optuna.Study:
+    """Create or load the study; a missing database driver or an unreachable server is
+    one clear ConfigError."""
+    for attempt in range(3):  # machines starting together race to create the tables
+        try:
+            return optuna.create_study(study_name=study_name, directions=directions,
+                                       pruner=pruner, storage=url, load_if_exists=True)
+        except ImportError:
+            break
+        except Exception:  # noqa: BLE001 - sorted out below, after the last attempt
+            if attempt == 2:
+                break
+            time.sleep(1 + attempt)
+    try:
+        return optuna.create_study(study_name=study_name, directions=directions,
+                                   pruner=pruner, storage=url, load_if_exists=True)
+    except ImportError as e:  # ModuleNotFoundError too: the URL's driver is not installed
+        hint = " (pip install -e '.[postgres]')" if str(url).startswith("postgres") else ""
+        raise ConfigError(f"--storage: the database driver is not installed{hint}: "
+                          f"{e}") from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: server down, bad URL, auth
+        if type(e).__module__.split(".")[0] not in ("sqlalchemy", "psycopg", "psycopg2"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--storage: cannot open the study storage {url}: {first}") from None
 
 
 def _check_same_base(study, base: Config, settings: TuneSettings, join_different: bool):
