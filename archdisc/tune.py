@@ -273,24 +273,19 @@ def _open_study(url, study_name, directions, pruner) -> optuna.Study:
         try:
             return optuna.create_study(study_name=study_name, directions=directions,
                                        pruner=pruner, storage=url, load_if_exists=True)
-        except ImportError:
-            break
-        except Exception:  # noqa: BLE001 - sorted out below, after the last attempt
-            if attempt == 2:
-                break
-            time.sleep(1 + attempt)
-    try:
-        return optuna.create_study(study_name=study_name, directions=directions,
-                                   pruner=pruner, storage=url, load_if_exists=True)
-    except ImportError as e:  # ModuleNotFoundError too: the URL's driver is not installed
-        hint = " (pip install -e '.[postgres]')" if str(url).startswith("postgres") else ""
-        raise ConfigError(f"--storage: the database driver is not installed{hint}: "
-                          f"{e}") from None
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: server down, bad URL, auth
-        if type(e).__module__.split(".")[0] not in ("sqlalchemy", "psycopg", "psycopg2"):
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--storage: cannot open the study storage {url}: {first}") from None
+        except ImportError as e:  # ModuleNotFoundError too: the URL's driver is missing
+            hint = " (pip install -e '.[postgres]')" if str(url).startswith("postgres") else ""
+            raise ConfigError(f"--storage: the database driver is not installed{hint}: "
+                              f"{e}") from None
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: server down, bad URL
+            if type(e).__module__.split(".")[0] not in ("sqlalchemy", "psycopg", "psycopg2"):
+                raise
+            if attempt < 2:
+                time.sleep(1 + attempt)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--storage: cannot open the study storage {url}: "
+                              f"{first}") from None
 
 
 def _check_same_base(study, base: Config, settings: TuneSettings, join_different: bool):
