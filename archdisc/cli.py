@@ -2,6 +2,8 @@
 
     archdisc spaces                                  list the built-in search spaces
     archdisc discover --space mlp --data fashion-mnist --out runs/demo [options]
+    archdisc discover --model torchvision.models:resnet18 --model-option num_classes=10 \
+                      --data my_images/ --out runs/r18     (any nn.Module, via torch.fx)
     archdisc render RUN [--format svg|png|pdf] [--supernet]
     archdisc export RUN [--format safetensors|torchscript|onnx|all]
     archdisc tune --space mlp --data fashion-mnist --trials 20 --out study [options]
@@ -79,13 +81,16 @@ def _add_config_options(p):
                    metavar="KEY=VALUE", help="search-space option, e.g. widths=[784,64,10]")
     p.add_argument("--data-option", action="append", type=_option_value, default=[],
                    metavar="KEY=VALUE", help="dataset option, e.g. teacher_widths=[8,4]")
+    p.add_argument("--model-option", action="append", type=_option_value, default=[],
+                   metavar="KEY=VALUE", help="keyword argument of the --model callable, "
+                                             "e.g. num_classes=10")
     # one option per config field, e.g. --batch-size; only given ones override. The help
     # text is the field's documentation in archdisc/config.py.
     docs, hints = field_docs(), typing.get_type_hints(Config)
     listed = {**CHOICES, "space": tuple(spaces()), "data": tuple(available_datasets())}
     for f in dataclasses.fields(Config):
-        if f.name in ("space_options", "data_options"):
-            continue  # --space-option / --data-option
+        if f.name in ("space_options", "data_options", "model_options"):
+            continue  # --space-option / --data-option / --model-option
         typ = hints[f.name]
         typ = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
         flag = "--" + f.name.replace("_", "-")
@@ -110,6 +115,8 @@ def _config_from_args(args, path=None):
         overrides["space_options"] = dict(args.space_option)
     if args.data_option:
         overrides["data_options"] = dict(args.data_option)
+    if args.model_option:
+        overrides["model_options"] = dict(args.model_option)
     config = load_config(path or args.config, overrides)
     if args.threads is not None:
         if args.threads < 1:
@@ -128,6 +135,8 @@ def _discover(args) -> int:
     config = _config_from_args(args, path)
     report = run_discover(config, args.out, resume=args.resume, force=args.force,
                           progress=not args.quiet)
+    if not report:  # a torchrun rank other than 0: rank 0 writes and reports
+        return 0
     try:
         render_run(args.out, "svg")
         pictures = ", compact.svg (the discovered graph), growth.png"

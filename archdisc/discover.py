@@ -14,6 +14,7 @@ function of ``(seed, epoch)`` and the checkpoint holds everything else.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -28,6 +29,7 @@ from . import rundir
 from .budget import LamControl, compact_params, target_of
 from .compile import ArchNet
 from .config import BREGMAN, Config
+from .dist import Dist
 from .errors import ConfigError, RunError, TrainingError
 from .graph import ArchGraph, GraphError
 from .io import atomic_write_text
@@ -48,6 +50,7 @@ class Run:
     graph: ArchGraph
     resume_from: Path | None = None
     progress: bool = True
+    dist: Dist = field(default_factory=Dist)
     t_start: float = field(default_factory=time.perf_counter)
     net: ArchNet | None = None
     metrics: list = field(default_factory=list)
@@ -64,17 +67,24 @@ class Run:
 
 
 def run_discover(config: Config, out, resume=False, force=False, progress=True,
-                 on_epoch=None) -> dict:
+                 on_epoch=None, data=None) -> dict:
     """Search, extract, select, fine-tune, evaluate and write the run folder ``out``; returns the
     report. An ``out`` holding another run is refused unless ``force``; the same run is
     continued from its last checkpoint with ``resume`` (see :func:`rundir.prepare_run`).
-    ``on_epoch(epoch, record, net)`` is called after each epoch's checkpoint is on disk."""
-    run = setup(config, out, resume, force, progress)
-    search(run, on_epoch)
-    extract_compact(run)
-    select_compact(run)
-    finetune_compact(run)
-    return report(run)
+    ``on_epoch(epoch, record, net)`` is called after each epoch's checkpoint is on disk.
+    ``data``: a ``torch.utils.data.Dataset`` (split by seed) or a tuple (train, val, test) of
+    them instead of ``config.data`` (read into memory; see :func:`archdisc.byo.python_data`)."""
+    run = setup(config, out, resume, force, progress, data)
+    try:
+        search(run, on_epoch)
+        if not run.dist.main:  # under torchrun rank 0 alone finishes the run
+            return {}
+        extract_compact(run)
+        select_compact(run)
+        finetune_compact(run)
+        return report(run)
+    finally:
+        run.dist.close()
 
 
 def _log(run: Run, line: str):
@@ -84,31 +94,45 @@ def _log(run: Run, line: str):
 
 
 # ---------------------------------------------------------------------- stages
-def setup(config: Config, out, resume=False, force=False, progress=True) -> Run:
+def setup(config: Config, out, resume=False, force=False, progress=True, data=None) -> Run:
     """Validate ``config``, load its data, build the supernet graph, prepare ``out``.
-    Everything that can be refused is refused before the folder is touched."""
+    Everything that can be refused is refused before the folder is touched. Under
+    torchrun every rank checks, and rank 0 alone prepares the folder."""
+    from . import dist as distributed
+    if data is not None:  # a Dataset: config.toml records its class as the data
+        from .byo import python_data
+        data = python_data(data, config.validate())
+        config = dataclasses.replace(config, data=data.name)
     config = config.validate()
     out = Path(out)
     resume_from = rundir.prepare_run(out, config, resume=resume, force=force)
     device = resolve_device(config.device)
-    data = load_dataset(config)
+    data = data if data is not None else load_dataset(config)
     graph = build_supernet(config, data)
-    rundir.clear(out, fresh=resume_from is None)
-    atomic_write_text(out / "config.toml", config.to_toml())
-    return Run(config, out, device, data, graph, resume_from, progress)
+    dist = distributed.start(config.device)
+    if dist.world > 1:
+        device = dist.device
+        dist.barrier()  # every rank has read the folder before rank 0 changes it
+    if dist.main:
+        rundir.clear(out, fresh=resume_from is None)
+        atomic_write_text(out / "config.toml", config.to_toml())
+    dist.barrier()
+    return Run(config, out, device, data, graph, resume_from, progress and dist.main, dist)
 
 
 def search(run: Run, on_epoch=None):
     """Train the sparse-initialised supernet with the configured optimizer; checkpoint,
     metrics line and progress line after every epoch."""
     from tqdm import tqdm
+    from . import dist as distributed
     from .data import evaluate
     from .groups import alive, sparse_init
-    config, out, data, device = run.config, run.out, run.data, run.device
+    config, out, data, device, dist = run.config, run.out, run.data, run.device, run.dist
     torch.manual_seed(config.seed)
     net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
                       seed=config.seed).to(device)
     opt = make_optimizer(net, config)
+    model = dist.wrap(net)  # net itself, or net in DDP under torchrun
     x, y = (t.to(device) for t in data.train.tensors)
     steps = math.ceil(len(x) / config.batch_size)
     control = LamControl(net, opt, config, steps)
@@ -123,7 +147,8 @@ def search(run: Run, on_epoch=None):
         metrics, start, seconds = meta["metrics"], meta["epoch"], meta["train_seconds"]
         control.load_state(meta.get("lam_control"))
         initial = meta.get("initial_loss", initial)
-    rundir.write_metrics(out, metrics)
+    if dist.main:
+        rundir.write_metrics(out, metrics)
 
     show = run.progress and sys.stderr.isatty()
     bar = tqdm(total=config.epochs * steps, initial=start * steps, disable=not show,
@@ -147,9 +172,9 @@ def search(run: Run, on_epoch=None):
             if control.active and epoch == start + 1:
                 control.set((epoch - 1) * steps + 1)
             try:
-                loss = train_epoch(net, opt, x, y, data.task, config.batch_size,
+                loss = train_epoch(model, opt, x, y, data.task, config.batch_size,
                                    epoch_order(config.seed, epoch, len(x)), bar, on_step,
-                                   augmenter(config, config.seed, epoch, x.device))
+                                   augmenter(config, config.seed, epoch, x.device), dist)
                 if control.target and epoch == config.epochs:
                     control.settle(net)
                 if not all(torch.isfinite(p).all() for p in net.parameters()):
@@ -157,13 +182,22 @@ def search(run: Run, on_epoch=None):
                 if loss > DIVERGED * initial:
                     raise TrainingError(f"the training loss {loss:.3g} is over {DIVERGED}x "
                                         f"the untrained model's {initial:.3g}")
+            except distributed.Stopped:
+                raise
             except TrainingError as e:
                 kept = (f"{out / rundir.CHECKPOINT} keeps epoch {metrics[-1]['epoch']}"
                         if metrics else "no epoch finished, so there is no checkpoint")
                 raise TrainingError(f"training diverged in epoch {epoch}: {e}. Stopped; "
                                     f"{kept}. Try a smaller lr (now {lr:g}).") from None
-            val = evaluate(net, data.val, data.metric, 1024, device)
+            except RuntimeError as e:  # a lost peer inside DDP's backward
+                if dist.world == 1:
+                    raise
+                raise distributed.lost(e) from None
             a = alive(net)
+            dist.check_agree(_fingerprint(net, a, opt), "the parameters, alive units and lam")
+            if not dist.main:  # rank 0 alone evaluates and writes
+                continue
+            val = evaluate(net, data.val, data.metric, 1024, device)
             seconds += time.perf_counter() - t0
             record = {"epoch": epoch, "train_loss": loss, f"val_{data.metric}": val,
                       "density": density(net), "alive": a["units"],
@@ -192,6 +226,7 @@ def search(run: Run, on_epoch=None):
                 on_epoch(epoch, record, net)
     finally:
         bar.close()
+    dist.barrier()
     run.net, run.metrics, run.train_seconds = net, metrics, seconds
 
 
@@ -296,6 +331,7 @@ def report(run: Run) -> dict:
         "wall_seconds": round(time.perf_counter() - run.t_start, 2),
         "device": str(run.device),
         "threads": torch.get_num_threads(),
+        "world_size": run.dist.world,
     })
     rundir.write_report(run.out, rep)
     rundir.write_checksums(run.out)
@@ -330,7 +366,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_dataset(config: Config):
+    from .config import PYTHON_DATA
     from .data import is_user_data, load_data, load_user_data
+    if config.data.startswith(PYTHON_DATA):
+        raise ConfigError(f"config field 'data': {config.data!r} was a Python Dataset given "
+                          f"to run_discover(data=...); pass it again (the command line "
+                          f"cannot rebuild it)")
     if is_user_data(config.data):
         if config.task != "classification" or config.data_options:
             raise ConfigError("config field 'data': a user's file or folder supports "
@@ -350,7 +391,14 @@ def load_dataset(config: Config):
 
 
 def build_supernet(config: Config, data) -> ArchGraph:
-    """The search space's graph; ``in_shape`` / ``classes`` / ``task`` default to the data's."""
+    """The search space's graph (or config.model's, or the graph file config.space);
+    ``in_shape`` / ``classes`` / ``task`` default to the data's."""
+    from .config import is_graph_file
+    if config.model is not None or is_graph_file(config.space):
+        from .byo import graph_file, model_graph
+        graph = (model_graph(config, data) if config.model is not None
+                 else graph_file(config.space))
+        return _check_supernet(graph, config, data)
     from .spaces import build_space, spaces
     accepted = inspect.signature(spaces()[config.space][0]).parameters
     opts = dict(config.space_options)
@@ -364,21 +412,29 @@ def build_supernet(config: Config, data) -> ArchGraph:
         graph = build_space(config.space, **opts)
     except GraphError as e:
         raise ConfigError(f"config field 'space_options': {e}") from None
+    return _check_supernet(graph, config, data)
+
+
+def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
+    """The graph's input / output against the data's, its size against the memory."""
+    from .config import is_graph_file
+    name = ("model_options" if config.model else "space" if is_graph_file(config.space)
+            else "space_options")
     shapes = graph.shapes()
     x_shape = tuple(shapes[graph.input_nodes()[0]])
     out_numel = math.prod(shapes[graph.output_nodes()[0]])
     want = data.out_dim if data.task == "classification" else math.prod(data.in_shape)
     if x_shape != tuple(data.in_shape) or out_numel != want:
         raise ConfigError(
-            f"config field 'space_options': search space {config.space!r} maps {list(x_shape)} "
+            f"config field {name!r}: search space {config.space!r} maps {list(x_shape)} "
             f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
-            f"{list(data.in_shape)} -> {want}; adjust the space options")
+            f"{list(data.in_shape)} -> {want}; adjust the {name.replace('_', ' ')}")
     from .graph import count_params
     params = count_params(graph)
     need = 5 * 4 * params  # float32 weights, gradients and three optimizer buffers
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
-        raise ConfigError(f"config field 'space_options': the supernet has {params:,} "
+        raise ConfigError(f"config field {name!r}: the supernet has {params:,} "
                           f"parameters and needs about {need / 2**30:,.0f} GiB to train, more "
                           f"than this machine's {have / 2**30:,.0f} GiB; make it narrower")
     return graph
@@ -402,6 +458,14 @@ def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
     if c.optimizer == "linbreg":
         return optim.LinBreg(groups, lr=c.lr, delta=c.delta, momentum=c.momentum)
     return optim.ProxSGD(groups, lr=c.lr, momentum=c.momentum)
+
+
+@torch.no_grad()
+def _fingerprint(net, alive_now: dict, opt) -> list[float]:
+    """Numbers that differ between ranks whose parameters, alive units or lam differ."""
+    lams = [g["reg"].lam for g in opt.param_groups if g.get("reg") is not None]
+    return ([float(sum(p.double().abs().sum() for p in net.parameters()))]
+            + [float(v) for v in alive_now["units"].values()] + lams)
 
 
 @torch.no_grad()

@@ -96,12 +96,18 @@ def augmenter(config, seed: int, epoch: int, device):
 
 
 def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
-                augment=None) -> float:
+                augment=None, dist=None) -> float:
     """One pass over (x, y) in ``order``; returns the mean loss, raises TrainingError when
     it is not finite. ``augment(xb, yb) -> (xb, yb)`` (see :func:`augmenter`) transforms
-    each batch. The loss stays on the device during the epoch (no sync per step)."""
+    each batch. The loss stays on the device during the epoch (no sync per step).
+
+    Data-parallel (``dist``, an :class:`archdisc.dist.Dist` of more than one process,
+    ``net`` in DDP): each rank takes its slice of every global batch (augmented whole, as
+    one process would) and scales its mean loss by ``len(slice) * world / len(batch)``, so
+    that DDP's average of the gradients is the gradient of the global batch's mean loss."""
     net.train()
     order = order.to(x.device)
+    world = 1 if dist is None else dist.world
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     shown = bar is not None and not bar.disable
     for step, start in enumerate(range(0, len(order), batch_size)):
@@ -109,17 +115,28 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
         xb, yb = x[idx], y[idx]
         if augment is not None:
             xb, yb = augment(xb, yb)
+        scale = 1.0
+        if world > 1:
+            mine = (xb.tensor_split(world)[dist.rank], yb.tensor_split(world)[dist.rank])
+            # an empty slice (a last batch smaller than world) still runs DDP's forward
+            # and backward, on one sample with weight 0
+            scale = len(mine[0]) * world / len(idx)
+            xb, yb = mine if len(mine[0]) else (xb[:1], yb[:1])
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xb), yb, task)
+        if world > 1:
+            loss = loss * scale
         loss.backward()
         opt.step()
         if on_step is not None:
             on_step(step)
-        total += loss.detach().double() * len(idx)
+        total += loss.detach().double() * (len(idx) / world)
         if bar is not None:
             bar.update(1)
             if shown and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    if world > 1:
+        total = dist.sum(total)
     mean = total.item() / len(order)
     if not math.isfinite(mean):
         raise TrainingError(f"the mean training loss of the epoch is {mean}")

@@ -1,0 +1,136 @@
+"""Data-parallel discovery under ``torchrun`` (torch.distributed + DistributedDataParallel).
+
+    torchrun --nproc_per_node 2 -m archdisc discover --config c.toml --out runs/a
+
+Every rank holds the whole (in-memory) dataset and computes each epoch's seeded order; of
+every global batch of ``batch_size`` samples rank r takes the r-th of ``world`` contiguous
+slices. DDP averages the gradients, and each rank scales its summed loss by
+``world / batch`` so that the average is the gradient of the global batch's mean loss:
+the Bregman step then runs on the same numbers on every rank, and :func:`check_agree`
+verifies once an epoch that parameters, alive counts and lam agree. Rank 0 alone writes
+the run folder, extracts, selects and fine-tunes (the compact model is small).
+
+Without torchrun (``WORLD_SIZE`` unset or 1) nothing here does anything.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+
+import torch
+
+from .errors import ConfigError, TrainingError
+
+__all__ = ["Dist", "Stopped", "start", "lost"]
+
+
+class Dist:
+    """This process's place in the job: ``rank`` of ``world`` (1 without torchrun)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            _collective(torch.distributed.barrier)
+
+    def wrap(self, net):
+        """The module to train: ``net`` itself, or net in DistributedDataParallel."""
+        if self.world == 1:
+            return net
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [net_device(net).index] if net_device(net).type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids)
+
+    def part(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global batch's indices."""
+        return idx if self.world == 1 else idx.tensor_split(self.world)[self.rank]
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over the ranks (``t`` itself with one process)."""
+        if self.world > 1:
+            t = t.clone()
+            _collective(torch.distributed.all_reduce, t)
+        return t
+
+    def check_agree(self, values: list[float], what: str):
+        """Raise TrainingError unless every rank holds the same ``values``."""
+        if self.world == 1:
+            return
+        mine = torch.tensor(values, dtype=torch.float64, device=self.device)
+        every = [torch.empty_like(mine) for _ in range(self.world)]
+        _collective(torch.distributed.all_gather, every, mine)
+        for r, theirs in enumerate(every):
+            if not torch.equal(theirs, every[0]):
+                raise TrainingError(f"the ranks disagree on {what} (rank 0: "
+                                    f"{every[0].tolist()[:6]}, rank {r}: "
+                                    f"{theirs.tolist()[:6]}); the data-parallel run is not "
+                                    f"deterministic on this backend")
+
+    @property
+    def device(self) -> torch.device:
+        if self.world > 1 and torch.distributed.get_backend() == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def close(self):
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def net_device(net) -> torch.device:
+    return next(net.parameters()).device
+
+
+def start(device_name: str) -> Dist:
+    """Join the torchrun job this process belongs to (gloo on CPU, nccl with CUDA);
+    returns ``Dist()`` when there is none."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"config field 'device': rank {rank} has local rank {local} "
+                              f"but this machine has {torch.cuda.device_count()} GPU(s); "
+                              f"start at most that many processes per machine")
+        torch.cuda.set_device(local)
+    signal.signal(signal.SIGTERM, _stopped_by_torchrun)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(
+            "nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=10))
+    return Dist(rank, world, local)
+
+
+class Stopped(TrainingError):
+    """The job stops because another of its processes is gone."""
+
+
+RESUME = "continue it with the same torchrun command and --resume"
+
+
+def lost(e: Exception) -> Stopped:
+    """The error of a rank whose peer is gone (killed, crashed, unreachable)."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return Stopped(f"lost contact with another process of the torchrun job "
+                         f"({first[:200]}); the job stops - {RESUME}")
+
+
+def _collective(fn, *args):
+    """Run a collective; a lost peer becomes one clear TrainingError."""
+    try:
+        fn(*args)
+    except RuntimeError as e:  # DistBackendError is a RuntimeError
+        raise lost(e) from None
+
+
+def _stopped_by_torchrun(signum, frame):
+    raise Stopped(f"stopped by torchrun (signal {signum}): another process of the "
+                        f"job failed or was killed; the last finished epoch is in the "
+                        f"checkpoint - {RESUME}")
