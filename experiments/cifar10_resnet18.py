@@ -4,6 +4,8 @@ parameters; dense 93.6%).
 Full run (GPU; CIFAR-10 binary batches in ROOT/cifar-10-batches-bin/):
 
     .venv/bin/python experiments/cifar10_resnet18.py --data-root ROOT --device cuda
+    .venv/bin/torchrun --standalone --nproc_per_node 8 experiments/cifar10_resnet18.py \
+        --data-root ROOT --device cuda     # data-parallel on 8 GPUs, global batch 128
 
 Defaults follow the reference implementation's ResNet notebook: AdaBreg, lr 1e-3,
 lambda 0.1 on conv kernel groups (group_mode "kernel"; linear layers by unit), delta 1,
@@ -104,7 +106,10 @@ def main(argv=None):
                     device=args.device, finetune=args.finetune, augment=args.augment,
                     weight_decay=args.weight_decay)
     run = workdir(args.work) / f"cifar10_resnet18_{args.optimizer}_s{args.seed}"
-    report, metrics, supernet = discover(config, run)
+    done = discover(config, run)
+    if done is None:  # under torchrun, rank 0 writes the results
+        return
+    report, metrics, supernet = done
     result = {
         "mode": "smoke (synthetic CIFAR-shaped data)" if args.smoke else "full",
         "config": config.to_dict(),

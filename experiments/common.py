@@ -46,10 +46,13 @@ def workdir(path=None) -> Path:
 
 
 def discover(config, run_dir):
-    """``run_discover`` into ``run_dir`` (overwritten); returns (report, metrics, supernet)."""
+    """``run_discover`` into ``run_dir`` (overwritten); returns (report, metrics, supernet),
+    or None on a torchrun rank other than 0 (rank 0 writes and reports)."""
     from archdisc import load
     from archdisc import run_discover
     report = run_discover(config, run_dir, force=True, progress=False)
+    if not report:  # a torchrun rank other than 0
+        return None
     metrics = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text()
                .splitlines() if line.strip()]
     return report, metrics, load(Path(run_dir) / "supernet")
