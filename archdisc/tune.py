@@ -228,6 +228,10 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
     base = base.validate()
     if workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {workers}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("tune does not run under torchrun: start it as one process; "
+                          "--workers K runs K trials at a time, --storage spreads them over "
+                          "machines")
     if settings.abort_margin is None:
         settings.abort_margin = 5.0 if base.task == "classification" else 1.0
     out = Path(out)

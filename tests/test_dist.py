@@ -110,3 +110,12 @@ def test_kill_of_one_rank_stops_the_job_and_resume_is_bit_identical(full, tmp_pa
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert records(out) == records(full)
+
+
+def test_tune_refuses_torchrun(tmp_path, monkeypatch):
+    from archdisc.errors import ConfigError
+    from archdisc.tune import TuneSettings, tune
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="torchrun"):
+        tune(Config(data="teacher"), tmp_path / "study", TuneSettings(trials=1))
+    assert not (tmp_path / "study").exists()
