@@ -469,6 +469,102 @@ def test_foreach_and_loop_paths_agree(make):
                 assert value == ob.state[pb][key]
 
 
+FUSED_CASES = {
+    "linbreg": lambda ps, **kw: LinBreg(ps, lr=0.05, momentum=0.9, delta=0.8, **kw),
+    "linbreg_m0": lambda ps, **kw: LinBreg(ps, lr=0.05, **kw),
+    "adabreg": lambda ps, **kw: AdaBreg(ps, lr=1e-2, delta=0.5, **kw),
+    "proxsgd": lambda ps, **kw: ProxSGD(ps, lr=0.05, momentum=0.9, **kw),
+}
+
+
+@pytest.fixture(scope="module")
+def dynamo_counters():
+    """torch.compile is slow (~5-10 s per optimizer here): each fused optimizer compiles
+    once, for SmallNet's groups (KernelL2, GroupL2, L1, TensorL2 and an unregularized
+    group); the lr / lam changes below must not compile again."""
+    from torch._dynamo.utils import counters
+    return counters
+
+
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_fused_and_loop_paths_agree(name, dynamo_counters):
+    make = FUSED_CASES[name]
+    a, b = SmallNet(), SmallNet()
+    oa, ob = make(a.groups(), fused=True), make(b.groups(), foreach=False)
+    sched = lambda k: 0.05 if k < 8 else (0.02 if k < 16 else 0.0)  # noqa: E731
+    graphs = None
+    for start, steps in ((0, 4), (4, 20)):
+        train(a, oa, conv_data(), steps, start=start, schedule=sched)
+        train(b, ob, conv_data(), steps, start=start, schedule=sched)
+        if graphs is None:  # after the first (compiling) steps: a lam change
+            graphs = dynamo_counters["stats"]["unique_graphs"]
+            oa.param_groups[1]["reg"].lam = ob.param_groups[1]["reg"].lam = 0.08
+    assert dynamo_counters["stats"]["unique_graphs"] == graphs  # lr / lam: no recompile
+    assert max_diff(a, b) <= TOL
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert set(oa.state[pa]) == set(ob.state[pb])  # same state, same checkpoint
+        for key, value in oa.state[pa].items():
+            if isinstance(value, torch.Tensor):
+                assert float((value - ob.state[pb][key]).abs().max()) <= TOL
+            else:
+                assert value == ob.state[pb][key]
+    (ta, ma), (tb, mb) = optimizer_state_to_tensors(oa), optimizer_state_to_tensors(ob)
+    assert ta.keys() == tb.keys()
+    for g in mb["param_groups"]:
+        g["foreach"] = None  # the only difference: how ob was built
+    assert json.dumps(ma) == json.dumps(mb)
+
+
+def test_fused_options():
+    net = SmallNet()
+    with pytest.raises(ValueError, match="fused=True and foreach=True"):
+        AdaBreg(net.groups(), fused=True, foreach=True)
+    with pytest.raises(ValueError, match="Invalid fused"):
+        LinBreg(net.groups(), lr=0.1, fused="yes")
+    # fused=None on CPU: the foreach path, nothing is compiled
+    opt = LinBreg(net.groups(), lr=0.1)
+    assert opt.fused is None and not opt._use_fused(
+        [(g, g["params"]) for g in opt.param_groups])
+    # fused=True needs every group: a loop group is refused with the reason
+    opt = ProxSGD(net.groups(), lr=0.1, fused=True)
+    opt.param_groups[0]["foreach"] = False
+    net(conv_data()[0]).sum().backward()
+    with pytest.raises(RuntimeError, match="fused=True.*foreach=False"):
+        opt.step()
+
+    class MyL1(L1):
+        pass
+    with pytest.raises(RuntimeError, match="MyL1 has no fused prox"):
+        opt = ProxSGD([{"params": [net.fc2.weight], "reg": MyL1(0.1)}], lr=0.1, fused=True)
+        opt.step()
+
+
+def test_fused_none_falls_back_when_compile_fails(monkeypatch):
+    from archdisc.optim import bregman
+
+    def broken(fn, **kw):
+        def call(*args):
+            raise RuntimeError("no C compiler")
+        return call
+    monkeypatch.setattr(bregman, "_COMPILED", {})
+    monkeypatch.setattr(bregman, "_COMPILE_ERROR", [])
+    monkeypatch.setattr(bregman.torch, "compile", broken)
+    a, b = mlp(), mlp()
+    oa = AdaBreg(layer_groups(a, lambda: GroupL2(0.01)), lr=1e-2, fused=True)
+    with pytest.raises(RuntimeError, match=r"fused=True\): torch.compile .*no C compiler"):
+        train(a, oa, mlp_data(), 1)
+    a = mlp()
+    oa = AdaBreg(layer_groups(a, lambda: GroupL2(0.01)), lr=1e-2, fused=None)
+    ob = AdaBreg(layer_groups(b, lambda: GroupL2(0.01)), lr=1e-2, fused=False)
+    monkeypatch.setattr(oa, "_use_fused", lambda jobs: oa._fused_reason(jobs) is None)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        train(a, oa, mlp_data(), 1)
+    train(a, oa, mlp_data(), 2, start=1)  # no second warning: foreach from now on
+    train(b, ob, mlp_data(), 3)
+    assert max_diff(a, b) == 0.0
+    assert bregman._COMPILE_ERROR
+
+
 @pytest.mark.parametrize("opt_cls", [LinBreg, AdaBreg, ProxSGD])
 def test_lam_change_takes_effect_at_the_next_step(opt_cls):
     net = SmallNet()

@@ -24,6 +24,17 @@ Implementation notes
 * ``foreach=None`` picks the multi-tensor (``torch._foreach_*``) path when all
   tensors live on CPU or CUDA; ``foreach=False`` runs the per-parameter loop, which
   is the readable reference. The prox is the same in both paths (per group).
+* ``fused`` (torch's meaning, one setting for the whole optimizer): ``fused=True``
+  runs the whole step - every group's update *and* its prox - as one
+  ``torch.compile``'d function (CPU and CUDA) and raises if that is impossible;
+  ``fused=False`` never compiles; ``fused=None`` (default) compiles only where it pays:
+  all tensors on CUDA (with Triton) and no group with ``foreach=False``. On CPU the
+  first call costs ~15-25 s of compilation, and the compiled step saves a few ms per
+  step on a ResNet-18 (experiments/bench_optim.py, RESULTS section 1), so the default
+  there stays ``foreach``. Hyper-parameters (lr, lam, betas, ...) enter the compiled
+  step as tensor values, so schedules do not recompile; a new set of groups / shapes
+  does. If compilation fails, ``fused=None`` falls back to ``foreach`` (once, with a
+  warning). ``fused`` is not part of the state dict (checkpoints are unchanged).
 * Within a regularized group a parameter whose grad is None is treated as having a
   zero gradient (the group is proxed jointly); a group where all grads are None is
   skipped. In a ``reg=None`` group, parameters without grad are skipped.
@@ -36,13 +47,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .regularizers import Regularizer, regularizer_from_config
+from .regularizers import _KINDS, Regularizer, fused_prox, regularizer_from_config
 
 __all__ = ["LinBreg", "AdaBreg", "ProxSGD", "optimizer_state_to_tensors",
            "optimizer_state_from_tensors"]
@@ -94,6 +106,35 @@ def _default_foreach(tensors: list[Tensor]) -> bool:
     return all(t.device.type in ("cpu", "cuda") for t in tensors)
 
 
+def _check_fused(fused, foreach) -> None:
+    if fused not in (None, True, False):
+        raise ValueError(f"Invalid fused={fused!r}: must be None, True or False")
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True cannot both be set")
+
+
+# ------------------------------------------------------------------------------------
+# the fused (torch.compile'd) step
+_COMPILED: dict[str, Callable] = {}
+_COMPILE_ERROR: list[str] = []  # set once compilation failed in this process
+
+
+def _compiled(name: str, fn: Callable) -> Callable:
+    if name not in _COMPILED:
+        # dynamic=False: the shapes of one optimizer's groups are fixed; hyper-parameters
+        # are tensor values, so they never cause a recompile
+        _COMPILED[name] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[name]
+
+
+def _triton_available() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+        return bool(has_triton())
+    except Exception:  # noqa: BLE001 - any failure means: no triton
+        return False
+
+
 # ------------------------------------------------------------------------------------
 class _RegularizedOptimizer(Optimizer):
     """Plumbing shared by the three optimizers: per-group validation, gradients of a
@@ -115,6 +156,8 @@ class _RegularizedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("fused", None)
+        self.__dict__.setdefault("_fused_verified", False)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 if key != "reg":
@@ -142,6 +185,74 @@ class _RegularizedOptimizer(Optimizer):
     def _use_foreach(self, group: dict, params: list[Tensor]) -> bool:
         foreach = group["foreach"]
         return _default_foreach(params) if foreach is None else bool(foreach)
+
+    # -- fused (compiled) step ----------------------------------------------------------
+    def _init_fused(self, fused, foreach) -> None:
+        _check_fused(fused, foreach)
+        self.fused = fused
+        self._fused_verified = False
+
+    def _fused_reason(self, jobs: list) -> str | None:
+        """Why the fused step cannot run over these (group, params, ...) jobs; None if it can."""
+        devices = set()
+        for job in jobs:
+            group, params = job[0], job[1]
+            if group["foreach"] is False:
+                return "a param group has foreach=False (the loop reference)"
+            reg = group["reg"]
+            if reg is not None and type(reg) is not _KINDS.get(reg.kind):
+                return f"regularizer {type(reg).__name__} has no fused prox"
+            devices.update(p.device for p in params)
+        if len(devices) > 1:
+            return f"parameters on several devices {sorted(map(str, devices))}"
+        device = next(iter(devices))
+        if device.type not in ("cpu", "cuda"):
+            return f"torch.compile step on {device.type} is not supported"
+        if device.type == "cuda" and not _triton_available():
+            return "Triton is not installed (torch.compile needs it on CUDA)"
+        if _COMPILE_ERROR:
+            return f"torch.compile failed in this process: {_COMPILE_ERROR[0]}"
+        return None
+
+    def _use_fused(self, jobs: list) -> bool:
+        if self.fused is False or not jobs:
+            return False
+        if self.fused is None and jobs[0][1][0].device.type != "cuda":
+            return False  # CPU: compiling costs more than it saves (module docstring)
+        reason = self._fused_reason(jobs)
+        if reason is None:
+            return True
+        if self.fused:
+            raise RuntimeError(f"{type(self).__name__}(fused=True) cannot run: {reason}. "
+                               f"Use fused=None (falls back to foreach) or fused=False.")
+        return False
+
+    def _run_fused(self, name: str, impl: Callable, plan: tuple, *lists,
+                   scalars: list[float]) -> bool:
+        """Run the compiled ``impl``; False (nothing changed) when compilation failed and
+        ``fused`` is None, so the caller runs the foreach path instead."""
+        ref = lists[0][0]
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in lists[0]) \
+            else torch.float32
+        scal = torch.tensor(scalars, dtype=dtype).to(ref.device, non_blocking=True)
+        fn = _compiled(name, impl)
+        if self._fused_verified:
+            fn(plan, *lists, scal)
+            return True
+        try:
+            fn(plan, *lists, scal)
+        except Exception as e:  # noqa: BLE001 - compilation can fail in many ways
+            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+            if self.fused:
+                raise RuntimeError(f"{type(self).__name__}(fused=True): torch.compile of the "
+                                   f"step failed ({msg}). Use fused=None (falls back to "
+                                   f"foreach) or fused=False.") from e
+            _COMPILE_ERROR.append(msg)
+            warnings.warn(f"{type(self).__name__}: torch.compile of the fused step failed "
+                          f"({msg}); using the foreach path", RuntimeWarning, stacklevel=3)
+            return False
+        self._fused_verified = True
+        return True
 
     def _state_tensor(self, p: Tensor, key: str) -> Tensor:
         """The state tensor ``key`` of ``p``, created as zeros on first use."""
@@ -245,6 +356,8 @@ class LinBreg(_RegularizedOptimizer):
             steps for the active parameters.
         momentum: beta in [0, 1). The buffer starts at zero.
         foreach: multi-tensor path (default: when all tensors are on CPU/CUDA).
+        fused: torch.compile'd step over all groups (None: only on CUDA; see the
+            module docstring).
 
     State per parameter: ``v`` (regularized groups only), and with momentum
     ``momentum_buffer`` b and ``momentum_lr`` r (float) with m = r * b: while lr is
@@ -252,10 +365,12 @@ class LinBreg(_RegularizedOptimizer):
     """
 
     def __init__(self, params, lr: float, reg: Regularizer | None = None,
-                 delta: float = 1.0, momentum: float = 0.0, foreach: bool | None = None):
+                 delta: float = 1.0, momentum: float = 0.0, foreach: bool | None = None,
+                 *, fused: bool | None = None):
         _check_lr(lr)
         _check_delta(delta)
         _check_unit_interval("momentum", momentum)
+        self._init_fused(fused, foreach)
         defaults = dict(lr=lr, reg=reg, delta=delta, momentum=momentum, foreach=foreach)
         super().__init__(params, defaults)
 
@@ -270,12 +385,13 @@ class LinBreg(_RegularizedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        jobs = []
         for group in self.param_groups:
             params, grads = self._params_and_grads(group)
             if not params:
                 continue
             reg, lr, delta, beta = group["reg"], group["lr"], group["delta"], group["momentum"]
-            bufs = ref_lrs = None
+            bufs = ref_lrs = states = None
             if beta:
                 states = [self.state[p] for p in params]
                 for p, state in zip(params, states):
@@ -288,14 +404,60 @@ class LinBreg(_RegularizedOptimizer):
             # regularized: update v, then prox; else theta = delta * v is updated directly
             targets = params if reg is None else self._subgradient_vars(group, params)
             scale = delta if reg is None else 1.0
-            fn = _multi_tensor_linbreg if self._use_foreach(group, params) else _single_tensor_linbreg
-            fn(targets, grads, bufs, ref_lrs, lr=lr, momentum=beta, scale=scale)
-            if beta and lr > 0:
+            jobs.append((group, params, grads, targets, bufs, ref_lrs, states, scale))
+        if not (self._use_fused(jobs) and self._fused_step(jobs)):
+            for group, params, grads, targets, bufs, ref_lrs, _, scale in jobs:
+                fn = (_multi_tensor_linbreg if self._use_foreach(group, params)
+                      else _single_tensor_linbreg)
+                fn(targets, grads, bufs, ref_lrs, lr=group["lr"], momentum=group["momentum"],
+                   scale=scale)
+                if group["reg"] is not None:
+                    group["reg"]._prox_into(params, targets, group["delta"], group["delta"])
+        for group, *_, states, _ in jobs:
+            if group["momentum"] and group["lr"] > 0:
                 for state in states:
-                    state["momentum_lr"] = lr
-            if reg is not None:
-                reg._prox_into(params, targets, delta, delta)
+                    state["momentum_lr"] = group["lr"]
         return loss
+
+    def _fused_step(self, jobs) -> bool:
+        plan, targets, grads, bufs, outs, scalars = [], [], [], [], [], []
+        for group, params, g, t, b, ref_lrs, _, scale in jobs:
+            reg, lr, beta = group["reg"], group["lr"], group["momentum"]
+            plan.append((None if reg is None else reg.kind, len(params), bool(beta)))
+            targets += t
+            grads += g
+            if beta:  # b <- a b + c g ; t <- t + s b  (see _momentum_update_)
+                bufs += b
+                for ref in ref_lrs:
+                    a = beta * ref / lr if lr > 0 else beta
+                    scalars += [a, 1 - beta if lr > 0 else 0.0,
+                                -(lr if lr > 0 else ref) * scale]
+            else:
+                scalars += [-lr * scale] * len(params)
+            if reg is not None:
+                outs += params
+                scalars += [reg.lam, group["delta"]]  # prox_{delta J}(delta v)
+        return self._run_fused("linbreg", _fused_linbreg, tuple(plan), targets, grads, bufs,
+                               outs, scalars=scalars)
+
+
+def _fused_linbreg(plan, targets, grads, bufs, outs, scal):
+    k = ti = bi = oi = 0
+    for kind, n, momentum in plan:
+        for _ in range(n):
+            t, g = targets[ti], grads[ti]
+            if momentum:
+                b = bufs[bi]
+                b.copy_(b * scal[k] + g * scal[k + 1])
+                t.add_(b * scal[k + 2])
+                k, bi = k + 3, bi + 1
+            else:
+                t.add_(g * scal[k])
+                k += 1
+            ti += 1
+        if kind is not None:
+            fused_prox(kind, outs[oi:oi + n], targets[ti - n:ti], scal[k], scal[k + 1])
+            k, oi = k + 2, oi + n
 
 
 # The momentum m = beta m + (1 - beta) lr g is stored as m = momentum_lr * b. While lr
@@ -358,6 +520,8 @@ class AdaBreg(_RegularizedOptimizer):
         betas: (beta1, beta2), each in [0, 1).
         eps: eps >= 0 added to the denominator.
         foreach: multi-tensor path (default: when all tensors are on CPU/CUDA).
+        fused: torch.compile'd step over all groups (None: only on CUDA; see the
+            module docstring).
 
     State per parameter: ``step`` (int), ``exp_avg``, ``exp_avg_sq``, ``v``
     (regularized groups only).
@@ -365,11 +529,13 @@ class AdaBreg(_RegularizedOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, reg: Regularizer | None = None,
                  delta: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, foreach: bool | None = None):
+                 eps: float = 1e-8, foreach: bool | None = None, *,
+                 fused: bool | None = None):
         _check_lr(lr)
         _check_delta(delta)
         _check_betas(betas)
         _check_eps(eps)
+        self._init_fused(fused, foreach)
         defaults = dict(lr=lr, reg=reg, delta=delta, betas=tuple(betas), eps=eps,
                         foreach=foreach)
         super().__init__(params, defaults)
@@ -386,6 +552,7 @@ class AdaBreg(_RegularizedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        jobs = []
         for group in self.param_groups:
             params, grads = self._params_and_grads(group)
             if not params:
@@ -400,13 +567,52 @@ class AdaBreg(_RegularizedOptimizer):
                 steps.append(state["step"])
             targets = params if reg is None else self._subgradient_vars(group, params)
             scale = delta if reg is None else 1.0
+            jobs.append((group, params, grads, targets, exp_avgs, exp_avg_sqs, steps, scale))
+        if self._use_fused(jobs) and self._fused_step(jobs):
+            return loss
+        for group, params, grads, targets, exp_avgs, exp_avg_sqs, steps, scale in jobs:
             beta1, beta2 = group["betas"]
             fn = _multi_tensor_adabreg if self._use_foreach(group, params) else _single_tensor_adabreg
             fn(targets, grads, exp_avgs, exp_avg_sqs, steps, lr=group["lr"] * scale,
                beta1=beta1, beta2=beta2, eps=group["eps"])
-            if reg is not None:
-                reg._prox_into(params, targets, delta, delta)
+            if group["reg"] is not None:
+                group["reg"]._prox_into(params, targets, group["delta"], group["delta"])
         return loss
+
+    def _fused_step(self, jobs) -> bool:
+        plan, targets, grads, ms, ss, outs, scalars = [], [], [], [], [], [], []
+        for group, params, g, t, m, s, steps, scale in jobs:
+            reg, lr = group["reg"], group["lr"] * scale
+            beta1, beta2 = group["betas"]
+            plan.append((None if reg is None else reg.kind, len(params)))
+            targets += t
+            grads += g
+            ms += m
+            ss += s
+            scalars += [1 - beta1, beta2, 1 - beta2, group["eps"]]
+            for step in steps:  # as in _multi_tensor_adabreg
+                scalars += [-(lr / (1 - beta1 ** step)), (1 - beta2 ** step) ** 0.5]
+            if reg is not None:
+                outs += params
+                scalars += [reg.lam, group["delta"]]  # prox_{delta J}(delta v)
+        return self._run_fused("adabreg", _fused_adabreg, tuple(plan), targets, grads, ms, ss,
+                               outs, scalars=scalars)
+
+
+def _fused_adabreg(plan, targets, grads, ms, ss, outs, scal):
+    k = ti = oi = 0
+    for kind, n in plan:
+        w1, beta2, w2, eps = scal[k], scal[k + 1], scal[k + 2], scal[k + 3]
+        k += 4
+        for _ in range(n):
+            t, g, m, s = targets[ti], grads[ti], ms[ti], ss[ti]
+            m.lerp_(g, w1)
+            s.copy_(s * beta2 + g * g * w2)
+            t.add_((m / (s.sqrt() / scal[k + 1] + eps)) * scal[k])
+            k, ti = k + 2, ti + 1
+        if kind is not None:
+            fused_prox(kind, outs[oi:oi + n], targets[ti - n:ti], scal[k], scal[k + 1])
+            k, oi = k + 2, oi + n
 
 
 def _check_betas(betas) -> None:
@@ -452,13 +658,16 @@ class ProxSGD(_RegularizedOptimizer):
 
     With J = 0 this is exactly :class:`torch.optim.SGD` (dampening 0, no nesterov).
 
-    State per parameter: ``momentum_buffer`` (if momentum > 0).
+    State per parameter: ``momentum_buffer`` (if momentum > 0). ``fused``: the
+    torch.compile'd step over all groups (None: only on CUDA; see the module docstring).
     """
 
     def __init__(self, params, lr: float, reg: Regularizer | None = None,
-                 momentum: float = 0.0, foreach: bool | None = None):
+                 momentum: float = 0.0, foreach: bool | None = None, *,
+                 fused: bool | None = None):
         _check_lr(lr)
         _check_unit_interval("momentum", momentum)
+        self._init_fused(fused, foreach)
         defaults = dict(lr=lr, reg=reg, momentum=momentum, foreach=foreach)
         super().__init__(params, defaults)
 
@@ -478,10 +687,14 @@ class ProxSGD(_RegularizedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        jobs = []
         for group in self.param_groups:
             params, grads = self._params_and_grads(group)
-            if not params:
-                continue
+            if params:
+                jobs.append((group, params, grads))
+        if self._use_fused(jobs) and self._fused_step(jobs):
+            return loss
+        for group, params, grads in jobs:
             lr, beta, reg = group["lr"], group["momentum"], group["reg"]
             foreach = self._use_foreach(group, params)
             directions = grads
@@ -495,6 +708,44 @@ class ProxSGD(_RegularizedOptimizer):
             if reg is not None and lr > 0:
                 reg._prox_into(params, params, lr, 1.0)
         return loss
+
+    def _fused_step(self, jobs) -> bool:
+        plan, params_all, grads_all, bufs, scalars = [], [], [], [], []
+        for group, params, grads in jobs:
+            lr, beta, reg = group["lr"], group["momentum"], group["reg"]
+            plan.append((None if reg is None else reg.kind, len(params), bool(beta)))
+            params_all += params
+            grads_all += grads
+            if beta:  # a zero buffer: beta * 0 + g = g, the first heavy-ball step
+                for p in params:
+                    if self.state[p].get("momentum_buffer") is None:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
+                    bufs.append(self.state[p]["momentum_buffer"])
+            scalars += [beta, -lr]
+            if reg is not None:  # lr = 0: c = 0, the prox is the identity
+                scalars += [lr * reg.lam, 1.0]
+        return self._run_fused("proxsgd", _fused_proxsgd, tuple(plan), params_all, grads_all,
+                               bufs, scalars=scalars)
+
+
+def _fused_proxsgd(plan, params, grads, bufs, scal):
+    k = pi = bi = 0
+    for kind, n, momentum in plan:
+        beta, neg_lr = scal[k], scal[k + 1]
+        k += 2
+        for _ in range(n):
+            p, d = params[pi], grads[pi]
+            if momentum:
+                d = bufs[bi]
+                d.copy_(d * beta + grads[pi])
+                bi += 1
+            p.add_(d * neg_lr)
+            pi += 1
+        if kind is not None:
+            group = params[pi - n:pi]
+            fused_prox(kind, group, group, scal[k], scal[k + 1])
+            k += 2
 
 
 def _heavy_ball(state, params, grads, beta, foreach) -> list[Tensor]:

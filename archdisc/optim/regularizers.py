@@ -293,6 +293,54 @@ class TensorL2(_GroupNormReg):
 
 
 # ------------------------------------------------------------------------------------
+# The prox in traceable form, for the optimizers' torch.compile'd (fused) step: the
+# thresholds are 0-d tensors (a lam schedule or an lr change does not recompile), the
+# group weights come from the shapes (static under compilation). Same maps as above:
+#   out <- prox_{delta J}(scale * x) with c = (delta / scale) * lam.
+FUSED_KINDS = ("l1", "group_l2", "kernel_l2", "tensor_l2")
+
+
+def fused_prox(kind: str, out: list[Tensor], x: list[Tensor], c: Tensor,
+               scale: Tensor) -> None:
+    """``out <- prox_{delta J}(scale * x)`` for J of ``kind`` (one of :data:`FUSED_KINDS`),
+    with ``c = (delta / scale) * lam`` and ``scale`` 0-d tensors. Written for
+    ``torch.compile``; the eager :meth:`Regularizer.prox_into` is the reference."""
+    if kind == "l1":
+        for o, xi in zip(out, x):
+            o.copy_((xi - xi.clamp(-c, c)) * scale)
+        return
+    if kind == "group_l2":
+        sq = None
+        for xi in x:
+            r = (xi * xi) if xi.dim() == 1 else (xi * xi).flatten(1).sum(1)
+            sq = r if sq is None else sq + r
+        w = math.sqrt(sum(math.prod(xi.shape[1:]) for xi in x))
+        parts = [(sq.sqrt(), w, list(range(len(x))))]
+    elif kind == "kernel_l2":
+        if all(o.is_contiguous() for o in out):
+            # as (out * in, kh * kw) rows: a reduction over dims (2, 3) followed by the
+            # broadcast multiply trips inductor's CPU outer-loop fusion (KeyError
+            # 'bufN', torch 2.14)
+            x = [xi.reshape(-1, xi.shape[2] * xi.shape[3]) for xi in x]
+            out = [o.view(-1, o.shape[2] * o.shape[3]) for o in out]
+            parts = [((xi * xi).sum(1).sqrt(), math.sqrt(xi.shape[1]), [i])
+                     for i, xi in enumerate(x)]
+        else:
+            parts = [((xi * xi).sum((2, 3)).sqrt(), math.sqrt(xi.shape[2] * xi.shape[3]),
+                      [i]) for i, xi in enumerate(x)]
+    elif kind == "tensor_l2":
+        parts = [((xi * xi).sum().sqrt(), math.sqrt(xi.numel()), [i])
+                 for i, xi in enumerate(x)]
+    else:
+        raise ValueError(f"no fused prox for regularizer kind {kind!r}")
+    for norms, w, members in parts:
+        thr = c * w
+        # = clamp(1 - thr / norm, min=0): 0 for groups with norm <= thr (zero groups too)
+        factor = torch.where(norms > thr, 1.0 - thr / norms, 0.0) * scale
+        for i in members:
+            out[i].copy_(x[i] * _expand(factor, x[i]))
+
+
 _KINDS = {c.kind: c for c in (L1, GroupL2, KernelL2, TensorL2)}
 
 
