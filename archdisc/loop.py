@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, TrainingError
 
-__all__ = ["train_epoch", "loss_fn", "epoch_order", "cosine", "set_lr", "cosine_steps",
+__all__ = ["tensors", "batches", "train_epoch", "loss_fn", "epoch_order", "cosine", "set_lr", "cosine_steps",
            "crop_flip", "augmenter", "masked_adam", "finetune"]
 
 
@@ -95,37 +95,77 @@ def augmenter(config, seed: int, epoch: int, device):
     return augment
 
 
+def tensors(split, device):
+    """``(x, y)`` of an in-memory split (a TensorDataset), moved to ``device`` once; or
+    ``(split, None)`` for any other Dataset, which is then streamed batch by batch."""
+    if isinstance(split, torch.utils.data.TensorDataset):
+        return tuple(t.to(device) for t in split.tensors[:2])
+    return split, None
+
+
+def _loader(dataset, batch_lists, workers: int, device):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batch_lists,
+                                       num_workers=workers,
+                                       pin_memory=torch.device(device).type == "cuda",
+                                       persistent_workers=False)
+
+
+def batches(split, batch_size: int, device, workers: int = 0, limit: int | None = None):
+    """``(xb, yb)`` on ``device`` for the first ``limit`` samples of ``split`` in order,
+    ``batch_size`` at a time: slices of in-memory tensors, or a DataLoader (``workers``
+    processes) over any other Dataset."""
+    n = len(split) if limit is None else min(limit, len(split))
+    if isinstance(split, torch.utils.data.TensorDataset):
+        x, y = split.tensors[:2]
+        for start in range(0, n, batch_size):
+            yield x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+        return
+    lists = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    for xb, yb in _loader(split, lists, workers, device):
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
 def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
-                augment=None, dist=None) -> float:
+                augment=None, dist=None, workers: int = 0) -> float:
     """One pass over (x, y) in ``order``; returns the mean loss, raises TrainingError when
     it is not finite. ``augment(xb, yb) -> (xb, yb)`` (see :func:`augmenter`) transforms
     each batch. The loss stays on the device during the epoch (no sync per step).
+    With ``y = None``, ``x`` is a Dataset read through a DataLoader with ``workers``
+    processes (see :func:`tensors`), so memory does not grow with the dataset.
 
     Data-parallel (``dist``, an :class:`archdisc.dist.Dist` of more than one process,
     ``net`` in DDP): each rank takes its slice of every global batch (augmented whole, as
     one process would) and scales its mean loss by ``len(slice) * world / len(batch)``, so
-    that DDP's average of the gradients is the gradient of the global batch's mean loss."""
+    that DDP's average of the gradients is the gradient of the global batch's mean loss.
+    A streamed rank reads only its slice, and augments it on its own."""
     net.train()
-    order = order.to(x.device)
+    device = next(net.parameters()).device
     world = 1 if dist is None else dist.world
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     shown = bar is not None and not bar.disable
-    for step, start in enumerate(range(0, len(order), batch_size)):
-        idx = order[start:start + batch_size]
-        xb, yb = x[idx], y[idx]
-        if augment is not None:
-            xb, yb = augment(xb, yb)
-        scale = 1.0
-        if world > 1:
-            mine = (xb.tensor_split(world)[dist.rank], yb.tensor_split(world)[dist.rank])
-            # an empty slice (a last batch smaller than world) still runs DDP's forward
-            # and backward, on one sample with weight 0
-            scale = len(mine[0]) * world / len(idx)
-            xb, yb = mine if len(mine[0]) else (xb[:1], yb[:1])
+    chunks = order.to(device if y is not None else "cpu").split(batch_size)
+
+    def part(t):  # this rank's slice of a batch; an empty one is one sample at weight 0
+        if world == 1:
+            return t
+        mine = t.tensor_split(world)[dist.rank]
+        return mine if len(mine) else t[:1]
+    stream = None if y is not None else iter(
+        _loader(x, [part(c).tolist() for c in chunks], workers, device))
+    for step, idx in enumerate(chunks):
+        if stream is None:
+            xb, yb = x[idx], y[idx]
+            if augment is not None:  # the whole batch, as one process would
+                xb, yb = augment(xb, yb)
+            xb, yb = part(xb), part(yb)
+        else:
+            xb, yb = (t.to(device, non_blocking=True) for t in next(stream))
+            if augment is not None:
+                xb, yb = augment(xb, yb)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xb), yb, task)
-        if world > 1:
-            loss = loss * scale
+        if world > 1:  # this rank's share of the global batch's mean loss
+            loss = loss * (len(idx.tensor_split(world)[dist.rank]) * world / len(idx))
         loss.backward()
         opt.step()
         if on_step is not None:
