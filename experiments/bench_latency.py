@@ -8,13 +8,19 @@ By default it runs a synthetic demo: built-in supernets (mlp, convnet, skip_mlp,
 resnet18 at width 0.25 on 3x32x32) with half the units of every searchable node zeroed
 (and one random skip gate, where there are gates), shrunk by ``archdisc.extract``.
 
-Threads are pinned (torch.set_num_threads, onnxruntime intra_op_num_threads). Each case
-is warmed up, then timed >= 30 times at batch 1 and >= 10 times at batch 256; the table
-gives the median and p90 and the speedup ``supernet eager / compact X`` beside the
-MACs ratio (the ideal speedup). TorchScript and ONNX files come from ``archdisc.export``
-(so they are verified against the eager model before being timed). ``--round-to K``
-passes ``round_to=K`` to the demo's ``extract`` (kept widths rounded up to multiples of
-K). Results also go to ``experiments/results/latency.json``.
+Three variants are timed: the supernet, the compact model as extracted, and the compact
+model's *deployment form* for each runtime (``archdisc.deploy.for_runtime``: for
+onnxruntime, sums widened so they need no gather, (C, H, W) widths padded to the NCHWc
+block, MLPs with a gather computed feature-major; for eager / TorchScript, the compact
+model itself). Threads are pinned (torch.set_num_threads, onnxruntime
+intra_op_num_threads). Each case is warmed up, then timed 60 times at batch 1 and 10
+times at batch 256, in 5 interleaved rounds (every variant and backend in turn, so load
+from other processes hits them alike); the table gives the median, the same-backend
+speedup ``supernet X / compact X`` (and ``/ deploy X``) and its fraction of the MACs
+ratio (the ideal speedup). TorchScript and ONNX files come from ``archdisc.export`` (so
+they are verified against the eager model before being timed). ``--round-to K`` passes
+``round_to=K`` to the demo's ``extract`` (kept widths rounded up to multiples of K).
+Results also go to ``experiments/results/latency.json``.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from archdisc.export import export, load  # noqa: E402
 from archdisc.io import atomic_write_json  # noqa: E402
 
 BACKENDS = ("eager", "torchscript", "onnx")
-BATCHES = {1: (10, 30), 256: (2, 10)}  # batch: (warm-up runs, timed runs)
+BATCHES = {1: (10, 60), 256: (2, 10)}  # batch: (warm-up runs, timed runs)
 DEMO = {
     "mlp": dict(),  # 784-200-80-10
     "convnet": dict(),  # 2 conv 5x5 (64 ch) + 128 hidden, 1x28x28
@@ -84,7 +90,7 @@ def run_pair(run_dir):
 
 
 # ---------------------------------------------------------------------- timing
-def timings(fn, x, warmup, runs):
+def timings(fn, x, warmup, runs, raw=False):
     for _ in range(warmup):
         fn(x)
     times = []
@@ -92,23 +98,29 @@ def timings(fn, x, warmup, runs):
         t0 = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - t0)
+    if raw:
+        return times
     times = np.array(times) * 1e3
     return float(np.median(times)), float(np.percentile(times, 90))
 
 
-def backends(net, threads, workdir):
-    """backend name -> callable(x) for ``net``, the exported files verified first."""
+def backends(nets, threads, workdir):
+    """backend name -> callable(x). ``nets``: backend -> the model timed there (the
+    deployment form differs per runtime); the exported files are verified first."""
     import onnxruntime as ort
 
-    paths = export(net, None, workdir, formats=("torchscript", "onnx"))
+    ts_path = export(nets["torchscript"], None, Path(workdir) / "ts",
+                     formats=("torchscript",))["torchscript"]
+    onnx_path = export(nets["onnx"], None, Path(workdir) / "onnx", formats=("onnx",))["onnx"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
-        ts = torch.jit.load(str(paths["torchscript"]))
+        ts = torch.jit.load(str(ts_path))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(paths["onnx"]), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
+    net = nets["eager"]
 
     def eager(x):
         with torch.inference_mode():
@@ -124,23 +136,50 @@ def backends(net, threads, workdir):
     return {"eager": eager, "torchscript": script, "onnx": onnx}
 
 
-def bench(name, supernet, compact, threads):
+def deploy_forms(compact):
+    """backend -> the compact model's deployment form there (archdisc.deploy.for_runtime)."""
+    from archdisc.deploy import for_runtime
+    return {b: for_runtime(compact, "onnxruntime" if b == "onnx" else b) for b in BACKENDS}
+
+
+def form_macs(net) -> int:
+    """MACs of a deployment form: an ArchNet's graph; a FeatureMajorNet computes the
+    graph it was built from."""
+    return count_macs(net.graph)
+
+
+def bench(name, supernet, compact, threads, rounds=5):
     graph = supernet.graph
     shape = graph.nodes[graph.input_nodes()[0]]["shape"]
     macs = {"supernet": count_macs(supernet.graph), "compact": count_macs(compact.graph)}
     params = {"supernet": count_params(supernet.graph), "compact": count_params(compact.graph)}
+    forms = {"supernet": {b: supernet for b in BACKENDS},
+             "compact": {b: compact for b in BACKENDS},
+             "deploy": deploy_forms(compact)}
+    deploy_info = {b: {"type": type(n).__name__, "macs": form_macs(n)}
+                   for b, n in forms["deploy"].items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        fns = {v: backends(net, threads, Path(tmp) / v)
-               for v, net in (("supernet", supernet), ("compact", compact))}
+        fns = {v: backends(nets, threads, Path(tmp) / v) for v, nets in forms.items()}
         for batch, (warmup, runs) in BATCHES.items():
             x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
-            for variant in ("supernet", "compact"):
+            times = {}
+            for variant in forms:  # warm-up
                 for backend in BACKENDS:
-                    med, p90 = timings(fns[variant][backend], x, warmup, runs)
-                    rows.append({"variant": variant, "backend": backend, "batch": batch,
-                                 "median_ms": med, "p90_ms": p90, "runs": runs})
-    return {"name": name, "macs": macs, "params": params,
+                    timings(fns[variant][backend], x, warmup, 0, raw=True)
+            # interleaved: each round times every (variant, backend) once in turn, so
+            # load from other processes hits all of them alike
+            for _ in range(rounds):
+                for variant in forms:
+                    for backend in BACKENDS:
+                        times.setdefault((variant, backend), []).extend(
+                            timings(fns[variant][backend], x, 0, runs // rounds or 1, raw=True))
+            for (variant, backend), t in times.items():
+                t = np.array(t) * 1e3
+                rows.append({"variant": variant, "backend": backend, "batch": batch,
+                             "median_ms": float(np.median(t)),
+                             "p90_ms": float(np.percentile(t, 90)), "runs": len(t)})
+    return {"name": name, "macs": macs, "params": params, "deploy": deploy_info,
             "macs_ratio": macs["supernet"] / max(macs["compact"], 1), "results": rows}
 
 
@@ -156,20 +195,22 @@ def cpu_name() -> str:
 
 
 def table(models) -> str:
-    head = ("| model | batch | backend | supernet ms (p90) | compact ms (p90) | "
-            "speedup vs supernet eager | same-backend speedup | MACs ratio (ideal) |")
-    lines = [head, "|" + "---|" * 8]
+    """Same-backend speedups (supernet X / compact X, supernet X / deploy X) and their
+    fraction of the MACs ratio (the goal of issue 18: >= 0.8)."""
+    head = ("| model | batch | backend | MACs ratio | supernet ms | compact ms | deploy ms | "
+            "compact speedup (of MACs ratio) | deploy speedup (of MACs ratio) |")
+    lines = [head, "|" + "---|" * 9]
     for m in models:
         r = {(x["variant"], x["backend"], x["batch"]): x for x in m["results"]}
+        ideal = m["macs_ratio"]
         for batch in BATCHES:
-            base = r["supernet", "eager", batch]["median_ms"]
             for backend in BACKENDS:
-                s, c = r["supernet", backend, batch], r["compact", backend, batch]
+                s, c, d = (r[v, backend, batch]["median_ms"]
+                           for v in ("supernet", "compact", "deploy"))
                 lines.append(
-                    f"| {m['name']} | {batch} | {backend} | {s['median_ms']:.3f} "
-                    f"({s['p90_ms']:.3f}) | {c['median_ms']:.3f} ({c['p90_ms']:.3f}) | "
-                    f"{base / c['median_ms']:.2f}x | {s['median_ms'] / c['median_ms']:.2f}x | "
-                    f"{m['macs_ratio']:.2f}x |")
+                    f"| {m['name']} | {batch} | {backend} | {ideal:.2f}x | {s:.3f} | {c:.3f} | "
+                    f"{d:.3f} | {s / c:.2f}x ({s / c / ideal:.2f}) | "
+                    f"{s / d:.2f}x ({s / d / ideal:.2f}) |")
     return "\n".join(lines)
 
 
