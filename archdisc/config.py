@@ -34,13 +34,20 @@ CHOICES = {
     "select": ("shrink", "none"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
+UNHASHED_WHEN_UNSET = ("model", "model_options", "input_shape")
 
 
 @dataclass
 class Config:
     """Everything that defines a discover run. ``None`` means "not set"."""
-    space: str = "mlp"                 # the search space (see `archdisc spaces`)
+    space: str = "mlp"                 # the search space (see `archdisc spaces`), or an
+                                       # ArchGraph .json file (e.g. a run's supernet.json)
     space_options: dict = field(default_factory=dict)  # keyword arguments of the space
+    model: str | None = None           # package.module:callable building a torch nn.Module,
+                                       # imported with archdisc.from_module as the supernet
+                                       # (instead of space; space then records it too)
+    model_options: dict = field(default_factory=dict)  # keyword arguments of the model callable
+    input_shape: str | None = None     # the model's input shape C,H,W (or D); unset: the data's
     data: str = "fashion-mnist"        # a dataset name, or a .npz / .csv file or image folder
     data_root: str | None = None       # folder with the dataset files (unset: the system copy)
     data_options: dict = field(default_factory=dict)   # e.g. teacher_widths for "teacher"
@@ -62,6 +69,8 @@ class Config:
     weight_decay: float = 0.0          # sgd: coupled; adam / fine-tune: AdamW; Bregman:
                                        # decoupled, unregularized groups only
     device: str = "auto"               # where to train (auto: cuda when available)
+    loader_workers: int = 0            # DataLoader processes for datasets not held in
+                                       # memory (speed only: not part of the run's hash)
     finetune: int = 3                  # epochs of plain Adam on the compact model afterwards
     finetune_lr: float = 1e-3          # learning rate of the fine-tune
     finetune_schedule: str = "constant"  # fine-tune lr schedule (cosine: per step, to 0)
@@ -113,19 +122,33 @@ class Config:
                 raise ConfigError(f"config field {name!r}: {getattr(self, name)!r} is not "
                                   f"allowed; choose one of {', '.join(allowed)}")
         from .spaces import spaces
-        if self.space not in spaces():
+        if self.model is not None:
+            _check_model(self)
+        elif self.model_options or self.input_shape is not None:
+            raise ConfigError("config field 'model_options' / 'input_shape': they belong to "
+                              "'model' (--model package.module:callable), which is not set")
+        elif self.space not in spaces() and not is_graph_file(self.space):
             raise ConfigError(f"config field 'space': unknown search space {self.space!r}; "
-                              f"available: {', '.join(spaces())}")
+                              f"available: {', '.join(spaces())}, or an ArchGraph .json file")
+        elif is_graph_file(self.space) and not Path(self.space).expanduser().is_file():
+            raise ConfigError(f"config field 'space': graph file {self.space!r} does not "
+                              f"exist; give an ArchGraph JSON such as a run's supernet.json, "
+                              f"or a built-in space: {', '.join(spaces())}")
+        elif is_graph_file(self.space) and self.space_options:
+            raise ConfigError(f"config field 'space_options': a graph file ({self.space}) "
+                              f"takes no options; edit the file instead")
         from .data import available_datasets, is_user_data
         known = available_datasets()
         if _dataset_key(self.data) not in {_dataset_key(k) for k in known} and \
-                not is_user_data(self.data):
+                not is_user_data(self.data) and not self.data.startswith(PYTHON_DATA):
             raise ConfigError(f"config field 'data': unknown dataset {self.data!r}; "
                               f"available: {', '.join(known)}, or a .npz / .csv file or an "
                               f"image folder")
         _require(0 <= self.seed < 2**63, "seed", "an integer in 0..2**63-1")
         _require(self.epochs >= 1, "epochs", "an integer >= 1")
         _require(self.batch_size >= 1, "batch_size", "an integer >= 1")
+        _require(self.loader_workers >= 0, "loader_workers",
+                 "an integer >= 0 (0: load in this process)")
         _require(self.limit is None or self.limit >= 1, "limit", "an integer >= 1 (or unset)")
         _require(self.finetune >= 0, "finetune", "an integer >= 0")
         for name in ("lr", "delta", "finetune_lr"):
@@ -166,7 +189,12 @@ class Config:
 
     def hash(self) -> str:
         """A short digest of every field: runs with the same hash are the same run."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        d = self.to_dict()
+        for name in UNHASHED_WHEN_UNSET:  # fields added later: old runs keep their hash
+            if not d[name]:
+                del d[name]
+        del d["loader_workers"]  # changes the speed, never the result
+        text = json.dumps(d, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:
@@ -186,14 +214,51 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
+PYTHON_DATA = "python:"  # config.data of a Dataset handed to run_discover(data=...)
+
+
+def is_graph_file(space: str) -> bool:
+    """Whether ``space`` names an ArchGraph JSON file rather than a registered space."""
+    return isinstance(space, str) and space.lower().endswith(".json")
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"3,32,32"`` -> (3, 32, 32); a ConfigError unless 1 to 3 integers >= 1."""
+    try:
+        shape = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not 1 <= len(shape) <= 3 or min(shape) < 1:
+        raise ConfigError(f"config field 'input_shape': {text!r} is not a shape; give the "
+                          f"input of one sample as C,H,W (e.g. 3,32,32) or D (e.g. 784)")
+    return shape
+
+
+def _check_model(c: Config):
+    spec = c.model
+    mod, sep, name = spec.partition(":")
+    if not sep or not mod or not name or any(not p.isidentifier() for p in mod.split(".")) \
+            or any(not p.isidentifier() for p in name.split(".")):
+        raise ConfigError(f"config field 'model': {spec!r} is not package.module:callable; "
+                          f"e.g. torchvision.models:resnet18")
+    if c.space not in ("mlp", spec) or c.space_options:
+        raise ConfigError(f"config field 'space': a model ({spec}) replaces the search "
+                          f"space; give either --model or --space {c.space}, not both")
+    c.space = spec  # logs, report and study names show the model
+    if c.input_shape is not None:
+        c.input_shape = ",".join(map(str, parse_input_shape(c.input_shape)))
+
+
 def load_config(path=None, overrides: dict | None = None) -> Config:
     """Read a TOML config file (optional) and apply ``overrides`` (field -> value).
 
-    ``space_options`` / ``data_options`` overrides are merged into the file's tables.
+    ``space_options`` / ``data_options`` / ``model_options`` overrides are merged into the
+    file's tables.
     """
     d = read_toml(path) if path is not None else {}
     for key, value in (overrides or {}).items():
-        if key in ("space_options", "data_options") and isinstance(d.get(key), dict):
+        if key in ("space_options", "data_options", "model_options") and \
+                isinstance(d.get(key), dict):
             d[key] = {**d[key], **value}
         else:
             d[key] = value

@@ -465,7 +465,7 @@ def accuracy(logits, y) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: TensorDataset, metric: str,
+def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, metric: str,
              batch_size: int = 1024, device: str | torch.device = "cpu") -> float:
     """Mean accuracy (%) or PSNR (dB, from the MSE over the whole set) of ``model`` on ``dataset``.
 
@@ -476,11 +476,9 @@ def evaluate(model: torch.nn.Module, dataset: TensorDataset, metric: str,
     was_training = model.training
     model.eval()
     try:
-        x_all, y_all = dataset.tensors[0], dataset.tensors[1]
+        from .loop import batches  # in-memory tensors, or any Dataset streamed
         total, count = 0.0, 0
-        for start in range(0, len(x_all), batch_size):
-            x = x_all[start:start + batch_size].to(device)
-            y = y_all[start:start + batch_size].to(device)
+        for x, y in batches(dataset, batch_size, device):
             out = model(x)
             if metric == "accuracy":
                 total += (out.argmax(-1) == y).sum().item()
@@ -561,7 +559,8 @@ def _read_image_folder(root: Path):
     return torch.stack(images).numpy(), np.array(folder.targets)
 
 
-def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction) -> Data:
+def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
+                 standardise=True) -> Data:
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or len(x) < 3:
         raise DataError(f"{p}: x and y must hold the same number (>= 3) of samples, got "
@@ -580,8 +579,8 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction) -> Dat
     raw = [(x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), test]
     xs = [torch.as_tensor(a, dtype=torch.float32) for a, _ in raw]
     dims = (0, 2, 3) if xs[0].dim() == 4 else (0,)
-    mean = xs[0].mean(dims, keepdim=True)[0:1]
-    std = xs[0].std(dims, keepdim=True)[0:1].clamp(min=1e-8)
+    mean = xs[0].mean(dims, keepdim=True)[0:1] if standardise else 0.0
+    std = xs[0].std(dims, keepdim=True)[0:1].clamp(min=1e-8) if standardise else 1.0
     splits = [TensorDataset((xt - mean) / std, torch.as_tensor(b).long())
               for xt, (_, b) in zip(xs, raw)]
     classes = int(max(int(s.tensors[1].max()) for s in splits)) + 1

@@ -11,3 +11,35 @@ def indexed_graph() -> ArchGraph:
     s = g.add_op("s", "add", [a, b], units=4, index={b: [3, 1]}, gates={b: "channel"})
     g.output("out", g.linear("head", g.act("r", s), 3, searchable=False))
     return g
+
+
+def tiny_cnn(classes: int = 3, width: int = 8, channels: int = 1):
+    """A small torch CNN (conv-bn-relu twice, pool, linear), for ``--model helpers:tiny_cnn``."""
+    from torch import nn
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
+
+
+def failing_model(**options):
+    """A model callable that raises, for the bad-input corpus."""
+    raise ValueError("this model cannot be built")
+
+
+NOT_CALLABLE = 3
+
+
+def untraceable():
+    """A module with data-dependent control flow, which torch.fx cannot trace."""
+    from torch import nn
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 3)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+    return Branchy()

@@ -113,8 +113,25 @@ def truncated_checkpoint(m):
     path.write_bytes(path.read_bytes()[:200])
 
 
+def images(tmp, run):
+    """12 grey 8x8 images of 3 classes in {tmp}/d.npz."""
+    np.savez(tmp / "d.npz", x=np.random.default_rng(0).normal(size=(12, 1, 8, 8)),
+             y=np.arange(12) % 3)
+
+
+def binary_json(tmp, run):
+    (tmp / "bin.json").write_bytes(bytes(range(256)))
+
+
+def json_file(d):
+    def damage(tmp, run):
+        (tmp / "g.json").write_text(json.dumps(d))
+    return damage
+
+
 # ----------------------------------------------------------------- the corpus
 D = ["discover", "--out", "{tmp}/out"]
+M = [*D, "--data", "{tmp}/d.npz", "--quiet", "--epochs", "1", "--model"]
 CASES = {
     # config files and fields
     "config is a folder": ([*D, "--config", "{tmp}/folder.toml"], a_folder, "is a folder"),
@@ -152,6 +169,27 @@ CASES = {
                            npz(x=np.zeros((10, 3)), y=-np.ones(10, int)), "labels must be"),
     "csv with text": ([*D, "--data", "{tmp}/d.csv"], text_csv, "not a numeric CSV"),
     "data path missing": ([*D, "--data", "{tmp}/none.npz"], None, "does not exist"),
+    # a model (--model pkg.mod:callable) or a graph file (--space FILE.json) as the supernet
+    "model not importable": ([*M, "no_such_pkg.mod:f"], images, "cannot import module"),
+    "model: no such callable": ([*M, "helpers:tiny_cn"], images,
+                                "has no 'tiny_cn' (did you mean tiny_cnn?)"),
+    "model: not package:callable": ([*M, "resnet18"], images, "is not package.module:callable"),
+    "model raises": ([*M, "helpers:failing_model"], images, "raised ValueError"),
+    "model is not callable": ([*M, "helpers:NOT_CALLABLE"], images, "not a callable"),
+    "model untraceable": ([*M, "helpers:untraceable"], images, "cannot trace"),
+    "model and space": ([*M, "helpers:tiny_cnn", "--space", "convnet"], images, "not both"),
+    "input shape text": ([*M, "helpers:tiny_cnn", "--input-shape", "3,x"], images,
+                         "'input_shape': '3,x' is not a shape"),
+    "input shape not the data's": ([*M, "helpers:tiny_cnn", "--input-shape", "3,8,8"], images,
+                                   "--input-shape 1,8,8"),
+    "model outputs not the classes": ([*M, "helpers:tiny_cnn", "--model-option", "classes=5"],
+                                      images, "gives [5] outputs per sample, but dataset"),
+    "graph file missing": ([*D, "--space", "{tmp}/none.json"], None, "does not exist"),
+    "graph file not JSON": ([*D, "--space", "{tmp}/bin.json"], binary_json, "is not JSON"),
+    "graph file not a graph": ([*D, "--space", "{tmp}/g.json"], json_file({"schema": 99}),
+                               "not a usable ArchGraph"),
+    "graph file for other data": ([*D, "--space", "{run}/supernet.json", "--data",
+                                   "{tmp}/d.npz"], images, "adjust the space"),
     # model files given to export / render
     "truncated weights": (["export", "{tmp}/m"], model_file(truncate), "changed after"),
     "empty weights": (["export", "{tmp}/m"], model_file(empty), "changed after"),

@@ -1,0 +1,231 @@
+"""Bring your own supernet and data: a module (``--model pkg.mod:callable``), a graph file
+(``--space my.json``) or a Python ``Dataset`` (``run_discover(config, out, data=...)``).
+
+Every refusal is a :class:`~archdisc.errors.ConfigError` (or a
+:class:`~archdisc.data.DataError`) naming the config field and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import PYTHON_DATA, Config, parse_input_shape
+from .errors import ArchdiscError, ConfigError
+from .graph import ArchGraph, GraphError
+
+__all__ = ["model_graph", "graph_file", "python_data"]
+
+
+# ---------------------------------------------------------------------- --model
+def _import_callable(spec: str):
+    mod_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()  # like `python -m`: modules in the current folder are importable
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"config field 'model': cannot import module {mod_name!r} ({e}); "
+                          f"install the package, or run from the folder that holds it "
+                          f"(or add that folder to PYTHONPATH)") from None
+    except Exception as e:  # noqa: BLE001 - the user's module fails at import time
+        raise ConfigError(f"config field 'model': importing {mod_name!r} raised "
+                          f"{type(e).__name__}: {e}; fix that module") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"config field 'model': module {mod_name!r} has no {attr!r}"
+                              f"{hint}; give package.module:callable, e.g. "
+                              f"torchvision.models:resnet18")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"config field 'model': {spec} is a {type(obj).__name__}, not a "
+                          f"callable that builds an nn.Module")
+    return obj
+
+
+def model_graph(config: Config, data) -> ArchGraph:
+    """Build ``config.model(**config.model_options)``, import it with
+    :func:`archdisc.from_module` on an example input of ``config.input_shape`` (default: the
+    data's) and return its graph (the weights are re-initialised by the search)."""
+    from .fx import from_module
+    spec = config.model
+    builder = _import_callable(spec)
+    opts = dict(config.model_options)
+    try:
+        module = builder(**opts)
+    except Exception as e:  # noqa: BLE001 - whatever the user's code raises
+        raise ConfigError(f"config field 'model': {spec}(**{opts}) raised "
+                          f"{type(e).__name__}: {e}; check model_options "
+                          f"(--model-option KEY=VALUE)") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(f"config field 'model': {spec} returned {type(module).__name__}, "
+                          f"not a torch.nn.Module")
+    data_shape = tuple(int(s) for s in data.in_shape)
+    shape = parse_input_shape(config.input_shape) if config.input_shape else data_shape
+    if shape != data_shape:
+        raise ConfigError(f"config field 'input_shape': {','.join(map(str, shape))} does "
+                          f"not match the data's samples "
+                          f"({','.join(map(str, data_shape))}); give "
+                          f"--input-shape {','.join(map(str, data_shape))} or leave it unset")
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(config.seed))
+    try:
+        net = from_module(module, example)
+    except ArchdiscError as e:
+        raise ConfigError(f"config field 'model': {spec}: {e}") from None
+    graph = net.graph
+    shapes = graph.shapes()
+    out = shapes[graph.output_nodes()[0]]
+    want = data.out_dim
+    if data.task == "classification" and list(out) != [want]:
+        raise ConfigError(f"config field 'model_options': {spec} gives {list(out)} outputs "
+                          f"per sample, but dataset {data.name!r} has {want} classes; pass "
+                          f"the model's option for it, e.g. --model-option num_classes={want}")
+    graph.graph["name"] = spec
+    return graph
+
+
+# ---------------------------------------------------------------------- --space FILE.json
+def graph_file(path) -> ArchGraph:
+    """The ArchGraph saved in ``path`` (the format of a run's supernet.json / compact.json)."""
+    p = Path(path).expanduser()
+    fix = "give an ArchGraph JSON file such as a run's supernet.json, or a built-in space"
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config field 'space': graph file {str(p)!r} does not exist; "
+                          f"{fix}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config field 'space': {p} is not JSON (not even text); "
+                          f"{fix}") from None
+    except OSError as e:
+        raise ConfigError(f"config field 'space': graph file {str(p)!r} cannot be read "
+                          f"({e.strerror}); {fix}") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config field 'space': {p} is not JSON ({e}); {fix}") from None
+    try:
+        graph = ArchGraph.from_dict(d)
+        if len(graph.input_nodes()) != 1 or len(graph.output_nodes()) != 1:
+            raise GraphError("discover needs one input and one output node")
+    except GraphError as e:
+        raise ConfigError(f"config field 'space': {p} is not a usable ArchGraph: {e}; "
+                          f"{fix}") from None
+    return graph
+
+
+# ---------------------------------------------------------------------- data=Dataset
+def _sample_arrays(dataset, where: str):
+    """Every item of ``dataset`` as (x, y) numpy arrays, or a DataError naming the item."""
+    from .data import DataError
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise DataError(f"{where}: {type(dataset).__name__} has no len(); give a map-style "
+                        f"torch.utils.data.Dataset") from None
+    if n == 0:
+        raise DataError(f"{where}: the dataset is empty")
+    xs, ys, shape = [], [], None
+    for i in range(n):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise DataError(f"{where}: item {i} is {type(item).__name__}, not a pair "
+                            f"(input, label)")
+        x, y = item
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or
+                                                   x.dtype in (torch.uint8, torch.int64,
+                                                               torch.int32)):
+            hint = (" (add transforms.ToTensor() to the dataset)"
+                    if type(x).__module__.startswith("PIL") else "")
+            raise DataError(f"{where}: item {i}'s input is {type(x).__name__}, not a numeric "
+                            f"tensor{hint}")
+        if shape is None:
+            shape = tuple(x.shape)
+        elif tuple(x.shape) != shape:
+            raise DataError(f"{where}: item {i}'s input has shape {list(x.shape)}, item 0's "
+                            f"{list(shape)}; all inputs must have one shape (resize or crop "
+                            f"them in the dataset's transform)")
+        if isinstance(y, torch.Tensor) and y.numel() == 1:
+            y = y.item() if not y.is_floating_point() else y
+        if isinstance(y, np.generic) and np.issubdtype(y.dtype, np.integer):
+            y = int(y)
+        if isinstance(y, bool) or not isinstance(y, int):
+            raise DataError(f"{where}: item {i}'s label is {y!r} ({type(y).__name__}); "
+                            f"classification needs integer class labels")
+        xs.append(x.float())
+        ys.append(y)
+    return torch.stack(xs).numpy(), np.asarray(ys, dtype=np.int64)
+
+
+def python_data(data, config: Config):
+    """A :class:`~archdisc.data.Data` (in-memory tensors) from a ``torch.utils.data.Dataset``
+    (split into train / val / test by ``config.seed``, like a .npz) or a tuple
+    ``(train, val, test)`` of Datasets. Inputs are used as the Dataset gives them (its own
+    transform is the preprocessing). Every sample is read once into memory.
+    TODO(issue 14): stream Datasets that do not fit in memory through a DataLoader."""
+    from torch.utils.data import Dataset, TensorDataset
+
+    from .data import Data, DataError, _user_splits
+    if config.task != "classification":
+        raise ConfigError("config field 'task': a Python Dataset supports task = "
+                          "\"classification\"")
+    if isinstance(data, (tuple, list)):
+        if len(data) != 3 or not all(isinstance(d, Dataset) for d in data):
+            raise DataError(f"data=: give one Dataset or a tuple (train, val, test) of three "
+                            f"Datasets, got a {type(data).__name__} of "
+                            f"{[type(d).__name__ for d in data]}")
+        name = type(data[0]).__name__
+        arrays = [_sample_arrays(d, f"data[{k}] ({s})")
+                  for k, (d, s) in enumerate(zip(data, ("train", "val", "test")))]
+        shapes = {a[0].shape[1:] for a in arrays}
+        if len(shapes) != 1:
+            raise DataError(f"data=: train, val and test inputs differ in shape "
+                            f"({[list(a[0].shape[1:]) for a in arrays]})")
+        if config.limit is not None:
+            arrays[0] = (arrays[0][0][:config.limit], arrays[0][1][:config.limit])
+        splits = [TensorDataset(torch.from_numpy(x), torch.from_numpy(y)) for x, y in arrays]
+        labels = np.concatenate([y for _, y in arrays])
+        in_shape = tuple(arrays[0][0].shape[1:])
+        first = data[0]
+    elif isinstance(data, Dataset):
+        name = type(data).__name__
+        x, y = _sample_arrays(data, f"data= ({name})")
+        d = _user_splits(f"data= ({name})", x, y, None, config.seed, config.limit, 0.1, 0.1,
+                         standardise=False)
+        splits = [d.train, d.val, d.test]
+        labels, in_shape, first = y, d.in_shape, data
+    else:
+        raise DataError(f"data=: expected a torch.utils.data.Dataset or a tuple (train, val, "
+                        f"test) of them, got {type(data).__name__}")
+    if labels.min() < 0:
+        raise DataError(f"data= ({name}): label {int(labels.min())} is negative; labels are "
+                        f"class indices 0..C-1")
+    classes = int(labels.max()) + 1
+    declared = getattr(first, "classes", None)
+    if isinstance(declared, (list, tuple)) and declared:
+        if classes > len(declared):
+            raise DataError(f"data= ({name}): label {classes - 1} is out of range: the "
+                            f"dataset declares {len(declared)} classes (its .classes)")
+        classes = len(declared)
+    return Data(train=splits[0], val=splits[1], test=splits[2], in_shape=in_shape,
+                out_dim=classes, task="classification", metric="accuracy",
+                name=f"{PYTHON_DATA}{name}",
+                meta={"seed": config.seed, "source": f"{PYTHON_DATA}{name}",
+                      "standardised": False})

@@ -1,0 +1,137 @@
+"""Bring your own supernet and data: ``--model pkg.mod:callable``, ``--space FILE.json`` and
+``run_discover(config, out, data=Dataset)`` (issue 14)."""
+import json
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from archdisc import export
+from archdisc.cli import main
+from archdisc.config import Config
+from archdisc.discover import run_discover
+
+FAST = ["--epochs", "1", "--finetune", "0", "--select", "none", "--quiet", "--device", "cpu",
+        "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """60 grey 8x8 images of 3 classes (class = brightest third of the image)."""
+    g = np.random.default_rng(0)
+    x = g.normal(size=(60, 1, 8, 8)).astype(np.float32)
+    y = np.arange(60) % 3
+    for k in range(3):
+        x[y == k, :, :, 2 * k:2 * k + 3] += 2.0
+    path = tmp_path_factory.mktemp("data") / "d.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_model_from_a_dotted_path_runs_and_resumes(tmp_path, npz, capsys):
+    out = tmp_path / "run"
+    args = ["discover", "--model", "helpers:tiny_cnn", "--model-option", "width=6",
+            "--data", str(npz), "--out", str(out), *FAST]
+    assert main(args) == 0, capsys.readouterr().err
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg["model"] == "helpers:tiny_cnn" and cfg["space"] == "helpers:tiny_cnn"
+    assert cfg["model_options"] == {"width": 6}
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["supernet"] == sum(  # the module's own size
+        p.numel() for p in __import__("helpers").tiny_cnn(width=6).parameters())
+    assert report["params"]["compact"] <= report["params"]["supernet"]
+    assert report["test"]["compact"] == report["test"]["supernet"]  # exact extraction
+    model = export.load(out / "compact")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    # the config hash covers the model: another option is another run
+    assert main([*args, "--model-option", "width=4"]) == 2
+    assert "differs in: model_options" in capsys.readouterr().err
+    # --resume alone rebuilds the model from config.toml
+    assert main(["discover", "--out", str(out), "--resume", "--quiet"]) == 0
+
+
+def test_space_from_a_graph_file(tmp_path, npz, capsys):
+    first = tmp_path / "first"
+    assert main(["discover", "--model", "helpers:tiny_cnn", "--data", str(npz),
+                 "--out", str(first), *FAST]) == 0
+    out = tmp_path / "again"
+    assert main(["discover", "--space", str(first / "supernet.json"), "--data", str(npz),
+                 "--out", str(out), *FAST]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["space"] == str(first / "supernet.json")
+    assert report["params"]["supernet"] == json.loads(
+        (first / "report.json").read_text())["params"]["supernet"]
+    assert export.load(out / "compact")(torch.zeros(1, 1, 8, 8)).shape == (1, 3)
+
+
+class Pairs(Dataset):
+    """A map-style Dataset of (tensor, int) pairs, as a user writes one."""
+    classes = ["a", "b", "c"]
+
+    def __init__(self, n=60, bad=None):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(n, 12, generator=g)
+        self.y = [i % 3 for i in range(n)]
+        self.x[torch.arange(n), torch.tensor(self.y)] += 3
+        self.bad = bad
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x, y = self.x[i], self.y[i]
+        if self.bad == "shape" and i == 5:
+            x = x[:10]
+        if self.bad == "label" and i == 7:
+            y = 3
+        if self.bad == "list" and i == 2:
+            x = x.tolist()
+        return x, y
+
+
+CONFIG = dict(space="mlp", space_options={"widths": [12, 16, 3]}, epochs=2, finetune=0,
+              select="none", lr=0.01, batch_size=16)
+
+
+def test_run_discover_takes_a_dataset(tmp_path):
+    rep = run_discover(Config(**CONFIG), tmp_path / "one", progress=False, data=Pairs())
+    assert rep["data"]["name"] == "python:Pairs"
+    assert rep["data"]["sizes"] == [48, 6, 6]  # split by seed like a .npz
+    assert rep["test"]["compact"] == rep["test"]["supernet"]
+    assert tomllib.loads((tmp_path / "one" / "config.toml").read_text())["data"] == \
+        "python:Pairs"
+    # a tuple (train, val, test) is used as it is
+    x, y = torch.randn(30, 12), torch.arange(30) % 3
+    parts = (TensorDataset(x, y), TensorDataset(x[:9], y[:9]), TensorDataset(x[:6], y[:6]))
+    rep = run_discover(Config(**CONFIG), tmp_path / "three", progress=False, data=parts)
+    assert rep["data"]["sizes"] == [30, 9, 6] and rep["data"]["name"] == "python:TensorDataset"
+    assert (tmp_path / "three" / "compact.safetensors").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("shape", "item 5's input has shape [10]"),
+    ("label", "label 3 is out of range: the dataset declares 3 classes"),
+    ("list", "item 2's input is list, not a numeric tensor"),
+])
+def test_bad_datasets_are_refused_before_the_folder_is_touched(tmp_path, bad, message):
+    from archdisc.errors import ArchdiscError
+    with pytest.raises(ArchdiscError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_discover(Config(**CONFIG), tmp_path / "run", progress=False, data=Pairs(bad=bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_cannot_resume_a_python_dataset(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_discover(Config(**CONFIG), out, progress=False, data=Pairs())
+    assert main(["discover", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "run_discover(data=...)" in capsys.readouterr().err
+    rep = run_discover(Config(**CONFIG), out, resume=True, progress=False, data=Pairs())
+    assert rep["data"]["name"] == "python:Pairs"
+
+
+def test_old_configs_keep_their_hash():
+    """The model fields, unset, are not part of the hash: runs made before them resume."""
+    assert Config().hash() == "2e107fff7cc3b074"  # the hash before the model fields
+    assert Config(space="convnet", lr=0.5).hash() == "5ba53c55f95efca1"
