@@ -24,6 +24,7 @@ seconds per search epoch (from each run's metrics.jsonl) and the ratio. One thre
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -109,8 +110,17 @@ def _search_vs_adam(path, overrides, epochs, chunk, profile=None, fused=None):
                                 "select": "none", "device": "cpu"})
     inner, epochs_t, plain = discover.train_epoch, [], {}
 
-    def wrapped(model, opt, x, y, task, batch_size, order, bar=None, on_step=None,
-                augment=None, dist=None):
+    signature = inspect.signature(inner)
+
+    def wrapped(*a, **k):  # whatever discover passes, by name
+        bound = signature.bind(*a, **k)
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+        x, y, task, batch_size, order, on_step = (
+            args[n] for n in ("x", "y", "task", "batch_size", "order", "on_step"))
+        if y is None:
+            raise SystemExit("bench_epoch: the data is streamed (y is None); the plain loop "
+                             "needs in-memory tensors")
         if not plain:
             for key, fused in (("adam", None), ("adam_fused", True)):
                 net = _plain_net(run)
@@ -124,8 +134,7 @@ def _search_vs_adam(path, overrides, epochs, chunk, profile=None, fused=None):
             t0 = time.perf_counter()
             if profile is not None:
                 profile.enable()
-            total += inner(model, opt, x, y, task, batch_size, part, None, hook, augment,
-                           dist) * len(part)
+            total += inner(**{**args, "order": part, "bar": None, "on_step": hook}) * len(part)
             if profile is not None:
                 profile.disable()
             t["train"] += time.perf_counter() - t0
@@ -161,7 +170,8 @@ def vs_adam(args):
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, load average {os.getloadavg()[0]:.2f} at "
           f"start; {args.epochs} epochs x {args.repeats} repeats, chunks of {args.chunk} "
-          f"batches interleaved; Bregman optimizer fused={args.fused}; medians per epoch"
+          f"batches interleaved; Bregman optimizer fused={True if args.fused else None}; "
+          f"medians per epoch"
           f"{'' if args.keep_first else ' (first epoch of each run dropped)'}\n")
     print("| job | search epoch s (metrics) | its train_epoch s | plain Adam s | plain Adam "
           "(fused) s | search / Adam | train_epoch / Adam | train_epoch / Adam (fused) |")
@@ -171,7 +181,7 @@ def vs_adam(args):
         rows = []
         for _ in range(args.repeats):
             rows += _search_vs_adam(path, overrides, args.epochs, args.chunk,
-                                    fused=args.fused)[skip:]
+                                    fused=True if args.fused else None)[skip:]
         m = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         ratio = {k: statistics.median(r["train"] / r[k] for r in rows)
                  for k in ("adam", "adam_fused")}
@@ -182,7 +192,8 @@ def vs_adam(args):
             import cProfile
             import pstats
             prof = cProfile.Profile()
-            _search_vs_adam(path, overrides, 1, args.chunk, profile=prof, fused=args.fused)
+            _search_vs_adam(path, overrides, 1, args.chunk, profile=prof,
+                            fused=True if args.fused else None)
             print(f"\nprofile of one train_epoch of {name} (tottime, top 20):")
             pstats.Stats(prof).sort_stats("tottime").print_stats(20)
 
