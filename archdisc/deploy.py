@@ -251,12 +251,14 @@ def nchwc_block() -> int:
 
 def for_runtime(net: ArchNet, runtime: str):
     """The deployment form measured fastest for ``runtime`` (experiments/RESULTS.md
-    section 3): ``"onnxruntime"``: :func:`deploy` with ``pad_to`` = the NCHWc block;
-    ``"torchscript"`` / ``"eager"``: the model as it is (oneDNN / MKL take odd channel
-    counts and a gather costs less there than the MACs the widening adds)."""
-    if runtime in ("onnx", "onnxruntime"):
+    section 3): for ``"onnxruntime"`` and ``"torchscript"`` (loaded with
+    :func:`load_torchscript`), :func:`deploy` with ``pad_to`` = the channel block of the
+    blocked conv kernels (onnxruntime's NCHWc, oneDNN's nChw16c); for ``"eager"``, the
+    model as it is (eager convs take odd channel counts and a gather costs less there
+    than the MACs the widening adds)."""
+    if runtime in ("onnx", "onnxruntime", "torchscript"):
         return deploy(net, pad_to=nchwc_block())
-    if runtime in ("torchscript", "eager", "pt2"):
+    if runtime in ("eager", "pt2"):
         return net
     raise ValueError(f"unknown runtime {runtime!r}")
 
@@ -365,3 +367,20 @@ class FeatureMajorNet(torch.nn.Module):
 def feature_major(net: ArchNet) -> FeatureMajorNet:
     """``net`` (an MLP-like ArchNet) computed feature-major: see :class:`FeatureMajorNet`."""
     return FeatureMajorNet(net).eval()
+
+
+def load_torchscript(path, optimize: bool = True):
+    """A TorchScript file written by :func:`archdisc.export.export`, ready to run on the
+    CPU: with ``optimize``, frozen and passed through ``torch.jit.optimize_for_inference``
+    (BatchNorm folded into the convs, conv + add + ReLU fused, oneDNN blocked layouts).
+    That step happens here, at load time, because an optimised module does not survive
+    ``torch.jit.save`` / ``load`` (torch 2.x: "required keyword attribute 'value' is
+    undefined")."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        if optimize:
+            module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+    return module

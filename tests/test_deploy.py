@@ -119,3 +119,14 @@ def test_bad_arguments():
         deploy(net, layout="nhwc")
     with pytest.raises(ValueError):
         deploy(resnet(), layout="feature_major")
+
+
+def test_load_torchscript_optimized(tmp_path):
+    from archdisc.deploy import load_torchscript
+
+    net = resnet()
+    dep = for_runtime(net, "torchscript")
+    path = export(dep, None, tmp_path, formats=("torchscript",))["torchscript"]
+    x = torch.randn(3, 3, 16, 16)
+    close(load_torchscript(path), net, x)
+    close(load_torchscript(path, optimize=False), net, x)
