@@ -130,8 +130,56 @@ def graph_file(path) -> ArchGraph:
 
 
 # ---------------------------------------------------------------------- data=Dataset
-def _sample_arrays(dataset, where: str):
-    """Every item of ``dataset`` as (x, y) numpy arrays, or a DataError naming the item."""
+def _item(dataset, i: int, where: str, shape=None):
+    """Item ``i`` of ``dataset`` as (float tensor, int label), or a DataError naming it."""
+    from .data import DataError
+    item = dataset[i]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise DataError(f"{where}: item {i} is {type(item).__name__}, not a pair "
+                        f"(input, label)")
+    x, y = item
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or
+                                               x.dtype in (torch.uint8, torch.int64,
+                                                           torch.int32)):
+        hint = (" (add transforms.ToTensor() to the dataset)"
+                if type(x).__module__.startswith("PIL") else "")
+        raise DataError(f"{where}: item {i}'s input is {type(x).__name__}, not a numeric "
+                        f"tensor{hint}")
+    if shape is not None and tuple(x.shape) != shape:
+        raise DataError(f"{where}: item {i}'s input has shape {list(x.shape)}, item 0's "
+                        f"{list(shape)}; all inputs must have one shape (resize or crop "
+                        f"them in the dataset's transform)")
+    if isinstance(y, torch.Tensor) and y.numel() == 1:
+        y = y.item() if not y.is_floating_point() else y
+    if isinstance(y, np.generic) and np.issubdtype(y.dtype, np.integer):
+        y = int(y)
+    if isinstance(y, bool) or not isinstance(y, int):
+        raise DataError(f"{where}: item {i}'s label is {y!r} ({type(y).__name__}); "
+                        f"classification needs integer class labels")
+    return x.float(), y
+
+
+class _Checked(torch.utils.data.Dataset):
+    """A user's Dataset whose items are (float tensor, int label), read on access: the
+    training loop streams it through a DataLoader, so memory does not grow with it."""
+
+    def __init__(self, dataset, where: str, shape):
+        self.dataset, self.where, self.shape = dataset, where, shape
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return _item(self.dataset, i, self.where, self.shape)
+
+
+def _scan(dataset, where: str):
+    """Read every item once (checked, then dropped): (the dataset to stream, its input
+    shape, its labels). In-memory TensorDatasets stay as they are (the fast path)."""
+    from torch.utils.data import TensorDataset
+
     from .data import DataError
     try:
         n = len(dataset)
@@ -140,49 +188,32 @@ def _sample_arrays(dataset, where: str):
                         f"torch.utils.data.Dataset") from None
     if n == 0:
         raise DataError(f"{where}: the dataset is empty")
-    xs, ys, shape = [], [], None
-    for i in range(n):
-        item = dataset[i]
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise DataError(f"{where}: item {i} is {type(item).__name__}, not a pair "
-                            f"(input, label)")
-        x, y = item
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or
-                                                   x.dtype in (torch.uint8, torch.int64,
-                                                               torch.int32)):
-            hint = (" (add transforms.ToTensor() to the dataset)"
-                    if type(x).__module__.startswith("PIL") else "")
-            raise DataError(f"{where}: item {i}'s input is {type(x).__name__}, not a numeric "
-                            f"tensor{hint}")
-        if shape is None:
-            shape = tuple(x.shape)
-        elif tuple(x.shape) != shape:
-            raise DataError(f"{where}: item {i}'s input has shape {list(x.shape)}, item 0's "
-                            f"{list(shape)}; all inputs must have one shape (resize or crop "
-                            f"them in the dataset's transform)")
-        if isinstance(y, torch.Tensor) and y.numel() == 1:
-            y = y.item() if not y.is_floating_point() else y
-        if isinstance(y, np.generic) and np.issubdtype(y.dtype, np.integer):
-            y = int(y)
-        if isinstance(y, bool) or not isinstance(y, int):
-            raise DataError(f"{where}: item {i}'s label is {y!r} ({type(y).__name__}); "
-                            f"classification needs integer class labels")
-        xs.append(x.float())
-        ys.append(y)
-    return torch.stack(xs).numpy(), np.asarray(ys, dtype=np.int64)
+    shape = tuple(_item(dataset, 0, where)[0].shape)
+    labels = np.asarray([_item(dataset, i, where, shape)[1] for i in range(n)], np.int64)
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        x, y = dataset.tensors
+        return TensorDataset(x.float(), y.long()), shape, labels
+    return _Checked(dataset, where, shape), shape, labels
+
+
+def _take(dataset, idx: torch.Tensor):
+    """The items ``idx`` of ``dataset``: still tensors for a TensorDataset, else a Subset."""
+    from torch.utils.data import Subset, TensorDataset
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[idx] for t in dataset.tensors))
+    return Subset(dataset, idx.tolist())
 
 
 def python_data(data, config: Config):
-    """A :class:`~archdisc.data.Data` (in-memory tensors) from a ``torch.utils.data.Dataset``
-    (split into train / val / test by ``config.seed``, like a .npz) or a tuple
+    """A :class:`~archdisc.data.Data` from a ``torch.utils.data.Dataset`` (split into
+    train / val / test by ``config.seed``: 10% validation, 10% test) or a tuple
     ``(train, val, test)`` of Datasets. Inputs are used as the Dataset gives them (its own
-    transform is the preprocessing). Every sample is read once into memory.
-    TODO(issue 14): stream Datasets that do not fit in memory through a DataLoader."""
-    from torch.utils.data import Dataset, TensorDataset
+    transform is the preprocessing). Every item is checked once up front; then in-memory
+    TensorDatasets are indexed directly and any other Dataset is streamed through a
+    DataLoader (``config.loader_workers`` processes) in every epoch."""
+    from torch.utils.data import Dataset
 
-    from .data import Data, DataError, _user_splits
+    from .data import Data, DataError
     if config.task != "classification":
         raise ConfigError("config field 'task': a Python Dataset supports task = "
                           "\"classification\"")
@@ -192,25 +223,26 @@ def python_data(data, config: Config):
                             f"Datasets, got a {type(data).__name__} of "
                             f"{[type(d).__name__ for d in data]}")
         name = type(data[0]).__name__
-        arrays = [_sample_arrays(d, f"data[{k}] ({s})")
-                  for k, (d, s) in enumerate(zip(data, ("train", "val", "test")))]
-        shapes = {a[0].shape[1:] for a in arrays}
-        if len(shapes) != 1:
+        scans = [_scan(d, f"data[{k}] ({s})")
+                 for k, (d, s) in enumerate(zip(data, ("train", "val", "test")))]
+        if len({sc[1] for sc in scans}) != 1:
             raise DataError(f"data=: train, val and test inputs differ in shape "
-                            f"({[list(a[0].shape[1:]) for a in arrays]})")
-        if config.limit is not None:
-            arrays[0] = (arrays[0][0][:config.limit], arrays[0][1][:config.limit])
-        splits = [TensorDataset(torch.from_numpy(x), torch.from_numpy(y)) for x, y in arrays]
-        labels = np.concatenate([y for _, y in arrays])
-        in_shape = tuple(arrays[0][0].shape[1:])
-        first = data[0]
+                            f"({[list(sc[1]) for sc in scans]})")
+        splits = [sc[0] for sc in scans]
+        if config.limit is not None and config.limit < len(splits[0]):
+            splits[0] = _take(splits[0], torch.arange(config.limit))
+        labels = np.concatenate([sc[2] for sc in scans])
+        in_shape, first = scans[0][1], data[0]
     elif isinstance(data, Dataset):
         name = type(data).__name__
-        x, y = _sample_arrays(data, f"data= ({name})")
-        d = _user_splits(f"data= ({name})", x, y, None, config.seed, config.limit, 0.1, 0.1,
-                         standardise=False)
-        splits = [d.train, d.val, d.test]
-        labels, in_shape, first = y, d.in_shape, data
+        whole, in_shape, labels = _scan(data, f"data= ({name})")
+        if len(whole) < 3:
+            raise DataError(f"data= ({name}): needs at least 3 items, got {len(whole)}")
+        perm = torch.randperm(len(whole), generator=torch.Generator().manual_seed(config.seed))
+        n_val = n_test = max(1, round(0.1 * len(whole)))
+        parts = [perm[n_val + n_test:][:config.limit], perm[:n_val], perm[n_val:n_val + n_test]]
+        splits = [_take(whole, p) for p in parts]
+        first = data
     else:
         raise DataError(f"data=: expected a torch.utils.data.Dataset or a tuple (train, val, "
                         f"test) of them, got {type(data).__name__}")

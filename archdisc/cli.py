@@ -204,7 +204,8 @@ def _add_tune(sub):
     p.add_argument("--out", required=True, type=Path, help="study folder")
     p.add_argument("--trials", type=int, default=8, help="trials to add (default 8)")
     p.add_argument("--workers", type=int, default=1,
-                   help="parallel local processes (a journal file replaces SQLite)")
+                   help="parallel local processes, each running single-process trials "
+                        "(a journal file replaces SQLite); tune never starts torchrun")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite file in --out)")
     p.add_argument("--study", help="study name (default: archdisc-SPACE-DATA)")
     p.add_argument("--mode", choices=MODES, default="pareto",

@@ -33,7 +33,8 @@ from .dist import Dist
 from .errors import ConfigError, RunError, TrainingError
 from .graph import ArchGraph, GraphError
 from .io import atomic_write_text
-from .loop import augmenter, epoch_order, finetune, loss_fn, set_lr, train_epoch
+from .loop import (augmenter, batches, epoch_order, finetune, loss_fn, set_lr, tensors,
+                   train_epoch)
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
            "finetune_compact", "report", "Run", "load_dataset", "build_supernet",
@@ -133,12 +134,13 @@ def search(run: Run, on_epoch=None):
                       seed=config.seed).to(device)
     opt = make_optimizer(net, config)
     model = dist.wrap(net)  # net itself, or net in DDP under torchrun
-    x, y = (t.to(device) for t in data.train.tensors)
-    steps = math.ceil(len(x) / config.batch_size)
+    x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
+    n, workers = len(data.train), config.loader_workers
+    steps = math.ceil(n / config.batch_size)
     control = LamControl(net, opt, config, steps)
     decay = config.weight_decay > 0 and config.optimizer in BREGMAN  # else torch's own
     metrics, start, seconds = [], 0, 0.0
-    initial = _initial_loss(net, x, y, data.task)
+    initial = _initial_loss(net, data.train, data.task, device)
     if run.resume_from is not None:
         meta = rundir.load_checkpoint(run.resume_from, net, opt)
         if meta.get("config_hash") != config.hash():
@@ -173,8 +175,9 @@ def search(run: Run, on_epoch=None):
                 control.set((epoch - 1) * steps + 1)
             try:
                 loss = train_epoch(model, opt, x, y, data.task, config.batch_size,
-                                   epoch_order(config.seed, epoch, len(x)), bar, on_step,
-                                   augmenter(config, config.seed, epoch, x.device), dist)
+                                   epoch_order(config.seed, epoch, n), bar, on_step,
+                                   augmenter(config, config.seed, epoch, device), dist,
+                                   workers)
                 if control.target and epoch == config.epochs:
                     control.settle(net)
                 if not all(torch.isfinite(p).all() for p in net.parameters()):
@@ -237,7 +240,7 @@ def extract_compact(run: Run):
     from .extract import extract, extraction_report
     net = run.net.eval()
     save_model(net, run.out / "supernet")
-    sample = run.data.val.tensors[0][:256].to(run.device)
+    sample = next(batches(run.data.val, 256, run.device))[0]
     run.compact_graph, compact = extract(net, verify=True, inputs=sample)
     run.compact = compact.to(run.device).eval()
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
@@ -343,10 +346,11 @@ DIVERGED = 10.0  # an epoch's training loss over this many times the untrained m
 
 
 @torch.no_grad()
-def _initial_loss(net, x, y, task) -> float:
+def _initial_loss(net, train, task, device) -> float:
     """The untrained model's loss on (up to) 1024 training samples, in eval mode."""
     net.eval()
-    loss = float(loss_fn(net(x[:1024]), y[:1024], task))
+    x, y = next(batches(train, 1024, device))
+    loss = float(loss_fn(net(x), y, task))
     net.train()
     return loss
 

@@ -205,11 +205,13 @@ def masked_adam(net, config, lr: float, total: int, cosine: bool, weight_decay: 
 def finetune(net, data, config, device, bar=None) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
     AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search."""
-    x, y = (t.to(device) for t in data.train.tensors)
-    total = math.ceil(len(x) / config.batch_size) * config.finetune
+    x, y = tensors(data.train, device)
+    n = len(data.train)
+    total = math.ceil(n / config.batch_size) * config.finetune
     opt, on_step = masked_adam(net, config, config.finetune_lr, total,
                                config.finetune_schedule == "cosine", config.weight_decay)
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
-                        epoch_order(config.seed + 1, e, len(x)), bar, on_step=on_step,
-                        augment=augmenter(config, config.seed + 1, e, x.device))
+                        epoch_order(config.seed + 1, e, n), bar, on_step=on_step,
+                        augment=augmenter(config, config.seed + 1, e, device),
+                        workers=config.loader_workers)
             for e in range(1, config.finetune + 1)]

@@ -30,7 +30,7 @@ import torch
 
 from .compile import ArchNet, compile_graph
 from .groups import unit_members
-from .loop import epoch_order, loss_fn, masked_adam, train_epoch
+from .loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
 from .ops import OPS
 
 __all__ = ["shrink_select", "sweep_select"]
@@ -153,7 +153,8 @@ def sweep_select(compact: ArchNet, data, config, device, log=print):
 
 def _tools(data, config, device):
     """(probe batch, refit, snapshot): what both selection rules share."""
-    x, y = (t.to(device) for t in data.train.tensors)
+    x, y = tensors(data.train, device)  # y is None: streamed
+    n = len(data.train)
     step = [0]
 
     def refit(net, steps):
@@ -163,9 +164,10 @@ def _tools(data, config, device):
         done = 0
         while done < steps:
             step[0] += 1
-            order = epoch_order(config.seed + 2, step[0], len(x))
+            order = epoch_order(config.seed + 2, step[0], n)
             order = order[:(steps - done) * config.batch_size]
-            train_epoch(net, opt, x, y, data.task, config.batch_size, order, on_step=on_step)
+            train_epoch(net, opt, x, y, data.task, config.batch_size, order, on_step=on_step,
+                        workers=config.loader_workers)
             done += math.ceil(len(order) / config.batch_size)
         return net.eval()
 
@@ -177,7 +179,7 @@ def _tools(data, config, device):
                 "val_loss": loss, "params": sum(p.numel() for p in net.parameters()),
                 **extra, "net": net}
 
-    return x[:1024], refit, snapshot
+    return next(batches(data.train, 1024, device))[0], refit, snapshot
 
 
 def _line(s, metric):
@@ -193,8 +195,8 @@ def _copy(net: ArchNet) -> ArchNet:
 @torch.no_grad()
 def _scores(net, data, device):
     """Validation metric, the standard error of its per-sample values, and the mean loss."""
-    xv, yv = (t.to(device) for t in data.val.tensors)
-    out = torch.cat([net(xv[i:i + 1024]) for i in range(0, len(xv), 1024)])
+    outs, ys = zip(*((net(xb), yb) for xb, yb in batches(data.val, 1024, device)))
+    out, yv = torch.cat(outs), torch.cat(ys)
     loss = float(loss_fn(out, yv, data.task))
     if data.metric == "accuracy":
         per = (out.argmax(-1) == yv).double() * 100

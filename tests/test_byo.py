@@ -110,6 +110,35 @@ def test_run_discover_takes_a_dataset(tmp_path):
     assert (tmp_path / "three" / "compact.safetensors").exists()
 
 
+class Counted(Pairs):
+    """Pairs that count how often items are read (shared with DataLoader workers)."""
+
+    def __init__(self):
+        super().__init__(n=100)
+        self.reads = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_dataset_is_streamed_every_epoch_not_held(tmp_path, workers):
+    """Items are read on access in every epoch (one checking pass, then each epoch's
+    batches and the evaluations), and the result equals the same samples as tensors."""
+    ds = Counted()
+    cfg = Config(**{**CONFIG, "epochs": 3, "loader_workers": workers})
+    streamed = run_discover(cfg, tmp_path / "s", progress=False, data=ds)
+    reads = int(ds.reads)
+    assert reads >= 100 + 3 * 80  # the check, then 3 epochs of the 80 training items
+    held = run_discover(Config(**{**CONFIG, "epochs": 3}), tmp_path / "t", progress=False,
+                        data=TensorDataset(ds.x, torch.tensor(ds.y)))
+    assert int(ds.reads) == reads  # tensors are indexed, not read item by item
+    assert held["data"]["sizes"] == streamed["data"]["sizes"] == [80, 10, 10]
+    assert held["units"] == streamed["units"]
+    assert held["test"]["supernet"] == pytest.approx(streamed["test"]["supernet"])
+
+
 @pytest.mark.parametrize("bad, message", [
     ("shape", "item 5's input has shape [10]"),
     ("label", "label 3 is out of range: the dataset declares 3 classes"),
