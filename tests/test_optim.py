@@ -288,11 +288,13 @@ def test_prox_is_the_minimiser(kind, seed, lam, delta):
     x = [t.clone() for t in y]
     KINDS[kind](lam).prox_(x, delta)
     z = brute_force_prox(kind, lam, delta, y)
-    # the numerical minimiser is accurate to ~1e-4 (its objective to ~1e-7): the prox must
-    # be as close and at least as good
-    assert max(float((a - b).abs().max()) for a, b in zip(x, z)) <= 1e-3
-    fx = objective(kind, lam, delta, x, y)
-    assert fx <= objective(kind, lam, delta, z, y) + 1e-10
+    # the objective is 1-strongly convex, so its minimiser x* satisfies
+    # f(z) - f(x*) >= |z - x*|^2 / 2 for every z: the numerical minimiser (accurate to
+    # ~1e-3 on kinks) may be off, but never by more than its objective gap allows
+    fx, fz = objective(kind, lam, delta, x, y), objective(kind, lam, delta, z, y)
+    assert fx <= fz + 1e-10
+    dist2 = sum(float(((a - b) ** 2).sum()) for a, b in zip(x, z))
+    assert dist2 / 2 <= fz - fx + 1e-9
     g = torch.Generator().manual_seed(seed)
     for _ in range(5):  # no nearby point is better
         pert = [a + 1e-3 * torch.randn(a.shape, generator=g, dtype=a.dtype) for a in x]
