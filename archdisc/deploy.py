@@ -22,8 +22,14 @@ and leaves Add and ReLU unfused (experiments/RESULTS.md section 3 has the profil
 
 A remap that cannot be done exactly (a reader that is a flatten, concat, select, a
 grouped conv, layer norm, an activation that does not map 0 to 0, ...) is skipped and
-that member keeps its gather. BatchNorm needs no step here: the ONNX and TorchScript
-exports of an eval-mode model fold it into the preceding conv already.
+that member keeps its gather.
+
+An MLP-like model with such a gather is instead computed *feature-major*
+(:class:`FeatureMajorNet`): there widening would give back the MACs saved, while a gather
+of whole rows is cheap. BatchNorm needs no step here: the ONNX export of an eval-mode model
+folds it into the preceding conv already, and :func:`load_torchscript` folds it at load
+time (``torch.jit.optimize_for_inference``). :func:`for_runtime` picks the form measured
+fastest for a runtime.
 
 The result is an ordinary :class:`~archdisc.compile.ArchNet` (its graph has no index on
 those edges), so :func:`archdisc.export.export` writes and verifies it like any model.

@@ -236,6 +236,8 @@ def main(argv=None):
                                   "default: the synthetic demo")
     ap.add_argument("--models", nargs="+", choices=sorted(DEMO), default=list(DEMO),
                     help="demo models to time")
+    ap.add_argument("--resnet-width", type=float, default=DEMO["resnet18"]["width_mult"],
+                    help="demo resnet18's width_mult (default 0.25)")
     ap.add_argument("--round-to", type=int, default=1,
                     help="demo: round kept widths up to a multiple of K (default 1)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.json"))
@@ -250,7 +252,8 @@ def main(argv=None):
     if args.run:
         pairs = [(Path(args.run).name, *run_pair(args.run))]
     else:
-        pairs = [(n, *demo_pair(n, DEMO[n], args.round_to)) for n in args.models]
+        demo = {**DEMO, "resnet18": {**DEMO["resnet18"], "width_mult": args.resnet_width}}
+        pairs = [(n, *demo_pair(n, demo[n], args.round_to)) for n in args.models]
     models = []
     for name, sup, comp in pairs:
         models.append(bench(name, sup, comp, args.threads))
@@ -264,7 +267,7 @@ def main(argv=None):
             "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
             "cpu": cpu_name(), "cores": os.cpu_count(),
             "source": args.run or "synthetic demo (half the units zeroed, extract)",
-            "round_to": args.round_to,
+            "round_to": args.round_to, "resnet_width": args.resnet_width,
             "seconds": round(time.perf_counter() - t0, 1)}
     print(f"\nthreads={args.threads}, torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}; median (p90) over {BATCHES[1][1]} runs at batch 1, "
