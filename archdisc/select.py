@@ -36,6 +36,7 @@ from .ops import OPS
 __all__ = ["shrink_select", "sweep_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
+REFIT_AT_MOST = 4  # candidates refit per stage: those with the lowest val loss before it
 SWEEP_STOP = 3.0  # sweep: a layer's sweep goes no narrower once this far below its best
 
 
@@ -49,15 +50,17 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     log(_line(path[-1], data.metric))
     best = path[0]["metric"]
     while True:
-        candidates = []
         with torch.no_grad():
             env = net.eval().activations(probe)  # shared by every candidate of the stage
-        for n in _shrinkable(net):
-            k = max(1, int(config.select_frac * net.graph.nodes[n]["units"]))
-            smaller = _remove_weakest(net, {n: k}, env, probe)
-            candidates.append(snapshot(refit(smaller, config.select_steps), len(path)))
-        if not candidates:
+        cuts = [_remove_weakest(net, {n: max(1, int(config.select_frac * units))}, env, probe)
+                for n in _shrinkable(net) if (units := net.graph.nodes[n]["units"])]
+        if not cuts:
             break
+        tried = len(cuts)
+        if tried > REFIT_AT_MOST:  # deep nets: refit only the most promising cuts
+            cuts = sorted(cuts, key=lambda c: _scores(c, data, device)[2])[:REFIT_AT_MOST]
+        candidates = [snapshot(refit(c, config.select_steps), len(path), tried=tried)
+                      for c in cuts]
         kept = min(candidates, key=lambda c: c["val_loss"])
         path.append(kept)
         log(_line(kept, data.metric))

@@ -86,3 +86,18 @@ def test_sweep_tries_powers_of_two_from_one_parent_and_checks_the_joint_model(sw
         assert chosen[0]["params"] == report["params"]["compact"]  # finetune 0
         assert load(out / "compact").graph.nodes["fc1"]["units"] == chosen[0]["widths"]["fc1"]
         assert report["val"]["compact"] == pytest.approx(chosen[0]["metric"])
+
+
+def test_deep_nets_refit_at_most_four_cuts_per_stage(tmp_path, monkeypatch):
+    """Six searchable layers: each stage cuts each of them, but refits only the four
+    cuts with the lowest validation loss (the shrink costs O(stages), not O(layers))."""
+    from archdisc import select
+    refits = []
+    real = select.masked_adam
+    monkeypatch.setattr(select, "masked_adam", lambda *a, **k: refits.append(1) or real(*a, **k))
+    rep = run_discover(teacher(space_options={"widths": [20] + [24] * 6 + [4]}, epochs=2,
+                               density=0.5, select_steps=10),
+                       tmp_path / "deep", progress=False)
+    stages = rep["select"]["path"][1:]
+    assert stages and stages[0]["tried"] == 6
+    assert len(refits) == 1 + sum(min(s["tried"], select.REFIT_AT_MOST) for s in stages)
