@@ -48,6 +48,14 @@ def _option_value(text: str):
         return key.strip(), value
 
 
+def _boolean(text: str) -> bool:
+    """true / false (also yes / no, 1 / 0), as in TOML; anything else is refused."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.strip().lower() not in value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return value[text.strip().lower()]
+
+
 def _add_discover(sub):
     p = sub.add_parser(
         "discover", help="train a supernet, extract the discovered architecture",
@@ -101,7 +109,8 @@ def _add_config_options(p):
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         allowed = f"; one of: {', '.join(listed[f.name])}" if f.name in listed else ""
-        p.add_argument(flag, dest=f.name, type=typ, default=argparse.SUPPRESS,
+        p.add_argument(flag, dest=f.name, type=_boolean if typ is bool else typ,
+                       default=argparse.SUPPRESS,
                        metavar=f.name.upper(),
                        help=f"{docs[f.name]}{allowed} (default: {default})".replace("%", "%%"))
 

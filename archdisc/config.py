@@ -34,7 +34,7 @@ CHOICES = {
     "select": ("shrink", "none"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
-UNHASHED_WHEN_UNSET = ("model", "model_options", "input_shape")
+UNHASHED_WHEN_UNSET = ("model", "model_options", "input_shape", "fused")
 
 
 @dataclass
@@ -62,6 +62,9 @@ class Config:
     lam_edge: float | None = None      # strength on candidate-edge gates (None: lam)
     group_mode: str = "unit"           # one regularized group: a unit, a conv kernel, an element
     delta: float = 1.0                 # Bregman / prox step scale (adabreg, linbreg)
+    fused: bool | None = None          # the Bregman step as one torch.compile'd function:
+                                       # unset = on CUDA only; true also pays on CPU for long
+                                       # runs (first step compiles for 7-50 s); false: never
     momentum: float = 0.9              # momentum of linbreg, proxsgd, sgd (adam / adabreg: betas)
     density: float = 0.2               # initial fraction of alive units (kernels, elements)
     lr_schedule: str = "constant"      # learning-rate schedule of the search (per epoch)
@@ -147,6 +150,7 @@ class Config:
         _require(0 <= self.seed < 2**63, "seed", "an integer in 0..2**63-1")
         _require(self.epochs >= 1, "epochs", "an integer >= 1")
         _require(self.batch_size >= 1, "batch_size", "an integer >= 1")
+        _require(self.fused in (None, True, False), "fused", "true or false (or unset)")
         _require(self.loader_workers >= 0, "loader_workers",
                  "an integer >= 0 (0: load in this process)")
         _require(self.limit is None or self.limit >= 1, "limit", "an integer >= 1 (or unset)")
@@ -191,7 +195,7 @@ class Config:
         """A short digest of every field: runs with the same hash are the same run."""
         d = self.to_dict()
         for name in UNHASHED_WHEN_UNSET:  # fields added later: old runs keep their hash
-            if not d[name]:
+            if d[name] is None or d[name] == {}:
                 del d[name]
         del d["loader_workers"]  # changes the speed, never the result
         text = json.dumps(d, sort_keys=True)

@@ -458,10 +458,11 @@ def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=c.lr)
     groups = param_groups(net, lam=c.lam, lam_edge=c.lam_edge, mode=c.group_mode)
     if c.optimizer == "adabreg":
-        return optim.AdaBreg(groups, lr=c.lr, delta=c.delta)
+        return optim.AdaBreg(groups, lr=c.lr, delta=c.delta, fused=c.fused)
     if c.optimizer == "linbreg":
-        return optim.LinBreg(groups, lr=c.lr, delta=c.delta, momentum=c.momentum)
-    return optim.ProxSGD(groups, lr=c.lr, momentum=c.momentum)
+        return optim.LinBreg(groups, lr=c.lr, delta=c.delta, momentum=c.momentum,
+                             fused=c.fused)
+    return optim.ProxSGD(groups, lr=c.lr, momentum=c.momentum, fused=c.fused)
 
 
 @torch.no_grad()

@@ -158,3 +158,20 @@ def test_a_log_file_gets_a_line_per_epoch_and_per_phase(tmp_path):
                             "--out", str(tmp_path / "q")], capture_output=True, text=True,
                            check=True)
     assert quiet.stderr == ""
+
+
+def test_boolean_flags_read_true_and_false(tmp_path, capsys):
+    from archdisc.cli import build_parser
+    from archdisc.discover import make_optimizer
+    from archdisc import ArchNet, Config, build_space
+    p = build_parser()
+    for text, value in (("true", True), ("false", False), ("0", False), ("yes", True)):
+        args = p.parse_args(["discover", "--out", "x", "--fused", text,
+                             "--select-sweep", text])
+        assert args.fused is value and args.select_sweep is value
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["discover", "--out", "x", "--fused", "maybe"])
+    assert e.value.code == 2 and "expected true or false" in capsys.readouterr().err
+    net = ArchNet(build_space("mlp", widths=[4, 3, 2], in_shape=None))
+    for fused in (None, True, False):
+        assert make_optimizer(net, Config(fused=fused)).fused is fused
