@@ -255,7 +255,8 @@ def _max_diff(fmt, ref: list[np.ndarray], got: list[np.ndarray], batch: int) -> 
 
 
 def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
-           example_input=None, atol: float = 1e-4, name: str = "model") -> dict[str, Path]:
+           example_input=None, atol: float = 1e-4, name: str = "model",
+           runtime_form: bool = False) -> dict[str, Path]:
     """Write ``net`` in each of ``formats`` into ``out_dir`` and verify every file.
 
     ``graph`` defaults to ``net.graph``. ``example_input`` (a tensor or a tuple, one per
@@ -264,7 +265,10 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
     inputs of batch sizes 1 and 7 (and ``example_input``); a max |Δ| above ``atol``
     (relative to the largest output when that exceeds 1: float32 rounding grows with the
     values) raises :class:`ExportError` naming the format. Returns ``{format: path}``; the
-    safetensors weights have their graph beside them as ``<name>.json``.
+    safetensors weights have their graph beside them as ``<name>.json``. With
+    ``runtime_form``, the TorchScript and ONNX files hold :func:`archdisc.deploy.for_runtime`'s
+    form of ``net`` (sums without gathers, channels padded to the CPU's conv block), checked
+    against ``net`` itself like every file.
     """
     graph = net.graph if graph is None else graph
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
@@ -291,7 +295,11 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
         tmps = [_tmp_beside(p) for p in finals]
         try:
             try:
-                WRITERS[fmt](net, graph, tmps, finals, example)
+                model = net
+                if runtime_form and fmt in ("torchscript", "onnx"):
+                    from .deploy import for_runtime
+                    model = for_runtime(net, fmt)
+                WRITERS[fmt](model, graph, tmps, finals, example)
             except Exception as e:
                 raise ExportError(f"{fmt} export failed: {type(e).__name__}: {e}") from e
             for x, ref in zip(checks, refs):
@@ -319,9 +327,10 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
 # ---------------------------------------------------------------------- CLI entry
 def export_run(run_dir, formats=FORMATS) -> dict[str, Path]:
     """Export a run's discovered model (``RUN/compact.safetensors`` + ``.json``) into
-    ``RUN/export/`` as ``model.*``; returns ``{format: path}``."""
+    ``RUN/export/`` as ``model.*``, TorchScript and ONNX in their deployment form;
+    returns ``{format: path}``."""
     from .rundir import verify_checksums
     run = Path(run_dir)
     verify_checksums(run, ("compact.safetensors", "compact.json"))
     net = load(run / "compact")
-    return export(net, net.graph, run / "export", formats)
+    return export(net, net.graph, run / "export", formats, runtime_form=True)

@@ -81,6 +81,12 @@ def test_resnet_onnx_has_no_gather(tmp_path):
     after = export(for_runtime(net, "onnxruntime"), None, tmp_path / "d",
                    formats=("onnx", "torchscript"))["onnx"]  # export verifies both
     assert not ops(after) & {"Gather", "Concat", "ScatterElements", "ConstantOfShape"}
+    # `archdisc export RUN` writes that form (checked against the compact model itself)
+    from archdisc.export import export_run, load, save
+    save(net, tmp_path / "run" / "compact")
+    paths = export_run(tmp_path / "run", ("onnx", "torchscript", "safetensors"))
+    assert ops(paths["onnx"]) == ops(after)
+    assert gathers(load(tmp_path / "run" / "export" / "model")) > 0  # safetensors: as is
 
 
 def test_feature_major_skip_mlp(tmp_path):
