@@ -506,61 +506,142 @@ def is_user_data(name: str) -> bool:
 
 
 def load_user_data(path, *, seed: int = 0, limit: int | None = None,
-                   val_fraction: float = 0.1, test_fraction: float = 0.1) -> Data:
+                   val_fraction: float = 0.1, test_fraction: float = 0.1,
+                   target: str | None = None) -> Data:
     """A classification dataset from the user's files (nothing is pickled or downloaded):
 
     * ``.npz`` with arrays ``x`` (N, ...) and ``y`` (N,) integer labels; optional
-      ``x_test`` / ``y_test`` (else a test split is drawn);
-    * ``.csv`` of numbers with a header row; the last column is the integer label;
+      ``x_val`` / ``y_val`` and ``x_test`` / ``y_test`` (else drawn from x, y);
+    * ``.csv`` of numbers with a header row; the label is the column named ``target``
+      (default: the last column);
     * a folder in ImageFolder layout (``ROOT/<class>/<image>``, or ``ROOT/train/<class>``
-      and ``ROOT/test/<class>``), read with torchvision; images must share one size.
+      with optional ``ROOT/val/<class>`` and ``ROOT/test/<class>``); images must share
+      one size. The images stay on disk: they are streamed in every epoch.
 
     Features are standardised with the training split's mean and std (per channel for
-    images, per column otherwise); validation (and test, when none is given) are drawn
-    from the rest with ``seed``."""
+    images, per column otherwise); validation and test, when not given, are drawn from
+    the rest with ``seed``."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"data {str(p)!r} does not exist; give a .npz, a .csv or a folder")
-    test = None
+    if target is not None and p.suffix.lower() != ".csv":
+        raise DataError(f"data option 'target' names a CSV column; {p} is not a .csv")
+    val = test = None
     if p.suffix.lower() == ".npz":
         with np.load(p, allow_pickle=False) as f:
             missing = {"x", "y"} - set(f.files)
             if missing:
                 raise DataError(f"{p}: missing array(s) {sorted(missing)}; an .npz needs 'x' "
-                                f"and 'y' (optional 'x_test', 'y_test'); it has {f.files}")
+                                f"and 'y' (optional 'x_val', 'y_val', 'x_test', 'y_test'); "
+                                f"it has {f.files}")
             x, y = f["x"], f["y"]
+            if "x_val" in f.files and "y_val" in f.files:
+                val = (f["x_val"], f["y_val"])
             if "x_test" in f.files and "y_test" in f.files:
                 test = (f["x_test"], f["y_test"])
     elif p.suffix.lower() == ".csv":
-        try:
-            table = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
-        except ValueError as e:
-            raise DataError(f"{p}: not a numeric CSV with a header row ({e})") from None
-        x, y = table[:, :-1], table[:, -1]
+        x, y = _read_csv(p, target)
     else:
-        root = p / "train" if (p / "train").is_dir() else p
-        x, y = _read_image_folder(root)
-        if (p / "test").is_dir():
-            test = _read_image_folder(p / "test")
-    return _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction)
+        return _image_folder(p, seed, limit, val_fraction, test_fraction)
+    return _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction, val=val)
 
 
-def _read_image_folder(root: Path):
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor
+def _read_csv(p: Path, target: str | None):
+    with open(p) as f:
+        header = [c.strip() for c in f.readline().strip().split(",")]
     try:
-        folder = ImageFolder(str(root))
+        table = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    except ValueError as e:
+        raise DataError(f"{p}: not a numeric CSV with a header row ({e})") from None
+    if table.shape[1] != len(header):
+        raise DataError(f"{p}: the header names {len(header)} columns, the rows have "
+                        f"{table.shape[1]}")
+    if target is not None and target not in header:
+        raise DataError(f"{p}: no column {target!r} for --data-option target; the columns "
+                        f"are {', '.join(header)}")
+    k = header.index(target) if target is not None else len(header) - 1
+    return np.delete(table, k, axis=1), table[:, k]
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Images of an image folder, read from disk on access and standardised per channel:
+    ``(float tensor (C, H, W), label)``."""
+
+    def __init__(self, samples: list, mean: torch.Tensor, std: torch.Tensor):
+        self.samples, self.mean, self.std = samples, mean, std
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return (_read_image(path).float() - self.mean) / self.std, label
+
+
+def _read_image(path) -> torch.Tensor:
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+    with Image.open(path) as im:  # RGB, as torchvision's ImageFolder reads images
+        return pil_to_tensor(im.convert("RGB"))
+
+
+def _folder_samples(root: Path, classes: list | None = None):
+    """(path, label) pairs of ROOT/<class>/<image>; labels follow ``classes`` when given
+    (so val/ and test/ use train/'s numbering)."""
+    from torchvision.datasets import ImageFolder
+    try:
+        folder = ImageFolder(str(root), loader=lambda p: p)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"{root}: not an image folder ROOT/<class>/<image> ({e})") from None
-    images = [pil_to_tensor(folder.loader(path)) for path, _ in folder.samples]
-    if len({tuple(t.shape) for t in images}) != 1:
-        raise DataError(f"{root}: images differ in size or channels; resize them to one "
-                        f"size first")
-    return torch.stack(images).numpy(), np.array(folder.targets)
+    if classes is None:
+        return folder.samples, folder.classes
+    unknown = sorted(set(folder.classes) - set(classes))
+    if unknown:
+        raise DataError(f"{root}: classes {unknown} are not in the training folder's "
+                        f"{classes}")
+    return [(path, classes.index(folder.classes[k])) for path, k in folder.samples], classes
+
+
+def _image_folder(p: Path, seed, limit, val_fraction, test_fraction) -> Data:
+    """A streamed image folder: one pass checks the sizes and sums the pixels (for the
+    training split's per-channel mean and std); the images are not kept."""
+    root = p / "train" if (p / "train").is_dir() else p
+    samples, classes = _folder_samples(root)
+    given = {s: _folder_samples(p / s, classes)[0] for s in ("val", "test")
+             if root != p and (p / s).is_dir()}
+    shape, sums = None, []
+    for path, _ in samples + given.get("val", []) + given.get("test", []):
+        t = _read_image(path)
+        if shape is None:
+            shape = tuple(t.shape)
+        elif tuple(t.shape) != shape:
+            raise DataError(f"{p}: {path} is {list(t.shape)} (channels, height, width), "
+                            f"the first image {list(shape)}; resize them to one size first")
+        t = t.double()
+        sums.append(torch.stack([t.sum((1, 2)), (t * t).sum((1, 2))]))
+    if len(samples) < 3:
+        raise DataError(f"{root}: needs at least 3 images, found {len(samples)}")
+    perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
+    n_val = 0 if "val" in given else max(1, round(val_fraction * len(samples)))
+    n_test = 0 if "test" in given else max(1, round(test_fraction * len(samples)))
+    train = perm[n_val + n_test:][:limit]
+    total = torch.stack([sums[i] for i in train.tolist()]).sum(0)  # (2, C)
+    count = len(train) * shape[1] * shape[2]
+    mean = total[0] / count
+    std = ((total[1] - count * mean ** 2) / max(1, count - 1)).clamp(min=0).sqrt()
+    mean, std = (v.float().view(-1, 1, 1) for v in (mean, std.clamp(min=1e-8)))
+    pick = lambda idx: [samples[i] for i in idx.tolist()]  # noqa: E731
+    splits = [pick(train), given.get("val") or pick(perm[:n_val]),
+              given.get("test") or pick(perm[n_val:n_val + n_test])]
+    train_set, val_set, test_set = (ImageFiles(s, mean, std) for s in splits)
+    return Data(train=train_set, val=val_set, test=test_set, in_shape=shape,
+                out_dim=len(classes), task="classification", metric="accuracy",
+                name=str(p), meta={"seed": seed, "source": str(p), "classes": classes,
+                                   "streamed": True})
 
 
 def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
-                 standardise=True) -> Data:
+                 standardise=True, val=None) -> Data:
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or len(x) < 3:
         raise DataError(f"{p}: x and y must hold the same number (>= 3) of samples, got "
@@ -568,15 +649,17 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
     if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
         raise DataError(f"{p}: labels must be integers >= 0 (classification)")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).numpy()
-    n_val = max(1, round(val_fraction * len(x)))
+    n_val = 0 if val is not None else max(1, round(val_fraction * len(x)))
     n_test = 0 if test is not None else max(1, round(test_fraction * len(x)))
     val_idx, test_idx, train_idx = (perm[:n_val], perm[n_val:n_val + n_test],
                                     perm[n_val + n_test:])
     if test is None:
         test = (x[test_idx], y[test_idx])
+    if val is None:
+        val = (x[val_idx], y[val_idx])
     if limit is not None:
         train_idx = train_idx[:limit]
-    raw = [(x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), test]
+    raw = [(x[train_idx], y[train_idx]), val, test]
     xs = [torch.as_tensor(a, dtype=torch.float32) for a, _ in raw]
     dims = (0, 2, 3) if xs[0].dim() == 4 else (0,)
     mean = xs[0].mean(dims, keepdim=True)[0:1] if standardise else 0.0

@@ -377,10 +377,12 @@ def load_dataset(config: Config):
                           f"to run_discover(data=...); pass it again (the command line "
                           f"cannot rebuild it)")
     if is_user_data(config.data):
-        if config.task != "classification" or config.data_options:
+        if config.task != "classification" or set(config.data_options) - {"target"}:
             raise ConfigError("config field 'data': a user's file or folder supports "
-                              "task = \"classification\" and no data_options")
-        return load_user_data(config.data, seed=config.seed, limit=config.limit)
+                              "task = \"classification\" and one data option: target "
+                              "(a CSV's label column)")
+        return load_user_data(config.data, seed=config.seed, limit=config.limit,
+                              **config.data_options)
     try:
         data = load_data(config.data, root=config.data_root, task=config.task,
                          seed=config.seed, noise_sigma=config.noise_sigma, limit=config.limit,

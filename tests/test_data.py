@@ -397,12 +397,43 @@ def test_user_image_folder_and_bad_files(tmp_path):
     d = load_user_data(tmp_path / "img")
     assert d.in_shape == (3, 8, 8) and d.out_dim == 2 and len(d.test) == 8
     assert len(d.train) + len(d.val) == 24
+    # streamed from disk, standardised with the training split's per-channel statistics
+    assert not isinstance(d.train, torch.utils.data.TensorDataset)
+    train = torch.stack([d.train[i][0] for i in range(len(d.train))])
+    assert torch.allclose(train.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(train.std((0, 2, 3)), torch.ones(3), atol=1e-5)
+    # a val/ folder is used as it is; test/ labels follow train/'s class numbering
+    (tmp_path / "img" / "val" / "dog").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img/val/dog/0.png")
+    d = load_user_data(tmp_path / "img")
+    assert (len(d.train), len(d.val), len(d.test)) == (24, 1, 8)
+    assert d.val[0][1] == 1  # "dog" is class 1 in train/
+    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(tmp_path / "img/val/dog/1.png")
+    with pytest.raises(DataError, match="resize them to one size"):
+        load_user_data(tmp_path / "img")
     np.savez(tmp_path / "bad.npz", a=np.zeros(3))
     with pytest.raises(DataError, match=r"missing array\(s\) \['x', 'y'\]"):
         load_user_data(tmp_path / "bad.npz")
     (tmp_path / "bad.csv").write_text("a,b\n1,x\n")
     with pytest.raises(DataError, match="not a numeric CSV"):
         load_user_data(tmp_path / "bad.csv")
+
+
+def test_csv_target_column_and_npz_validation_split(tmp_path):
+    from archdisc.data import DataError, load_user_data
+    x, y = _blobs()
+    cols = [f"f{i}" for i in range(3)] + ["label"] + [f"f{i}" for i in range(3, 6)]
+    table = np.column_stack([x[:, :3], y, x[:, 3:]])
+    np.savetxt(tmp_path / "d.csv", table, delimiter=",", header=",".join(cols), comments="")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    a, b = load_user_data(tmp_path / "d.csv", target="label"), load_user_data(tmp_path / "d.npz")
+    assert torch.equal(a.train.tensors[1], b.train.tensors[1])
+    assert torch.allclose(a.train.tensors[0], b.train.tensors[0], atol=1e-5)
+    with pytest.raises(DataError, match="no column 'y'.*f0, f1, f2, label"):
+        load_user_data(tmp_path / "d.csv", target="y")
+    np.savez(tmp_path / "v.npz", x=x[:200], y=y[:200], x_val=x[200:250], y_val=y[200:250])
+    v = load_user_data(tmp_path / "v.npz")
+    assert (len(v.train), len(v.val), len(v.test)) == (180, 50, 20)
 
 
 def test_discover_on_a_user_npz(tmp_path):
