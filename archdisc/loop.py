@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, TrainingError
 
-__all__ = ["tensors", "batches", "train_epoch", "loss_fn", "epoch_order", "cosine", "set_lr", "cosine_steps",
-           "crop_flip", "augmenter", "masked_adam", "finetune"]
+__all__ = ["tensors", "batches", "train_epoch", "loss_fn", "epoch_order", "cosine", "set_lr",
+           "cosine_steps", "crop_flip", "augmenter", "masked_adam", "finetune"]
 
 
 def loss_fn(out, y, task):
@@ -110,11 +110,11 @@ def _loader(dataset, batch_lists, workers: int, device):
                                        persistent_workers=False)
 
 
-def batches(split, batch_size: int, device, workers: int = 0, limit: int | None = None):
-    """``(xb, yb)`` on ``device`` for the first ``limit`` samples of ``split`` in order,
-    ``batch_size`` at a time: slices of in-memory tensors, or a DataLoader (``workers``
-    processes) over any other Dataset."""
-    n = len(split) if limit is None else min(limit, len(split))
+def batches(split, batch_size: int, device, workers: int = 0):
+    """``(xb, yb)`` on ``device`` for the samples of ``split`` in order, ``batch_size`` at
+    a time: slices of in-memory tensors, or a DataLoader (``workers`` processes) over any
+    other Dataset."""
+    n = len(split)
     if isinstance(split, torch.utils.data.TensorDataset):
         x, y = split.tensors[:2]
         for start in range(0, n, batch_size):
