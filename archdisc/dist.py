@@ -2,9 +2,9 @@
 
     torchrun --nproc_per_node 2 -m archdisc discover --config c.toml --out runs/a
 
-Every rank holds the whole (in-memory) dataset and computes each epoch's seeded order; of
-every global batch of ``batch_size`` samples rank r takes the r-th of ``world`` contiguous
-slices. DDP averages the gradients, and each rank scales its summed loss by
+Every rank computes each epoch's seeded order; of every global batch of ``batch_size``
+samples rank r takes the r-th of ``world`` contiguous slices (in-memory data: each rank
+holds it all; a streamed Dataset: each rank reads only its slices, see loop.train_epoch). DDP averages the gradients, and each rank scales its summed loss by
 ``world / batch`` so that the average is the gradient of the global batch's mean loss:
 the Bregman step then runs on the same numbers on every rank, and :func:`check_agree`
 verifies once an epoch that parameters, alive counts and lam agree. Rank 0 alone writes
@@ -46,10 +46,6 @@ class Dist:
         from torch.nn.parallel import DistributedDataParallel
         ids = [net_device(net).index] if net_device(net).type == "cuda" else None
         return DistributedDataParallel(net, device_ids=ids)
-
-    def part(self, idx: torch.Tensor) -> torch.Tensor:
-        """This rank's slice of a global batch's indices."""
-        return idx if self.world == 1 else idx.tensor_split(self.world)[self.rank]
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """The sum of ``t`` over the ranks (``t`` itself with one process)."""
