@@ -192,8 +192,8 @@ def search(run: Run, on_epoch=None):
                         if metrics else "no epoch finished, so there is no checkpoint")
                 raise TrainingError(f"training diverged in epoch {epoch}: {e}. Stopped; "
                                     f"{kept}. Try a smaller lr (now {lr:g}).") from None
-            except RuntimeError as e:  # a lost peer inside DDP's backward
-                if dist.world == 1:
+            except RuntimeError as e:
+                if not distributed.peer_lost(e):  # e.g. out of memory: the error itself
                     raise
                 raise distributed.lost(e) from None
             a = alive(net)

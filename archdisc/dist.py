@@ -22,14 +22,15 @@ import torch
 
 from .errors import ConfigError, TrainingError
 
-__all__ = ["Dist", "Stopped", "start", "lost"]
+__all__ = ["Dist", "Stopped", "start", "lost", "peer_lost"]
 
 
 class Dist:
     """This process's place in the job: ``rank`` of ``world`` (1 without torchrun)."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owned=False):
         self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.owned = owned  # whether start() made the process group (close() ends it)
 
     @property
     def main(self) -> bool:
@@ -75,7 +76,7 @@ class Dist:
         return torch.device("cpu")
 
     def close(self):
-        if self.world > 1 and torch.distributed.is_initialized():
+        if self.owned and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
@@ -98,10 +99,11 @@ def start(device_name: str) -> Dist:
                               f"start at most that many processes per machine")
         torch.cuda.set_device(local)
     signal.signal(signal.SIGTERM, _stopped_by_torchrun)
-    if not torch.distributed.is_initialized():
+    owned = not torch.distributed.is_initialized()  # else the caller's script made it
+    if owned:
         torch.distributed.init_process_group(
             "nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=10))
-    return Dist(rank, world, local)
+    return Dist(rank, world, local, owned)
 
 
 class Stopped(TrainingError):
@@ -118,11 +120,20 @@ def lost(e: Exception) -> Stopped:
                          f"({first[:200]}); the job stops - {RESUME}")
 
 
+def peer_lost(e: RuntimeError) -> bool:
+    """Whether ``e`` says another process of the job is gone (gloo raises a plain
+    RuntimeError from DDP's backward; collectives raise DistError)."""
+    return isinstance(e, torch.distributed.DistError) or any(
+        k in str(e) for k in ("gloo/transport", "NCCL", "Connection reset", "Connection closed"))
+
+
 def _collective(fn, *args):
     """Run a collective; a lost peer becomes one clear TrainingError."""
     try:
         fn(*args)
-    except RuntimeError as e:  # DistBackendError is a RuntimeError
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
         raise lost(e) from None
 
 

@@ -56,15 +56,19 @@ def cosine_steps(opt, lr: float, total: int):
     return step
 
 
-def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4, rows=None) -> torch.Tensor:
     """Per-sample random crop of the zero-padded batch (``pad`` pixels each side) and
     random horizontal flip, for (N, C, H, W) ``x`` on its own device, drawn from ``gen``
     (a generator on that device). On standardised data zero padding is the mean colour.
-    Per sample: out = padded[:, dy:dy + H, dx:dx + W], mirrored left-right with p = 1/2."""
+    Per sample: out = padded[:, dy:dy + H, dx:dx + W], mirrored left-right with p = 1/2.
+    ``rows = (start, total)``: ``x`` is rows start.. of a batch of ``total``, and gets the
+    draws those rows would get in the whole batch."""
     n, c, h, w = x.shape
     dev = x.device
-    shift = torch.randint(0, 2 * pad + 1, (2, n), generator=gen, device=dev)
-    flip = torch.rand(n, generator=gen, device=dev) < 0.5
+    start, total = rows or (0, n)
+    shift = torch.randint(0, 2 * pad + 1, (2, total), generator=gen, device=dev)
+    flip = torch.rand(total, generator=gen, device=dev) < 0.5
+    shift, flip = shift[:, start:start + n], flip[start:start + n]
     padded = F.pad(x, (pad, pad, pad, pad))
     rows = (shift[0, :, None] + torch.arange(h, device=dev)).view(n, 1, h, 1)
     out = padded.gather(2, rows.expand(n, c, h, w + 2 * pad))
@@ -83,14 +87,14 @@ def augmenter(config, seed: int, epoch: int, device):
     key = (seed * 1_000_003 + epoch) % 2 ** 63 ^ 0x5DEECE66D  # not epoch_order's stream
     gen = torch.Generator(device=device).manual_seed(key)
 
-    def augment(xb, yb):
+    def augment(xb, yb, rows=None):
         if xb.dim() != 4:
             raise ConfigError(f"config field 'augment': {config.augment!r} needs image "
                               f"batches (N, C, H, W), got shape {list(xb.shape)}")
         if yb.dim() < 2:  # class labels
-            return crop_flip(xb, gen), yb
+            return crop_flip(xb, gen, rows=rows), yb
         c = xb.shape[1]
-        both = crop_flip(torch.cat([xb, yb.reshape(xb.shape)], 1), gen)
+        both = crop_flip(torch.cat([xb, yb.reshape(xb.shape)], 1), gen, rows=rows)
         return both[:, :c], both[:, c:].reshape(yb.shape)
     return augment
 
@@ -104,10 +108,11 @@ def tensors(split, device):
 
 
 def _loader(dataset, batch_lists, workers: int, device):
+    # its own generator: iterating must not draw from torch's global RNG (dropout's)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_lists,
                                        num_workers=workers,
                                        pin_memory=torch.device(device).type == "cuda",
-                                       persistent_workers=False)
+                                       generator=torch.Generator().manual_seed(0))
 
 
 def batches(split, batch_size: int, device, workers: int = 0):
@@ -134,10 +139,11 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
     processes (see :func:`tensors`), so memory does not grow with the dataset.
 
     Data-parallel (``dist``, an :class:`archdisc.dist.Dist` of more than one process,
-    ``net`` in DDP): each rank takes its slice of every global batch (augmented whole, as
-    one process would) and scales its mean loss by ``len(slice) * world / len(batch)``, so
-    that DDP's average of the gradients is the gradient of the global batch's mean loss.
-    A streamed rank reads only its slice, and augments it on its own."""
+    ``net`` in DDP): each rank takes its slice of every global batch, with the
+    augmentation draws the whole batch would give it, and scales its mean loss by
+    ``len(slice) * world / len(batch)``, so that DDP's average of the gradients is the
+    gradient of the global batch's mean loss (a batch of fewer than 2 x world samples is
+    run whole by every rank). A streamed rank reads only its slice."""
     net.train()
     device = next(net.parameters()).device
     world = 1 if dist is None else dist.world
@@ -145,27 +151,28 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
     shown = bar is not None and not bar.disable
     chunks = order.to(device if y is not None else "cpu").split(batch_size)
 
-    def part(t):  # this rank's slice of a batch; an empty one is one sample at weight 0
-        if world == 1:
-            return t
-        mine = t.tensor_split(world)[dist.rank]
-        return mine if len(mine) else t[:1]
-    stream = None if y is not None else iter(
-        _loader(x, [part(c).tolist() for c in chunks], workers, device))
+    def mine(n):  # (start, count) of this rank's rows in a batch of n
+        if world == 1 or n < 2 * world:  # tiny batch: every rank runs it whole (BatchNorm
+            return 0, n                   # needs 2 samples); DDP averages equal gradients
+        rows = torch.arange(n).tensor_split(world)[dist.rank]
+        return int(rows[0]), len(rows)
+    stream = None if y is not None else iter(_loader(
+        x, [c[s:s + k].tolist() for c in chunks for s, k in [mine(len(c))]], workers, device))
     for step, idx in enumerate(chunks):
+        s, k = mine(len(idx))
         if stream is None:
             xb, yb = x[idx], y[idx]
             if augment is not None:  # the whole batch, as one process would
                 xb, yb = augment(xb, yb)
-            xb, yb = part(xb), part(yb)
+            xb, yb = xb[s:s + k], yb[s:s + k]
         else:
             xb, yb = (t.to(device, non_blocking=True) for t in next(stream))
-            if augment is not None:
-                xb, yb = augment(xb, yb)
+            if augment is not None:  # the draws these rows get in the whole batch
+                xb, yb = augment(xb, yb, rows=(s, len(idx)))
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xb), yb, task)
-        if world > 1:  # this rank's share of the global batch's mean loss
-            loss = loss * (len(idx.tensor_split(world)[dist.rank]) * world / len(idx))
+        if k < len(idx):  # this rank's share of the global batch's mean loss
+            loss = loss * (k * world / len(idx))
         loss.backward()
         opt.step()
         if on_step is not None:

@@ -36,7 +36,7 @@ from .ops import OPS
 __all__ = ["shrink_select", "sweep_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
-REFIT_AT_MOST = 4  # candidates refit per stage: those with the lowest val loss before it
+PER_LAYER_AT_MOST = 4  # deeper nets: a stage cuts every layer at once (one candidate)
 SWEEP_STOP = 3.0  # sweep: a layer's sweep goes no narrower once this far below its best
 
 
@@ -52,14 +52,17 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     while True:
         with torch.no_grad():
             env = net.eval().activations(probe)  # shared by every candidate of the stage
-        cuts = [_remove_weakest(net, {n: max(1, int(config.select_frac * units))}, env, probe)
-                for n in _shrinkable(net) if (units := net.graph.nodes[n]["units"])]
-        if not cuts:
+        layers = _shrinkable(net)
+        if not layers:
             break
-        tried = len(cuts)
-        if tried > REFIT_AT_MOST:  # deep nets: refit only the most promising cuts
-            cuts = sorted(cuts, key=lambda c: _scores(c, data, device)[2])[:REFIT_AT_MOST]
-        candidates = [snapshot(refit(c, config.select_steps), len(path), tried=tried)
+        # a candidate per layer; a deep net's relative widths are the search's, and only
+        # their common scale is chosen here (O(stages) refits instead of O(stages x layers))
+        joint = len(layers) > PER_LAYER_AT_MOST
+        cuts = [_remove_weakest(net, {n: max(1, int(config.select_frac *
+                                                    net.graph.nodes[n]["units"]))
+                                      for n in group}, env, probe)
+                for group in ([layers] if joint else [[n] for n in layers])]
+        candidates = [snapshot(refit(c, config.select_steps), len(path), joint=joint)
                       for c in cuts]
         kept = min(candidates, key=lambda c: c["val_loss"])
         path.append(kept)

@@ -1,4 +1,6 @@
 """Data-parallel discovery under torchrun: 2 CPU processes (gloo) on small teacher data.
+2,932 samples in batches of 101: uneven slices (51 / 50) and a last batch of 3 that
+both processes run whole.
 
 One uninterrupted 2-process run is compared with a single-process run of the same config
 (same global batch and data order: equal to float tolerance) and with a 2-process run whose
@@ -19,7 +21,7 @@ from archdisc.io import load_tensors
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ARGS = ["--data", "teacher", "--space", "mlp", "--space-option", "widths=[20,48,48,4]",
-        "--limit", "3000", "--epochs", "12", "--batch-size", "101", "--finetune", "0",
+        "--limit", "2932", "--epochs", "12", "--batch-size", "101", "--finetune", "0",
         "--select", "none", "--target-params", "900", "--threads", "1"]
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed")
 
@@ -54,7 +56,7 @@ def test_two_processes_equal_one(full, tmp_path):
     assert rep["world_size"] == 2
     assert len(records(full)) == 12  # rank 0 alone wrote the metrics
     cfg = Config(data="teacher", space="mlp", space_options={"widths": [20, 48, 48, 4]},
-                 limit=3000, epochs=12, batch_size=101, finetune=0, select="none",
+                 limit=2932, epochs=12, batch_size=101, finetune=0, select="none",
                  target_params=900)
     one = run_discover(cfg, tmp_path / "one", progress=False)
     assert one["world_size"] == 1

@@ -88,9 +88,9 @@ def test_sweep_tries_powers_of_two_from_one_parent_and_checks_the_joint_model(sw
         assert report["val"]["compact"] == pytest.approx(chosen[0]["metric"])
 
 
-def test_deep_nets_refit_at_most_four_cuts_per_stage(tmp_path, monkeypatch):
-    """Six searchable layers: each stage cuts each of them, but refits only the four
-    cuts with the lowest validation loss (the shrink costs O(stages), not O(layers))."""
+def test_deep_nets_are_cut_in_every_layer_at_once(tmp_path, monkeypatch):
+    """Six searchable layers: each stage is one candidate with every layer cut by
+    select_frac (one refit per stage, not one per layer)."""
     from archdisc import select
     refits = []
     real = select.masked_adam
@@ -98,6 +98,9 @@ def test_deep_nets_refit_at_most_four_cuts_per_stage(tmp_path, monkeypatch):
     rep = run_discover(teacher(space_options={"widths": [20] + [24] * 6 + [4]}, epochs=2,
                                density=0.5, select_steps=10),
                        tmp_path / "deep", progress=False)
-    stages = rep["select"]["path"][1:]
-    assert stages and stages[0]["tried"] == 6
-    assert len(refits) == 1 + sum(min(s["tried"], select.REFIT_AT_MOST) for s in stages)
+    path = rep["select"]["path"]
+    assert len(path) >= 2 and all(s["joint"] for s in path[1:])
+    assert len(refits) == len(path)  # the first refit, then one per stage
+    for a, b in zip(path, path[1:]):
+        assert all(b["widths"][n] == a["widths"][n] - max(1, int(0.3 * a["widths"][n]))
+                   for n in a["widths"] if a["widths"][n] > 1)
