@@ -198,6 +198,9 @@ class Config:
             if d[name] is None or d[name] == {}:
                 del d[name]
         del d["loader_workers"]  # changes the speed, never the result
+        if is_graph_file(self.space) and Path(self.space).expanduser().is_file():
+            d["space_sha256"] = hashlib.sha256(Path(self.space).expanduser().read_bytes()
+                                               ).hexdigest()  # an edited file: another run
         text = json.dumps(d, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

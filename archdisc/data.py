@@ -466,7 +466,8 @@ def accuracy(logits, y) -> float:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, metric: str,
-             batch_size: int = 1024, device: str | torch.device = "cpu") -> float:
+             batch_size: int = 1024, device: str | torch.device = "cpu",
+             workers: int = 0) -> float:
     """Mean accuracy (%) or PSNR (dB, from the MSE over the whole set) of ``model`` on ``dataset``.
 
     The model runs in eval mode without gradients; its previous train/eval mode is restored.
@@ -478,7 +479,7 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, metric: 
     try:
         from .loop import batches  # in-memory tensors, or any Dataset streamed
         total, count = 0.0, 0
-        for x, y in batches(dataset, batch_size, device):
+        for x, y in batches(dataset, batch_size, device, workers):
             out = model(x)
             if metric == "accuracy":
                 total += (out.argmax(-1) == y).sum().item()
@@ -535,9 +536,14 @@ def load_user_data(path, *, seed: int = 0, limit: int | None = None,
                                 f"and 'y' (optional 'x_val', 'y_val', 'x_test', 'y_test'); "
                                 f"it has {f.files}")
             x, y = f["x"], f["y"]
-            if "x_val" in f.files and "y_val" in f.files:
+            for split in ("val", "test"):
+                pair = {f"x_{split}", f"y_{split}"}
+                if len(pair & set(f.files)) == 1:
+                    raise DataError(f"{p}: has {sorted(pair & set(f.files))[0]!r} without "
+                                    f"{sorted(pair - set(f.files))[0]!r}; give both or neither")
+            if "x_val" in f.files:
                 val = (f["x_val"], f["y_val"])
-            if "x_test" in f.files and "y_test" in f.files:
+            if "x_test" in f.files:
                 test = (f["x_test"], f["y_test"])
     elif p.suffix.lower() == ".csv":
         x, y = _read_csv(p, target)
@@ -606,6 +612,10 @@ def _image_folder(p: Path, seed, limit, val_fraction, test_fraction) -> Data:
     """A streamed image folder: one pass checks the sizes and sums the pixels (for the
     training split's per-channel mean and std); the images are not kept."""
     root = p / "train" if (p / "train").is_dir() else p
+    if root == p and any((p / s).is_dir() for s in ("val", "test")):
+        raise DataError(f"{p}: has val/ or test/ but no train/; put the training classes "
+                        f"under {p / 'train'}/<class>/ (or drop val/ and test/ to draw them "
+                        f"from one folder)")
     samples, classes = _folder_samples(root)
     given = {s: _folder_samples(p / s, classes)[0] for s in ("val", "test")
              if root != p and (p / s).is_dir()}
@@ -641,7 +651,7 @@ def _image_folder(p: Path, seed, limit, val_fraction, test_fraction) -> Data:
 
 
 def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
-                 standardise=True, val=None) -> Data:
+                 val=None) -> Data:
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or len(x) < 3:
         raise DataError(f"{p}: x and y must hold the same number (>= 3) of samples, got "
@@ -662,8 +672,8 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
     raw = [(x[train_idx], y[train_idx]), val, test]
     xs = [torch.as_tensor(a, dtype=torch.float32) for a, _ in raw]
     dims = (0, 2, 3) if xs[0].dim() == 4 else (0,)
-    mean = xs[0].mean(dims, keepdim=True)[0:1] if standardise else 0.0
-    std = xs[0].std(dims, keepdim=True)[0:1].clamp(min=1e-8) if standardise else 1.0
+    mean = xs[0].mean(dims, keepdim=True)[0:1]
+    std = xs[0].std(dims, keepdim=True)[0:1].clamp(min=1e-8)
     splits = [TensorDataset((xt - mean) / std, torch.as_tensor(b).long())
               for xt, (_, b) in zip(xs, raw)]
     classes = int(max(int(s.tensors[1].max()) for s in splits)) + 1

@@ -200,7 +200,7 @@ def search(run: Run, on_epoch=None):
             dist.check_agree(_fingerprint(net, a, opt), "the parameters, alive units and lam")
             if not dist.main:  # rank 0 alone evaluates and writes
                 continue
-            val = evaluate(net, data.val, data.metric, 1024, device)
+            val = evaluate(net, data.val, data.metric, 1024, device, workers)
             seconds += time.perf_counter() - t0
             record = {"epoch": epoch, "train_loss": loss, f"val_{data.metric}": val,
                       "density": density(net), "alive": a["units"],
@@ -357,7 +357,8 @@ def _initial_loss(net, train, task, device) -> float:
 
 def _score(run: Run, model, split) -> float:
     from .data import evaluate
-    return evaluate(model, split, run.data.metric, 1024, run.device)
+    return evaluate(model, split, run.data.metric, 1024, run.device,
+                    run.config.loader_workers)
 
 
 def resolve_device(name: str) -> torch.device:

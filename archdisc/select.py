@@ -178,7 +178,7 @@ def _tools(data, config, device):
         return net.eval()
 
     def snapshot(net, stage, **extra):
-        metric, se, loss = _scores(net, data, device)
+        metric, se, loss = _scores(net, data, device, config.loader_workers)
         widths = {n: a["units"] for n, a in net.graph.nodes(data=True)
                   if OPS[a["op"]].kind == "layer" and a["searchable"]}
         return {"stage": stage, "widths": widths, "metric": metric, "se": se,
@@ -199,9 +199,9 @@ def _copy(net: ArchNet) -> ArchNet:
 
 
 @torch.no_grad()
-def _scores(net, data, device):
+def _scores(net, data, device, workers=0):
     """Validation metric, the standard error of its per-sample values, and the mean loss."""
-    outs, ys = zip(*((net(xb), yb) for xb, yb in batches(data.val, 1024, device)))
+    outs, ys = zip(*((net(xb), yb) for xb, yb in batches(data.val, 1024, device, workers)))
     out, yv = torch.cat(outs), torch.cat(ys)
     loss = float(loss_fn(out, yv, data.task))
     if data.metric == "accuracy":

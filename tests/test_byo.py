@@ -64,6 +64,14 @@ def test_space_from_a_graph_file(tmp_path, npz, capsys):
     assert report["params"]["supernet"] == json.loads(
         (first / "report.json").read_text())["params"]["supernet"]
     assert export.load(out / "compact")(torch.zeros(1, 1, 8, 8)).shape == (1, 3)
+    # the hash covers the file's contents: an edited graph is another run
+    graph = first / "supernet.json"
+    before = Config(space=str(graph)).hash()
+    graph.write_text(graph.read_text().replace('"name": "', '"name": "edited ', 1))
+    assert Config(space=str(graph)).hash() != before
+    assert main(["discover", "--space", str(graph), "--data", str(npz), "--out", str(out),
+                 "--resume", *FAST]) == 2
+    assert "belongs to another config" in capsys.readouterr().err  # the checkpoint
 
 
 class Pairs(Dataset):

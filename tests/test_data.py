@@ -411,6 +411,10 @@ def test_user_image_folder_and_bad_files(tmp_path):
     Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(tmp_path / "img/val/dog/1.png")
     with pytest.raises(DataError, match="resize them to one size"):
         load_user_data(tmp_path / "img")
+    (tmp_path / "img" / "train").rename(tmp_path / "flat")  # classes at the top ...
+    (tmp_path / "img" / "test").rename(tmp_path / "flat" / "test")  # ... and a test/
+    with pytest.raises(DataError, match="no train/"):
+        load_user_data(tmp_path / "flat")
     np.savez(tmp_path / "bad.npz", a=np.zeros(3))
     with pytest.raises(DataError, match=r"missing array\(s\) \['x', 'y'\]"):
         load_user_data(tmp_path / "bad.npz")
@@ -434,6 +438,9 @@ def test_csv_target_column_and_npz_validation_split(tmp_path):
     np.savez(tmp_path / "v.npz", x=x[:200], y=y[:200], x_val=x[200:250], y_val=y[200:250])
     v = load_user_data(tmp_path / "v.npz")
     assert (len(v.train), len(v.val), len(v.test)) == (180, 50, 20)
+    np.savez(tmp_path / "h.npz", x=x, y=y, x_val=x[:5])
+    with pytest.raises(DataError, match="has 'x_val' without 'y_val'"):
+        load_user_data(tmp_path / "h.npz")
 
 
 def test_discover_on_a_user_npz(tmp_path):
