@@ -227,7 +227,7 @@ WRITERS = {"safetensors": _write_safetensors, "torchscript": _write_torchscript,
 # ---------------------------------------------------------------------- export
 def _tmp_beside(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                               suffix=path.suffix + ".tmp")
+                               suffix=".tmp" + path.suffix)  # torch.export wants .pt2 last
     os.close(fd)
     return Path(tmp)
 

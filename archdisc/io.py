@@ -26,12 +26,14 @@ def _atomic(path, write):
 
 
 def remove_stale_temps(folder, prefix: str = ""):
-    """Delete the hidden temporary files (``.<prefix>*.tmp``) that a writer killed midway
-    (kill -9, power loss) left in ``folder``; a finished write never leaves one."""
+    """Delete the hidden temporary files (``.<prefix>*.tmp`` or ``.<prefix>*.tmp.<ext>``)
+    that a writer killed midway (kill -9, power loss) left in ``folder``; a finished write
+    never leaves one."""
     folder = Path(folder)
     if folder.is_dir():
-        for tmp in folder.glob(f".{prefix}*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for pattern in (f".{prefix}*.tmp", f".{prefix}*.tmp.*"):
+            for tmp in folder.glob(pattern):
+                tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path, data: bytes):

@@ -212,7 +212,7 @@ def test_bad_input_gets_one_clear_line(case, tmp_path, finished, capsys):
     assert code == 2, err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 3, err  # one line (plus a listing at most)
-    assert not list(tmp_path.rglob(".*.tmp"))
+    assert not list(tmp_path.rglob(".*.tmp")) and not list(tmp_path.rglob(".*.tmp.*"))
     out = tmp_path / "out"
     assert not (out / "config.toml").exists()  # a refused run leaves nothing to block a re-run
 
@@ -234,7 +234,7 @@ def test_a_rerun_removes_temp_files_a_kill_left(tmp_path, finished):
     shutil.copytree(finished, run)
     (run / "export").mkdir()
     left = [run / ".compact.svg.abc123.tmp", run / ".growth.png.x.tmp",
-            run / "export" / ".model.onnx.q1.onnx.tmp", run / ".report.json.z.tmp"]
+            run / "export" / ".model.onnx.q1.tmp.onnx", run / ".report.json.z.tmp"]
     for path in left:
         path.write_bytes(b"half")
     assert main(["render", str(run)]) == 0
@@ -242,4 +242,4 @@ def test_a_rerun_removes_temp_files_a_kill_left(tmp_path, finished):
     assert main(["export", str(run), "--format", "safetensors"]) == 0
     assert not left[2].exists()
     assert main(["discover", "--out", str(run), "--resume", "--quiet"]) == 0
-    assert not list(run.rglob(".*.tmp"))
+    assert not list(run.rglob(".*.tmp")) and not list(run.rglob(".*.tmp.*"))
