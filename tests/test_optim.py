@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -561,7 +562,9 @@ def test_fused_none_falls_back_when_compile_fails(monkeypatch):
     monkeypatch.setattr(oa, "_use_fused", lambda jobs: oa._fused_reason(jobs) is None)
     with pytest.warns(RuntimeWarning, match="no C compiler"):
         train(a, oa, mlp_data(), 1)
-    train(a, oa, mlp_data(), 2, start=1)  # no second warning: foreach from now on
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: foreach from now on
+        train(a, oa, mlp_data(), 2, start=1)
     train(b, ob, mlp_data(), 3)
     assert max_diff(a, b) == 0.0
     assert bregman._COMPILE_ERROR
