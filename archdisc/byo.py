@@ -192,7 +192,7 @@ def _scan(dataset, where: str):
     labels = np.asarray([_item(dataset, i, where, shape)[1] for i in range(n)], np.int64)
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         x, y = dataset.tensors
-        return TensorDataset(x.float(), y.long()), shape, labels
+        return TensorDataset(x.float(), torch.from_numpy(labels)), shape, labels
     return _Checked(dataset, where, shape), shape, labels
 
 

@@ -525,6 +525,7 @@ def load_user_data(path, *, seed: int = 0, limit: int | None = None,
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"data {str(p)!r} does not exist; give a .npz, a .csv or a folder")
+    target = None if target is None else str(target)  # a numeric name arrives as a number
     if target is not None and p.suffix.lower() != ".csv":
         raise DataError(f"data option 'target' names a CSV column; {p} is not a .csv")
     val = test = None
@@ -656,8 +657,16 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
     if len(x) != len(y) or len(x) < 3:
         raise DataError(f"{p}: x and y must hold the same number (>= 3) of samples, got "
                         f"{len(x)} and {len(y)}")
-    if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
-        raise DataError(f"{p}: labels must be integers >= 0 (classification)")
+    for name, (xs_, ys_) in {"x, y": (x, y), "x_val, y_val": val or (x, y),
+                             "x_test, y_test": test or (x, y)}.items():
+        ys_ = np.asarray(ys_)
+        if len(ys_) == 0 or not np.all(np.equal(np.mod(ys_, 1), 0)) or ys_.min() < 0:
+            raise DataError(f"{p}: {name.split(', ')[1]}: labels must be integers >= 0 "
+                            f"(classification)")
+        if np.asarray(xs_).shape[1:] != x.shape[1:] or len(xs_) != len(ys_):
+            raise DataError(f"{p}: {name} hold {len(xs_)} inputs of shape "
+                            f"{list(np.asarray(xs_).shape[1:])} and {len(ys_)} labels; x has "
+                            f"inputs of shape {list(x.shape[1:])}")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).numpy()
     n_val = 0 if val is not None else max(1, round(val_fraction * len(x)))
     n_test = 0 if test is not None else max(1, round(test_fraction * len(x)))
@@ -676,7 +685,12 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
     std = xs[0].std(dims, keepdim=True)[0:1].clamp(min=1e-8)
     splits = [TensorDataset((xt - mean) / std, torch.as_tensor(b).long())
               for xt, (_, b) in zip(xs, raw)]
-    classes = int(max(int(s.tensors[1].max()) for s in splits)) + 1
+    classes = int(splits[0].tensors[1].max()) + 1
+    for name, split in (("validation", splits[1]), ("test", splits[2])):
+        if int(split.tensors[1].max()) >= classes:
+            raise DataError(f"{p}: the {name} labels go up to {int(split.tensors[1].max())}, "
+                            f"the training labels only to {classes - 1}; every class needs "
+                            f"training samples")
     return Data(train=splits[0], val=splits[1], test=splits[2],
                 in_shape=tuple(xs[0].shape[1:]), out_dim=classes, task="classification",
                 metric="accuracy", name=str(p), meta={"seed": seed, "source": str(p)})

@@ -193,7 +193,7 @@ def search(run: Run, on_epoch=None):
                 raise TrainingError(f"training diverged in epoch {epoch}: {e}. Stopped; "
                                     f"{kept}. Try a smaller lr (now {lr:g}).") from None
             except RuntimeError as e:
-                if not distributed.peer_lost(e):  # e.g. out of memory: the error itself
+                if dist.world == 1 or not distributed.peer_lost(e):  # e.g. out of memory
                     raise
                 raise distributed.lost(e) from None
             a = alive(net)

@@ -49,19 +49,23 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     path = [snapshot(net, 0)]
     log(_line(path[-1], data.metric))
     best = path[0]["metric"]
+    # a candidate per layer; a deep net's relative widths are the search's, and only their
+    # common scale is chosen here (O(stages) refits instead of O(stages x layers))
+    joint = len(_shrinkable(net)) > PER_LAYER_AT_MOST
     while True:
         with torch.no_grad():
             env = net.eval().activations(probe)  # shared by every candidate of the stage
-        layers = _shrinkable(net)
-        if not layers:
+        cut = {n: int(config.select_frac * net.graph.nodes[n]["units"])
+               for n in _shrinkable(net)}
+        if joint:  # every layer wide enough to lose select_frac of its units
+            groups = [[n for n, k in cut.items() if k >= 1]]
+        else:
+            groups = [[n] for n in cut]
+        groups = [g for g in groups if g]
+        if not groups:
             break
-        # a candidate per layer; a deep net's relative widths are the search's, and only
-        # their common scale is chosen here (O(stages) refits instead of O(stages x layers))
-        joint = len(layers) > PER_LAYER_AT_MOST
-        cuts = [_remove_weakest(net, {n: max(1, int(config.select_frac *
-                                                    net.graph.nodes[n]["units"]))
-                                      for n in group}, env, probe)
-                for group in ([layers] if joint else [[n] for n in layers])]
+        cuts = [_remove_weakest(net, {n: max(1, cut[n]) for n in group}, env, probe)
+                for group in groups]
         candidates = [snapshot(refit(c, config.select_steps), len(path), joint=joint)
                       for c in cuts]
         kept = min(candidates, key=lambda c: c["val_loss"])

@@ -451,3 +451,19 @@ def test_discover_on_a_user_npz(tmp_path):
                     epochs=3, lr=1e-2, lam=0.1, batch_size=32, finetune=0, device="cpu")
     report = run_discover(config, tmp_path / "r", progress=False)
     assert report["test"]["compact"] > 80  # three well separated blobs
+
+
+def test_bad_validation_and_test_arrays_are_refused(tmp_path):
+    from archdisc.data import DataError, load_user_data
+    x, y = _blobs()
+    cases = [({"x_val": x[:5], "y_val": np.array([0, 1, -1, 2, 1])}, "y_val: labels must be integers >= 0"),
+             ({"x_val": x[:5, :4], "y_val": y[:5]}, r"x_val, y_val hold 5 inputs of shape \[4\]"),
+             ({"x_test": x[:5], "y_test": np.array([0, 1, 7, 2, 1])}, "go up to 7")]
+    for k, (extra, message) in enumerate(cases):
+        np.savez(tmp_path / f"b{k}.npz", x=x, y=y, **extra)
+        with pytest.raises(DataError, match=message):
+            load_user_data(tmp_path / f"b{k}.npz")
+    header = ",".join(["2024"] + [f"f{i}" for i in range(6)])
+    np.savetxt(tmp_path / "n.csv", np.column_stack([y, x]), delimiter=",", header=header,
+               comments="")
+    assert load_user_data(tmp_path / "n.csv", target=2024).in_shape == (6,)
