@@ -66,6 +66,9 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
             break
         cuts = [_remove_weakest(net, {n: max(1, cut[n]) for n in group}, env, probe)
                 for group in groups]
+        cuts = [c for c in cuts if _size(c) < _size(net)]
+        if not cuts:  # no cut makes the model smaller (units tied through residual sums)
+            break
         candidates = [snapshot(refit(c, config.select_steps), len(path), joint=joint)
                       for c in cuts]
         kept = min(candidates, key=lambda c: c["val_loss"])
@@ -217,6 +220,10 @@ def _scores(net, data, device, workers=0):
         metric = float(-10 * torch.log10(mse.mean()))
     se = float(per.std() / math.sqrt(len(per))) if len(per) > 1 else 0.0
     return metric, se, loss
+
+
+def _size(net) -> int:
+    return sum(p.numel() for p in net.parameters())
 
 
 def _shrinkable(net: ArchNet) -> list[str]:
