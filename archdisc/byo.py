@@ -213,7 +213,7 @@ def python_data(data, config: Config):
     DataLoader (``config.loader_workers`` processes) in every epoch."""
     from torch.utils.data import Dataset
 
-    from .data import Data, DataError
+    from .data import Data, DataError, split_indices
     if config.task != "classification":
         raise ConfigError("config field 'task': a Python Dataset supports task = "
                           "\"classification\"")
@@ -238,10 +238,7 @@ def python_data(data, config: Config):
         whole, in_shape, labels = _scan(data, f"data= ({name})")
         if len(whole) < 3:
             raise DataError(f"data= ({name}): needs at least 3 items, got {len(whole)}")
-        perm = torch.randperm(len(whole), generator=torch.Generator().manual_seed(config.seed))
-        n_val = n_test = max(1, round(0.1 * len(whole)))
-        parts = [perm[n_val + n_test:][:config.limit], perm[:n_val], perm[n_val:n_val + n_test]]
-        splits = [_take(whole, p) for p in parts]
+        splits = [_take(whole, i) for i in split_indices(len(whole), config.seed, config.limit)]
         first = data
     else:
         raise DataError(f"data=: expected a torch.utils.data.Dataset or a tuple (train, val, "

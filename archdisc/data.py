@@ -632,23 +632,31 @@ def _image_folder(p: Path, seed, limit, val_fraction, test_fraction) -> Data:
         sums.append(torch.stack([t.sum((1, 2)), (t * t).sum((1, 2))]))
     if len(samples) < 3:
         raise DataError(f"{root}: needs at least 3 images, found {len(samples)}")
-    perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
-    n_val = 0 if "val" in given else max(1, round(val_fraction * len(samples)))
-    n_test = 0 if "test" in given else max(1, round(test_fraction * len(samples)))
-    train = perm[n_val + n_test:][:limit]
+    train, val, test = split_indices(len(samples), seed, limit, val_fraction, test_fraction,
+                                     "val" in given, "test" in given)
     total = torch.stack([sums[i] for i in train.tolist()]).sum(0)  # (2, C)
     count = len(train) * shape[1] * shape[2]
     mean = total[0] / count
     std = ((total[1] - count * mean ** 2) / max(1, count - 1)).clamp(min=0).sqrt()
     mean, std = (v.float().view(-1, 1, 1) for v in (mean, std.clamp(min=1e-8)))
     pick = lambda idx: [samples[i] for i in idx.tolist()]  # noqa: E731
-    splits = [pick(train), given.get("val") or pick(perm[:n_val]),
-              given.get("test") or pick(perm[n_val:n_val + n_test])]
+    splits = [pick(train), given.get("val") or pick(val), given.get("test") or pick(test)]
     train_set, val_set, test_set = (ImageFiles(s, mean, std) for s in splits)
     return Data(train=train_set, val=val_set, test=test_set, in_shape=shape,
                 out_dim=len(classes), task="classification", metric="accuracy",
                 name=str(p), meta={"seed": seed, "source": str(p), "classes": classes,
                                    "streamed": True})
+
+
+def split_indices(n: int, seed: int, limit=None, val_fraction=0.1, test_fraction=0.1,
+                  val_given=False, test_given=False):
+    """(train, val, test) index tensors of ``n`` samples permuted by ``seed``: validation
+    and test first (none when given separately), then the training rest, capped at
+    ``limit``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = 0 if val_given else max(1, round(val_fraction * n))
+    n_test = 0 if test_given else max(1, round(test_fraction * n))
+    return perm[n_val + n_test:][:limit], perm[:n_val], perm[n_val:n_val + n_test]
 
 
 def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
@@ -657,8 +665,8 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
     if len(x) != len(y) or len(x) < 3:
         raise DataError(f"{p}: x and y must hold the same number (>= 3) of samples, got "
                         f"{len(x)} and {len(y)}")
-    for name, (xs_, ys_) in {"x, y": (x, y), "x_val, y_val": val or (x, y),
-                             "x_test, y_test": test or (x, y)}.items():
+    given = {"x, y": (x, y), "x_val, y_val": val, "x_test, y_test": test}
+    for name, (xs_, ys_) in ((k, v) for k, v in given.items() if v is not None):
         ys_ = np.asarray(ys_)
         if len(ys_) == 0 or not np.all(np.equal(np.mod(ys_, 1), 0)) or ys_.min() < 0:
             raise DataError(f"{p}: {name.split(', ')[1]}: labels must be integers >= 0 "
@@ -667,17 +675,12 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
             raise DataError(f"{p}: {name} hold {len(xs_)} inputs of shape "
                             f"{list(np.asarray(xs_).shape[1:])} and {len(ys_)} labels; x has "
                             f"inputs of shape {list(x.shape[1:])}")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).numpy()
-    n_val = 0 if val is not None else max(1, round(val_fraction * len(x)))
-    n_test = 0 if test is not None else max(1, round(test_fraction * len(x)))
-    val_idx, test_idx, train_idx = (perm[:n_val], perm[n_val:n_val + n_test],
-                                    perm[n_val + n_test:])
+    train_idx, val_idx, test_idx = (i.numpy() for i in split_indices(
+        len(x), seed, limit, val_fraction, test_fraction, val is not None, test is not None))
     if test is None:
         test = (x[test_idx], y[test_idx])
     if val is None:
         val = (x[val_idx], y[val_idx])
-    if limit is not None:
-        train_idx = train_idx[:limit]
     raw = [(x[train_idx], y[train_idx]), val, test]
     xs = [torch.as_tensor(a, dtype=torch.float32) for a, _ in raw]
     dims = (0, 2, 3) if xs[0].dim() == 4 else (0,)

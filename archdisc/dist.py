@@ -4,9 +4,10 @@
 
 Every rank computes each epoch's seeded order; of every global batch of ``batch_size``
 samples rank r takes the r-th of ``world`` contiguous slices (in-memory data: each rank
-holds it all; a streamed Dataset: each rank reads only its slices, see loop.train_epoch). DDP averages the gradients, and each rank scales its summed loss by
-``world / batch`` so that the average is the gradient of the global batch's mean loss:
-the Bregman step then runs on the same numbers on every rank, and :func:`check_agree`
+holds it all; a streamed Dataset: each rank reads only its slices). DDP averages the
+gradients, and each rank weights its loss so that the average is the gradient of the
+global batch's mean loss (see loop.train_epoch): the Bregman step then runs on the same
+numbers on every rank, and :func:`check_agree`
 verifies once an epoch that parameters, alive counts and lam agree. Rank 0 alone writes
 the run folder, extracts, selects and fine-tunes (the compact model is small).
 
@@ -56,9 +57,8 @@ class Dist:
         return t
 
     def check_agree(self, values: list[float], what: str):
-        """Raise TrainingError unless every rank holds the same ``values``."""
-        if self.world == 1:
-            return
+        """Raise TrainingError unless every rank holds the same ``values`` (call it with
+        more than one process only: the caller skips computing ``values`` otherwise)."""
         mine = torch.tensor(values, dtype=torch.float64, device=self.device)
         every = [torch.empty_like(mine) for _ in range(self.world)]
         _collective(torch.distributed.all_gather, every, mine)
@@ -117,7 +117,7 @@ def lost(e: Exception) -> Stopped:
     """The error of a rank whose peer is gone (killed, crashed, unreachable)."""
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return Stopped(f"lost contact with another process of the torchrun job "
-                         f"({first[:200]}); the job stops - {RESUME}")
+                   f"({first[:200]}); the job stops - {RESUME}")
 
 
 def peer_lost(e: RuntimeError) -> bool:
@@ -138,6 +138,6 @@ def _collective(fn, *args):
 
 
 def _stopped_by_torchrun(signum, frame):
-    raise Stopped(f"stopped by torchrun (signal {signum}): another process of the "
-                        f"job failed or was killed; the last finished epoch is in the "
-                        f"checkpoint - {RESUME}")
+    raise Stopped(f"stopped by torchrun (signal {signum}): another process of the job "
+                  f"failed or was killed; the last finished epoch is in the checkpoint - "
+                  f"{RESUME}")

@@ -189,7 +189,7 @@ def _tools(data, config, device):
         widths = {n: a["units"] for n, a in net.graph.nodes(data=True)
                   if OPS[a["op"]].kind == "layer" and a["searchable"]}
         return {"stage": stage, "widths": widths, "metric": metric, "se": se,
-                "val_loss": loss, "params": sum(p.numel() for p in net.parameters()),
+                "val_loss": loss, "params": _size(net),
                 **extra, "net": net}
 
     return next(batches(data.train, 1024, device))[0], refit, snapshot

@@ -456,7 +456,8 @@ def test_discover_on_a_user_npz(tmp_path):
 def test_bad_validation_and_test_arrays_are_refused(tmp_path):
     from archdisc.data import DataError, load_user_data
     x, y = _blobs()
-    cases = [({"x_val": x[:5], "y_val": np.array([0, 1, -1, 2, 1])}, "y_val: labels must be integers >= 0"),
+    cases = [({"x_val": x[:5], "y_val": np.array([0, 1, -1, 2, 1])},
+              "y_val: labels must be integers >= 0"),
              ({"x_val": x[:5, :4], "y_val": y[:5]}, r"x_val, y_val hold 5 inputs of shape \[4\]"),
              ({"x_test": x[:5], "y_test": np.array([0, 1, 7, 2, 1])}, "go up to 7")]
     for k, (extra, message) in enumerate(cases):
