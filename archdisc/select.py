@@ -44,6 +44,8 @@ def shrink_select(compact: ArchNet, data, config, device, log=print):
     """The selected compact model and the path of snapshots (dicts) it was chosen from."""
     if config.select_sweep:
         return sweep_select(compact, data, config, device, log)
+    if config.select == "penalty":
+        return penalty_select(compact, data, config, device, log)
     probe, refit, snapshot = _tools(data, config, device)
     net = refit(_copy(compact), 5 * config.select_steps)
     path = [snapshot(net, 0)]
@@ -162,6 +164,80 @@ def sweep_select(compact: ArchNet, data, config, device, log=print):
     for s in path:
         s["chosen"] = s is chosen
     return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+
+
+def penalty_select(compact: ArchNet, data, config, device, log=print):
+    """``select = "penalty"``: a group-lasso path, units die one by one while the rest adapt.
+
+    1. refit the extracted model (5 x ``select_steps``): N0;
+    2. proximal SGD on the training loss + lam * sum over units of sqrt(n) ||unit||, lam
+       doubling every ``select_steps`` steps (a real penalty: a unit stays alive only while
+       the loss gradient on it is larger than lam, so the order in which units die is the
+       data's, and the end point does not depend on the width the search started from);
+    3. after each stage, the surviving architecture is snapshotted: extracted, refit
+       ``select_steps`` Adam steps without the penalty (debiasing), scored on validation;
+    4. stop ``STOP`` standard errors below the best, or when a layer would lose its last unit;
+       keep the smallest snapshot within ``select_tol`` standard errors of the best.
+    """
+    import os
+    from .extract import extract
+    from .groups import param_groups
+    from .optim import ProxSGD
+    probe, refit, snapshot = _tools(data, config, device)
+    net = refit(_copy(compact), 5 * config.select_steps)
+    path = [snapshot(net, 0, lam=0.0)]
+    log(_line(path[-1], data.metric))
+    best = path[0]["metric"]
+    x, y = tensors(data.train, device)
+    n = len(data.train)
+    lr = float(os.environ.get("ARCHDISC_PEN_LR", 0.02))
+    lam = float(os.environ.get("ARCHDISC_PEN_LAM0", 1e-4))
+    gamma = float(os.environ.get("ARCHDISC_PEN_GAMMA", 2.0))
+    cur = _copy(net)
+    step = [0]
+    while True:
+        opt = ProxSGD(param_groups(cur, lam=lam), lr=lr, momentum=0.9)
+        done = 0
+        while done < config.select_steps:
+            step[0] += 1
+            order = epoch_order(config.seed + 4, step[0], n)[:(config.select_steps - done)
+                                                              * config.batch_size]
+            train_epoch(cur, opt, x, y, data.task, config.batch_size, order,
+                        workers=config.loader_workers)
+            done += math.ceil(len(order) / config.batch_size)
+        widths = {k: int(v) for k, v in _alive_units(cur).items()}
+        if os.environ.get("ARCHDISC_PEN_DEBUG"):
+            print("  stage lam", lam, widths, "iterate val", _scores(cur.eval(), data, device)[0])
+        if min(widths.values()) == 0 or lam > 1e3:
+            break
+        small = extract(cur.eval(), inputs=probe[:256])[1].train()
+        if _size(small) < _size(net):
+            s = snapshot(refit(_copy(small), config.select_steps), len(path), lam=lam)
+            path.append(s)
+            log(_line(s, data.metric) + f" lam {lam:.3g}")
+            if s["metric"] < best - STOP * s["se"]:
+                break
+            best = max(best, s["metric"])
+            net = small
+        cur = small.train()
+        lam *= gamma
+    top = max(path, key=lambda s: s["metric"])
+    ok = [s for s in path if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
+    chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
+    for s in path:
+        s["chosen"] = s is chosen
+    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+
+
+def _alive_units(net):
+    """Alive units per searchable node (nonzero unit groups)."""
+    params = dict(net.named_parameters())
+    out = {}
+    for n, names in unit_members(net).items():
+        norm = sum(params[p].detach().reshape(params[p].shape[0], -1).pow(2).sum(1)
+                   for p in names)
+        out[n] = int((norm > 0).sum())
+    return out
 
 
 def _tools(data, config, device):
