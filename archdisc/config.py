@@ -31,7 +31,7 @@ CHOICES = {
     "task": ("classification", "denoising"),
     "group_weight": ("sqrt_n", "one", "sqrt_alive"),
     "augment": ("none", "crop_flip"),
-    "select": ("shrink", "penalty", "none"),
+    "select": ("shrink", "scale", "none"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
 UNHASHED_WHEN_UNSET = ("model", "model_options", "input_shape", "fused")

@@ -37,15 +37,16 @@ __all__ = ["shrink_select", "sweep_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
 PER_LAYER_AT_MOST = 4  # deeper nets: a stage cuts every layer at once (one candidate)
+GRID = 2 ** 0.5  # scale: neighbouring candidates differ by this factor in width
 SWEEP_STOP = 3.0  # sweep: a layer's sweep goes no narrower once this far below its best
 
 
-def shrink_select(compact: ArchNet, data, config, device, log=print):
+def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=None):
     """The selected compact model and the path of snapshots (dicts) it was chosen from."""
     if config.select_sweep:
         return sweep_select(compact, data, config, device, log)
-    if config.select == "penalty":
-        return penalty_select(compact, data, config, device, log)
+    if config.select == "scale":
+        return scale_select(compact, data, config, device, log, supernet)
     probe, refit, snapshot = _tools(data, config, device)
     net = refit(_copy(compact), 5 * config.select_steps)
     path = [snapshot(net, 0)]
@@ -166,78 +167,77 @@ def sweep_select(compact: ArchNet, data, config, device, log=print):
     return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
 
 
-def penalty_select(compact: ArchNet, data, config, device, log=print):
-    """``select = "penalty"``: a group-lasso path, units die one by one while the rest adapt.
+def scale_select(compact: ArchNet, data, config, device, log=print, supernet=None):
+    """``select = "scale"``: the search's shape at doubling and halving scales, each trained
+    afresh; the validation data picks the scale.
 
-    1. refit the extracted model (5 x ``select_steps``): N0;
-    2. proximal SGD on the training loss + lam * sum over units of sqrt(n) ||unit||, lam
-       doubling every ``select_steps`` steps (a real penalty: a unit stays alive only while
-       the loss gradient on it is larger than lam, so the order in which units die is the
-       data's, and the end point does not depend on the width the search started from);
-    3. after each stage, the surviving architecture is snapshotted: extracted, refit
-       ``select_steps`` Adam steps without the penalty (debiasing), scored on validation;
-    4. stop ``STOP`` standard errors below the best, or when a layer would lose its last unit;
-       keep the smallest snapshot within ``select_tol`` standard errors of the best.
+    The search proposes the shape (which units, inputs and edges survive, and how wide each
+    layer is relative to the others). Candidate j keeps the top-scored ``ceil(w / 2**j)``
+    units of every searchable layer (j = 0: the extracted model; j < 0: wider, up to the
+    supernet's widths, where the graph allows it), is re-initialized with the same seed and
+    trained ``10 x select_steps`` Adam steps (cosine), and is scored on validation; halving
+    stops ``STOP`` standard errors below the best or at one unit per layer. The smallest
+    candidate within ``select_tol`` standard errors of the best is kept (the one-standard-
+    error rule). Fresh, equal-length trainings because warm-started cuts of a wide layer stay
+    far below the same width trained from scratch (RESULTS.md section 8).
     """
-    import os
-    from .extract import extract
-    from .groups import param_groups
-    from .optim import ProxSGD
     probe, refit, snapshot = _tools(data, config, device)
-    net = refit(_copy(compact), 5 * config.select_steps)
-    path = [snapshot(net, 0, lam=0.0)]
-    log(_line(path[-1], data.metric))
-    best = path[0]["metric"]
-    x, y = tensors(data.train, device)
-    n = len(data.train)
-    lr = float(os.environ.get("ARCHDISC_PEN_LR", 0.02))
-    lam = float(os.environ.get("ARCHDISC_PEN_LAM0", 1e-4))
-    gamma = float(os.environ.get("ARCHDISC_PEN_GAMMA", 2.0))
-    cur = _copy(net)
-    step = [0]
-    while True:
-        opt = ProxSGD(param_groups(cur, lam=lam), lr=lr, momentum=0.9)
-        done = 0
-        while done < config.select_steps:
-            step[0] += 1
-            order = epoch_order(config.seed + 4, step[0], n)[:(config.select_steps - done)
-                                                              * config.batch_size]
-            train_epoch(cur, opt, x, y, data.task, config.batch_size, order,
-                        workers=config.loader_workers)
-            done += math.ceil(len(order) / config.batch_size)
-        widths = {k: int(v) for k, v in _alive_units(cur).items()}
-        if os.environ.get("ARCHDISC_PEN_DEBUG"):
-            print("  stage lam", lam, widths, "iterate val", _scores(cur.eval(), data, device)[0])
-        if min(widths.values()) == 0 or lam > 1e3:
+    parent = _copy(compact).eval()
+    dev = next(parent.parameters()).device
+    with torch.no_grad():
+        env = parent.activations(probe)
+    widths0 = {n: parent.graph.nodes[n]["units"] for n in _shrinkable(parent)}
+    cap = {n: supernet.nodes[n]["units"] if supernet is not None and n in supernet else w
+           for n, w in widths0.items()}
+
+    def candidate(j):
+        """The shape at scale 2**-j (a fresh, untrained net), or None if it cannot be built."""
+        if j <= 0:
+            graph = copy.deepcopy(parent.graph)
+            for n, w in widths0.items():
+                graph.nodes[n]["units"] = min(cap[n], round(w * GRID ** -j))
+            try:
+                graph.shapes()
+            except (ValueError, KeyError):
+                return None  # units tied to positions (index edges, sums): no wider shape
+        else:
+            cuts = {n: w - math.ceil(w / GRID ** j) for n, w in widths0.items()}
+            graph = _remove_weakest(parent, {n: c for n, c in cuts.items() if c}, env,
+                                    probe).graph
+        torch.manual_seed(config.seed + 3)
+        return compile_graph(graph).to(dev).train()
+
+    def train(net, j):
+        s = snapshot(refit(net, 10 * config.select_steps), len(path), scale=GRID ** -j)
+        path.append(s)
+        log(_line(s, data.metric))
+        return s
+
+    path, sizes = [], set()
+    for j in range(0, -2 * max(cap.values(), default=1).bit_length() - 1, -1):  # wider
+        net = candidate(j)
+        if net is None:
             break
-        small = extract(cur.eval(), inputs=probe[:256])[1].train()
-        if _size(small) < _size(net):
-            s = snapshot(refit(_copy(small), config.select_steps), len(path), lam=lam)
-            path.append(s)
-            log(_line(s, data.metric) + f" lam {lam:.3g}")
-            if s["metric"] < best - STOP * s["se"]:
-                break
-            best = max(best, s["metric"])
-            net = small
-        cur = small.train()
-        lam *= gamma
+        if any(abs(_size(net) - t) < 0.2 * t for t in sizes):
+            continue  # capped, or hardly wider than a model already trained
+        sizes.add(_size(net))
+        train(net, j)
+    best = max(s["metric"] for s in path)
+    for j in range(1, 2 * max(widths0.values(), default=1).bit_length() + 1):  # narrower
+        net = candidate(j)
+        if _size(net) in sizes:
+            break
+        sizes.add(_size(net))
+        s = train(net, j)
+        if s["metric"] < best - STOP * s["se"]:
+            break
+        best = max(best, s["metric"])
     top = max(path, key=lambda s: s["metric"])
     ok = [s for s in path if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
     chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
     for s in path:
         s["chosen"] = s is chosen
     return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
-
-
-def _alive_units(net):
-    """Alive units per searchable node (nonzero unit groups)."""
-    params = dict(net.named_parameters())
-    out = {}
-    for n, names in unit_members(net).items():
-        norm = sum(params[p].detach().reshape(params[p].shape[0], -1).pow(2).sum(1)
-                   for p in names)
-        out[n] = int((norm > 0).sum())
-    return out
 
 
 def _tools(data, config, device):

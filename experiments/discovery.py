@@ -31,8 +31,13 @@ def parse_set(items):
     out = {}
     for item in items:
         k, v = item.split("=", 1)
-        out[k] = ({"true": True, "false": False}[v.lower()] if v.lower() in ("true", "false")
-                  else float(v) if any(c in v for c in ".e") else int(v))
+        if v.lower() in ("true", "false"):
+            out[k] = v.lower() == "true"
+            continue
+        try:
+            out[k] = float(v) if any(c in v for c in ".e") else int(v)
+        except ValueError:
+            out[k] = v  # a word: select=scale
     return out
 
 

@@ -43,7 +43,10 @@ def main():
             rep = run_discover(config, tmp, progress=False)
         rows[name] = {"widths": [rep["units"][n]["alive"] for n in ("fc1", "fc2")],
                       "params": rep["params"]["compact"], "test": rep["test"]["compact"],
-                      "wall": rep["wall_seconds"]}
+                      "wall": rep["wall_seconds"],
+                      "select_path": [{k: s.get(k) for k in ("widths", "metric", "se", "params",
+                                                             "chosen")}
+                                      for s in rep["select"]["path"]]}
         print(name, rows[name], flush=True)
     base = [r for k, r in rows.items() if k != "2x length"]
     med = statistics.median(r["params"] for r in base)

@@ -1,4 +1,6 @@
 """archdisc.select: the width is chosen on validation data, not by the initial density."""
+import math
+
 import pytest
 
 from archdisc import Config, load, run_discover
@@ -104,3 +106,45 @@ def test_deep_nets_are_cut_in_every_layer_at_once(tmp_path, monkeypatch):
     for a, b in zip(path, path[1:]):  # every layer of >= 4 units loses 30%, no other
         assert all(b["widths"][n] == a["widths"][n] - int(0.3 * a["widths"][n])
                    for n in a["widths"])
+
+
+@pytest.fixture(scope="module")
+def scale_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scale")
+    # lam 1: the search hardly moves in 8 epochs, so the extracted width is the initial one
+    return {d: (run_discover(teacher(density=d, lam=1.0, select="scale", select_steps=50),
+                             out / f"s{d}", progress=False), out / f"s{d}")
+            for d in (0.05, 0.9)}
+
+
+def test_scale_trains_the_searched_shape_afresh_at_sqrt2_scales(scale_runs):
+    """select = "scale": every candidate is the extracted shape at width w * sqrt(2)**-j
+    (narrower: ceil; wider: rounded, capped at the supernet's 64), the smallest within one
+    standard error of the best is kept, and it is what the run saves."""
+    for report, out in scale_runs.values():
+        path = report["select"]["path"]
+        w0 = path[0]["widths"]
+        assert path[0]["scale"] == 1.0
+        for s in path:
+            j = round(-2 * math.log2(s["scale"]))
+            want = {n: (math.ceil(w / 2 ** (j / 2) - 1e-9) if j > 0
+                        else min(64, round(w * 2 ** (-j / 2)))) for n, w in w0.items()}
+            assert s["widths"] == want, (s, j)
+        top = max(path, key=lambda s: s["metric"])
+        ok = [s for s in path if s["metric"] >= top["metric"] - top["se"]]
+        chosen = [s for s in path if s["chosen"]]
+        assert len(chosen) == 1 and chosen[0]["params"] == min(s["params"] for s in ok)
+        assert chosen[0]["params"] == report["params"]["compact"]  # finetune 0
+        assert load(out / "compact").graph.nodes["fc1"]["units"] == chosen[0]["widths"]["fc1"]
+    sparse = scale_runs[0.05][0]["select"]["path"]
+    assert max(s["widths"]["fc1"] for s in sparse) > 4 * sparse[0]["widths"]["fc1"]  # grew
+
+
+def test_scale_size_does_not_follow_the_initial_density(scale_runs):
+    """The search hardly moves (lam 1), so the extracted models differ > 10x in size (7-11
+    vs 118 hidden units); the selected ones are within 2x of each other."""
+    first = [r["select"]["path"][0]["params"] for r, _ in scale_runs.values()]
+    assert max(first) > 10 * min(first), first
+    params = [r["params"]["compact"] for r, _ in scale_runs.values()]
+    assert max(params) <= 2 * min(params), params
+    assert all(r["test"]["compact"] > 80 for r, _ in scale_runs.values())
