@@ -86,7 +86,9 @@ class Config:
     control_every: int = 50            # steps between two looks of the lam controller
     noise_sigma: float = 0.3           # denoising noise level
     select: str = "shrink"             # how the final width is chosen: shrink on validation
-                                       # (archdisc.select), or none (what the search left)
+                                       # (archdisc.select), scale (the searched shape at
+                                       # sqrt(2) scales, each trained afresh: steadier,
+                                       # 2-3x slower), or none (what the search left)
     select_steps: int = 100            # refit steps per shrink candidate (the first: 5x)
     select_frac: float = 0.3           # fraction of a layer's units one shrink step removes
     select_tol: float = 1.0            # keep the smallest model within this many standard

@@ -20,6 +20,8 @@ Removing units is exact: their whole unit group is zeroed and extraction rebuild
 Measured (experiments/RESULTS.md, section 8): the width now responds to validation data,
 but validation does not pin it - on planted teachers it lands 1-4x the teacher's width in
 1 of 9 runs; variants that were tried and reverted are listed there with their numbers.
+``select = "scale"`` (:func:`scale_select`) trains candidates afresh instead of cutting
+warm ones: on the demo its size moves a third as much with the initial density and lam.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from .groups import unit_members
 from .loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
 from .ops import OPS
 
-__all__ = ["shrink_select", "sweep_select"]
+__all__ = ["shrink_select", "sweep_select", "scale_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
 PER_LAYER_AT_MOST = 4  # deeper nets: a stage cuts every layer at once (one candidate)
