@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import torch
 
@@ -192,54 +193,83 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     cap = {n: supernet.nodes[n]["units"] if supernet is not None and n in supernet else w
            for n, w in widths0.items()}
 
-    def candidate(j):
-        """The shape at scale 2**-j (a fresh, untrained net), or None if it cannot be built."""
-        if j <= 0:
+    def build(targets):
+        """A fresh, untrained net of ``targets`` widths, or None if it cannot be built."""
+        if all(targets[n] <= w for n, w in widths0.items()):
+            cuts = {n: w - targets[n] for n, w in widths0.items() if targets[n] < w}
+            graph = (_remove_weakest(parent, cuts, env, probe) if cuts else parent).graph
+        else:
             graph = copy.deepcopy(parent.graph)
-            for n, w in widths0.items():
-                graph.nodes[n]["units"] = min(cap[n], round(w * GRID ** -j))
+            for n, t in targets.items():
+                graph.nodes[n]["units"] = t
             try:
                 graph.shapes()
             except (ValueError, KeyError):
                 return None  # units tied to positions (index edges, sums): no wider shape
-        else:
-            cuts = {n: w - math.ceil(w / GRID ** j) for n, w in widths0.items()}
-            graph = _remove_weakest(parent, {n: c for n, c in cuts.items() if c}, env,
-                                    probe).graph
         torch.manual_seed(config.seed + 3)
         return compile_graph(graph).to(dev).train()
 
-    def train(net, j):
-        s = snapshot(refit(net, 10 * config.select_steps), len(path), scale=GRID ** -j)
+    def scaled(j):
+        if j <= 0:
+            return {n: min(cap[n], round(w * GRID ** -j)) for n, w in widths0.items()}
+        return {n: math.ceil(w / GRID ** j) for n, w in widths0.items()}
+
+    def train(net, **tag):
+        s = snapshot(refit(net, 10 * config.select_steps), len(path), **tag)
         path.append(s)
         log(_line(s, data.metric))
         return s
 
     path, sizes = [], set()
     for j in range(0, -2 * max(cap.values(), default=1).bit_length() - 1, -1):  # wider
-        net = candidate(j)
+        net = build(scaled(j))
         if net is None:
             break
         if any(abs(_size(net) - t) < 0.2 * t for t in sizes):
             continue  # capped, or hardly wider than a model already trained
         sizes.add(_size(net))
-        train(net, j)
+        train(net, scale=GRID ** -j)
     best = max(s["metric"] for s in path)
     for j in range(1, 2 * max(widths0.values(), default=1).bit_length() + 1):  # narrower
-        net = candidate(j)
+        net = build(scaled(j))
         if _size(net) in sizes:
             break
         sizes.add(_size(net))
-        s = train(net, j)
+        s = train(net, scale=GRID ** -j)
         if s["metric"] < best - STOP * s["se"]:
             break
         best = max(best, s["metric"])
-    top = max(path, key=lambda s: s["metric"])
-    ok = [s for s in path if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
-    chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
+    if os.environ.get("ARCHDISC_REFINE"):
+        base = _pick(path, config.select_tol)
+        picks = dict(base["widths"])
+        for n in widths0:  # each layer alone, halved, the others at the chosen scale
+            w = base["widths"][n]
+            while w > 1:
+                w = math.ceil(w / 2)
+                net = build({**base["widths"], n: w})
+                if net is None:
+                    break
+                s = train(net, layer=n)
+                top = max(p["metric"] for p in path)
+                if s["metric"] >= top - config.select_tol * s["se"]:
+                    picks[n] = w
+                if s["metric"] < top - STOP * s["se"]:
+                    break
+        if sum(picks[n] != base["widths"][n] for n in picks) > 1:
+            net = build(picks)
+            if net is not None:
+                train(net, layer="joint")
+    chosen = _pick(path, config.select_tol)
     for s in path:
         s["chosen"] = s is chosen
     return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+
+
+def _pick(path, tol):
+    """The smallest snapshot within ``tol`` standard errors of the best one."""
+    top = max(path, key=lambda s: s["metric"])
+    ok = [s for s in path if s["metric"] >= top["metric"] - tol * top["se"]]
+    return min(ok, key=lambda s: (s["params"], -s["metric"]))
 
 
 def _tools(data, config, device):
