@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import torch
 
@@ -84,9 +83,7 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=No
         if kept["metric"] < best - STOP * kept["se"]:
             break
         best = max(best, kept["metric"])
-    top = max(path, key=lambda s: s["metric"])
-    ok = [s for s in path if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
-    chosen = min(ok, key=lambda s: (s["params"], -s["metric"]))
+    chosen = _pick(path, config.select_tol)
     for s in path:
         s["chosen"] = s is chosen
     return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
@@ -239,26 +236,6 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         if s["metric"] < best - STOP * s["se"]:
             break
         best = max(best, s["metric"])
-    if os.environ.get("ARCHDISC_REFINE"):
-        base = _pick(path, config.select_tol)
-        picks = dict(base["widths"])
-        for n in widths0:  # each layer alone, halved, the others at the chosen scale
-            w = base["widths"][n]
-            while w > 1:
-                w = math.ceil(w / 2)
-                net = build({**base["widths"], n: w})
-                if net is None:
-                    break
-                s = train(net, layer=n)
-                top = max(p["metric"] for p in path)
-                if s["metric"] >= top - config.select_tol * s["se"]:
-                    picks[n] = w
-                if s["metric"] < top - STOP * s["se"]:
-                    break
-        if sum(picks[n] != base["widths"][n] for n in picks) > 1:
-            net = build(picks)
-            if net is not None:
-                train(net, layer="joint")
     chosen = _pick(path, config.select_tol)
     for s in path:
         s["chosen"] = s is chosen
