@@ -261,7 +261,7 @@ def select_compact(run: Run):
     from .select import shrink_select
     t0 = time.perf_counter()
     run.compact, run.select_path = shrink_select(run.compact, run.data, run.config,
-                                                 run.device, lambda s: _log(run, s), run.graph)
+                                                 run.device, lambda s: _log(run, s), run.net)
     run.compact_graph = run.compact.graph
     run.select_seconds = time.perf_counter() - t0
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):

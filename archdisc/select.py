@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from .budget import target_of
 from .compile import ArchNet, compile_graph
 from .groups import unit_members
 from .loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
@@ -168,18 +169,19 @@ def sweep_select(compact: ArchNet, data, config, device, log=print):
 
 
 def scale_select(compact: ArchNet, data, config, device, log=print, supernet=None):
-    """``select = "scale"``: the search's shape at doubling and halving scales, each trained
+    """``select = "scale"``: the search's shape at sqrt(2) steps of scale, each trained
     afresh; the validation data picks the scale.
 
     The search proposes the shape (which units, inputs and edges survive, and how wide each
-    layer is relative to the others). Candidate j keeps the top-scored ``ceil(w / 2**j)``
-    units of every searchable layer (j = 0: the extracted model; j < 0: wider, up to the
-    supernet's widths, where the graph allows it), is re-initialized with the same seed and
-    trained ``10 x select_steps`` Adam steps (cosine), and is scored on validation; halving
-    stops ``STOP`` standard errors below the best or at one unit per layer. The smallest
-    candidate within ``select_tol`` standard errors of the best is kept (the one-standard-
-    error rule). Fresh, equal-length trainings because warm-started cuts of a wide layer stay
-    far below the same width trained from scratch (RESULTS.md section 8).
+    layer is relative to the others). Candidate j has ``w * sqrt(2)**-j`` units in every
+    searchable layer of width w: j > 0 keeps the top-scored ``ceil`` of them, j < 0 is wider
+    (rounded), up to the supernet's widths and the parameter budget, where the graph allows
+    it. Each is re-initialized with the same seed, trained ``10 x select_steps`` Adam steps
+    (cosine) and scored on validation; narrowing stops ``STOP`` standard errors below the
+    best or at one unit per layer. The smallest candidate within ``select_tol`` standard
+    errors of the best is kept (the one-standard-error rule). Fresh, equal-length trainings
+    because warm-started cuts of a wide layer stay far below the same width trained from
+    scratch (RESULTS.md section 8), which biased the warm rules to wide models.
     """
     probe, refit, snapshot = _tools(data, config, device)
     parent = _copy(compact).eval()
@@ -187,8 +189,9 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     with torch.no_grad():
         env = parent.activations(probe)
     widths0 = {n: parent.graph.nodes[n]["units"] for n in _shrinkable(parent)}
-    cap = {n: supernet.nodes[n]["units"] if supernet is not None and n in supernet else w
-           for n, w in widths0.items()}
+    graph = supernet.graph if supernet is not None else parent.graph
+    cap = {n: graph.nodes[n]["units"] if n in graph else w for n, w in widths0.items()}
+    budget = target_of(config, _size(supernet)) if supernet is not None else None
 
     def build(targets):
         """A fresh, untrained net of ``targets`` widths, or None if it cannot be built."""
@@ -220,7 +223,7 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     path, sizes = [], set()
     for j in range(0, -2 * max(cap.values(), default=1).bit_length() - 1, -1):  # wider
         net = build(scaled(j))
-        if net is None:
+        if net is None or (budget is not None and _size(net) > budget):
             break
         if any(abs(_size(net) - t) < 0.2 * t for t in sizes):
             continue  # capped, or hardly wider than a model already trained

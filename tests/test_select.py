@@ -148,3 +148,11 @@ def test_scale_size_does_not_follow_the_initial_density(scale_runs):
     params = [r["params"]["compact"] for r, _ in scale_runs.values()]
     assert max(params) <= 2 * min(params), params
     assert all(r["test"]["compact"] > 80 for r, _ in scale_runs.values())
+
+
+def test_scale_does_not_grow_past_the_parameter_budget(tmp_path):
+    rep = run_discover(teacher(density=0.05, lam=1.0, select="scale", select_steps=10,
+                               epochs=2, target_params=2000), tmp_path, progress=False)
+    path = rep["select"]["path"]
+    assert path[0]["params"] < 1000  # the sparse start, so growth is wanted
+    assert max(s["params"] for s in path) <= 2000 < 2 * max(s["params"] for s in path)
