@@ -318,14 +318,62 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     return Path(out_png)
 
 
+def plot_selection(report, out_png) -> Path:
+    """Plot what the select stage scored (``report.json``'s ``select.path``, a path or the
+    report dict): validation metric against parameters, +-1 standard error, the band of
+    models within ``select_tol`` standard errors of the best, and the kept one; writes a
+    PNG atomically."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    rep = json.loads(Path(report).read_text()) if not isinstance(report, dict) else report
+    path = (rep.get("select") or {}).get("path") or []
+    if len(path) < 2:
+        raise ValueError("the report's select.path holds fewer than 2 scored models; "
+                         "nothing to compare (was the run made with select = none?)")
+    tol = rep.get("config", {}).get("select_tol", 1.0)
+    top = max(path, key=lambda s: s["metric"])
+    floor = top["metric"] - tol * top["se"]
+    fig = Figure(figsize=(8, 4.5), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    ax.axhspan(floor, top["metric"] + top["se"], color="#2ca02c", alpha=0.12,
+               label=f"within {tol:g} standard error{'s' * (tol != 1)} of the best")
+    ax.errorbar([s["params"] for s in path], [s["metric"] for s in path],
+                yerr=[s["se"] for s in path], fmt="o", color="#1f6fd1", ms=4, capsize=2,
+                label="scored on validation")
+    for s in path:
+        ax.annotate("-".join(str(w) for w in s["widths"].values()), (s["params"], s["metric"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=6, color="#555555")
+    kept = [s for s in path if s.get("chosen")]
+    if kept:
+        ax.plot([kept[0]["params"]], [kept[0]["metric"]], "*", color="#d62728", ms=14,
+                label=f"kept: {kept[0]['params']:,} parameters")
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(f"validation {rep.get('metric', 'metric')}")
+    ax.set_title(f"Selection ({(rep.get('select') or {}).get('mode', '')}): the smallest "
+                 f"model the validation data cannot tell from the best")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(out_png, buf.getvalue())
+    return Path(out_png)
+
+
 # ---------------------------------------------------------------------- CLI entry
 def render_run(run_dir, format: str = "svg", supernet: bool = False) -> list[Path]:
-    """Draw a training run: ``RUN/growth.png`` from ``RUN/metrics.jsonl`` (when present),
+    """Draw a training run: ``RUN/growth.png`` from ``RUN/metrics.jsonl`` and
+    ``RUN/selection.png`` from ``RUN/report.json`` (when present),
     ``RUN/compact.<format>`` (with alive/supernet units when ``RUN/supernet.json``
     exists) and, with ``supernet=True``, ``RUN/supernet.<format>`` with the dead greyed.
     Returns the paths written."""
     run = Path(run_dir)
-    for name in ("compact", "supernet", "growth"):
+    for name in ("compact", "supernet", "growth", "selection"):
         remove_stale_temps(run, name)  # left by a render killed midway
     if not (run / "compact.json").exists():
         raise FileNotFoundError(f"{run / 'compact.json'} not found: is {run} a finished "
@@ -342,6 +390,11 @@ def render_run(run_dir, format: str = "svg", supernet: bool = False) -> list[Pat
                                        len(sup.candidate_edges()) if sup else None))
         except ValueError:
             pass  # no alive counts recorded: nothing to plot
+    if (run / "report.json").exists():
+        try:
+            written.append(plot_selection(run / "report.json", run / "selection.png"))
+        except ValueError:
+            pass  # select = none: nothing to compare
     written.append(render(compact, run / "compact", format, supernet=sup))
     if supernet:
         written.append(render(compact, run / "supernet", format, supernet=sup,

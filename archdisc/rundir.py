@@ -101,7 +101,7 @@ def prepare_run(out, config: Config, resume=False, force=False) -> Path | None:
     return None
 
 
-DRAWN = ("compact", "supernet", "growth")  # render_run's files: NAME.{gv,svg,png,pdf}
+DRAWN = ("compact", "supernet", "growth", "selection")  # render_run's files: NAME.{gv,svg,png,pdf}
 
 
 def clear(out: Path, fresh: bool):

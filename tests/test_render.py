@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from archdisc import build_space
-from archdisc.render import RenderError, plot_growth, render, render_run, to_dot
+from archdisc.render import (RenderError, plot_growth, plot_selection, render, render_run,
+                             to_dot)
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                reason="Graphviz 'dot' not installed (apt-get install -y graphviz)")
@@ -136,6 +137,22 @@ def test_growth_plot_writes_png(tmp_path, nested):
         plot_growth([{"epoch": 1, "loss": 0.3}], tmp_path / "none.png")
 
 
+def select_report(path_len=3):
+    path = [{"stage": i, "widths": {"fc1": 40 - 10 * i}, "metric": 88 - i, "se": 0.5,
+             "params": 4000 - 1000 * i, "chosen": i == 1} for i in range(path_len)]
+    return {"metric": "accuracy", "config": {"select_tol": 2.0},
+            "select": {"mode": "shrink", "path": path}}
+
+
+def test_selection_plot_writes_png(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps(select_report()))
+    out = plot_selection(tmp_path / "report.json", tmp_path / "selection.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="select = none"):
+        plot_selection(select_report(1), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
 @needs_dot
 def test_render_run(tmp_path):
     sup, compact = skip_supernet_and_compact()
@@ -144,6 +161,9 @@ def test_render_run(tmp_path):
     write_metrics(tmp_path / "metrics.jsonl")
     paths = render_run(tmp_path, "svg", supernet=True)
     assert [p.name for p in paths] == ["growth.png", "compact.svg", "supernet.svg"]
+    (tmp_path / "report.json").write_text(json.dumps(select_report()))
+    paths = render_run(tmp_path, "svg")
+    assert [p.name for p in paths] == ["growth.png", "selection.png", "compact.svg"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert "fc2 (dead)" in svg_texts(tmp_path / "supernet.svg")
     assert "fc2" not in svg_texts(tmp_path / "compact.svg")
