@@ -148,7 +148,8 @@ def _discover(args) -> int:
         return 0
     try:
         render_run(args.out, "svg")
-        pictures = ", compact.svg (the discovered graph), growth.png"
+        pictures = ", compact.svg (the discovered graph), growth.png" + (
+            ", selection.png" if (args.out / "selection.png").exists() else "")
     except RenderError as e:
         pictures = ""
         print(f"archdisc discover: no picture: {e}", file=sys.stderr)
@@ -163,7 +164,8 @@ def _add_render(sub):
     from .render import FORMATS
     p = sub.add_parser("render", help="draw the discovered architecture and its growth",
                        description="Draw RUN's discovered graph with Graphviz (and the "
-                                   "Graphviz source .gv), and the growth plot growth.png.")
+                                   "Graphviz source .gv), the growth plot growth.png and "
+                                   "selection.png (the models the select stage scored).")
     p.add_argument("run", type=Path, help="a discover run folder")
     p.add_argument("--format", choices=FORMATS, default="svg",
                    help="picture format: svg, png or pdf (default: svg)")

@@ -89,7 +89,8 @@ class Config:
                                        # (archdisc.select), scale (the searched shape at
                                        # sqrt(2) scales, each trained afresh: steadier,
                                        # 2-3x slower), or none (what the search left)
-    select_steps: int = 100            # refit steps per shrink candidate (the first: 5x)
+    select_steps: int = 100            # refit steps per shrink candidate (the first: 5x;
+                                       # scale trains each candidate 10x this)
     select_frac: float = 0.3           # fraction of a layer's units one shrink step removes
     select_tol: float = 1.0            # keep the smallest model within this many standard
                                        # errors of the best validation metric
@@ -187,6 +188,8 @@ class Config:
         _require(0 < self.select_frac < 1, "select_frac", "a number in (0, 1)")
         _require(0 <= self.select_tol < math.inf, "select_tol", "a finite number >= 0")
         _require(0 < self.select_lr < math.inf, "select_lr", "a finite number > 0")
+        _require(not (self.select_sweep or self.select_fresh) or self.select == "shrink",
+                 "select_sweep", 'false with select = "scale" or "none" (it is a shrink rule)')
         return self
 
     # ---------------------------------------------------------------- output

@@ -255,7 +255,8 @@ def extract_compact(run: Run):
 
 
 def select_compact(run: Run):
-    """With ``select = "shrink"``: shrink the compact model on the validation split."""
+    """Unless ``select = "none"``: choose the compact model's width on the validation split
+    (archdisc.select: ``shrink`` or ``scale``)."""
     if run.config.select == "none":
         return
     from .select import shrink_select

@@ -7,6 +7,7 @@
 * :func:`render_supernet` draws the whole supernet with what did not survive greyed.
 * :func:`render` writes the ``.gv`` source (always), then runs ``dot``.
 * :func:`plot_growth` plots alive units and edges over the epochs of ``metrics.jsonl``.
+* :func:`plot_selection` plots the models the select stage scored (``report.json``).
 * :func:`render_run` is what ``archdisc render RUN`` calls.
 
 Candidate edges (skip connections behind a gate) are dashed and blue; in the supernet
@@ -336,8 +337,8 @@ def plot_selection(report, out_png) -> Path:
     floor = top["metric"] - tol * top["se"]
     fig = Figure(figsize=(8, 4.5), dpi=110, layout="constrained")
     ax = fig.subplots()
-    ax.axhspan(floor, top["metric"] + top["se"], color="#2ca02c", alpha=0.12,
-               label=f"within {tol:g} standard error{'s' * (tol != 1)} of the best")
+    ax.axhspan(floor, top["metric"] + tol * top["se"], color="#2ca02c", alpha=0.12,
+               label=f"best +- {tol:g} standard error{'s' * (tol != 1)}")
     ax.errorbar([s["params"] for s in path], [s["metric"] for s in path],
                 yerr=[s["se"] for s in path], fmt="o", color="#1f6fd1", ms=4, capsize=2,
                 label="scored on validation")
@@ -355,8 +356,8 @@ def plot_selection(report, out_png) -> Path:
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"validation {rep.get('metric', 'metric')}")
-    ax.set_title(f"Selection ({(rep.get('select') or {}).get('mode', '')}): the smallest "
-                 f"model the validation data cannot tell from the best")
+    ax.set_title(f"Selection ({(rep.get('select') or {}).get('mode', '')}): every model "
+                 f"scored on validation, and the one kept")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     buf = io.BytesIO()

@@ -45,7 +45,9 @@ SWEEP_STOP = 3.0  # sweep: a layer's sweep goes no narrower once this far below 
 
 
 def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=None):
-    """The selected compact model and the path of snapshots (dicts) it was chosen from."""
+    """The selected compact model and the path of snapshots (dicts) it was chosen from, by
+    ``config``'s rule: the greedy shrink below, :func:`sweep_select` or :func:`scale_select`
+    (``supernet``: the searched net, whose widths and size bound scale's growth)."""
     if config.select_sweep:
         return sweep_select(compact, data, config, device, log)
     if config.select == "scale":
@@ -181,14 +183,15 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     best or at one unit per layer. The smallest candidate within ``select_tol`` standard
     errors of the best is kept (the one-standard-error rule). Fresh, equal-length trainings
     because warm-started cuts of a wide layer stay far below the same width trained from
-    scratch (RESULTS.md section 8), which biased the warm rules to wide models.
+    scratch (RESULTS.md section 8), which biased the warm rules to wide models. Without
+    ``supernet`` (the searched net) nothing grows and no budget applies.
     """
     probe, refit, snapshot = _tools(data, config, device)
     parent = _copy(compact).eval()
     dev = next(parent.parameters()).device
     with torch.no_grad():
         env = parent.activations(probe)
-    widths0 = {n: parent.graph.nodes[n]["units"] for n in _shrinkable(parent)}
+    widths0 = {n: parent.graph.nodes[n]["units"] for n in unit_members(parent)}
     graph = supernet.graph if supernet is not None else parent.graph
     cap = {n: graph.nodes[n]["units"] if n in graph else w for n, w in widths0.items()}
     budget = target_of(config, _size(supernet)) if supernet is not None else None
@@ -220,22 +223,28 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         log(_line(s, data.metric))
         return s
 
-    path, sizes = [], set()
-    for j in range(0, -2 * max(cap.values(), default=1).bit_length() - 1, -1):  # wider
+    path = []
+    train(build(widths0), scale=1.0)  # the extracted shape itself, trained afresh
+    sizes, j = [path[0]["params"]], 0
+    while any(w < cap[n] for n, w in scaled(j).items()):  # wider, up to the supernet
+        j -= 1
         net = build(scaled(j))
-        if net is None or (budget is not None and _size(net) > budget):
+        if net is None:
+            log("select: no wider candidate (these widths are tied to others in the graph)")
             break
-        if any(abs(_size(net) - t) < 0.2 * t for t in sizes):
-            continue  # capped, or hardly wider than a model already trained
-        sizes.add(_size(net))
-        train(net, scale=GRID ** -j)
+        if budget is not None and _size(net) > budget:
+            break
+        if all(abs(_size(net) - t) >= 0.2 * t for t in sizes):  # not hardly wider
+            sizes.append(_size(net))
+            train(net, scale=GRID ** -j)
     best = max(s["metric"] for s in path)
-    for j in range(1, 2 * max(widths0.values(), default=1).bit_length() + 1):  # narrower
-        net = build(scaled(j))
-        if _size(net) in sizes:
-            break
-        sizes.add(_size(net))
-        s = train(net, scale=GRID ** -j)
+    last, j = widths0, 0
+    while any(w > 1 for w in last.values()):  # narrower, down to one unit per layer
+        j += 1
+        if scaled(j) == last:
+            continue  # ceil() left every width as it was
+        last = scaled(j)
+        s = train(build(last), scale=GRID ** -j)
         if s["metric"] < best - STOP * s["se"]:
             break
         best = max(best, s["metric"])

@@ -148,6 +148,8 @@ CASES = {
                   "make it narrower"),
     "negative lr": ([*D, *TEACHER, "--lr", "-1"], None, "'lr'"),
     "unknown optimizer": ([*D, *TEACHER, "--optimizer", "rmsprop"], None, "choose one of"),
+    "sweep with scale": ([*D, *TEACHER, "--select", "scale", "--select-sweep", "true"], None,
+                         "it is a shrink rule"),
     # run folders
     "resume a missing folder": (["discover", "--out", "{tmp}/none", "--resume"], None,
                                 "nothing to resume"),

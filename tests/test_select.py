@@ -156,3 +156,34 @@ def test_scale_does_not_grow_past_the_parameter_budget(tmp_path):
     path = rep["select"]["path"]
     assert path[0]["params"] < 1000  # the sparse start, so growth is wanted
     assert max(s["params"] for s in path) <= 2000 < 2 * max(s["params"] for s in path)
+
+
+def direct_scale(widths, supernet_widths, monkeypatch, **kw):
+    """scale_select called on a fresh compact MLP 20-widths-4 (teacher data)."""
+    import torch
+
+    from archdisc import build_space, compile_graph
+    from archdisc.data import load_data
+    from archdisc.select import scale_select
+    monkeypatch.setattr("archdisc.select.STOP", math.inf)  # narrow down to one unit
+    torch.manual_seed(0)
+    net = lambda w: compile_graph(build_space("mlp", widths=[20, *w, 4], in_shape=None))
+    data = load_data("teacher", seed=0, teacher_widths=[8, 4], n_train=300, n_val=100,
+                     n_test=100)
+    config = teacher(select="scale", select_steps=1, **kw)
+    _, path = scale_select(net(widths), data, config, torch.device("cpu"), lambda s: None,
+                           net(supernet_widths))
+    return [list(s["widths"].values()) for s in path]
+
+
+def test_scale_grows_one_unit_layers_and_narrows_to_one_unit(monkeypatch):
+    widths = direct_scale([1, 6], [8, 8], monkeypatch)
+    assert widths[0] == [1, 6]
+    assert [8, 8] in widths and max(w[0] for w in widths) == 8  # the 1-unit layer grew too
+    narrower = widths[widths.index([8, 8]) + 1:]
+    assert narrower == [[1, 5], [1, 3], [1, 2], [1, 1]]  # 6/sqrt(2)^j, repeats skipped
+
+
+def test_scale_trains_an_extracted_model_over_the_budget(monkeypatch):
+    widths = direct_scale([8, 8], [16, 16], monkeypatch, target_params=100)
+    assert widths[0] == [8, 8] and all(w[0] <= 8 for w in widths)  # 276 params: no growth
