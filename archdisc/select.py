@@ -218,7 +218,7 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         return {n: math.ceil(w / GRID ** j) for n, w in widths0.items()}
 
     def train(net, **tag):
-        s = snapshot(refit(net, 10 * config.select_steps), len(path), **tag)
+        s = snapshot(refit(net, 10 * config.select_steps, same_order=True), len(path), **tag)
         path.append(s)
         log(_line(s, data.metric))
         return s
@@ -267,10 +267,13 @@ def _tools(data, config, device):
     n = len(data.train)
     step = [0]
 
-    def refit(net, steps):
+    def refit(net, steps, same_order=False):
         """``steps`` of Adam, lr from select_lr down to 0 (cosine): the model is judged
-        settled, not in the middle of its noisy steps."""
+        settled, not in the middle of its noisy steps. ``same_order``: the batches every
+        such refit sees (common random numbers: candidates differ by their width only)."""
         opt, on_step = masked_adam(net, config, config.select_lr, steps, cosine=True)
+        if same_order:
+            step[0] = 0
         done = 0
         while done < steps:
             step[0] += 1
