@@ -21,7 +21,7 @@ Measured (experiments/RESULTS.md, section 8): the width now responds to validati
 but validation does not pin it - on planted teachers it lands 1-4x the teacher's width in
 1 of 9 runs; variants that were tried and reverted are listed there with their numbers.
 ``select = "scale"`` (:func:`scale_select`) trains candidates afresh instead of cutting
-warm ones: on the demo its size moves a third as much with the initial density and lam.
+warm ones: on the demo its size and accuracy move less with the initial density and lam.
 """
 from __future__ import annotations
 
