@@ -179,7 +179,8 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     searchable layer of width w: j > 0 keeps the top-scored ``ceil`` of them, j < 0 is wider
     (rounded), up to the supernet's widths and the parameter budget, where the graph allows
     it. Each is re-initialized with the same seed, trained ``10 x select_steps`` Adam steps
-    (cosine) and scored on validation; narrowing stops ``STOP`` standard errors below the
+    (cosine) on the same batch order (common random numbers: candidates differ by their
+    widths, not by luck) and scored on validation; narrowing stops ``STOP`` standard errors below the
     best or at one unit per layer. The smallest candidate within ``select_tol`` standard
     errors of the best is kept (the one-standard-error rule). Fresh, equal-length trainings
     because warm-started cuts of a wide layer stay far below the same width trained from
