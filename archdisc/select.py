@@ -193,8 +193,10 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     with torch.no_grad():
         env = parent.activations(probe)
     widths0 = {n: parent.graph.nodes[n]["units"] for n in unit_members(parent)}
+    sums = {n: a["units"] for n, a in parent.graph.nodes(data=True) if a["op"] == "add"}
     graph = supernet.graph if supernet is not None else parent.graph
-    cap = {n: graph.nodes[n]["units"] if n in graph else w for n, w in widths0.items()}
+    cap = {n: graph.nodes[n]["units"] if n in graph else w
+           for n, w in {**widths0, **sums}.items()}  # sums: widths tied by a residual add
     budget = target_of(config, _size(supernet)) if supernet is not None else None
 
     def build(targets):
@@ -214,8 +216,9 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         return compile_graph(graph).to(dev).train()
 
     def scaled(j):
-        if j <= 0:
-            return {n: min(cap[n], round(w * GRID ** -j)) for n, w in widths0.items()}
+        if j <= 0:  # the sums grow with the layers they add up
+            return {n: min(cap[n], round(w * GRID ** -j))
+                    for n, w in {**widths0, **sums}.items()}
         return {n: math.ceil(w / GRID ** j) for n, w in widths0.items()}
 
     def train(net, **tag):
@@ -225,7 +228,7 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         return s
 
     path = []
-    train(build(widths0), scale=1.0)  # the extracted shape itself, trained afresh
+    train(build(scaled(0)), scale=1.0)  # the extracted shape itself, trained afresh
     sizes, j = [path[0]["params"]], 0
     while any(w < cap[n] for n, w in scaled(j).items()):  # wider, up to the supernet
         j -= 1

@@ -187,3 +187,29 @@ def test_scale_grows_one_unit_layers_and_narrows_to_one_unit(monkeypatch):
 def test_scale_trains_an_extracted_model_over_the_budget(monkeypatch):
     widths = direct_scale([8, 8], [16, 16], monkeypatch, target_params=100)
     assert widths[0] == [8, 8] and all(w[0] <= 8 for w in widths)  # 276 params: no growth
+
+
+def test_scale_grows_layers_tied_by_a_residual_add(monkeypatch):
+    """fc1 and fc2 are summed, so their widths are tied; growth widens both and the sum."""
+    import torch
+
+    from archdisc import compile_graph
+    from archdisc.data import load_data
+    from archdisc.graph import ArchGraph
+    from archdisc.select import scale_select
+
+    def residual(w):
+        g = ArchGraph(name="res")
+        x = g.input("x", [20])
+        a = g.act("act1", g.linear("fc1", x, w))
+        s = g.add_op("sum", "add", [a, g.linear("fc2", x, w)], units=w)
+        g.output("out", g.linear("head", g.act("act2", s), 4, searchable=False))
+        return compile_graph(g)
+
+    data = load_data("teacher", seed=0, teacher_widths=[8, 4], n_train=300, n_val=100,
+                     n_test=100)
+    _, path = scale_select(residual(4), data, teacher(select="scale", select_steps=1),
+                           torch.device("cpu"), lambda s: None, residual(16))
+    widths = [s["widths"] for s in path]
+    assert widths[0] == {"fc1": 4, "fc2": 4}
+    assert {"fc1": 16, "fc2": 16} in widths and all(w["fc1"] == w["fc2"] for w in widths)
