@@ -86,10 +86,7 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=No
         if kept["metric"] < best - STOP * kept["se"]:
             break
         best = max(best, kept["metric"])
-    chosen = _pick(path, config.select_tol)
-    for s in path:
-        s["chosen"] = s is chosen
-    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+    return _finish(path, _pick(path, config.select_tol))
 
 
 def sweep_select(compact: ArchNet, data, config, device, log=print):
@@ -165,9 +162,7 @@ def sweep_select(compact: ArchNet, data, config, device, log=print):
             chosen = cand
             break
         target = {n: min(2 * target[n], widths0[n]) for n in target}
-    for s in path:
-        s["chosen"] = s is chosen
-    return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
+    return _finish(path, chosen)
 
 
 def scale_select(compact: ArchNet, data, config, device, log=print, supernet=None):
@@ -252,7 +247,11 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         if s["metric"] < best - STOP * s["se"]:
             break
         best = max(best, s["metric"])
-    chosen = _pick(path, config.select_tol)
+    return _finish(path, _pick(path, config.select_tol))
+
+
+def _finish(path, chosen):
+    """(the chosen net, the path without nets and with the chosen snapshot marked)."""
     for s in path:
         s["chosen"] = s is chosen
     return chosen["net"], [{k: v for k, v in s.items() if k != "net"} for s in path]
