@@ -101,7 +101,8 @@ def prepare_run(out, config: Config, resume=False, force=False) -> Path | None:
     return None
 
 
-DRAWN = ("compact", "supernet", "growth", "selection")  # render_run's files: NAME.{gv,svg,png,pdf}
+# render_run's files: NAME.{gv,svg,png,pdf}
+DRAWN = ("compact", "supernet", "growth", "selection")
 
 
 def clear(out: Path, fresh: bool):

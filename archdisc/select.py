@@ -175,8 +175,8 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     (rounded), up to the supernet's widths and the parameter budget, where the graph allows
     it. Each is re-initialized with the same seed, trained ``10 x select_steps`` Adam steps
     (cosine) on the same batch order (common random numbers: candidates differ by their
-    widths, not by luck) and scored on validation; narrowing stops ``STOP`` standard errors below the
-    best or at one unit per layer. The smallest candidate within ``select_tol`` standard
+    widths, not by luck) and scored on validation; narrowing stops ``STOP`` standard
+    errors below the best or at one unit per layer. The smallest candidate within ``select_tol`` standard
     errors of the best is kept (the one-standard-error rule). Fresh, equal-length trainings
     because warm-started cuts of a wide layer stay far below the same width trained from
     scratch (RESULTS.md section 8), which biased the warm rules to wide models. Without
@@ -231,18 +231,20 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         if net is None:
             log("select: no wider candidate (these widths are tied to others in the graph)")
             break
-        if budget is not None and _size(net) > budget:
+        size = _size(net)
+        if budget is not None and size > budget:
             break
-        if all(abs(_size(net) - t) >= 0.2 * t for t in sizes):  # not hardly wider
-            sizes.append(_size(net))
+        if all(abs(size - t) >= 0.2 * t for t in sizes):  # not hardly wider
+            sizes.append(size)
             train(net, scale=GRID ** -j)
     best = max(s["metric"] for s in path)
     last, j = widths0, 0
     while any(w > 1 for w in last.values()):  # narrower, down to one unit per layer
         j += 1
-        if scaled(j) == last:
+        targets = scaled(j)
+        if targets == last:
             continue  # ceil() left every width as it was
-        last = scaled(j)
+        last = targets
         s = train(build(last), scale=GRID ** -j)
         if s["metric"] < best - STOP * s["se"]:
             break
@@ -265,7 +267,7 @@ def _pick(path, tol):
 
 
 def _tools(data, config, device):
-    """(probe batch, refit, snapshot): what both selection rules share."""
+    """(probe batch, refit, snapshot): what the selection rules share."""
     x, y = tensors(data.train, device)  # y is None: streamed
     n = len(data.train)
     step = [0]
