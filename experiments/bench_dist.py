@@ -8,6 +8,8 @@ over N = 1 measured in the same run, and whether the discovered widths agree.
         --space resnet18 --data cifar10 --data-root ROOT --epochs 3 --finetune 0  # GPUs
 
 Every process gets --threads 1 on the CPU: the processes are the parallelism.
+
+Prints the table (RESULTS.md section 12); writes no results file.
 """
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ seconds per search epoch (from each run's metrics.jsonl) and the ratio. One thre
     python experiments/bench_epoch.py --fused               # AdaBreg(fused=True) vs Adam
     git worktree add /tmp/ref 0f79d41
     python experiments/bench_epoch.py --ref /tmp/ref
+
+Prints the tables (RESULTS.md sections 1.1 and 9); writes no results file (the discover
+runs go to a temp folder).
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ are zeroed (running statistics are random, so eval-mode BatchNorm is not trivial
 included): one warm-up, then the median of ``--runs`` runs.
 
     .venv/bin/python experiments/bench_extract.py [--threads 2] [--runs 3]
+
+Prints the timings (RESULTS.md section 2); writes no results file.
 """
 from __future__ import annotations
 

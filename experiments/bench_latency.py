@@ -22,6 +22,8 @@ ratio (the ideal speedup). TorchScript and ONNX files come from ``archdisc.expor
 they are verified against the eager model before being timed). ``--round-to K`` passes
 ``round_to=K`` to the demo's ``extract`` (kept widths rounded up to multiples of K).
 Results also go to ``experiments/results/latency.json``.
+
+``--out`` chooses another file (RESULTS.md section 3 uses ``latency_deploy_run<i>.json``).
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ optimizer is timed separately, against an empty inductor cache unless --warm-cac
 
     python experiments/bench_optim.py                 # 1 thread, 5 warm-up + 30 steps
     python experiments/bench_optim.py --threads 2 --reg all --no-fused
+
+Prints the table (RESULTS.md section 1); writes no results file.
 """
 from __future__ import annotations
 

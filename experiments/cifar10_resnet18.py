@@ -32,6 +32,9 @@ temp folder and read through ``load_data("cifar10", root=...)``, width_mult 1/16
 with crop_flip augmentation and weight decay on:
 
     .venv/bin/python experiments/cifar10_resnet18.py --smoke --out /tmp/smoke.json
+
+Writes experiments/results/cifar10_resnet18.json (``--smoke``: cifar10_resnet18_smoke.json),
+or the file given by ``--out`` (RESULTS.md section 6).
 """
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """Shared helpers of the experiment scripts: threads, one discover run, sparsity counts,
-mean ± std, and the results JSON (command, seeds, machine, torch version, wall time)."""
+mean ± std, and the results JSON (command, seeds, machine, torch version, wall time).
+
+Imported by the scripts, not run on its own; ``write_results`` writes
+experiments/results/<name>.json.
+"""
 from __future__ import annotations
 
 import json

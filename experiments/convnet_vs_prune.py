@@ -15,6 +15,9 @@ Equal compact parameters and 13 total epochs per method, batch 128, one CPU thre
     .venv/bin/python experiments/convnet_vs_prune.py --seeds 0 --tag archdisc_deep0.5 \
         --archdisc '{"lam_layers": {"conv2": 0.5, "fc1": 0.5}}'
     .venv/bin/python experiments/convnet_vs_prune.py --merge
+
+Each seed writes experiments/results/convnet_vs_prune_parts/[<tag>_]s<seed>.json; ``--merge``
+writes experiments/results/convnet_vs_prune.json and convnet_vs_prune.png (RESULTS.md section 7).
 """
 from __future__ import annotations
 

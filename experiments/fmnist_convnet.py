@@ -11,6 +11,10 @@ dense: kernel sparsity inside a surviving channel is not counted as saved).
 
     .venv/bin/python experiments/fmnist_convnet.py             # all methods, seeds 0 1 2
     .venv/bin/python experiments/fmnist_convnet.py --merge     # rebuild the JSON and plot
+
+Each (method, seed) writes experiments/results/fmnist_convnet_parts/<method>_s<seed>.json;
+the run (or ``--merge``) writes experiments/results/fmnist_convnet.json, fmnist_convnet.png and
+the growth plots fmnist_convnet_growth_*.png (RESULTS.md section 6).
 """
 from __future__ import annotations
 

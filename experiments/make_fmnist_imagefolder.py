@@ -6,6 +6,9 @@ Layout: OUT/train/<class>/<n>.png and OUT/test/<class>/<n>.png (grey 28x28), the
 ``--train`` / ``--test`` images of the official splits, read from the Debian package
 dataset-fashion-mnist (or --data-root). ``archdisc discover --data OUT`` then reads it like
 any user's image folder (validation: 10% of OUT/train, drawn by seed).
+
+Measures nothing and writes no results file: it prepares the input of the README example
+(RESULTS.md section 11).
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ penalty (lam_edge = edge_scale * lam; the reference used 28 * lam) and without o
 discovered widths (no skips) trained with Adam for the same epochs.
 
     .venv/bin/python experiments/skip_encoder.py --seeds 0 1 2 --limit 10000 --epochs 20
+
+Writes experiments/results/skip_encoder<--suffix>.json and its plots (skip_encoder_growth_*,
+skip_encoder_widths*, skip_encoder_compact_*; RESULTS.md section 6).
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@ fraction of the MACs ratio (speedups are taken within each run, then the median 
 runs, with the range).
 
     python experiments/summarize_latency.py experiments/results/latency_deploy_run*.json
+
+Prints the markdown table of RESULTS.md section 3; writes no file.
 """
 from __future__ import annotations
 

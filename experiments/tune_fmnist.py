@@ -6,6 +6,9 @@ training epochs of each, and the quality of their fronts (hypervolume in (valida
 reference point: 10% accuracy at the supernet's size).
 
     python experiments/tune_fmnist.py [--trials 16] [--epochs 5] [--margin 5]
+
+Writes experiments/results/tune_fmnist_margin<margin>.json and copies the abort study's
+front to experiments/results/tune_fmnist_pareto.png (RESULTS.md section 4).
 """
 from __future__ import annotations
 
