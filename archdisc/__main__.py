@@ -1,6 +1,6 @@
 """``python -m archdisc`` (and ``torchrun ... -m archdisc discover ...``): the CLI."""
 import sys
 
-from .cli import main
+from archdisc.cli import main
 
 sys.exit(main())

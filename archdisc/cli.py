@@ -29,7 +29,7 @@ def _add_spaces(sub):
 
 
 def _spaces(args) -> int:
-    from .spaces import spaces
+    from archdisc.spaces import spaces
     width = max(map(len, spaces()))
     for name, (_, description) in spaces().items():
         print(f"{name:<{width}}  {description}")
@@ -77,9 +77,9 @@ def _add_discover(sub):
 
 def _add_config_options(p):
     """--config FILE, --threads, --space-option, --data-option and one flag per field."""
-    from .config import CHOICES, Config, field_docs
-    from .data import available_datasets
-    from .spaces import spaces
+    from archdisc.recipe.config import CHOICES, Config, field_docs
+    from archdisc.data.core import available_datasets
+    from archdisc.spaces import spaces
     p.add_argument("--config", type=Path, help="TOML file with config fields")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice); 1 is often fastest "
@@ -116,7 +116,7 @@ def _add_config_options(p):
 
 
 def _config_from_args(args, path=None):
-    from .config import Config, ConfigError, load_config
+    from archdisc.recipe.config import Config, ConfigError, load_config
     names = {f.name for f in dataclasses.fields(Config)}
     overrides = {k: dict(v) if isinstance(v, list) else v
                  for k, v in vars(args).items() if k in names}
@@ -136,8 +136,8 @@ def _config_from_args(args, path=None):
 
 
 def _discover(args) -> int:
-    from .render import RenderError, render_run
-    from .discover import run_discover
+    from archdisc.render import RenderError, render_run
+    from archdisc.recipe.discover import run_discover
     path = None
     if args.config is None and args.resume and (args.out / "config.toml").exists():
         path = args.out / "config.toml"
@@ -161,7 +161,7 @@ def _discover(args) -> int:
 
 # ---------------------------------------------------------------------- render, export
 def _add_render(sub):
-    from .render import FORMATS
+    from archdisc.render import FORMATS
     p = sub.add_parser("render", help="draw the discovered architecture and its growth",
                        description="Draw RUN's discovered graph with Graphviz (and the "
                                    "Graphviz source .gv), the growth plot growth.png and "
@@ -175,14 +175,14 @@ def _add_render(sub):
 
 
 def _render(args) -> int:
-    from .render import render_run
+    from archdisc.render import render_run
     for path in render_run(args.run, args.format, args.supernet):
         print(path)
     return 0
 
 
 def _add_export(sub):
-    from .export import FORMATS
+    from archdisc.deploy.formats import FORMATS
     p = sub.add_parser("export", help="export the compact model for deployment",
                        description="Export RUN's compact model (dynamic batch size) into "
                                    "RUN/export/; every file is checked against the PyTorch "
@@ -194,7 +194,7 @@ def _add_export(sub):
 
 
 def _export(args) -> int:
-    from .export import FORMATS, export_run
+    from archdisc.deploy.formats import FORMATS, export_run
     formats = FORMATS if args.format == "all" else (args.format,)
     for fmt, path in export_run(args.run, formats).items():
         print(f"{fmt:<12} {path}")
@@ -203,7 +203,7 @@ def _export(args) -> int:
 
 # ---------------------------------------------------------------------- tune
 def _add_tune(sub):
-    from .tune import MODES, SIZES
+    from archdisc.tune import MODES, SIZES
     p = sub.add_parser(
         "tune", help="Optuna search of lam against size: the Pareto front",
         description="Run --trials discover runs with lam (log scale), lr, initial density "
@@ -240,7 +240,7 @@ def _add_tune(sub):
 
 
 def _tune(args) -> int:
-    from .tune import TuneSettings, export_best, tune
+    from archdisc.tune import TuneSettings, export_best, tune
     settings = TuneSettings(trials=args.trials, mode=args.mode, size=args.size,
                             lam_range=tuple(args.lam_range), abort=not args.no_abort)
     if args.export_best:
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .errors import ArchdiscError, TrainingError
+    from archdisc.errors import ArchdiscError, TrainingError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -21,7 +21,7 @@ import signal
 
 import torch
 
-from .errors import ConfigError, TrainingError
+from archdisc.errors import ConfigError, TrainingError
 
 __all__ = ["Dist", "Stopped", "start", "lost", "peer_lost"]
 

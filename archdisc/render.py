@@ -22,16 +22,16 @@ from pathlib import Path
 
 import graphviz
 
-from .errors import ArchdiscError
-from .graph import ArchGraph, count_macs, count_params
-from .io import atomic_write_bytes, atomic_write_text, remove_stale_temps
-from .ops import OPS, label
+from archdisc.errors import ArchdiscError
+from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
+from archdisc.io import atomic_write_bytes, atomic_write_text, remove_stale_temps
+from archdisc.graph.ops import OPS, label
 
 FORMATS = ("svg", "png", "pdf")
 LONG = 24  # boxes: above this many, drawings run top to bottom
 MODES = ("compact", "supernet")
 FILL = {"input": "#d9ead3", "output": "#d9ead3", "layer": "#cfe2f3", "add": "#fff2cc",
-        "concat": "#fff2cc"}  # by the op's kind (archdisc.ops)
+        "concat": "#fff2cc"}  # by the op's kind (archdisc.graph.ops)
 CANDIDATE = {"style": "dashed", "color": "#1f6fd1", "penwidth": "1.6"}
 DEAD_NODE = {"fillcolor": "#eeeeee", "color": "#b0b0b0", "fontcolor": "#a0a0a0"}
 DEAD_EDGE = {"style": "dotted", "color": "#b0b0b0"}
@@ -234,8 +234,8 @@ def _read_records(src) -> list[dict]:
 
 def _alive_of(rec: dict) -> tuple[dict, dict | int | None]:
     """(units per node, edges) from one metrics record, whatever its layout:
-    ``{"alive": {node: units}, "alive_edges": n}`` (what :mod:`archdisc.discover` writes),
-    ``{"alive": {"units": {...}, "edges": {...}}}`` (as :func:`archdisc.groups.alive`
+    ``{"alive": {node: units}, "alive_edges": n}`` (what :mod:`archdisc.recipe.discover` writes),
+    ``{"alive": {"units": {...}, "edges": {...}}}`` (as :func:`archdisc.sparsity.groups.alive`
     returns), ``{"alive_units": {...}}``, or flat keys ``"alive_units/<node>"``."""
     nested = rec.get("alive")
     if isinstance(nested, dict) and isinstance(nested.get("units"), dict):

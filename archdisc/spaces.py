@@ -1,6 +1,6 @@
 """The search-space registry: ``register_space(name, builder, description)``.
 
-A builder is a function returning an :class:`~archdisc.graph.ArchGraph` supernet; its
+A builder is a function returning an :class:`~archdisc.graph.archgraph.ArchGraph` supernet; its
 keyword arguments are the space's options (``space_options`` of a config). The built-in
 spaces of the ``search_spaces`` package register themselves here the first time the
 registry is read, so the engine never imports them at import time.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .graph import ArchGraph, GraphError
+from archdisc.graph.archgraph import ArchGraph, GraphError
 
 _SPACES: dict[str, tuple[Callable[..., ArchGraph], str]] = {}
 _builtins_loaded = False

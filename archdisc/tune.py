@@ -31,9 +31,9 @@ from pathlib import Path
 
 import optuna
 
-from .io import atomic_write_text
-from .config import Config, ConfigError
-from .discover import run_discover
+from archdisc.io import atomic_write_text
+from archdisc.recipe.config import Config, ConfigError
+from archdisc.recipe.discover import run_discover
 
 SIZES = ("params", "macs")
 MODES = ("pareto", "scalar")
@@ -111,7 +111,7 @@ def graph_hash(graph_json: dict) -> str:
 
 
 def space_has_gates(config: Config) -> bool:
-    from .discover import build_supernet, load_dataset
+    from archdisc.recipe.discover import build_supernet, load_dataset
     return bool(build_supernet(config, load_dataset(config)).candidate_edges())
 
 
@@ -371,7 +371,7 @@ def write_outputs(study, out: Path, settings: TuneSettings, echo: bool = True):
 def plot_front(rows, path: Path, size: str):
     from matplotlib.figure import Figure
 
-    from .io import atomic_write_bytes
+    from archdisc.io import atomic_write_bytes
     import io
 
     fig = Figure(figsize=(6, 4), dpi=120)
@@ -398,7 +398,7 @@ def plot_front(rows, path: Path, size: str):
 
 
 def _render_trial(run_dir: Path):
-    from .render import RenderError, render_run
+    from archdisc.render import RenderError, render_run
     try:
         render_run(run_dir, "svg")
     except (RenderError, FileNotFoundError) as e:
@@ -425,7 +425,7 @@ def pick(study, settings: TuneSettings, min_metric=None, max_params=None) -> dic
 def export_best(out, settings: TuneSettings, storage=None, study_name=None,
                 min_metric=None, max_params=None):
     """Export the Pareto trial chosen by :func:`pick` like ``archdisc export``."""
-    from .export import export_run
+    from archdisc.deploy.formats import export_run
     out = Path(out)
     if storage is None and not (out / "study.db").exists() and \
             not (out / "study.journal").exists():

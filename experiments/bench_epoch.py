@@ -8,7 +8,7 @@ supernet is trained on the same batches (epoch_order) by a plain torch loop with
 ``torch.optim.Adam`` (default, i.e. the single-tensor path on CPU, and fused=True); the
 two alternate ``--repeats`` times. Reported per epoch (medians): the search epoch as
 metrics.jsonl records it ("seconds": training + validation + alive count), its
-train_epoch part alone (timed by wrapping archdisc.discover.train_epoch), the plain loop,
+train_epoch part alone (timed by wrapping archdisc.recipe.discover.train_epoch), the plain loop,
 and the ratios. The first epoch of each run is dropped (warm-up) unless --keep-first.
 
 With ``--ref`` (for instance a `git worktree` of an older commit): runs the same short
@@ -69,8 +69,8 @@ CONFIGS = {
 def _plain_net(run):
     import torch
 
-    from archdisc.compile import ArchNet
-    from archdisc.groups import sparse_init
+    from archdisc.graph.compile import ArchNet
+    from archdisc.sparsity.groups import sparse_init
     config = run.config
     torch.manual_seed(config.seed)
     return sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
@@ -81,7 +81,7 @@ def _plain_chunk(net, opt, x, y, task, batch_size, order):
     """The plain torch loop: zero_grad, forward, loss, backward, step."""
     import torch
 
-    from archdisc.loop import loss_fn
+    from archdisc.recipe.loop import loss_fn
     net.train()
     total = torch.zeros((), dtype=torch.float64)
     for start in range(0, len(order), batch_size):
@@ -95,7 +95,7 @@ def _plain_chunk(net, opt, x, y, task, batch_size, order):
 
 
 def _search_vs_adam(path, overrides, epochs, chunk, profile=None, fused=None):
-    """Run discover's search (one thread) with archdisc.discover.train_epoch wrapped: each
+    """Run discover's search (one thread) with archdisc.recipe.discover.train_epoch wrapped: each
     epoch is cut into chunks of ``chunk`` batches, and after each chunk of the real
     train_epoch (with discover's own optimizer and on_step hook, step numbers offset so the
     lam schedule is unchanged) the same batches are trained by plain torch loops with
@@ -107,8 +107,8 @@ def _search_vs_adam(path, overrides, epochs, chunk, profile=None, fused=None):
     "train": discover's train_epoch, "adam": ..., "adam_fused": ...}."""
     import torch
 
-    import archdisc.discover as discover
-    from archdisc.config import load_config
+    import archdisc.recipe.discover as discover
+    from archdisc.recipe.config import load_config
     config = load_config(path, {**overrides, "epochs": epochs, "finetune": 0,
                                 "select": "none", "device": "cpu"})
     inner, epochs_t, plain = discover.train_epoch, [], {}

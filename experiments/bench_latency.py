@@ -18,7 +18,7 @@ intra_op_num_threads). Each case is warmed up, then timed 60 times at batch 1 an
 times at batch 256, in 5 interleaved rounds (every variant and backend in turn, so load
 from other processes hits them alike); the table gives the median, the same-backend
 speedup ``supernet X / compact X`` (and ``/ deploy X``) and its fraction of the MACs
-ratio (the ideal speedup). TorchScript and ONNX files come from ``archdisc.export`` (so
+ratio (the ideal speedup). TorchScript and ONNX files come from ``archdisc.deploy`` (so
 they are verified against the eager model before being timed). ``--round-to K`` passes
 ``round_to=K`` to the demo's ``extract`` (kept widths rounded up to multiples of K).
 Results also go to ``experiments/results/latency.json``.
@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from archdisc import build_space, compile_graph, count_macs, count_params  # noqa: E402
-from archdisc.export import export, load  # noqa: E402
+from archdisc.deploy import export, load  # noqa: E402
 from archdisc.io import atomic_write_json  # noqa: E402
 
 BACKENDS = ("eager", "torchscript", "onnx")
@@ -59,7 +59,7 @@ DEMO = {
 def kill_half(net, seed=0):
     """Zero the unit groups of a random half of every searchable node's units, and one
     random candidate-edge gate: a stand-in for a trained, sparse supernet."""
-    from archdisc.groups import unit_members
+    from archdisc.sparsity.groups import unit_members
 
     gen = torch.Generator().manual_seed(seed)
     params = dict(net.named_parameters())

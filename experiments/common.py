@@ -136,7 +136,7 @@ def fit(model, data, epochs, seed, lr=1e-3, batch=128, offset=0, schedule="const
     """Plain Adam on ``data.train`` (classification), data order from (seed, offset + epoch);
     ``schedule="cosine"`` decays lr per step to 0, as archdisc's ``finetune_schedule``."""
     import math
-    from archdisc.loop import cosine_steps, epoch_order, train_epoch
+    from archdisc.recipe.loop import cosine_steps, epoch_order, train_epoch
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data.train.tensors
     total = epochs * math.ceil(len(x) / batch)

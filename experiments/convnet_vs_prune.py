@@ -45,7 +45,7 @@ LAYERS = ("conv1", "conv2", "fc1")
 
 
 def convnet(widths):
-    from archdisc.compile import ArchNet
+    from archdisc.graph.compile import ArchNet
     from search_spaces import convnet as space
     return ArchNet(space(channels=tuple(widths[:2]), hidden=widths[2]).validate())
 

@@ -2,7 +2,7 @@
 
 For each model (random weights, ``weights=None``: nothing is downloaded): build it, import
 it with ``archdisc.from_module`` (checked inside against the module on the example input),
-zero a random half of the units of every unit group (``archdisc.groups.unit_members``:
+zero a random half of the units of every unit group (``archdisc.sparsity.groups.unit_members``:
 the weight rows / filters, biases and the grouped BatchNorm shifts and depthwise filters),
 extract, and compare the compact model with the zeroed supernet on fresh inputs (max abs
 difference; ``extract`` also verifies node by node, each node against its own scale).
@@ -31,7 +31,7 @@ import torchvision.models as tvm
 from common import RESULTS, atomic_write_text, set_threads
 from archdisc import count_params, from_module
 from archdisc.extract import extract
-from archdisc.groups import unit_members
+from archdisc.sparsity.groups import unit_members
 
 # family -> (constructor, keyword arguments, input side): the smallest input each allows
 MODELS = {

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_latency import DEMO, demo_pair  # noqa: E402
 from archdisc import count_macs  # noqa: E402
 from archdisc.deploy import for_runtime  # noqa: E402
-from archdisc.export import export  # noqa: E402
+from archdisc.deploy import export  # noqa: E402
 from archdisc.io import atomic_write_json  # noqa: E402
 
 

@@ -105,8 +105,8 @@ def test_unknown_lam_layer(tmp_path):
 
 # ---------------------------------------------------------------------- controller parts
 def _control(net, **kw):
-    from archdisc.budget import LamControl
-    from archdisc.discover import make_optimizer
+    from archdisc.sparsity.budget import LamControl
+    from archdisc.recipe.discover import make_optimizer
     config = cfg(**kw)
     opt = make_optimizer(net, config)
     return LamControl(net, opt, config, steps_per_epoch=10), opt
@@ -165,9 +165,22 @@ def test_proxsgd_shrink_uses_its_step_size():
     w, b = torch.randn(6, 5), torch.randn(6)
     opt = ProxSGD([{"params": [w, b], "reg": GroupL2(0.1)}], lr=0.05)
     norms = torch.cat([w, b[:, None]], 1).norm(dim=1)
-    extra = norms.median().item() / (0.05 * 6 ** 0.5)  # kills about half the units
+    # The threshold sits halfway between the 3rd and 4th smallest unit norm, not on one
+    # of them: a unit whose norm equals the threshold has factor 1 - thr/norm = 0 only up
+    # to rounding (+-1 ulp, depending on the CPU), so its entries would be 0 or ~1e-7.
+    lo, hi = norms.sort().values[2:4].tolist()
+    assert hi - lo > 0.05 * lo  # a real gap: no unit is within rounding of the threshold
+    extra = (lo + hi) / 2 / (0.05 * 6 ** 0.5)  # kills the 3 weakest units
     factor = (1 - 0.05 * extra * 6 ** 0.5 / norms).clamp(min=0)
     want_w, want_b = w * factor[:, None], b * factor
+    dead = factor == 0
+    assert int(dead.sum()) == 3
     opt.shrink_(opt.param_groups[0], extra)
-    assert torch.allclose(w, want_w) and torch.allclose(b, want_b)
-    assert 0 < int((factor == 0).sum()) < 6
+    # the dead units come from a clamp at 0: exactly zero on every CPU
+    assert torch.count_nonzero(w[dead]) == 0 and torch.count_nonzero(b[dead]) == 0
+    # the survivors: float32, O(1) entries, the unit norm computed two ways (a few ulps),
+    # then 1 - thr/norm: a few ulps of 1 (~5e-7) times |w| <= ~3. A wrong step size or
+    # group weight moves them by > 1e-2.
+    torch.testing.assert_close(w, want_w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b, want_b, rtol=1e-5, atol=1e-5)
+    assert (factor[~dead] > 0.05).all()  # the survivors really were shrunk, not killed

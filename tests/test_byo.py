@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from archdisc import export
+from archdisc.deploy import formats as export
 from archdisc.cli import main
-from archdisc.config import Config
-from archdisc.discover import run_discover
+from archdisc.recipe.config import Config
+from archdisc.recipe.discover import run_discover
 
 FAST = ["--epochs", "1", "--finetune", "0", "--select", "none", "--quiet", "--device", "cpu",
         "--batch-size", "32"]

@@ -6,7 +6,7 @@ import torch
 
 from archdisc import build_space, compile_graph
 from archdisc.deploy import FeatureMajorNet, deploy, for_runtime, gathers
-from archdisc.export import export
+from archdisc.deploy import export
 from archdisc.extract import extract
 
 pytest.importorskip("onnxruntime")
@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 def compact(graph, seed=0):
     """A supernet with random BatchNorm statistics and half of every searchable node's
     units zeroed (at random, so narrow branches feed wider sums), then extracted."""
-    from archdisc.groups import unit_members
+    from archdisc.sparsity.groups import unit_members
 
     torch.manual_seed(seed)
     net = compile_graph(graph)
@@ -82,7 +82,7 @@ def test_resnet_onnx_has_no_gather(tmp_path):
                    formats=("onnx", "torchscript"))["onnx"]  # export verifies both
     assert not ops(after) & {"Gather", "Concat", "ScatterElements", "ConstantOfShape"}
     # `archdisc export RUN` writes that form (checked against the compact model itself)
-    from archdisc.export import export_run, load, save
+    from archdisc.deploy import export_run, load, save
     save(net, tmp_path / "run" / "compact")
     paths = export_run(tmp_path / "run", ("onnx", "torchscript", "safetensors"))
     assert ops(paths["onnx"]) == ops(after)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from archdisc import build_space, compile_graph
-from archdisc import export as export_mod
-from archdisc.export import ExportError, export, export_run, load, save
+from archdisc.deploy import formats as export_mod
+from archdisc.deploy import ExportError, export, export_run, load, save
 from helpers import indexed_graph
 
 pytest.importorskip("onnx")

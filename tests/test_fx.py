@@ -142,7 +142,7 @@ def _half_dead_extracts_exactly(m, x, seed=0, trained=False):
     gen = torch.Generator().manual_seed(seed)
     params = dict(net.named_parameters())
     with torch.no_grad():
-        for names in archdisc.groups.unit_members(net).values():
+        for names in archdisc.sparsity.groups.unit_members(net).values():
             units = params[names[0]].shape[0]
             dead = torch.randperm(units, generator=gen)[: units // 2]
             for p in names:
@@ -191,7 +191,7 @@ def test_depthwise_separable_block_with_squeeze_excitation():
     assert ops.count("dwconv2d") == 1 and ops.count("mul") == 1
     assert net.graph.nodes["dw_0"]["kernel_size"] == [3, 5]
     # the depthwise filters and the second BatchNorm's shift join the expand conv's group
-    assert archdisc.groups.unit_members(net)["expand_0"] == [
+    assert archdisc.sparsity.groups.unit_members(net)["expand_0"] == [
         "layers.expand_0.weight", "layers.expand_1.bias", "layers.dw_0.weight",
         "layers.dw_1.bias"]
     # the depthwise conv keeps exactly the expand conv's channels, the gate the same

@@ -166,7 +166,7 @@ def test_readme_example_builds_trains_and_extracts():
 
 
 def test_an_op_is_one_registry_entry_dropout():
-    """dropout is declared only in archdisc.ops: the graph validates it, the compiler
+    """dropout is declared only in archdisc.graph.ops: the graph validates it, the compiler
     builds it, extraction stays exact (eval mode: identity), drawings label it."""
     import torch
     from archdisc import extract, sparse_init

@@ -1,4 +1,4 @@
-"""Sparse initialisation (archdisc.init)."""
+"""Sparse initialisation (archdisc.sparsity.init)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from archdisc.init import bias_init_, density_report, sparse_init_
+from archdisc.sparsity.init import bias_init_, density_report, sparse_init_
 
 
 

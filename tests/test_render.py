@@ -114,10 +114,10 @@ def write_metrics(path, nested=False):
     lines = []
     for epoch in range(1, 6):
         units = {"fc1": 2 ** epoch, "fc2": epoch, "fc3": 0}
-        if nested:  # the layout of archdisc.groups.alive()
+        if nested:  # the layout of archdisc.sparsity.groups.alive()
             rec = {"epoch": epoch, "alive": {"units": units,
                                              "edges": {"a__b": epoch > 2, "c__d": False}}}
-        else:  # the layout of archdisc.discover
+        else:  # the layout of archdisc.recipe.discover
             rec = {"epoch": epoch, "loss": 1.0 / epoch, "alive": units,
                    "alive_edges": min(epoch, 3)}
         lines.append(json.dumps(rec))

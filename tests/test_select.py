@@ -1,4 +1,4 @@
-"""archdisc.select: the width is chosen on validation data, not by the initial density."""
+"""archdisc.recipe.select: the width is chosen on validation data, not by the initial density."""
 import math
 
 import pytest
@@ -93,7 +93,7 @@ def test_sweep_tries_powers_of_two_from_one_parent_and_checks_the_joint_model(sw
 def test_deep_nets_are_cut_in_every_layer_at_once(tmp_path, monkeypatch):
     """Six searchable layers: each stage is one candidate with every layer cut by
     select_frac (one refit per stage, not one per layer)."""
-    from archdisc import select
+    from archdisc.recipe import select
     refits = []
     real = select.masked_adam
     monkeypatch.setattr(select, "masked_adam", lambda *a, **k: refits.append(1) or real(*a, **k))
@@ -164,8 +164,8 @@ def direct_scale(widths, supernet_widths, monkeypatch, **kw):
 
     from archdisc import build_space, compile_graph
     from archdisc.data import load_data
-    from archdisc.select import scale_select
-    monkeypatch.setattr("archdisc.select.STOP", math.inf)  # narrow down to one unit
+    from archdisc.recipe.select import scale_select
+    monkeypatch.setattr("archdisc.recipe.select.STOP", math.inf)  # narrow down to one unit
     torch.manual_seed(0)
     net = lambda w: compile_graph(build_space("mlp", widths=[20, *w, 4], in_shape=None))
     data = load_data("teacher", seed=0, teacher_widths=[8, 4], n_train=300, n_val=100,
@@ -196,7 +196,7 @@ def test_scale_grows_layers_tied_by_a_residual_add(monkeypatch):
     from archdisc import compile_graph
     from archdisc.data import load_data
     from archdisc.graph import ArchGraph
-    from archdisc.select import scale_select
+    from archdisc.recipe.select import scale_select
 
     def residual(w):
         g = ArchGraph(name="res")

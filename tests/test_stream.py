@@ -3,7 +3,7 @@ exactly like the same samples held as tensors."""
 import pytest
 import torch
 
-from archdisc.loop import batches, epoch_order, train_epoch
+from archdisc.recipe.loop import batches, epoch_order, train_epoch
 
 
 class Samples(torch.utils.data.Dataset):

@@ -1,4 +1,4 @@
-"""archdisc.config / loop / rundir / discover: config, training loop, checkpoints, resume
+"""archdisc.recipe.config / loop / rundir / discover: config, training loop, checkpoints, resume
 and the discover pipeline.
 
 All runs use the synthetic ``teacher`` data (20 features, 4 classes) and a small ``mlp``
@@ -14,7 +14,7 @@ import torch
 import archdisc
 from archdisc.io import load_tensors
 from archdisc import Config, ConfigError, RunError, TrainingError, load_config, run_discover
-from archdisc.rundir import CHECKPOINT
+from archdisc.recipe.rundir import CHECKPOINT
 
 
 def small(**kw) -> Config:
@@ -72,7 +72,7 @@ def test_load_round_trip_equals_compact_outputs(run, tmp_path):
     tensors, _ = load_tensors(out / "compact.safetensors")
     for k, v in net.state_dict().items():
         assert torch.equal(v, tensors[k])
-    from archdisc.export import save
+    from archdisc.deploy import save
     save(net, tmp_path / "again")
     again = archdisc.load(tmp_path / "again")
     x = torch.randn(16, 20)
@@ -247,7 +247,7 @@ def test_toml_round_trip_and_overrides(tmp_path):
 # ---------------------------------------------------------------------- augment, weight decay
 def test_crop_flip_shapes_determinism_and_mirror():
     import torch.nn.functional as F
-    from archdisc.loop import augmenter, crop_flip
+    from archdisc.recipe.loop import augmenter, crop_flip
     x = torch.randn(16, 3, 8, 8)
     out = crop_flip(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
@@ -324,8 +324,8 @@ def test_augmented_resume_is_bit_identical(tmp_path):
 
 
 def test_weight_decay_shrinks_only_unregularized_groups(tmp_path):
-    from archdisc.compile import ArchNet
-    from archdisc.discover import (build_supernet, load_dataset, make_optimizer, search,
+    from archdisc.graph.compile import ArchNet
+    from archdisc.recipe.discover import (build_supernet, load_dataset, make_optimizer, search,
                                    setup)
     cfg = small(weight_decay=0.5)
     net = ArchNet(build_supernet(cfg, load_dataset(cfg)))
@@ -346,7 +346,7 @@ def test_weight_decay_shrinks_only_unregularized_groups(tmp_path):
     assert type(make_optimizer(net, small(optimizer="adam"))) is torch.optim.Adam
     # a short run: the head shrinks; the searched layers keep their structure (measured:
     # the same alive units, fc1 9 / fc2 11, with and without decay; head norm 1.14 -> 0.61)
-    from archdisc.groups import alive
+    from archdisc.sparsity.groups import alive
     norms, units = {}, {}
     for wd in (0.0, 2.0):
         run = setup(small(epochs=2, weight_decay=wd), tmp_path / str(wd), progress=False)
@@ -381,8 +381,8 @@ def test_finetune_keeps_the_zeros_of_kernel_groups(mode):
     fine-tune trains the other weights and leaves those zero. Unit groups mask nothing."""
     from types import SimpleNamespace
     from torch.utils.data import TensorDataset
-    from archdisc.compile import compile_graph
-    from archdisc.loop import finetune
+    from archdisc.graph.compile import compile_graph
+    from archdisc.recipe.loop import finetune
     from search_spaces import convnet
     torch.manual_seed(0)
     net = compile_graph(convnet(channels=(4, 6), hidden=8, in_shape=(1, 12, 12), kernel_size=3))
@@ -431,7 +431,7 @@ def test_engine_does_not_import_the_builtin_spaces():
 
 def test_every_library_error_is_an_archdisc_error():
     from archdisc.data import DataError
-    from archdisc.export import ExportError
+    from archdisc.deploy import ExportError
     from archdisc.extract import ExtractionError
     from archdisc.graph import GraphError
     from archdisc.render import RenderError
@@ -475,7 +475,7 @@ def test_resume_from_a_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_export_refuses_a_model_changed_after_the_run(tmp_path):
     from safetensors.torch import load_file, save_file
     from archdisc.cli import main
-    from archdisc.export import export_run
+    from archdisc.deploy import export_run
     run_discover(small(epochs=1), tmp_path / "r", progress=False)
     path = tmp_path / "r" / "compact.safetensors"
     t = load_file(str(path))

@@ -6,9 +6,9 @@ regularization), like ``lr``::
     opt = AdaBreg([{"params": [fc.weight, fc.bias], "reg": GroupL2(0.1)},
                    {"params": head.parameters()}], lr=1e-3)
 """
-from .bregman import (AdaBreg, LinBreg, ProxSGD, optimizer_state_from_tensors,
+from archdisc.optim.bregman import (AdaBreg, LinBreg, ProxSGD, optimizer_state_from_tensors,
                       optimizer_state_to_tensors)
-from .regularizers import (L1, GroupL2, KernelL2, Regularizer, TensorL2,
+from archdisc.optim.regularizers import (L1, GroupL2, KernelL2, Regularizer, TensorL2,
                            regularizer_from_config)
 
 __all__ = ["Regularizer", "L1", "GroupL2", "KernelL2", "TensorL2",

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .regularizers import _KINDS, Regularizer, fused_prox, regularizer_from_config
+from archdisc.optim.regularizers import _KINDS, Regularizer, fused_prox, regularizer_from_config
 
 __all__ = ["LinBreg", "AdaBreg", "ProxSGD", "optimizer_state_to_tensors",
            "optimizer_state_from_tensors"]

@@ -2,7 +2,7 @@
 (``--space my.json``) or a Python ``Dataset`` (``run_discover(config, out, data=...)``).
 
 Every refusal is a :class:`~archdisc.errors.ConfigError` (or a
-:class:`~archdisc.data.DataError`) naming the config field and the fix.
+:class:`~archdisc.data.core.DataError`) naming the config field and the fix.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import PYTHON_DATA, Config, parse_input_shape
-from .errors import ArchdiscError, ConfigError
-from .graph import ArchGraph, GraphError
+from archdisc.recipe.config import PYTHON_DATA, Config, parse_input_shape
+from archdisc.errors import ArchdiscError, ConfigError
+from archdisc.graph.archgraph import ArchGraph, GraphError
 
 __all__ = ["model_graph", "graph_file", "python_data"]
 
@@ -62,7 +62,7 @@ def model_graph(config: Config, data) -> ArchGraph:
     """Build ``config.model(**config.model_options)``, import it with
     :func:`archdisc.from_module` on an example input of ``config.input_shape`` (default: the
     data's) and return its graph (the weights are re-initialised by the search)."""
-    from .fx import from_module
+    from archdisc.graph.fx import from_module
     spec = config.model
     builder = _import_callable(spec)
     opts = dict(config.model_options)
@@ -132,7 +132,7 @@ def graph_file(path) -> ArchGraph:
 # ---------------------------------------------------------------------- data=Dataset
 def _item(dataset, i: int, where: str, shape=None):
     """Item ``i`` of ``dataset`` as (float tensor, int label), or a DataError naming it."""
-    from .data import DataError
+    from archdisc.data.core import DataError
     item = dataset[i]
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise DataError(f"{where}: item {i} is {type(item).__name__}, not a pair "
@@ -180,7 +180,7 @@ def _scan(dataset, where: str):
     shape, its labels). In-memory TensorDatasets stay as they are (the fast path)."""
     from torch.utils.data import TensorDataset
 
-    from .data import DataError
+    from archdisc.data.core import DataError
     try:
         n = len(dataset)
     except TypeError:
@@ -205,7 +205,7 @@ def _take(dataset, idx: torch.Tensor):
 
 
 def python_data(data, config: Config):
-    """A :class:`~archdisc.data.Data` from a ``torch.utils.data.Dataset`` (split into
+    """A :class:`~archdisc.data.core.Data` from a ``torch.utils.data.Dataset`` (split into
     train / val / test by ``config.seed``: 10% validation, 10% test) or a tuple
     ``(train, val, test)`` of Datasets. Inputs are used as the Dataset gives them (its own
     transform is the preprocessing). Every item is checked once up front; then in-memory
@@ -213,7 +213,7 @@ def python_data(data, config: Config):
     DataLoader (``config.loader_workers`` processes) in every epoch."""
     from torch.utils.data import Dataset
 
-    from .data import Data, DataError, split_indices
+    from archdisc.data.core import Data, DataError, split_indices
     if config.task != "classification":
         raise ConfigError("config field 'task': a Python Dataset supports task = "
                           "\"classification\"")

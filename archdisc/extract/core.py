@@ -76,10 +76,10 @@ import math
 
 import torch
 
-from .compile import ArchNet, compile_graph, gate_name
-from .graph import ArchGraph, GraphError, count_macs, count_params
-from .ops import OPS, padded
-from .errors import ArchdiscError
+from archdisc.graph.compile import ArchNet, compile_graph, gate_name
+from archdisc.graph.archgraph import ArchGraph, GraphError, count_macs, count_params
+from archdisc.graph.ops import OPS, padded
+from archdisc.errors import ArchdiscError
 
 __all__ = ["extract", "extract_graph", "ExtractionError", "verify_equivalent", "extraction_report",
            "format_report"]
@@ -437,7 +437,7 @@ class _Extractor:
             if self.op(n) == "mul" and not all(torch.equal(keep[s], keep[n])
                                                for s in self.ins[n]):
                 raise ExtractionError(f"the inputs of mul node {n!r} keep different units; "
-                                      f"this is a bug in archdisc.extract")
+                                      f"this is a bug in archdisc.extract.core")
             g.add_node(n, **attrs)
         for n in g:
             slot = 0
@@ -458,7 +458,7 @@ class _Extractor:
         if any(g.in_degree(n) == 0 for n in g if self.op(n) != "input") or \
                 any(g.out_degree(n) == 0 for n in g.input_nodes()):
             raise ExtractionError("extraction left an input unread or a node without inputs; "
-                                  "this is a bug in archdisc.extract")
+                                  "this is a bug in archdisc.extract.core")
         state = {}
         for n in g:
             spec, k = OPS[self.g.nodes[n]["op"]], keep[n]
@@ -483,7 +483,7 @@ class _Extractor:
         if self.grouped(n):  # kept whole (see _backward)
             if len(rows) != self.units[n] or len(cols) != self.units[s]:
                 raise ExtractionError(f"grouped conv {n!r} lost units; this is a bug in "
-                                      f"archdisc.extract")
+                                      f"archdisc.extract.core")
             return {f"layers.{n}.{k}": self.param(n, k) for k in ("weight", "bias")
                     if self.param(n, k) is not None}
         w = self.param(n, "weight").index_select(0, rows)
@@ -501,14 +501,14 @@ class _Extractor:
             nzd &= (g != 0).expand(rvar.shape)[drop]
         if bool((nzd & rvar[drop]).any()):
             raise ExtractionError(f"node {n!r} reads a varying unit that was removed; "
-                                  "this is a bug in archdisc.extract")
+                                  "this is a bug in archdisc.extract.core")
         fold = wd @ rval[drop]
         if a["bias"]:
             b = self.param(n, "bias").index_select(0, rows)
             out[f"layers.{n}.bias"] = (b.double() + fold).to(b.dtype)
         elif bool((fold != 0).any()):
             raise ExtractionError(f"node {n!r} has no bias to fold a constant into; "
-                                  "this is a bug in archdisc.extract")
+                                  "this is a bug in archdisc.extract.core")
         return out
 
 

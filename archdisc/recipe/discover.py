@@ -5,7 +5,7 @@
     run = setup(config, out)      validate, load the data, build the supernet, prepare ``out``
     search(run)                   Bregman training of the supernet, a checkpoint every epoch
     extract_compact(run)          the surviving architecture as an exact compact model
-    select_compact(run)           the width the validation data asks for (archdisc.select)
+    select_compact(run)           the width the validation data asks for (archdisc.recipe.select)
     finetune_compact(run)         plain Adam on the compact model
     report(run)                   test / val metrics, sizes, widths -> report.json / .md
 
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import torch
 
-from . import rundir
-from .budget import LamControl, compact_params, target_of
-from .compile import ArchNet
-from .config import BREGMAN, Config
-from .dist import Dist
-from .errors import ConfigError, RunError, TrainingError
-from .graph import ArchGraph, GraphError
-from .io import atomic_write_text
-from .loop import (augmenter, batches, epoch_order, finetune, loss_fn, set_lr, tensors,
+from archdisc.recipe import rundir
+from archdisc.sparsity.budget import LamControl, compact_params, target_of
+from archdisc.graph.compile import ArchNet
+from archdisc.recipe.config import BREGMAN, Config
+from archdisc.dist import Dist
+from archdisc.errors import ConfigError, RunError, TrainingError
+from archdisc.graph.archgraph import ArchGraph, GraphError
+from archdisc.io import atomic_write_text
+from archdisc.recipe.loop import (augmenter, batches, epoch_order, finetune, loss_fn, set_lr, tensors,
                    train_epoch)
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
@@ -74,7 +74,7 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
     continued from its last checkpoint with ``resume`` (see :func:`rundir.prepare_run`).
     ``on_epoch(epoch, record, net)`` is called after each epoch's checkpoint is on disk.
     ``data``: a ``torch.utils.data.Dataset`` (split by seed) or a tuple (train, val, test) of
-    them instead of ``config.data`` (read into memory; see :func:`archdisc.byo.python_data`)."""
+    them instead of ``config.data`` (read into memory; see :func:`archdisc.recipe.byo.python_data`)."""
     run = setup(config, out, resume, force, progress, data)
     try:
         search(run, on_epoch)
@@ -99,9 +99,9 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
     """Validate ``config``, load its data, build the supernet graph, prepare ``out``.
     Everything that can be refused is refused before the folder is touched. Under
     torchrun every rank checks, and rank 0 alone prepares the folder."""
-    from . import dist as distributed
+    from archdisc import dist as distributed
     if data is not None:  # a Dataset: config.toml records its class as the data
-        from .byo import python_data
+        from archdisc.recipe.byo import python_data
         data = python_data(data, config.validate())
         config = dataclasses.replace(config, data=data.name)
     config = config.validate()
@@ -125,9 +125,9 @@ def search(run: Run, on_epoch=None):
     """Train the sparse-initialised supernet with the configured optimizer; checkpoint,
     metrics line and progress line after every epoch."""
     from tqdm import tqdm
-    from . import dist as distributed
-    from .data import evaluate
-    from .groups import alive, sparse_init
+    from archdisc import dist as distributed
+    from archdisc.data.core import evaluate
+    from archdisc.sparsity.groups import alive, sparse_init
     config, out, data, device, dist = run.config, run.out, run.data, run.device, run.dist
     torch.manual_seed(config.seed)
     net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
@@ -238,8 +238,8 @@ def search(run: Run, on_epoch=None):
 def extract_compact(run: Run):
     """Save the trained supernet, extract the compact model (verified on validation
     inputs) and score both on the validation and test splits."""
-    from .export import save as save_model
-    from .extract import extract, extraction_report
+    from archdisc.deploy.formats import save as save_model
+    from archdisc.extract.core import extract, extraction_report
     net = run.net.eval()
     save_model(net, run.out / "supernet")
     sample = next(batches(run.data.val, 256, run.device))[0]
@@ -256,10 +256,10 @@ def extract_compact(run: Run):
 
 def select_compact(run: Run):
     """Unless ``select = "none"``: choose the compact model's width on the validation split
-    (archdisc.select: ``shrink`` or ``scale``)."""
+    (archdisc.recipe.select: ``shrink`` or ``scale``)."""
     if run.config.select == "none":
         return
-    from .select import shrink_select
+    from archdisc.recipe.select import shrink_select
     t0 = time.perf_counter()
     run.compact, run.select_path = shrink_select(run.compact, run.data, run.config,
                                                  run.device, lambda s: _log(run, s), run.net)
@@ -274,7 +274,7 @@ def finetune_compact(run: Run):
     """``config.finetune`` epochs of Adam on the compact model, kept only if it does not
     make the validation metric worse (a diverging fine-tune never replaces the model)."""
     import copy
-    from .export import save as save_model
+    from archdisc.deploy.formats import save as save_model
     if run.config.finetune:
         t0 = time.perf_counter()
         before, val_before = copy.deepcopy(run.compact.state_dict()), run.val["compact"]
@@ -307,7 +307,7 @@ def finetune_compact(run: Run):
 
 def report(run: Run) -> dict:
     """Write report.json / report.md and return the report."""
-    from .extract import extraction_report
+    from archdisc.extract.core import extraction_report
     config, data, metrics, test = run.config, run.data, run.metrics, run.test
     rep = extraction_report(run.net.graph, run.compact_graph)
     rep.update({
@@ -359,7 +359,7 @@ def _initial_loss(net, train, task, device) -> float:
 
 
 def _score(run: Run, model, split) -> float:
-    from .data import evaluate
+    from archdisc.data.core import evaluate
     return evaluate(model, split, run.data.metric, 1024, run.device,
                     run.config.loader_workers)
 
@@ -374,8 +374,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_dataset(config: Config):
-    from .config import PYTHON_DATA
-    from .data import is_user_data, load_data, load_user_data
+    from archdisc.recipe.config import PYTHON_DATA
+    from archdisc.data.core import is_user_data, load_data, load_user_data
     if config.data.startswith(PYTHON_DATA):
         raise ConfigError(f"config field 'data': {config.data!r} was a Python Dataset given "
                           f"to run_discover(data=...); pass it again (the command line "
@@ -403,13 +403,13 @@ def load_dataset(config: Config):
 def build_supernet(config: Config, data) -> ArchGraph:
     """The search space's graph (or config.model's, or the graph file config.space);
     ``in_shape`` / ``classes`` / ``task`` default to the data's."""
-    from .config import is_graph_file
+    from archdisc.recipe.config import is_graph_file
     if config.model is not None or is_graph_file(config.space):
-        from .byo import graph_file, model_graph
+        from archdisc.recipe.byo import graph_file, model_graph
         graph = (model_graph(config, data) if config.model is not None
                  else graph_file(config.space))
         return _check_supernet(graph, config, data)
-    from .spaces import build_space, spaces
+    from archdisc.spaces import build_space, spaces
     accepted = inspect.signature(spaces()[config.space][0]).parameters
     opts = dict(config.space_options)
     fill = {"in_shape": list(data.in_shape), "task": data.task}
@@ -427,7 +427,7 @@ def build_supernet(config: Config, data) -> ArchGraph:
 
 def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
     """The graph's input / output against the data's, its size against the memory."""
-    from .config import is_graph_file
+    from archdisc.recipe.config import is_graph_file
     name = ("model_options" if config.model else "space" if is_graph_file(config.space)
             else "space_options")
     shapes = graph.shapes()
@@ -439,7 +439,7 @@ def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
             f"config field {name!r}: search space {config.space!r} maps {list(x_shape)} "
             f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
             f"{list(data.in_shape)} -> {want}; adjust the {name.replace('_', ' ')}")
-    from .graph import count_params
+    from archdisc.graph.archgraph import count_params
     params = count_params(graph)
     need = 5 * 4 * params  # float32 weights, gradients and three optimizer buffers
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -451,8 +451,8 @@ def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
 
 
 def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
-    from . import optim
-    from .groups import param_groups
+    from archdisc import optim
+    from archdisc.sparsity.groups import param_groups
     c = config
     if c.optimizer in ("sgd", "adam"):  # dense baselines: no regularizer
         params = list(net.parameters())

@@ -31,8 +31,8 @@ folds it into the preceding conv already, and :func:`load_torchscript` folds it 
 time (``torch.jit.optimize_for_inference``). :func:`for_runtime` picks the form measured
 fastest for a runtime.
 
-The result is an ordinary :class:`~archdisc.compile.ArchNet` (its graph has no index on
-those edges), so :func:`archdisc.export.export` writes and verifies it like any model.
+The result is an ordinary :class:`~archdisc.graph.compile.ArchNet` (its graph has no index on
+those edges), so :func:`archdisc.deploy.formats.export` writes and verifies it like any model.
 """
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ import copy
 
 import torch
 
-from .compile import ArchNet, compile_graph, gate_name
-from .errors import GraphError
-from .graph import ArchGraph
-from .ops import OPS
+from archdisc.graph.compile import ArchNet, compile_graph, gate_name
+from archdisc.errors import GraphError
+from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.ops import OPS
 
 
 class _Skip(Exception):
@@ -376,7 +376,7 @@ def feature_major(net: ArchNet) -> FeatureMajorNet:
 
 
 def load_torchscript(path, optimize: bool = True):
-    """A TorchScript file written by :func:`archdisc.export.export`, ready to run on the
+    """A TorchScript file written by :func:`archdisc.deploy.formats.export`, ready to run on the
     CPU: with ``optimize``, frozen and passed through ``torch.jit.optimize_for_inference``
     (BatchNorm folded into the convs, conv + add + ReLU fused, oneDNN blocked layouts).
     That step happens here, at load time, because an optimised module does not survive

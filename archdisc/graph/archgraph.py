@@ -2,7 +2,7 @@
 
 An :class:`ArchGraph` is a ``networkx.DiGraph``. Nodes are operations, edges are data
 flow. Every node has an ``op`` and the attributes of that op (the registry in
-:mod:`archdisc.ops`); only the
+:mod:`archdisc.graph.ops`); only the
 ops that *define* a width store it (``input.shape``, ``linear.units``, ``conv2d.units``,
 ``add.units``). Every other shape follows from those by :meth:`ArchGraph.shapes`.
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from .errors import GraphError
-from .ops import ACTIVATIONS, OPS, REQUIRED
+from archdisc.errors import GraphError
+from archdisc.graph.ops import ACTIVATIONS, OPS, REQUIRED
 
 SCHEMA_VERSION = 1
 GATES = (None, "scalar", "channel")
@@ -245,7 +245,7 @@ class ArchGraph(nx.DiGraph):
     def to_json(self, path=None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            from .io import atomic_write_text
+            from archdisc.io import atomic_write_text
             atomic_write_text(path, text)
         return text
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .graph import ArchGraph
-from .ops import OPS
+from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.ops import OPS
 
 
 def gate_name(src: str, dst: str) -> str:

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, TrainingError
+from archdisc.errors import ConfigError, TrainingError
 
 __all__ = ["tensors", "batches", "train_epoch", "loss_fn", "epoch_order", "cosine", "set_lr",
            "cosine_steps", "crop_flip", "augmenter", "masked_adam", "finetune"]

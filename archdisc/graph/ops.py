@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import GraphError
+from archdisc.errors import GraphError
 
 REQUIRED = object()  # an attribute without a default
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "identity", "relu6", "silu", "hardswish",

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ArchdiscError
-from .compile import ArchNet, compile_graph
-from .graph import ArchGraph
-from .io import atomic_write_text, load_tensors, remove_stale_temps, save_tensors
+from archdisc.errors import ArchdiscError
+from archdisc.graph.compile import ArchNet, compile_graph
+from archdisc.graph.archgraph import ArchGraph
+from archdisc.io import atomic_write_text, load_tensors, remove_stale_temps, save_tensors
 
 FORMATS = ("safetensors", "torchscript", "onnx", "pt2")
 SUFFIX = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx",
@@ -266,7 +266,7 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
     (relative to the largest output when that exceeds 1: float32 rounding grows with the
     values) raises :class:`ExportError` naming the format. Returns ``{format: path}``; the
     safetensors weights have their graph beside them as ``<name>.json``. With
-    ``runtime_form``, the TorchScript and ONNX files hold :func:`archdisc.deploy.for_runtime`'s
+    ``runtime_form``, the TorchScript and ONNX files hold :func:`archdisc.deploy.rewrite.for_runtime`'s
     form of ``net`` (sums without gathers, channels padded to the CPU's conv block), checked
     against ``net`` itself like every file.
     """
@@ -297,7 +297,7 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
             try:
                 model = net
                 if runtime_form and fmt in ("torchscript", "onnx"):
-                    from .deploy import for_runtime
+                    from archdisc.deploy.rewrite import for_runtime
                     model = for_runtime(net, fmt)
                 WRITERS[fmt](model, graph, tmps, finals, example)
             except Exception as e:
@@ -329,7 +329,7 @@ def export_run(run_dir, formats=FORMATS) -> dict[str, Path]:
     """Export a run's discovered model (``RUN/compact.safetensors`` + ``.json``) into
     ``RUN/export/`` as ``model.*``, TorchScript and ONNX in their deployment form;
     returns ``{format: path}``."""
-    from .rundir import verify_checksums
+    from archdisc.recipe.rundir import verify_checksums
     run = Path(run_dir)
     verify_checksums(run, ("compact.safetensors", "compact.json"))
     net = load(run / "compact")

@@ -20,10 +20,10 @@ import math
 
 import torch
 
-from .compile import ArchNet
-from .init import bias_init_, sparse_init_
-from .ops import OPS
-from .optim import L1, GroupL2, KernelL2, TensorL2
+from archdisc.graph.compile import ArchNet
+from archdisc.sparsity.init import bias_init_, sparse_init_
+from archdisc.graph.ops import OPS
+from archdisc.optim import L1, GroupL2, KernelL2, TensorL2
 
 MODES = ("unit", "kernel", "element")
 

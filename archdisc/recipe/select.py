@@ -30,11 +30,11 @@ import math
 
 import torch
 
-from .budget import target_of
-from .compile import ArchNet, compile_graph
-from .groups import unit_members
-from .loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
-from .ops import OPS
+from archdisc.sparsity.budget import target_of
+from archdisc.graph.compile import ArchNet, compile_graph
+from archdisc.sparsity.groups import unit_members
+from archdisc.recipe.loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
+from archdisc.graph.ops import OPS
 
 __all__ = ["shrink_select", "sweep_select", "scale_select"]
 
@@ -339,7 +339,7 @@ def _shrinkable(net: ArchNet) -> list[str]:
 def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe) -> ArchNet:
     """A copy of ``net`` without the weakest ``cuts[n]`` units of each node ``n`` (scores
     from ``net`` as it is: ``env`` holds its eval-mode activations on ``probe``)."""
-    from .extract import extract
+    from archdisc.extract.core import extract
     g = net.graph
     net = _copy(net).eval()
     members, weakest = unit_members(net), {}

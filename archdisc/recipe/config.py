@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from archdisc.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "read_toml", "field_docs", "CHOICES",
            "BREGMAN"]
@@ -86,7 +86,7 @@ class Config:
     control_every: int = 50            # steps between two looks of the lam controller
     noise_sigma: float = 0.3           # denoising noise level
     select: str = "shrink"             # how the final width is chosen: shrink on validation
-                                       # (archdisc.select), scale (the searched shape at
+                                       # (archdisc.recipe.select), scale (the searched shape at
                                        # sqrt(2) scales, each trained afresh: steadier,
                                        # 2-3x slower), or none (what the search left)
     select_steps: int = 100            # refit steps per shrink candidate (the first: 5x;
@@ -127,7 +127,7 @@ class Config:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config field {name!r}: {getattr(self, name)!r} is not "
                                   f"allowed; choose one of {', '.join(allowed)}")
-        from .spaces import spaces
+        from archdisc.spaces import spaces
         if self.model is not None:
             _check_model(self)
         elif self.model_options or self.input_shape is not None:
@@ -143,7 +143,7 @@ class Config:
         elif is_graph_file(self.space) and self.space_options:
             raise ConfigError(f"config field 'space_options': a graph file ({self.space}) "
                               f"takes no options; edit the file instead")
-        from .data import available_datasets, is_user_data
+        from archdisc.data.core import available_datasets, is_user_data
         known = available_datasets()
         if _dataset_key(self.data) not in {_dataset_key(k) for k in known} and \
                 not is_user_data(self.data) and not self.data.startswith(PYTHON_DATA):

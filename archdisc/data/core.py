@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .errors import ArchdiscError
+from archdisc.errors import ArchdiscError
 
 __all__ = [
     "Data",
@@ -477,7 +477,7 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, metric: 
     was_training = model.training
     model.eval()
     try:
-        from .loop import batches  # in-memory tensors, or any Dataset streamed
+        from archdisc.recipe.loop import batches  # in-memory tensors, or any Dataset streamed
         total, count = 0.0, 0
         for x, y in batches(dataset, batch_size, device, workers):
             out = model(x)

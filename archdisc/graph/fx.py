@@ -1,7 +1,7 @@
 """from_module: a user's ``nn.Module`` -> an ArchNet supernet (torch.fx).
 
 The module is traced with ``torch.fx.symbolic_trace``; every call is mapped to an op of
-the registry (:mod:`archdisc.ops`), the weights are copied, and the compiled ArchNet is
+the registry (:mod:`archdisc.graph.ops`), the weights are copied, and the compiled ArchNet is
 checked to compute the module's eval-mode function on the example input. ``nn.ReLU``
 becomes archdisc's ReLU, whose gradient at exactly 0 is 1, so that dead units can switch
 on again under Bregman iterations (forward and eval are unchanged).
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .compile import ArchNet, compile_graph
-from .errors import ArchdiscError
-from .graph import ArchGraph
+from archdisc.graph.compile import ArchNet, compile_graph
+from archdisc.errors import ArchdiscError
+from archdisc.graph.archgraph import ArchGraph
 
 __all__ = ["from_module"]
 
@@ -93,7 +93,7 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     diff = float((want - got).abs().max())
     if not diff <= atol * max(1.0, float(want.abs().max())):
         raise ArchdiscError(f"the imported graph differs from {type(module).__name__} by "
-                            f"{diff:.3g} on the example input; this is a bug in archdisc.fx")
+                            f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
     module.train(was_training)
     return net
 

@@ -1,0 +1,2 @@
+"""Sparsity: the structural groups the regularizer sees, sparse initialisation, the
+lambda controller."""
