@@ -21,7 +21,7 @@ import signal
 
 import torch
 
-from archdisc.errors import ConfigError, TrainingError
+from archdisc.errors import ConfigError, Stopped, TrainingError
 
 __all__ = ["Dist", "Stopped", "start", "lost", "peer_lost"]
 
@@ -105,9 +105,6 @@ def start(device_name: str) -> Dist:
             "nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=10))
     return Dist(rank, world, local, owned)
 
-
-class Stopped(TrainingError):
-    """The job stops because another of its processes is gone."""
 
 
 RESUME = "continue it with the same torchrun command and --resume"

@@ -25,3 +25,28 @@ class TrainingError(ArchdiscError, RuntimeError):
 
 class GraphError(ArchdiscError, ValueError):
     """A malformed ArchGraph; the message names the node or edge and the fix."""
+
+
+class DataError(ArchdiscError, FileNotFoundError, ValueError):
+    """A dataset is missing, incomplete, malformed or cannot be built as asked."""
+
+
+class ExtractionError(ArchdiscError, ValueError):
+    """The compact model does not compute the supernet's function (or cannot be built)."""
+
+
+class ExportError(ArchdiscError, RuntimeError):
+    """An export could not be written or does not reproduce the PyTorch model."""
+
+
+class RenderError(ArchdiscError, RuntimeError):
+    """Rendering failed (most often: Graphviz's ``dot`` program is missing)."""
+
+
+class ModelImportError(ArchdiscError, ValueError):
+    """A user's module cannot be imported into an ArchGraph (an unsupported call, a
+    trace that fails, a result that differs from the module's)."""
+
+
+class Stopped(TrainingError):
+    """The job stops because another of its processes is gone."""

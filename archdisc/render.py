@@ -22,7 +22,7 @@ from pathlib import Path
 
 import graphviz
 
-from archdisc.errors import ArchdiscError
+from archdisc.errors import RenderError
 from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
 from archdisc.io import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from archdisc.graph.ops import OPS, label
@@ -36,9 +36,6 @@ CANDIDATE = {"style": "dashed", "color": "#1f6fd1", "penwidth": "1.6"}
 DEAD_NODE = {"fillcolor": "#eeeeee", "color": "#b0b0b0", "fontcolor": "#a0a0a0"}
 DEAD_EDGE = {"style": "dotted", "color": "#b0b0b0"}
 
-
-class RenderError(ArchdiscError, RuntimeError):
-    """Rendering failed (most often: Graphviz's ``dot`` program is missing)."""
 
 
 # ---------------------------------------------------------------------- labels

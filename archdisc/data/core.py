@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from archdisc.errors import ArchdiscError
+from archdisc.errors import DataError
 
 __all__ = [
     "Data",
@@ -92,9 +92,6 @@ _IDX_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 
-
-class DataError(ArchdiscError, FileNotFoundError, ValueError):
-    """A dataset is missing, incomplete, malformed or cannot be built as asked."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from archdisc.errors import ArchdiscError
+from archdisc.errors import ExportError
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.graph.archgraph import ArchGraph
 from archdisc.io import atomic_write_text, load_tensors, remove_stale_temps, save_tensors
@@ -37,9 +37,6 @@ SUFFIX = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx",
 ONNX_OPSET = 17
 VERIFY_BATCHES = (1, 7)
 
-
-class ExportError(ArchdiscError, RuntimeError):
-    """An export could not be written or does not reproduce the PyTorch model."""
 
 
 # ---------------------------------------------------------------------- loading

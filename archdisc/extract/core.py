@@ -79,16 +79,13 @@ import torch
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
 from archdisc.graph.archgraph import ArchGraph, GraphError, count_macs, count_params
 from archdisc.graph.ops import OPS, padded
-from archdisc.errors import ArchdiscError
+from archdisc.errors import ExtractionError
 
 __all__ = ["extract", "extract_graph", "ExtractionError", "verify_equivalent", "extraction_report",
            "format_report"]
 
 MERGES = ("add", "concat")
 
-
-class ExtractionError(ArchdiscError, ValueError):
-    """The compact model does not compute the supernet's function (or cannot be built)."""
 
 
 # ---------------------------------------------------------------------- public API

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from archdisc.graph.compile import ArchNet, compile_graph
-from archdisc.errors import ArchdiscError
+from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
 
 __all__ = ["from_module"]
@@ -62,12 +62,12 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     may switch off; default: all of them except those producing the model's output and
     grouped convs (their units are kept all or none). A depthwise conv is not a searchable
     layer: its channels follow the layer feeding it.
-    Raises ArchdiscError for an op that is not supported (naming the node) or a module
+    Raises ModelImportError for an op that is not supported (naming the node) or a module
     torch.fx cannot trace."""
     try:
         gm = torch.fx.symbolic_trace(module)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; report its reason
-        raise ArchdiscError(
+        raise ModelImportError(
             f"torch.fx cannot trace {type(module).__name__}: {e}. Data-dependent control "
             f"flow (if / for on tensor values) cannot be traced; move it out of forward or "
             f"wrap it in a leaf module") from None
@@ -79,7 +79,7 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
         with torch.no_grad():
             ShapeProp(gm.eval()).propagate(example_input)
     except Exception as e:  # noqa: BLE001 - the user's module failed on the input
-        raise ArchdiscError(f"{type(module).__name__} fails on example_input of shape "
+        raise ModelImportError(f"{type(module).__name__} fails on example_input of shape "
                             f"{list(example_input.shape)}: {e.__cause__ or e}") from None
     imp = _Importer(gm)
     g, weights, layer_of = imp.g, imp.weights, imp.layer_of
@@ -92,7 +92,7 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
         want, got = module(example_input), net(example_input)
     diff = float((want - got).abs().max())
     if not diff <= atol * max(1.0, float(want.abs().max())):
-        raise ArchdiscError(f"the imported graph differs from {type(module).__name__} by "
+        raise ModelImportError(f"the imported graph differs from {type(module).__name__} by "
                             f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
     module.train(was_training)
     return net
@@ -132,7 +132,7 @@ class _Importer:
         return tuple(node.meta["tensor_meta"].shape[1:])
 
     def unsupported(self, node, what):
-        raise ArchdiscError(f"node {node.name!r} ({node.op} {what}) is not supported by "
+        raise ModelImportError(f"node {node.name!r} ({node.op} {what}) is not supported by "
                             f"archdisc.from_module; supported: {', '.join(SUPPORTED)}")
 
     def tensor(self, node, i=0):
@@ -388,10 +388,10 @@ def _searchable(g: ArchGraph, layer_of: dict, searchable) -> set:
         chosen = set(searchable)
         unknown = chosen - set(layer_of.values())
         if unknown:
-            raise ArchdiscError(f"searchable: {sorted(unknown)} are not linear / conv "
+            raise ModelImportError(f"searchable: {sorted(unknown)} are not linear / conv "
                                 f"submodules; choose from {sorted(layer_of.values())}")
         if chosen & grouped:
-            raise ArchdiscError(f"searchable: {sorted(chosen & grouped)} are grouped convs, "
+            raise ModelImportError(f"searchable: {sorted(chosen & grouped)} are grouped convs, "
                                 f"whose units are kept all or none; leave them out")
         return chosen
     last, todo = set(), list(g.output_nodes())
