@@ -280,94 +280,73 @@ FEATURE_MAJOR_OPS = ("input", "flatten", "linear", "activation", "add", "batchno
                      "dropout", "stochastic_depth", "scale", "concat", "output")
 
 
-class FeatureMajorNet(torch.nn.Module):
+class FeatureMajorNet(ArchNet):
     """An MLP-like model (every tensor (batch, features)) computed on transposed,
     (features, batch) tensors: one transpose at each input and output, linears as
     ``addmm(bias, W, x)`` (ONNX Gemm), and a narrow member of a sum widened by a gather
     of whole *rows* (contiguous, ``batch`` floats each) instead of single columns. In
     onnxruntime that gather is about 10x cheaper than the batch-major one (a 256 x 256
-    sum at batch 256: 35 us against 331 us). Same outputs as the model it is built from;
-    ``graph`` is that model's graph (for the export's input names and shapes)."""
+    sum at batch 256: 35 us against 331 us). The same graph and parameter names as the
+    model it is built from, and the same outputs; only the unit dimension differs."""
+
+    unit_dim = 0
 
     def __init__(self, net: ArchNet):
-        super().__init__()
         g = net.graph
         bad = sorted({g.nodes[n]["op"] for n in g.nodes} - set(FEATURE_MAJOR_OPS))
         if bad:
-            raise ValueError(f"a feature-major model takes only {FEATURE_MAJOR_OPS}; "
+            raise GraphError(f"a feature-major model takes only {FEATURE_MAJOR_OPS}; "
                              f"this graph has {bad}")
-        self.graph = g
         for n in g.nodes:
             if g.nodes[n]["op"] == "flatten" and g.nodes[g.inputs(n)[0]]["op"] != "input":
-                raise ValueError(f"{n}: a flatten must read an input directly")
-        self.input_names, self.output_names = g.input_nodes(), g.output_nodes()
-        sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        self._plan = []
-        for n, op, sources in net._plan:
-            a = g.nodes[n]
-            if op == "linear":
-                self.register_buffer(f"w_{n}", sd[f"layers.{n}.weight"])
-                bias = sd.get(f"layers.{n}.bias")
-                self.register_buffer(f"b_{n}", (bias if bias is not None else
-                                                 torch.zeros(a["units"])).unsqueeze(1))
-            elif op == "batchnorm1d":
-                p = {k: sd[f"layers.{n}.{k}"] for k in ("weight", "bias", "running_mean",
-                                                        "running_var")}
-                s = p["weight"] / torch.sqrt(p["running_var"] + a["eps"])
-                self.register_buffer(f"s_{n}", s.unsqueeze(1))
-                self.register_buffer(f"t_{n}", (p["bias"] - p["running_mean"] * s).unsqueeze(1))
-            elif op == "scale":
-                self.register_buffer(f"s_{n}", sd[f"layers.{n}.weight"].unsqueeze(1))
-            srcs = []
-            for src, key, idx in sources:
-                gk = ik = None
-                if key is not None:
-                    gk = f"g_{key}"
-                    gate = sd[f"gates.{key}"]
-                    self.register_buffer(gk, gate.unsqueeze(1) if gate.numel() > 1 else gate)
-                if idx is not None:
-                    ik = f"i_{idx}"
-                    self.register_buffer(ik, getattr(net, idx).clone(), persistent=False)
-                srcs.append((src, gk, ik))
-            act = net.layers[n] if op == "activation" else None
-            self._plan.append((n, op, srcs, act))
-        self._acts = torch.nn.ModuleDict({n: m for n, op, _, m in self._plan if m is not None})
+                raise GraphError(f"{n}: a flatten must read an input directly")
+        super().__init__(g)
+        self.load_state_dict(net.state_dict())
+        for n, m in self.layers.items():
+            op = g.nodes[n]["op"]
+            if op in _TRANSPOSED:
+                self.layers[n] = _TRANSPOSED[op](m)
 
     def forward(self, *xs):
-        env = {}
-        for name, x in zip(self.input_names, xs):
-            env[name] = x.flatten(1).t() if x.dim() > 2 else x.t()
-        for n, op, srcs, _ in self._plan:
-            if op == "input":
-                continue
-            vals = []
-            for src, gk, ik in srcs:
-                v = env[src]
-                if gk is not None:
-                    v = v * getattr(self, gk)
-                if ik is not None:  # whole rows into the sum's unit space
-                    v = torch.cat([v, v.new_zeros((1, v.shape[1]))], 0).index_select(
-                        0, getattr(self, ik))
-                vals.append(v)
-            if op == "linear":
-                out = torch.addmm(getattr(self, f"b_{n}"), getattr(self, f"w_{n}"), vals[0])
-            elif op == "add":
-                out = vals[0]
-                for v in vals[1:]:
-                    out = out + v
-            elif op == "activation":
-                out = self._acts[n](vals[0])
-            elif op == "batchnorm1d":
-                out = vals[0] * getattr(self, f"s_{n}") + getattr(self, f"t_{n}")
-            elif op == "scale":
-                out = vals[0] * getattr(self, f"s_{n}")
-            elif op == "concat":
-                out = torch.cat(vals, 0)
-            else:  # flatten (done at the input), dropout / stochastic depth (eval), output
-                out = vals[0]
-            env[n] = out
-        outs = [env[o].t() for o in self.output_names]
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        xs = [x.flatten(1).t() for x in xs]  # the flatten nodes read them as they are
+        out = super().forward(*xs)
+        return out.t() if isinstance(out, torch.Tensor) else tuple(o.t() for o in out)
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.weight, self.bias = m.weight, m.bias
+
+    def forward(self, x):
+        if self.bias is None:
+            return self.weight @ x
+        return torch.addmm(self.bias.unsqueeze(1), self.weight, x)
+
+
+class _BatchNorm(torch.nn.Module):  # eval mode: a per-feature scale and shift
+    def __init__(self, m):
+        super().__init__()
+        self.weight, self.bias, self.eps = m.weight, m.bias, m.eps
+        for k in ("running_mean", "running_var", "num_batches_tracked"):
+            self.register_buffer(k, getattr(m, k))
+
+    def forward(self, x):
+        s = self.weight / torch.sqrt(self.running_var + self.eps)
+        return x * s.unsqueeze(1) + (self.bias - self.running_mean * s).unsqueeze(1)
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.weight = m.weight
+
+    def forward(self, x):
+        return x * self.weight.unsqueeze(1)
+
+
+_TRANSPOSED = {"linear": _Linear, "batchnorm1d": _BatchNorm, "scale": _Scale,
+               "flatten": lambda m: torch.nn.Identity()}
 
 
 def feature_major(net: ArchNet) -> FeatureMajorNet:

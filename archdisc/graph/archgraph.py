@@ -29,6 +29,7 @@ from pathlib import Path
 import networkx as nx
 
 from archdisc.errors import GraphError
+from archdisc.graph.kinds import kind
 from archdisc.graph.ops import ACTIVATIONS, OPS, REQUIRED
 
 SCHEMA_VERSION = 1
@@ -124,7 +125,8 @@ class ArchGraph(nx.DiGraph):
         self._check_structure()
         shapes: dict[str, tuple[int, ...]] = {}
         for n in self.order():
-            shapes[n] = self._infer(n, [(s, shapes[s]) for s in self.inputs(n)])
+            ins = [(s, shapes[s]) for s in self.inputs(n)]
+            shapes[n] = kind(self, n).shape(self, n, ins)
         return shapes
 
     def units(self) -> dict[str, int]:
@@ -187,50 +189,6 @@ class ArchGraph(nx.DiGraph):
             if n not in reach_out:
                 raise GraphError(f"dangling node {n!r}: its result reaches no output; "
                                  "remove it or connect it")
-
-    def _infer(self, n, ins):
-        a = self.nodes[n]
-        op = OPS[a["op"]]
-        if op.kind == "input":
-            return tuple(a["shape"])
-        s = ins[0][1]
-        if op.kind == "add":
-            for src, si in ins:
-                idx = self.edges[src, n]["index"]
-                width = a["units"] if idx is None else len(idx)
-                if si[0] != width or si[1:] != s[1:]:
-                    raise GraphError(f"add node {n!r}: input {src!r} has shape {si}, expected "
-                                     f"({width}, *{list(s[1:])}) (mismatched widths at an add)")
-                if idx is not None and (len(set(idx)) != len(idx)
-                                        or any(not 0 <= i < a["units"] for i in idx)):
-                    raise GraphError(f"edge {src!r}->{n!r}: index must hold distinct "
-                                     f"positions in [0, {a['units']})")
-            return (a["units"], *s[1:])
-        if op.kind == "mul":  # same units; a (C, 1, 1) factor broadcasts over H, W
-            (_, s0), (src, s1) = ins
-            if s0[0] != s1[0] or len(s0) != len(s1) or any(
-                    x != y and 1 not in (x, y) for x, y in zip(s0[1:], s1[1:])):
-                raise GraphError(f"mul node {n!r}: input {src!r} has shape {s1}, expected "
-                                 f"({s0[0]}, ...) broadcastable with {s0}")
-            return tuple(max(x, y) for x, y in zip(s0, s1))
-        if op.kind == "concat":
-            for src, si in ins:
-                if si[1:] != s[1:]:
-                    raise GraphError(f"concat node {n!r}: input {src!r} has shape {si}, "
-                                     f"spatial size must be {list(s[1:])}")
-            return (sum(si[0] for _, si in ins), *s[1:])
-        if op.spatial and len(s) != 3:
-            raise GraphError(f"{op.name} node {n!r} needs a (C, H, W) input, got {s} "
-                             f"from {ins[0][0]!r}")
-        if op.kind == "layer" and not op.spatial and len(s) != 1:
-            raise GraphError(f"{op.name} node {n!r} reads a {len(s)}-d input {s} from "
-                             f"{ins[0][0]!r}; insert a 'flatten' or 'gap' node first")
-        if op.out_shape is None:
-            return s
-        try:
-            return tuple(op.out_shape(a, s))
-        except GraphError as e:
-            raise GraphError(f"node {n!r}: {e}") from None
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.kinds import KINDS
 from archdisc.graph.ops import OPS
 
 
@@ -28,7 +29,8 @@ class ArchNet(nn.Module):
         shapes = graph.shapes()
         self.layers = nn.ModuleDict()
         self.gates = nn.ParameterDict()
-        self._plan = []  # (node, op, [(src, gate key or None, index buffer name or None)])
+        self._plan = []  # (node, its kind's handler, [(src, gate key or None)])
+        self._index = {}  # (src, add) -> name of the edge's gather-map buffer
         for n in graph.order():
             a, ins = graph.nodes[n], graph.inputs(n)
             op = a["op"]
@@ -38,7 +40,7 @@ class ArchNet(nn.Module):
             sources = []
             for src in ins:
                 e = graph.edges[src, n]
-                key = idx = None
+                key = None
                 if e["gate"] is not None:
                     key = gate_name(src, n)
                     size = 1 if e["gate"] == "scalar" else shapes[src][0]
@@ -49,19 +51,27 @@ class ArchNet(nn.Module):
                     pos = torch.full((a["units"],), len(e["index"]), dtype=torch.long)
                     pos[torch.tensor(e["index"], dtype=torch.long)] = torch.arange(
                         len(e["index"]))
-                    idx = f"index_{gate_name(src, n)}"
-                    self.register_buffer(idx, pos, persistent=False)
-                sources.append((src, key, idx))
-            self._plan.append((n, op, sources))
+                    self._index[src, n] = f"index_{gate_name(src, n)}"
+                    self.register_buffer(self._index[src, n], pos, persistent=False)
+                sources.append((src, key))
+            self._plan.append((n, KINDS[OPS[op].kind], sources))
         self.input_names = graph.input_nodes()
         self.output_names = graph.output_nodes()
 
-    def _read(self, env, src, key, ndim):
+    unit_dim = 1  # the dimension of units (features or channels) of every tensor
+
+    def index_of(self, src: str, dst: str):
+        """The gather map of the edge ``src -> dst`` into an add, or None."""
+        idx = self._index.get((src, dst))
+        return None if idx is None else getattr(self, idx)
+
+    def _read(self, env, src, key):
         x = env[src]
-        if key is not None:
-            g = self.gates[key]
-            x = x * g.view(-1, *([1] * (ndim - 2))) if ndim > 2 else x * g
-        return x
+        if key is None:
+            return x
+        shape = [1] * x.dim()
+        shape[self.unit_dim] = -1
+        return x * self.gates[key].view(shape)
 
     def forward(self, *xs):
         env = self.activations(*xs)
@@ -72,28 +82,10 @@ class ArchNet(nn.Module):
         """Every node's output for inputs ``xs``: ``{node: tensor}`` (used to verify
         that an extracted model matches its supernet node by node)."""
         env = dict(zip(self.input_names, xs))
-        for n, op, sources in self._plan:
-            if op == "input":
-                continue
-            ndim = env[sources[0][0]].dim()
-            vals = [self._read(env, s, k, ndim) for s, k, _ in sources]
-            kind = OPS[op].kind
-            if kind == "add":
-                out = None
-                for (_, _, idx), v in zip(sources, vals):
-                    if idx is not None:  # widen a narrow member into the add's unit space
-                        zero = v.new_zeros((v.shape[0], 1) + tuple(v.shape[2:]))
-                        v = torch.cat([v, zero], 1).index_select(1, getattr(self, idx))
-                    out = v if out is None else out + v
-                env[n] = out
-            elif kind == "concat":
-                env[n] = torch.cat(vals, dim=1)
-            elif kind == "mul":
-                env[n] = vals[0] * vals[1]
-            elif kind == "output":
-                env[n] = vals[0]
-            else:
-                env[n] = self.layers[n](vals[0])
+        for n, handler, sources in self._plan:
+            if n not in env:
+                env[n] = handler.forward(self, n, [self._read(env, s, k) for s, k in sources],
+                                         [s for s, _ in sources])
         return env
 
 

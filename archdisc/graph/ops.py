@@ -151,6 +151,8 @@ class Op:
     #                                          grouped tensors zero): unit groups go on
     mixes: bool = False                      # each output reads every input unit (layer
     #                                          norm): extraction keeps all units or none
+    folds_into: tuple = ()                   # eval mode, it folds into a layer of these ops
+    #                                          before it (BatchNorm into a conv)
 
 
 def pair(v) -> tuple:
@@ -310,7 +312,8 @@ OPS: dict[str, Op] = {op.name: op for op in [
        module=lambda a, cin: nn.BatchNorm2d(cin, eps=a["eps"], momentum=a["momentum"]),
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "bn", spatial=True,
        constant=_bn_constant, sliced=("weight", "bias", "running_mean", "running_var"),
-       copied=("num_batches_tracked",), grouped=("bias",), keeps_zero=lambda a: True),
+       copied=("num_batches_tracked",), grouped=("bias",), keeps_zero=lambda a: True,
+       folds_into=("conv2d",)),
     Op("batchnorm1d", {"eps": 1e-5, "momentum": 0.1},
        module=lambda a, cin: nn.BatchNorm1d(cin, eps=a["eps"], momentum=a["momentum"]),
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "bn",
