@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from archdisc.errors import ConfigError
+from archdisc.sparsity.groups import param_groups, sparse_init
 from archdisc.sparsity.init import bias_init_, density_report, sparse_init_
 
 
@@ -142,3 +144,20 @@ def test_density_report():
     total = 72 + 4 + 12 + 3
     assert rep["total"] == {"numel": total, "nonzero": 45 + 1 + 3,
                             "density": (45 + 1 + 3) / total}
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda net: sparse_init(net, density=2), r"density must be in \(0, 1\], got 2"),
+    (lambda net: sparse_init(net, mode="x"), r"mode 'x': choose one of"),
+    (lambda net: sparse_init(net, bias_r=-1.0), r"bias_r must be"),
+    (lambda net: param_groups(net, mode="x"), r"mode 'x': choose one of"),
+    (lambda net: param_groups(net, lam=-1.0), r"lam must be a finite number >= 0"),
+    (lambda net: param_groups(net, lam_edge=float("nan")), r"lam_edge must be"),
+    (lambda net: sparse_init_(torch.empty(4, 4), 0.5, mode="row"), r"mode must be one of"),
+])
+def test_bad_arguments_raise_config_error(call, pattern):
+    from archdisc import compile_graph
+    from search_spaces import mlp
+    net = compile_graph(mlp(widths=[6, 5, 3], in_shape=None))
+    with pytest.raises(ConfigError, match=pattern):  # an ArchdiscError and a ValueError
+        call(net)

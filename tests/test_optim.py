@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from archdisc.errors import ConfigError
 from archdisc.optim import (L1, AdaBreg, GroupL2, KernelL2, LinBreg, ProxSGD, Regularizer,
                             TensorL2, optimizer_state_from_tensors, optimizer_state_to_tensors,
                             regularizer_from_config)
@@ -543,15 +544,15 @@ def test_fused_options():
 
 
 def test_fused_none_falls_back_when_compile_fails(monkeypatch):
-    from archdisc.optim import bregman
+    from archdisc.optim import base  # the torch.compile plumbing of the fused step
 
     def broken(fn, **kw):
         def call(*args):
             raise RuntimeError("no C compiler")
         return call
-    monkeypatch.setattr(bregman, "_COMPILED", {})
-    monkeypatch.setattr(bregman, "_COMPILE_ERROR", [])
-    monkeypatch.setattr(bregman.torch, "compile", broken)
+    monkeypatch.setattr(base, "_COMPILED", {})
+    monkeypatch.setattr(base, "_COMPILE_ERROR", [])
+    monkeypatch.setattr(base.torch, "compile", broken)
     a, b = mlp(), mlp()
     oa = AdaBreg(layer_groups(a, lambda: GroupL2(0.01)), lr=1e-2, fused=True)
     with pytest.raises(RuntimeError, match=r"fused=True\): torch.compile .*no C compiler"):
@@ -567,7 +568,7 @@ def test_fused_none_falls_back_when_compile_fails(monkeypatch):
         train(a, oa, mlp_data(), 2, start=1)
     train(b, ob, mlp_data(), 3)
     assert max_diff(a, b) == 0.0
-    assert bregman._COMPILE_ERROR
+    assert base._COMPILE_ERROR
 
 
 @pytest.mark.parametrize("opt_cls", [LinBreg, AdaBreg, ProxSGD])
@@ -731,13 +732,20 @@ ERRORS = [
     (lambda: LinBreg([{"params": [_p(3)], "reg": 0.1}], lr=0.1), r"Regularizer"),
     (lambda: L1(0.1).prox_([_p(3)], 0.0), r"delta must be > 0"),
     (lambda: GroupL2(0.1).prox_([_p(3, 2), _p(2)], 1.0), r"agree on dim 0"),
+    (lambda: L1("x"), r"L1: lam must be .*got 'x'"),
+    (lambda: LinBreg([_p(2)], lr=0.1, fused="yes"), r"Invalid fused='yes'"),
+    (lambda: regularizer_from_config({"kind": "l3", "lam": 0.1}), r"unknown regularizer kind"),
+    (lambda: optimizer_state_from_tensors(LinBreg([_p(2)], lr=0.1), {"x": _p(2)},
+                                          optimizer_state_to_tensors(
+                                              LinBreg([_p(2)], lr=0.1))[1]),
+     r"unexpected tensor name 'x'"),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(ERRORS)))
 def test_error_messages(case):
     fn, pattern = ERRORS[case]
-    with pytest.raises((ValueError, TypeError), match=pattern):
+    with pytest.raises(ConfigError, match=pattern):  # an archdisc error, and a ValueError
         fn()
 
 

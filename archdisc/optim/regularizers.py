@@ -36,6 +36,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from archdisc.errors import ConfigError
+
 __all__ = ["Regularizer", "L1", "GroupL2", "KernelL2", "TensorL2",
            "regularizer_from_config"]
 
@@ -58,15 +60,20 @@ class Regularizer:
 
     @lam.setter
     def lam(self, value: float) -> None:
-        value = float(value)
-        if not (value >= 0.0 and math.isfinite(value)):
-            raise ValueError(f"{type(self).__name__}: lam must be a finite number >= 0, "
-                             f"got {value}")
-        self._lam = value
+        try:
+            lam = float(value)
+        except (TypeError, ValueError):  # not a number
+            raise ConfigError(f"{type(self).__name__}: lam must be a finite number >= 0, "
+                              f"got {value!r}") from None
+        if not (lam >= 0.0 and math.isfinite(lam)):
+            raise ConfigError(f"{type(self).__name__}: lam must be a finite number >= 0, "
+                              f"got {lam}")
+        self._lam = lam
 
     # -- interface ----------------------------------------------------------------
     def check(self, params: Sequence[Tensor]) -> None:
-        """Raise ValueError if these tensors cannot form one group of this regularizer."""
+        """Raise ConfigError (a ValueError) if these tensors cannot form one group of this
+        regularizer."""
 
     def value(self, params: Sequence[Tensor]) -> float:
         raise NotImplementedError
@@ -91,11 +98,11 @@ class Regularizer:
         variable v to the parameters in one pass. ``out`` may be ``x`` itself.
         """
         _check_delta(delta)
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+        if not _positive(scale):
+            raise ConfigError(f"prox_into: scale must be > 0, got {scale}")
         out, x = list(out), list(x)
         if len(out) != len(x) or any(o.shape != xi.shape for o, xi in zip(out, x)):
-            raise ValueError("prox_into: out and x must hold tensors of the same shapes")
+            raise ConfigError("prox_into: out and x must hold tensors of the same shapes")
         self.check(x)
         self._prox_into(out, x, delta, scale)
 
@@ -121,9 +128,16 @@ class Regularizer:
     __hash__ = None  # mutable
 
 
+def _positive(x) -> bool:
+    try:
+        return bool(x > 0)
+    except (TypeError, RuntimeError):  # not a number (RuntimeError: a tensor of several)
+        return False
+
+
 def _check_delta(delta: float) -> None:
-    if not delta > 0:
-        raise ValueError(f"prox step delta must be > 0, got {delta}")
+    if not _positive(delta):
+        raise ConfigError(f"prox step delta must be > 0, got {delta}")
 
 
 # ------------------------------------------------------------------------------------
@@ -173,7 +187,9 @@ class _GroupNormReg(Regularizer):
         self.check(params)
         weights = {w for _, w, _ in self._norms([p.detach() for p in params])}
         if len(weights) != 1:
-            raise ValueError(f"{type(self).__name__}: groups of different weights {weights}")
+            raise ConfigError(f"{type(self).__name__}: groups of different weights {weights}; "
+                              f"put tensors whose groups differ in size in separate param "
+                              f"groups")
         return weights.pop()
 
     def value(self, params):
@@ -240,7 +256,7 @@ class GroupL2(_GroupNormReg):
     def check(self, params):
         shapes = [_shape(p) for p in params]
         if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"GroupL2: all tensors of a param group must agree on dim 0 (unit i is "
                 f"slice i of every tensor), got shapes {shapes}. Put tensors with a "
                 f"different number of units (or 0-d tensors) in separate param groups.")
@@ -269,7 +285,7 @@ class KernelL2(_GroupNormReg):
     def check(self, params):
         for p in params:
             if p.dim() != 4:
-                raise ValueError(
+                raise ConfigError(
                     f"KernelL2 acts on 4-D conv weights (out, in, kh, kw), got a tensor of "
                     f"shape {_shape(p)}. Put biases / norm parameters / linear weights in "
                     f"another param group (reg=None, L1 or GroupL2).")
@@ -332,7 +348,8 @@ def fused_prox(kind: str, out: list[Tensor], x: list[Tensor], c: Tensor,
         parts = [((xi * xi).sum().sqrt(), math.sqrt(xi.numel()), [i])
                  for i, xi in enumerate(x)]
     else:
-        raise ValueError(f"no fused prox for regularizer kind {kind!r}")
+        raise ConfigError(f"no fused prox for regularizer kind {kind!r}; known kinds: "
+                          f"{list(FUSED_KINDS)}")
     for norms, w, members in parts:
         thr = c * w
         # = clamp(1 - thr / norm, min=0): 0 for groups with norm <= thr (zero groups too)
@@ -349,12 +366,12 @@ def regularizer_from_config(config: dict | None) -> Regularizer | None:
     if config is None:
         return None
     if not isinstance(config, dict) or "kind" not in config:
-        raise ValueError(f"regularizer config must be a dict with a 'kind', got {config!r}")
+        raise ConfigError(f"regularizer config must be a dict with a 'kind', got {config!r}")
     kind = config["kind"]
     if kind not in _KINDS:
-        raise ValueError(f"unknown regularizer kind {kind!r}; known kinds: {sorted(_KINDS)}")
+        raise ConfigError(f"unknown regularizer kind {kind!r}; known kinds: {sorted(_KINDS)}")
     extra = set(config) - {"kind", "lam"}
     if extra or "lam" not in config:
-        raise ValueError(f"regularizer config for {kind!r} takes exactly the keys "
-                         f"'kind' and 'lam', got {sorted(config)}")
+        raise ConfigError(f"regularizer config for {kind!r} takes exactly the keys "
+                          f"'kind' and 'lam', got {sorted(config)}")
     return _KINDS[kind](config["lam"])

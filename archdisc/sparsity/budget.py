@@ -31,7 +31,7 @@ def compact_params(net) -> tuple[int, dict]:
     """Parameter count of the compact model that extraction would build now (exact; read from
     the extracted graph, no module is compiled), and each searchable node's alive fan-in
     there (None: node removed)."""
-    from archdisc.extract.core import extract_graph
+    from archdisc.extract import extract_graph
     from archdisc.graph.archgraph import count_params
     from archdisc.sparsity.groups import unit_members
     graph, state = extract_graph(net)

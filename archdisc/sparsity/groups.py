@@ -17,9 +17,11 @@ regularizer under ``reg`` (the optimizers know nothing about graphs).
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 
+from archdisc.errors import ConfigError
 from archdisc.graph.compile import ArchNet
 from archdisc.sparsity.init import bias_init_, sparse_init_
 from archdisc.graph.ops import OPS
@@ -62,9 +64,10 @@ def param_groups(net: ArchNet, lam: float = 0.1, lam_edge: float | None = None,
     Everything else (the output head, for instance) is unregularized.
     """
     if mode not in MODES:
-        raise ValueError(f"mode {mode!r}: choose one of {MODES}")
-    if lam < 0 or (lam_edge is not None and lam_edge < 0):
-        raise ValueError("lam and lam_edge must be >= 0")
+        raise ConfigError(f"mode {mode!r}: choose one of {MODES}")
+    for name, value in (("lam", lam), ("lam_edge", lam_edge)):
+        if not (value is None and name == "lam_edge" or _finite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     lam_edge = lam if lam_edge is None else lam_edge
     params = dict(net.named_parameters())
     taken, groups = set(), []
@@ -100,7 +103,17 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
     they output exactly zero. Gates start at ``gate_init`` (0: every candidate edge off).
     """
     if mode not in MODES:
-        raise ValueError(f"mode {mode!r}: choose one of {MODES}")
+        raise ConfigError(f"mode {mode!r}: choose one of {MODES}")
+    if not (_finite(density) and 0 < density <= 1):
+        raise ConfigError(f"density must be in (0, 1], got {density!r}")
+    if not (_finite(damping) and damping > 0):
+        raise ConfigError(f"damping must be a finite number > 0, got {damping!r}")
+    if not (_finite(bias_r) and bias_r >= 0):
+        raise ConfigError(f"bias_r must be a finite number >= 0, got {bias_r!r}")
+    if not _finite(gate_init):
+        raise ConfigError(f"gate_init must be a finite number, got {gate_init!r}")
+    if not isinstance(seed, Integral) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an int, got {seed!r}")
     gen = torch.Generator().manual_seed(seed)
     params = dict(net.named_parameters())
     for n, names in unit_members(net).items():
@@ -122,6 +135,10 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
         if k.startswith("gates."):
             p.fill_(gate_init)
     return net
+
+
+def _finite(x) -> bool:
+    return isinstance(x, Real) and math.isfinite(x)
 
 
 @torch.no_grad()

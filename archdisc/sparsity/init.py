@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from archdisc.errors import ConfigError
+
 __all__ = ["sparse_init_", "bias_init_", "density_report"]
 
 _MODES = ("element", "unit", "kernel")
@@ -46,30 +48,30 @@ def sparse_init_(weight: Tensor, density: float, mode: str = "element",
         (element), ``(out,)`` (unit) or ``(out, in)`` (kernel).
     """
     if not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
+        raise ConfigError(f"density must be in (0, 1], got {density!r}")
     if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {_MODES}, got {mode!r}")
     if not (isinstance(damping, (int, float)) and 0.0 < damping < math.inf):
-        raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
+        raise ConfigError(f"damping must be a finite number > 0, got {damping!r}")
     if not weight.is_floating_point():
-        raise ValueError(f"weight must be a floating point tensor, got {weight.dtype}")
+        raise ConfigError(f"weight must be a floating point tensor, got {weight.dtype}")
     if fan_in is None:
         if weight.dim() < 2:
-            raise ValueError(f"cannot infer fan_in of a tensor of shape {tuple(weight.shape)}"
-                             f" (needs (out, in, ...)); pass fan_in=")
+            raise ConfigError(f"cannot infer fan_in of a tensor of shape "
+                              f"{tuple(weight.shape)} (needs (out, in, ...)); pass fan_in=")
         fan_in = math.prod(weight.shape[1:])
-    if fan_in <= 0:
-        raise ValueError(f"fan_in must be > 0, got {fan_in}")
+    if not (isinstance(fan_in, (int, float)) and fan_in > 0):
+        raise ConfigError(f"fan_in must be > 0, got {fan_in}")
     if mode == "element":
         mask_shape = tuple(weight.shape)
     elif mode == "unit":
         if weight.dim() < 1:
-            raise ValueError("mode='unit' needs a tensor with at least one dimension")
+            raise ConfigError("mode='unit' needs a tensor with at least one dimension")
         mask_shape = tuple(weight.shape[:1])
     else:
         if weight.dim() < 3:
-            raise ValueError(f"mode='kernel' needs a conv weight (out, in, *kernel), got "
-                             f"shape {tuple(weight.shape)}; use mode='unit' or 'element'")
+            raise ConfigError(f"mode='kernel' needs a conv weight (out, in, *kernel), got "
+                              f"shape {tuple(weight.shape)}; use mode='unit' or 'element'")
         mask_shape = tuple(weight.shape[:2])
 
     mask = torch.rand(mask_shape, generator=generator, device=weight.device) < density
@@ -93,14 +95,14 @@ def bias_init_(bias: Tensor, fan_in: int, r: float = 1.0, mask: Tensor | None = 
     dead unit (zero weights) outputs exactly zero. Returns ``bias``.
     """
     if not (isinstance(fan_in, (int, float)) and fan_in > 0):
-        raise ValueError(f"fan_in must be > 0, got {fan_in!r}")
+        raise ConfigError(f"fan_in must be > 0, got {fan_in!r}")
     if not (isinstance(r, (int, float)) and 0.0 <= r < math.inf):
-        raise ValueError(f"r must be a finite number >= 0, got {r!r}")
+        raise ConfigError(f"r must be a finite number >= 0, got {r!r}")
     bias.uniform_(0.0, r / math.sqrt(fan_in), generator=generator)
     if mask is not None:
         if mask.dtype != torch.bool or tuple(mask.shape) != tuple(bias.shape):
-            raise ValueError(f"mask must be a bool tensor of the bias' shape "
-                             f"{tuple(bias.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+            raise ConfigError(f"mask must be a bool tensor of the bias' shape "
+                              f"{tuple(bias.shape)}, got {mask.dtype} {tuple(mask.shape)}")
         bias.masked_fill_(~mask.to(bias.device), 0.0)
     return bias
 
