@@ -43,6 +43,7 @@ import torch
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
 from archdisc.errors import GraphError
 from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.kinds import kind
 from archdisc.graph.ops import OPS
 
 
@@ -70,10 +71,9 @@ class _Deployer:
         root = n
         while OPS[g.nodes[root]["op"]].kind == "channelwise":
             root = g.inputs(root)[0]
-        kind = OPS[g.nodes[root]["op"]].kind
-        if kind not in ("layer", "add"):
+        if not kind(g, root).width:
             raise _Skip(f"{root} ({g.nodes[root]['op']}) cannot be widened")
-        if kind == "layer" and g.nodes[root].get("groups", 1) != 1:
+        if g.nodes[root].get("groups", 1) != 1:
             raise _Skip(f"{root} is a grouped conv")
         members, stack = [root], [root]
         while stack:
@@ -107,20 +107,12 @@ class _Deployer:
                     if g.edges[v, c]["gate"] == "channel":
                         plan.append(self._widen_vec(gate_name(v, c), new, pos_t, 0.0))
                     continue
-                kind = OPS[g.nodes[c]["op"]].kind
-                e = g.edges[v, c]
-                if e["gate"] == "channel":
+                if g.edges[v, c]["gate"] == "channel":
                     plan.append(self._widen_vec(gate_name(v, c), new, pos_t, 0.0))
-                if kind == "layer":
-                    if g.nodes[c].get("groups", 1) != 1:
-                        raise _Skip(f"{c} is a grouped conv")
-                    plan.append(self._widen_cols(c, new, pos_t))
-                elif kind == "add":
-                    plan.append(self._compose_index(v, c, old, new, pos))
-                elif kind == "output":
-                    raise _Skip(f"{v} is an output")
-                else:
-                    raise _Skip(f"{c} ({g.nodes[c]['op']}) reads {v}")
+                step = kind(g, c).widen_reader(self, v, c, old, new, pos)
+                if step is None:
+                    raise _Skip(f"{c} ({g.nodes[c]['op']}) cannot read {v} widened")
+                plan.append(step)
         # the class itself
         if OPS[g.nodes[root]["op"]].kind == "layer":
             plan.append(self._widen_rows(root, new, pos_t))
@@ -155,7 +147,7 @@ class _Deployer:
             self.g.nodes[n]["units"] = new
         return f
 
-    def _widen_cols(self, n, new, pos_t):
+    def widen_cols(self, n, new, pos_t):
         def f():
             t = self.w[f"layers.{n}.weight"]
             out = t.new_zeros((t.shape[0], new, *t.shape[2:]))
@@ -163,7 +155,7 @@ class _Deployer:
             self.w[f"layers.{n}.weight"] = out
         return f
 
-    def _compose_index(self, v, add, old, new, pos):
+    def compose_index(self, v, add, old, new, pos):
         g = self.g
         units = g.nodes[add]["units"]
         e = g.edges[v, add]["index"]

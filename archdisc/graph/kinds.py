@@ -12,7 +12,10 @@ kind to its handler. A handler answers, for one node ``n``:
   kept given what the inputs keep, and the demand ``d`` on ``n`` pushed to its inputs;
 * ``compact(ex, n, attrs, keep)`` and ``weights(ex, n, keep)``: step 3, the compact node's
   attributes and its sliced weights;
-* ``edge_index(ex, s, n, keep)``: the index on a compact edge into ``n``.
+* ``edge_index(ex, s, n, keep)``: the index on a compact edge into ``n``;
+* ``widen_reader(dep, v, n, old, new, pos)``: the deployment rewrite (deploy/rewrite.py)
+  gives ``n``'s input ``v`` ``new`` units (old unit j at ``pos[j]``, the others zero):
+  the step that keeps ``n``'s function, or None when it cannot be done exactly.
 
 ``ex`` is the extractor of :mod:`archdisc.extract.analysis` (masks live in the supernet's
 unit spaces; see that module for the rules). Class attributes say the rest: ``width``
@@ -82,6 +85,9 @@ class Kind:
         return out
 
     def edge_index(self, ex, s, n, keep):
+        return None
+
+    def widen_reader(self, dep, v, n, old, new, pos):
         return None
 
 
@@ -292,6 +298,9 @@ class Add(Kind):
         assert bool((new >= 0).all()), f"edge {s}->{n}: unit outside the add"
         return None if torch.equal(new, torch.arange(len(keep[n]))) else new.tolist()
 
+    def widen_reader(self, dep, v, n, old, new, pos):
+        return dep.compose_index(v, n, old, new, pos)
+
 
 class Layer(Kind):
     """linear / conv2d: defines its width; a unit reads its input units through its
@@ -349,6 +358,10 @@ class Layer(Kind):
 
     def compact(self, ex, n, attrs, keep):
         return {**attrs, "units": len(keep[n])}
+
+    def widen_reader(self, dep, v, n, old, new, pos):  # zero columns (not in groups)
+        if dep.g.nodes[n].get("groups", 1) == 1:
+            return dep.widen_cols(n, new, torch.tensor(pos, dtype=torch.long))
 
     def weights(self, ex, n, keep):
         """Sliced weight and bias; the constants it stops reading fold into the bias."""
