@@ -1,56 +1,19 @@
 """from_module: a user's ``nn.Module`` -> an ArchNet supernet (torch.fx).
 
-The module is traced with ``torch.fx.symbolic_trace``; every call is mapped to an op of
-the registry (:mod:`archdisc.graph.ops`), the weights are copied, and the compiled ArchNet is
-checked to compute the module's eval-mode function on the example input. ``nn.ReLU``
-becomes archdisc's ReLU, whose gradient at exactly 0 is 1, so that dead units can switch
-on again under Bregman iterations (forward and eval are unchanged).
-
-A few values of the traced program are not graph nodes of their own (:class:`_View`):
-a tensor permuted to channels-last (ConvNeXt's ``permute -> LayerNorm -> Linear ->
-permute``: the Linear becomes a 1x1 conv, the LayerNorm a layer norm over channels), the
-pieces of a ``chunk`` / ``split`` along the channels (each piece read becomes a ``select``
-node), the (N, groups, C / groups, H, W) view of a channel shuffle (the shuffle becomes a
-``select`` node), and a parameter read with ``get_attr`` (a layer scale, a LayerNorm's
-affine tensors). Shapes come from running the traced program on the example input.
+The importer itself is :mod:`archdisc.graph.importer`.
 """
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass
-
 import torch
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
-from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.compile import ArchNet, compile_graph
+from archdisc.graph.importer import Importer
 
 __all__ = ["from_module"]
-
-_ACTS = {nn.ReLU: "relu", nn.GELU: "gelu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-         nn.Identity: "identity", nn.ReLU6: "relu6", nn.SiLU: "silu",
-         nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid"}
-F = nn.functional
-_ACT_FUNCTIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh",
-                  torch.sigmoid: "sigmoid", F.gelu: "gelu", F.relu6: "relu6",
-                  F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
-                  F.sigmoid: "sigmoid", F.tanh: "tanh"}
-_POOL_FUNCTIONS = {F.max_pool2d: "maxpool2d", F.avg_pool2d: "avgpool2d",
-                   F.adaptive_avg_pool2d: "adaptive_avgpool2d",
-                   F.adaptive_max_pool2d: "adaptive_maxpool2d"}
-_ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
-_MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_")
-SUPPORTED = sorted([c.__name__ for c in (
-    *_ACTS, nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.MaxPool2d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.LayerNorm,
-    nn.ChannelShuffle)]
-    + ["LeakyReLU(0.01)", "Conv2d with groups (depthwise or grouped), dilation, "
-       "non-square kernels", "+ / torch.add", "* (a squeeze-excitation gate, a layer scale)",
-       "torch.cat(dim=1)", "chunk / split(dim=1)", "torch.flatten(x, 1)",
-       "x.view(x.size(0), -1)", "x.mean((2, 3))", "the functional forms of the activations "
-       "and pools", "permute to channels-last and back around LayerNorm / Linear",
-       "channel shuffle (view, transpose(1, 2), view)", "torchvision's stochastic_depth"])
 
 
 def from_module(module: nn.Module, example_input: torch.Tensor, *,
@@ -72,7 +35,6 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
             f"flow (if / for on tensor values) cannot be traced; move it out of forward or "
             f"wrap it in a leaf module") from None
     gm.graph.eliminate_dead_code()
-    from torch.fx.passes.shape_prop import ShapeProp
     was_training = module.training
     module.eval()
     try:
@@ -81,7 +43,7 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     except Exception as e:  # noqa: BLE001 - the user's module failed on the input
         raise ModelImportError(f"{type(module).__name__} fails on example_input of shape "
                             f"{list(example_input.shape)}: {e.__cause__ or e}") from None
-    imp = _Importer(gm)
+    imp = Importer(gm)
     g, weights, layer_of = imp.g, imp.weights, imp.layer_of
     chosen = _searchable(g, layer_of, searchable)
     for n, qualname in layer_of.items():
@@ -96,288 +58,6 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
                             f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
     module.train(was_training)
     return net
-
-
-@dataclass(eq=False)
-class _View:
-    """A traced value that is not a graph node of its own (see the module docstring).
-
-    ``kind``: ``"nhwc"`` (``node`` permuted to channels-last), ``"pieces"`` (``node`` cut
-    along the channels at ``extra``, the bounds), ``"grouped"`` (a (groups, C / groups)
-    view of ``node``'s channels; ``extra``: the channel at each position) or ``"param"``
-    (``extra``: a tensor)."""
-    kind: str
-    node: str | None = None
-    extra: object = None
-
-
-def _size(v):
-    """An int for a square size, else [height, width] (JSON-friendly)."""
-    v = (v, v) if isinstance(v, int) else tuple(v)
-    return v[0] if v[0] == v[1] else list(v)
-
-
-class _Importer:
-    """Builds the ArchGraph ``g``, its state dict ``weights`` and ``layer_of`` (graph node
-    -> qualified name of the searchable-candidate Linear / Conv2d) from a traced module."""
-
-    def __init__(self, gm):
-        self.gm, self.g = gm, ArchGraph(name=type(gm).__name__)
-        self.weights, self.layer_of, self.val = {}, {}, {}
-        for node in gm.graph.nodes:
-            self.val[node.name] = self.visit(node)
-
-    # ---- helpers
-    def shape(self, node):
-        return tuple(node.meta["tensor_meta"].shape[1:])
-
-    def unsupported(self, node, what):
-        raise ModelImportError(f"node {node.name!r} ({node.op} {what}) is not supported by "
-                            f"archdisc.from_module; supported: {', '.join(SUPPORTED)}")
-
-    def tensor(self, node, i=0):
-        """The graph node holding the i-th argument of ``node`` (NCHW or features)."""
-        v = self.val[node.args[i].name] if isinstance(node.args[i], torch.fx.Node) else None
-        if not isinstance(v, str):
-            self.unsupported(node, f"{self.what(node)} reading {node.args[i]}")
-        return v
-
-    def what(self, node):
-        if node.op == "call_module":
-            return f"{node.target}: {type(self.gm.get_submodule(node.target)).__name__}"
-        return str(getattr(node.target, "__name__", node.target))
-
-    def store(self, n, tensors: dict):
-        for key, t in tensors.items():
-            self.weights[f"layers.{n}.{key}"] = t.detach().clone()
-
-    def kwargs(self, node):
-        """All arguments of a torch function by name (fx's normalisation)."""
-        pair = node.normalized_arguments(self.gm, normalize_to_only_use_kwargs=True)
-        if pair is None:
-            self.unsupported(node, f"{self.what(node)} with arguments it cannot name")
-        return pair.kwargs
-
-    # ---- one traced node
-    def visit(self, node):
-        g, n = self.g, node.name
-        if node.op == "placeholder":
-            return g.input(n, self.shape(node))
-        if node.op == "get_attr":
-            t = self.gm
-            for part in node.target.split("."):
-                t = getattr(t, part)
-            return _View("param", extra=t)
-        if node.op == "output":
-            return g.output(n, self.tensor(node))
-        if node.meta.get("type") not in (torch.Tensor, tuple, list) and \
-                node.op != "call_module":
-            return None  # a size, an index, arithmetic on them: arguments only
-        if node.op == "call_module":
-            return self.module(node, self.gm.get_submodule(node.target))
-        if node.op in ("call_function", "call_method"):
-            return self.function(node)
-        self.unsupported(node, str(node.target))
-
-    def module(self, node, m):
-        g, n, kind = self.g, node.name, type(m)
-        x = self.val[node.args[0].name] if node.args else None
-        nhwc = isinstance(x, _View) and x.kind == "nhwc"
-        if kind is nn.Linear and nhwc:  # a 1x1 conv on the channels
-            self.layer_of[n] = node.target
-            self.store(n, {"weight": m.weight[:, :, None, None], **(
-                {"bias": m.bias} if m.bias is not None else {})})
-            return _View("nhwc", g.conv(n, x.node, m.out_features, kernel_size=1, padding=0,
-                                        bias=m.bias is not None))
-        if kind is nn.LayerNorm and (nhwc or isinstance(x, str)):
-            src = x.node if nhwc else self.tensor(node)
-            self.layernorm(node, src, m.normalized_shape, m.weight, m.bias, m.eps)
-            return _View("nhwc", n) if nhwc else n
-        if nhwc and (kind in _ACTS and not (kind is nn.GELU and m.approximate != "none")
-                     or kind is nn.Dropout):
-            self.store(n, m.state_dict())
-            return _View("nhwc", g.add_op(n, "dropout", [x.node], p=m.p) if kind is nn.Dropout
-                         else g.act(n, x.node, _ACTS[kind]))
-        x = self.tensor(node)
-        if kind is nn.Linear:
-            out = g.linear(n, x, m.out_features, bias=m.bias is not None)
-            self.layer_of[n] = node.target
-        elif kind is nn.Conv2d:
-            out = self.conv(node, m, x)
-        elif kind in (nn.BatchNorm2d, nn.BatchNorm1d) and m.affine and m.track_running_stats:
-            out = g.add_op(n, "batchnorm2d" if kind is nn.BatchNorm2d else "batchnorm1d", [x],
-                           eps=m.eps, momentum=m.momentum or 0.1)
-        elif kind in _ACTS and not (kind is nn.GELU and m.approximate != "none"):
-            out = g.act(n, x, _ACTS[kind])
-        elif kind is nn.LeakyReLU and m.negative_slope == 0.01:
-            out = g.act(n, x, "leaky_relu")
-        elif kind in (nn.MaxPool2d, nn.AvgPool2d):
-            out = self.pool(node, "maxpool2d" if kind is nn.MaxPool2d else "avgpool2d", x,
-                            {k: getattr(m, k, None) for k in (
-                                "kernel_size", "stride", "padding", "dilation", "ceil_mode",
-                                "count_include_pad", "divisor_override")})
-        elif kind in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d):
-            op = "adaptive_avgpool2d" if kind is nn.AdaptiveAvgPool2d else "adaptive_maxpool2d"
-            out = g.add_op(n, op, [x], output_size=_size(self.shape(node)[1:]))
-        elif kind is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
-            out = g.add_op(n, "flatten", [x])
-        elif kind is nn.Dropout:
-            out = g.add_op(n, "dropout", [x], p=m.p)
-        elif kind is nn.ChannelShuffle:
-            c = self.shape(node)[0]
-            out = self.select(n, x, torch.arange(c).view(m.groups, -1).t().reshape(-1), c)
-        else:
-            self.unsupported(node, self.what(node))
-        self.store(n, m.state_dict())
-        return out
-
-    def conv(self, node, m, x):
-        g, n = self.g, node.name
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            self.unsupported(node, f"{self.what(node)} with padding {m.padding!r} / "
-                                   f"padding_mode {m.padding_mode!r}")
-        sizes = {k: _size(getattr(m, k)) for k in ("kernel_size", "stride", "padding",
-                                                    "dilation")}
-        if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
-            return g.add_op(n, "dwconv2d", [x], bias=m.bias is not None, **sizes)
-        self.layer_of[n] = node.target
-        return g.add_op(n, "conv2d", [x], units=m.out_channels, groups=m.groups,
-                        bias=m.bias is not None, searchable=m.groups == 1, **sizes)
-
-    def pool(self, node, op, x, a):
-        if a.get("dilation") not in (None, 1, (1, 1)) or a.get("count_include_pad") is False \
-                or a.get("divisor_override") or a.get("return_indices"):
-            self.unsupported(node, f"{self.what(node)} with dilation / count_include_pad="
-                                   f"False / divisor_override / return_indices")
-        k = _size(a["kernel_size"])
-        return self.g.add_op(node.name, op, [x], kernel_size=k,
-                             stride=_size(a["stride"] if a["stride"] else k),
-                             padding=_size(a["padding"]), ceil_mode=bool(a["ceil_mode"]))
-
-    def layernorm(self, node, src, shape, weight, bias, eps):
-        """A LayerNorm over the channels: of a channels-last view, or of features."""
-        c = self.shape(node)[-1]
-        if weight is not None:  # what torch checked: the same as normalized_shape
-            shape = weight.shape
-        if tuple(shape) != (c,) or (src == self.val[node.args[0].name]
-                                    and len(self.shape(node)) != 1):
-            self.unsupported(node, f"{self.what(node)} over {tuple(shape)}: only over the "
-                                   f"channels ({c},)")
-        self.store(node.name, {"weight": weight if weight is not None else torch.ones(c),
-                               "bias": bias if bias is not None else torch.zeros(c)})
-        return self.g.add_op(node.name, "layernorm", [src], eps=float(eps))
-
-    def select(self, n, x, channels, width):
-        """Channels ``channels`` of node ``x`` (of ``width`` channels)."""
-        if torch.equal(channels, torch.arange(width)):
-            return x  # the identity: no node
-        return self.g.add_op(n, "select", [x], channels=channels.tolist())
-
-    def function(self, node):
-        g, n, t, args = self.g, node.name, node.target, node.args
-        name = getattr(t, "__name__", t)
-        vals = [self.val[a.name] if isinstance(a, torch.fx.Node) else a for a in args]
-        x = vals[0] if vals else None
-        # ---- views: channels-last, pieces, channel shuffle
-        if t in ("contiguous", "clone") or (t is torch.clone):
-            return x
-        if name == "permute":
-            dims = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) \
-                else list(args[1:]) or list(node.kwargs.get("dims", []))
-            if isinstance(x, str) and len(self.shape(node)) == 3 and dims == [0, 2, 3, 1]:
-                return _View("nhwc", x)
-            if isinstance(x, _View) and x.kind == "nhwc" and dims == [0, 3, 1, 2]:
-                return x.node
-            self.unsupported(node, f"permute {dims} (only NCHW -> NHWC and back)")
-        if name in ("chunk", "split"):
-            dim = node.kwargs.get("dim", args[2] if len(args) > 2 else 0)
-            if not isinstance(x, str) or dim != 1:
-                self.unsupported(node, f"{name} along dim {dim} (only along the channels)")
-            sizes = [m.shape[1] for m in node.meta["tensor_meta"]]
-            return _View("pieces", x, [sum(sizes[:i]) for i in range(len(sizes) + 1)])
-        if t is operator.getitem and isinstance(x, _View) and x.kind == "pieces":
-            lo, hi = x.extra[args[1]], x.extra[args[1] + 1]
-            return self.select(n, x.node, torch.arange(lo, hi), x.extra[-1])
-        if name in ("view", "reshape", "flatten") and isinstance(x, str):
-            s0, s1 = self.shape(node.args[0]), self.shape(node)
-            if len(s0) == 3 and len(s1) == 4 and s1[0] * s1[1] == s0[0] and s1[2:] == s0[1:]:
-                return _View("grouped", x, torch.arange(s0[0]).view(s1[0], s1[1]))
-        if name == "transpose" and isinstance(x, _View) and x.kind == "grouped" and \
-                sorted(args[1:3]) == [1, 2]:
-            return _View("grouped", x.node, x.extra.t())
-        if name in ("view", "reshape", "flatten") and isinstance(x, _View) and \
-                x.kind == "grouped" and len(self.shape(node)) == 3:
-            return self.select(n, x.node, x.extra.reshape(-1), x.extra.numel())
-        if name == "layer_norm" and isinstance(x, (str, _View)):
-            a = self.kwargs(node)
-            w, b = (self.val[a[k].name].extra if isinstance(a[k], torch.fx.Node) else a[k]
-                    for k in ("weight", "bias"))
-            nhwc = isinstance(x, _View) and x.kind == "nhwc"
-            src = x.node if nhwc else self.tensor(node)
-            self.layernorm(node, src, a["normalized_shape"], w, b, a["eps"])
-            return _View("nhwc", n) if nhwc else n
-        if isinstance(x, _View) and x.kind == "nhwc" and (t in _ACT_FUNCTIONS or
-                                                          t in ("relu", "sigmoid", "tanh")):
-            return _View("nhwc", g.act(n, x.node, _ACT_FUNCTIONS.get(t, t)))
-        # ---- two tensors
-        if t in _MUL and len(vals) == 2 and not node.kwargs:
-            return self.mul(node, vals)
-        ins = [v for v in vals if isinstance(v, str)]
-        if any(isinstance(self.val[a.name], _View) for a in node.all_input_nodes):
-            self.unsupported(node, f"{name} reading a view "
-                                   f"({', '.join(str(a) for a in node.all_input_nodes)})")
-        if t in _ADD and len(ins) == 2 and not node.kwargs:
-            if self.shape(node.all_input_nodes[0]) != self.shape(node.all_input_nodes[1]):
-                self.unsupported(node, "add of tensors of different shapes (broadcasting)")
-            return g.add_op(n, "add", ins, units=self.shape(node)[0])
-        if t is torch.cat and (args[1:] == (1,) or node.kwargs.get("dim") == 1):
-            return g.add_op(n, "concat", [self.val[a.name] for a in node.all_input_nodes])
-        x = self.tensor(node)
-        # ---- one tensor
-        if t in _ACT_FUNCTIONS or t in ("relu", "sigmoid", "tanh"):
-            return g.act(n, x, _ACT_FUNCTIONS.get(t, t))
-        if t in _POOL_FUNCTIONS:
-            a = self.kwargs(node)
-            if _POOL_FUNCTIONS[t].startswith("adaptive"):
-                return g.add_op(n, _POOL_FUNCTIONS[t], [x],
-                                output_size=_size(self.shape(node)[1:]))
-            return self.pool(node, _POOL_FUNCTIONS[t], x, a)
-        if t is F.dropout:
-            return g.add_op(n, "dropout", [x], p=self.kwargs(node)["p"])
-        if name == "stochastic_depth" and getattr(t, "__module__", "").startswith("torchvision"):
-            return g.add_op(n, "stochastic_depth", [x], p=float(args[1]), mode=args[2])
-        if t in (torch.mean, "mean"):
-            dim = args[1] if len(args) > 1 else node.kwargs.get("dim")
-            keep = node.kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-            if dim in ((2, 3), [2, 3], (-2, -1), [-2, -1]) and len(self.shape(node.args[0])) == 3:
-                if keep:
-                    return g.add_op(n, "adaptive_avgpool2d", [x], output_size=1)
-                return g.add_op(n, "gap", [x])
-        flat = (t in (torch.flatten, "flatten") and (args[1:] == (1,) or node.kwargs == {
-            "start_dim": 1})) or (t in ("view", "reshape") and len(self.shape(node)) == 1)
-        if flat:
-            return g.add_op(n, "flatten", [x])
-        self.unsupported(node, str(name))
-
-    def mul(self, node, vals):
-        """``x * gate`` (both tensors with the same channels; a (C, 1, 1) gate broadcasts)
-        or ``gamma * x`` / ``x * gamma`` with a parameter of C entries (a layer scale)."""
-        g, n = self.g, node.name
-        params = [v for v in vals if isinstance(v, _View) and v.kind == "param"]
-        if len(params) == 1:
-            i = 1 if vals[0] is params[0] else 0
-            x, gamma = self.tensor(node, i), params[0].extra
-            c = self.shape(node.args[i])[0]
-            if gamma.numel() != c or gamma.dim() > len(self.shape(node)) or \
-                    (gamma.dim() > 1 and gamma.shape[0] != c):
-                self.unsupported(node, f"mul by a parameter of shape {tuple(gamma.shape)}: "
-                                       f"only one entry per channel ({c})")
-            self.store(n, {"weight": gamma.reshape(-1)})
-            return g.add_op(n, "scale", [x])
-        x, y = self.tensor(node, 0), self.tensor(node, 1)
-        if x == y:
-            self.unsupported(node, "mul of a tensor with itself")
-        return g.add_op(n, "mul", [x, y])
 
 
 def _searchable(g: ArchGraph, layer_of: dict, searchable) -> set:

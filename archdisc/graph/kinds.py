@@ -4,10 +4,9 @@ An op of the registry (:mod:`archdisc.graph.ops`) names its ``kind``; :data:`KIN
 kind to its handler. A handler answers, for one node ``n``:
 
 * ``shape(g, n, ins)``: the output shape from the inputs' ``[(src, shape)]``;
-* ``forward(net, n, vals, srcs)``: the output tensor from the (gated) inputs ``vals`` of
-  the nodes ``srcs`` (what the compiled module runs);
-* ``values(ex, n, reads)``: extraction's step 1, ``(var, val)`` per unit: which units may
-  vary with the input and the exact value of the others;
+* ``forward(net, n, vals, srcs)``: the output from the (gated) inputs ``vals`` of ``srcs``;
+* ``values(ex, n, reads)``: extraction's step 1, ``(var, val)`` per unit (varies with the
+  input / the exact value of a constant unit);
 * ``kept(ex, n, fwd)`` and ``demand(ex, n, d, fwd, dem)``: extraction's step 2, the units
   kept given what the inputs keep, and the demand ``d`` on ``n`` pushed to its inputs;
 * ``compact(ex, n, attrs, keep)`` and ``weights(ex, n, keep)``: step 3, the compact node's
@@ -30,7 +29,7 @@ import math
 import torch
 
 from archdisc.errors import ExtractionError, GraphError
-from archdisc.graph.ops import OPS, padded
+from archdisc.graph.ops import OPS, first_true, kernel_sums, padded
 
 
 class Kind:
@@ -72,8 +71,8 @@ class Kind:
         else:
             dem[s] |= d
 
-    def compact(self, ex, n, attrs, keep):
-        return attrs
+    def compact(self, ex, n, attrs, keep):  # a node that defines its width keeps fewer
+        return {**attrs, "units": len(keep[n])} if "units" in attrs else attrs
 
     def weights(self, ex, n, keep):
         spec, k, out = OPS[ex.g.nodes[n]["op"]], keep[n], {}
@@ -288,9 +287,6 @@ class Add(Kind):
             dem[s][int(hit[0]) if len(hit) else 0] = True
             ex.live.add((s, n))
 
-    def compact(self, ex, n, attrs, keep):
-        return {**attrs, "units": len(keep[n])}
-
     def edge_index(self, ex, s, n, keep):
         pos = torch.full((ex.units[n],), -1, dtype=torch.long)
         pos[keep[n]] = torch.arange(len(keep[n]))
@@ -353,11 +349,8 @@ class Layer(Kind):
             need[:] = True
         if not (fwd[s] | dem[s] | need).any():  # keep one input: stay connected
             const = ~ex.var[s]  # a constant unit needs nothing upstream
-            need[_first(read & const, const, read)] = True
+            need[first_true(read & const, const, read)] = True
         dem[s] |= need
-
-    def compact(self, ex, n, attrs, keep):
-        return {**attrs, "units": len(keep[n])}
 
     def widen_reader(self, dep, v, n, old, new, pos):  # zero columns (not in groups)
         if dep.g.nodes[n].get("groups", 1) == 1:
@@ -392,28 +385,6 @@ class Layer(Kind):
             raise ExtractionError(f"node {n!r} has no bias to fold a constant into; "
                                   "this is a bug in archdisc.extract")
         return out
-
-
-def kernel_sums(w, groups: int = 1):
-    """Which weights are non-zero, and their sums, per (output unit, input unit) of a
-    linear or conv weight (kernel sums for a conv); a grouped conv's blocks lie on the
-    diagonal."""
-    if w.dim() == 2:
-        return w != 0, w.double()
-    nz, ws = (w != 0).flatten(2).any(2), w.sum((2, 3), dtype=torch.float64)
-    if groups > 1:
-        per = w.shape[0] // groups
-        nz = torch.block_diag(*nz.double().split(per)) != 0
-        ws = torch.block_diag(*ws.split(per))
-    return nz, ws
-
-
-def _first(*masks) -> int:
-    """Index of the first True entry of the first mask that has one (else 0)."""
-    for m in masks:
-        if m.any():
-            return int(m.nonzero()[0])
-    return 0
 
 
 KINDS: dict[str, Kind] = {"input": Input(), "output": Output(), "layer": Layer(),

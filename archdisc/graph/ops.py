@@ -28,102 +28,11 @@ import torch
 from torch import nn
 
 from archdisc.errors import GraphError
+from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelScale, ChannelSelect,
+                                    GlobalAvgPool, StochasticDepth)
 
 REQUIRED = object()  # an attribute without a default
-ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "identity", "relu6", "silu", "hardswish",
-               "hardsigmoid", "leaky_relu")
-
-
-class ReLU(nn.Module):
-    """ReLU whose gradient at exactly 0 is 1 (a valid subgradient; forward unchanged).
-
-    A dead unit (zero weights and bias) sits at exactly 0: with PyTorch's choice of
-    0 there, it would never see a gradient, and the inverse scale space could never
-    switch it on. Passing the gradient at 0 lets Bregman iterations grow units from zero.
-    """
-
-    def forward(self, x):
-        if self.training:
-            return torch.where(x >= 0, x, 0.0)
-        return torch.relu(x)
-
-
-class ReLU6(nn.Module):
-    """ReLU6 whose gradient at exactly 0 is 1, for the same reason as :class:`ReLU`."""
-
-    def forward(self, x):
-        if self.training:
-            return torch.where(x >= 0, x.clamp(max=6.0), 0.0)
-        return nn.functional.relu6(x)
-
-
-ACT_MODULES = {"relu": ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-               "identity": nn.Identity, "relu6": ReLU6, "silu": nn.SiLU,
-               "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
-               "leaky_relu": nn.LeakyReLU}  # leaky_relu: torch's slope 0.01
-
-
-class GlobalAvgPool(nn.Module):
-    def forward(self, x):
-        return x.mean(dim=(2, 3))
-
-
-class ChannelScale(nn.Module):
-    """``x * weight`` per channel (dim 1): a layer scale."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x):
-        return x * self.weight.view(-1, *([1] * (x.dim() - 2)))
-
-
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels (dim 1) of (N, C) or (N, C, H, W) tensors; computed as
-    ConvNeXt computes it (permute to channels-last, layer_norm, permute back)."""
-
-    def __init__(self, channels: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x):
-        shape = self.weight.shape
-        if x.dim() == 2:
-            return nn.functional.layer_norm(x, shape, self.weight, self.bias, self.eps)
-        x = nn.functional.layer_norm(x.permute(0, 2, 3, 1), shape, self.weight, self.bias,
-                                     self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
-class ChannelSelect(nn.Module):
-    """Output channel j is input channel ``channels[j]`` (dim 1)."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.register_buffer("channels", torch.tensor(channels, dtype=torch.long),
-                             persistent=False)
-
-    def forward(self, x):
-        return x.index_select(1, self.channels)
-
-
-class StochasticDepth(nn.Module):
-    """In training, drops the whole input with probability ``p`` (per sample: ``"row"``,
-    or per batch: ``"batch"``) and scales survivors by 1 / (1 - p); identity in eval."""
-
-    def __init__(self, p: float, mode: str):
-        super().__init__()
-        self.p, self.mode = p, mode
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        shape = [x.shape[0] if self.mode == "row" else 1] + [1] * (x.dim() - 1)
-        keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p) if self.p < 1 else x * keep
+ACTIVATIONS = tuple(ACT_MODULES)
 
 
 @dataclass(frozen=True)
@@ -230,6 +139,28 @@ def _ln_constant(a, param, var, val):
         return w != 0, torch.where(w != 0, 0.0, b)
     mean = val.mean()
     return var, (val - mean) / torch.sqrt(((val - mean) ** 2).mean() + a["eps"]) * w + b
+
+
+def kernel_sums(w, groups: int = 1):
+    """Which weights are non-zero, and their sums, per (output unit, input unit) of a
+    linear or conv weight (kernel sums for a conv); a grouped conv's blocks lie on the
+    diagonal."""
+    if w.dim() == 2:
+        return w != 0, w.double()
+    nz, ws = (w != 0).flatten(2).any(2), w.sum((2, 3), dtype=torch.float64)
+    if groups > 1:
+        per = w.shape[0] // groups
+        nz = torch.block_diag(*nz.double().split(per)) != 0
+        ws = torch.block_diag(*ws.split(per))
+    return nz, ws
+
+
+def first_true(*masks) -> int:
+    """Index of the first True entry of the first mask that has one (else 0)."""
+    for m in masks:
+        if m.any():
+            return int(m.nonzero()[0])
+    return 0
 
 
 def _features(s, name):
