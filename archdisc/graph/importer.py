@@ -36,18 +36,6 @@ _POOL_FUNCTIONS = {F.max_pool2d: "maxpool2d", F.avg_pool2d: "avgpool2d",
                    F.adaptive_max_pool2d: "adaptive_maxpool2d"}
 _ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
 _MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_")
-SUPPORTED = sorted([c.__name__ for c in (
-    *_ACTS, nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.MaxPool2d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.LayerNorm,
-    nn.ChannelShuffle)]
-    + ["LeakyReLU(0.01)", "Conv2d with groups (depthwise or grouped), dilation, "
-       "non-square kernels", "+ / torch.add", "* (a squeeze-excitation gate, a layer scale)",
-       "torch.cat(dim=1)", "chunk / split(dim=1)", "torch.flatten(x, 1)",
-       "x.view(x.size(0), -1)", "x.mean((2, 3))", "the functional forms of the activations "
-       "and pools", "permute to channels-last and back around LayerNorm / Linear",
-       "channel shuffle (view, transpose(1, 2), view)", "torchvision's stochastic_depth"])
-
-
 @dataclass(eq=False)
 class _View:
     """A traced value that is not a graph node of its own (see the module docstring).
@@ -357,3 +345,10 @@ MODULES = {
                                                         m.bias, m.eps),
     nn.ChannelShuffle: _channel_shuffle,
 }
+SUPPORTED = sorted(c.__name__ for c in MODULES if c is not nn.LeakyReLU) + [
+    "LeakyReLU(0.01)", "Conv2d with groups (depthwise or grouped), dilation, non-square "
+    "kernels", "+ / torch.add", "* (a squeeze-excitation gate, a layer scale)",
+    "torch.cat(dim=1)", "chunk / split(dim=1)", "torch.flatten(x, 1)", "x.view(x.size(0), -1)",
+    "x.mean((2, 3))", "the functional forms of the activations and pools",
+    "permute to channels-last and back around LayerNorm / Linear",
+    "channel shuffle (view, transpose(1, 2), view)", "torchvision's stochastic_depth"]
