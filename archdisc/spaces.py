@@ -1,18 +1,21 @@
 """The search-space registry: ``register_space(name, builder, description)``.
 
-A builder is a function returning an :class:`~archdisc.graph.archgraph.ArchGraph` supernet; its
-keyword arguments are the space's options (``space_options`` of a config). The built-in
-spaces of the ``search_spaces`` package register themselves here the first time the
-registry is read, so the engine never imports them at import time.
+A builder is a function returning an :class:`~archdisc.graph.ArchGraph` supernet; its
+keyword arguments are the space's options (``space_options`` of a config). Installed
+packages add spaces through the ``archdisc.spaces`` entry point group: each entry names a
+dict ``name -> (builder, description)``, read the first time the registry is. The built-in
+spaces (the ``search_spaces`` package) arrive that way; the engine never imports them.
 """
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Callable
 
-from archdisc.graph.archgraph import ArchGraph, GraphError
+from archdisc.errors import GraphError
+from archdisc.graph.archgraph import ArchGraph
 
 _SPACES: dict[str, tuple[Callable[..., ArchGraph], str]] = {}
-_builtins_loaded = False
+_entry_points_read = False
 
 
 def register_space(name: str, builder: Callable[..., ArchGraph], description: str = "",
@@ -32,10 +35,12 @@ def register_space(name: str, builder: Callable[..., ArchGraph], description: st
 
 def spaces() -> dict[str, tuple[Callable[..., ArchGraph], str]]:
     """Every registered space: name -> (builder, description)."""
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        import search_spaces  # noqa: F401  (registers the built-ins)
+    global _entry_points_read
+    if not _entry_points_read:
+        _entry_points_read = True
+        for ep in sorted(entry_points(group="archdisc.spaces"), key=lambda ep: ep.name):
+            for name, (builder, description) in ep.load().items():
+                _SPACES.setdefault(name, (builder, description))
     return _SPACES
 
 

@@ -1,11 +1,10 @@
-"""Built-in search spaces. Each is a function returning an ArchGraph supernet, registered
-with :func:`archdisc.register_space` like a user's own space would be."""
+"""Built-in search spaces. Each is a function returning an ArchGraph supernet; archdisc finds
+them through the ``archdisc.spaces`` entry point, as it finds any package's spaces."""
 from __future__ import annotations
 
 import math
 
 from archdisc.graph import ArchGraph, GraphError
-from archdisc.spaces import register_space
 
 
 def _flat_input(g: ArchGraph, in_shape) -> tuple[str, int]:
@@ -111,14 +110,15 @@ def resnet18(width_mult=1.0, in_shape=(3, 32, 32), classes=10) -> ArchGraph:
     return g
 
 
-for _name, _builder, _description in (
-    ("mlp", mlp, "fully connected MLP (default 784-200-80-10), hidden neurons searchable"),
-    ("skip_mlp", skip_mlp, "fully skip-connected MLP (6 x 784), neurons and skip gates "
+# What archdisc lists as its built-in spaces: name -> (builder, description). archdisc finds
+# this table through the "archdisc.spaces" entry point (pyproject.toml), never by import.
+SPACES = {
+    "mlp": (mlp, "fully connected MLP (default 784-200-80-10), hidden neurons searchable"),
+    "skip_mlp": (skip_mlp, "fully skip-connected MLP (6 x 784), neurons and skip gates "
                            "searchable; denoising or classification"),
-    ("convnet", convnet, "reference Fashion-MNIST ConvNet (2 conv + 2 linear), channels "
+    "convnet": (convnet, "reference Fashion-MNIST ConvNet (2 conv + 2 linear), channels "
                          "searchable"),
-    ("densenet", densenet, "conv dense block, every connection gated, channels searchable"),
-    ("resnet18", resnet18, "CIFAR ResNet-18 (11.17M params), channels coupled across "
+    "densenet": (densenet, "conv dense block, every connection gated, channels searchable"),
+    "resnet18": (resnet18, "CIFAR ResNet-18 (11.17M params), channels coupled across "
                            "residual adds; width_mult for CPU runs"),
-):
-    register_space(_name, _builder, _description, replace=True)
+}

@@ -30,7 +30,7 @@ import networkx as nx
 
 from archdisc.errors import GraphError
 from archdisc.graph.kinds import kind
-from archdisc.graph.ops import ACTIVATIONS, OPS, REQUIRED
+from archdisc.graph.ops import OPS, REQUIRED
 
 SCHEMA_VERSION = 1
 GATES = (None, "scalar", "channel")
@@ -263,12 +263,6 @@ def _check_attrs(n, a):
             raise GraphError(f"node {n!r} ({op}): {key!r} must be an integer >= {minimum}, "
                              f"got {x!r}")
 
-    if op == "input":
-        if not isinstance(a["shape"], (list, tuple)) or len(a["shape"]) not in (1, 3) or \
-                any(not isinstance(s, int) or s < 1 for s in a["shape"]):
-            raise GraphError(f"node {n!r} (input): 'shape' must be [features] or "
-                             f"[channels, height, width] of positive ints, got {a['shape']!r}")
-
     def size(key, minimum=1):  # an int or [height, width]
         x = a[key]
         parts = x if isinstance(x, (list, tuple)) and len(x) == 2 else [x]
@@ -293,9 +287,6 @@ def _check_attrs(n, a):
     complaint = OPS[op].check(a) if OPS[op].check is not None else None
     if complaint:
         raise GraphError(f"node {n!r} ({op}): {complaint}")
-    if "fn" in a and a["fn"] not in ACTIVATIONS:
-        raise GraphError(f"node {n!r} (activation): fn {a['fn']!r} unknown; "
-                         f"choose one of {ACTIVATIONS}")
 
 
 # ---------------------------------------------------------------------- size

@@ -32,7 +32,6 @@ from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelScale,
                                     GlobalAvgPool, StochasticDepth)
 
 REQUIRED = object()  # an attribute without a default
-ACTIVATIONS = tuple(ACT_MODULES)
 
 
 @dataclass(frozen=True)
@@ -207,7 +206,12 @@ def _adaptive_pool(kind):
 
 OPS: dict[str, Op] = {op.name: op for op in [
     Op("input", {"shape": REQUIRED}, arity=(0, 0), kind="input",
-       label=lambda a, w: "input " + "×".join(str(s) for s in a["shape"])),
+       label=lambda a, w: "input " + "×".join(str(s) for s in a["shape"]),
+       check=lambda a: (None if isinstance(a["shape"], (list, tuple))
+                        and len(a["shape"]) in (1, 3)
+                        and all(isinstance(s, int) and s >= 1 for s in a["shape"])
+                        else "'shape' must be [features] or [channels, height, width] of "
+                             f"positive ints, got {a['shape']!r}")),
     Op("linear", {"units": REQUIRED, "bias": True, "searchable": True}, kind="layer",
        module=lambda a, cin: nn.Linear(cin, a["units"], bias=a["bias"]),
        params=lambda a, cin, shape: (cin + a["bias"]) * a["units"],
@@ -259,7 +263,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("activation", {"fn": "relu"}, module=lambda a, cin: ACT_MODULES[a["fn"]](),
        label=lambda a, w: a["fn"],
        constant=lambda a, param, var, val: (var, ACT_MODULES[a["fn"]]()(val)),
-       keeps_zero=lambda a: a["fn"] not in ("sigmoid", "hardsigmoid")),
+       keeps_zero=lambda a: a["fn"] not in ("sigmoid", "hardsigmoid"),
+       check=lambda a: (None if a["fn"] in ACT_MODULES else
+                        f"fn {a['fn']!r} unknown; choose one of {tuple(ACT_MODULES)}")),
     _pool("max"),
     _pool("avg"),
     _adaptive_pool("max"),
