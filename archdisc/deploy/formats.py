@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from archdisc.errors import ExportError
+from archdisc.errors import ConfigError, ExportError
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.graph.archgraph import ArchGraph
 from archdisc.io import atomic_write_text, load_tensors, remove_stale_temps, save_tensors
@@ -271,7 +271,7 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise ValueError(f"unknown export format(s) {unknown}; choose from {FORMATS}")
+        raise ConfigError(f"unknown export format(s) {unknown}; choose from {FORMATS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir, name)  # left by an export killed midway

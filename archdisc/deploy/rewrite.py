@@ -41,7 +41,7 @@ import copy
 import torch
 
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
-from archdisc.errors import GraphError
+from archdisc.errors import ConfigError, GraphError
 from archdisc.graph.archgraph import ArchGraph
 from archdisc.graph.kinds import kind
 from archdisc.graph.ops import OPS
@@ -225,9 +225,9 @@ def deploy(net: ArchNet, pad_to: int = 1, widen: bool = True, layout: str = "aut
     ``layout="archnet"`` forces the latter, ``"feature_major"`` the former.
     """
     if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1:
-        raise ValueError(f"pad_to must be a positive integer, got {pad_to!r}")
+        raise ConfigError(f"pad_to must be a positive integer, got {pad_to!r}")
     if layout not in ("auto", "archnet", "feature_major"):
-        raise ValueError(f"layout must be 'auto', 'archnet' or 'feature_major', got {layout!r}")
+        raise ConfigError(f"layout must be 'auto', 'archnet' or 'feature_major', got {layout!r}")
     g = net.graph
     mlp_like = all(g.nodes[n]["op"] in FEATURE_MAJOR_OPS for n in g.nodes)
     if layout == "feature_major" or (layout == "auto" and mlp_like and gathers(net)):
@@ -258,7 +258,7 @@ def for_runtime(net: ArchNet, runtime: str):
         return deploy(net, pad_to=nchwc_block())
     if runtime in ("eager", "pt2"):
         return net
-    raise ValueError(f"unknown runtime {runtime!r}")
+    raise ConfigError(f"unknown runtime {runtime!r}; choose onnxruntime, torchscript, eager or pt2")
 
 
 def gathers(net: ArchNet) -> int:
