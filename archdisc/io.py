@@ -6,6 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
 
 def _atomic(path, write):
     path = Path(path)
@@ -50,7 +53,6 @@ def atomic_write_json(path, obj):
 
 def save_tensors(path, tensors: dict, metadata: dict | None = None):
     """Write tensors as safetensors, atomically; ``metadata`` is a JSON-able dict."""
-    from safetensors.torch import save
 
     meta = {"json": json.dumps(metadata)} if metadata is not None else None
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
@@ -59,8 +61,6 @@ def save_tensors(path, tensors: dict, metadata: dict | None = None):
 
 def load_tensors(path):
     """Read a safetensors file written by :func:`save_tensors`: (tensors, metadata)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as f:

@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from archdisc.errors import ConfigError, ExportError
+from archdisc.deploy.rewrite import for_runtime
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.graph.archgraph import ArchGraph
+from archdisc.recipe.rundir import verify_checksums
 from archdisc.io import atomic_write_text, load_tensors, remove_stale_temps, save_tensors
 
 FORMATS = ("safetensors", "torchscript", "onnx", "pt2")
@@ -57,7 +63,6 @@ def _load_pair(weights: Path, graph_json: Path, device="cpu") -> ArchNet:
 def _check_weights(weights: Path, graph_json: Path, graph: ArchGraph):
     """Names, shapes and dtypes in the file's header against what the graph needs, before
     anything is allocated (the model is built on the "meta" device: no memory)."""
-    from safetensors import safe_open
     try:
         with safe_open(str(weights), framework="pt") as f:
             have = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
@@ -160,10 +165,6 @@ save_file({str(i): o.contiguous() for i, o in enumerate(out)}, sys.argv[3])
 
 def _run_pt2(paths, inputs):
     """Load and run the program in a fresh Python process that never imports archdisc."""
-    import subprocess
-    import sys
-
-    from safetensors.torch import load_file, save_file
     with tempfile.TemporaryDirectory() as tmp:
         xs, ys = Path(tmp, "in.safetensors"), Path(tmp, "out.safetensors")
         save_file({str(i): x.contiguous() for i, x in enumerate(inputs)}, str(xs))
@@ -294,7 +295,6 @@ def export(net: ArchNet, graph: ArchGraph | None, out_dir, formats=FORMATS,
             try:
                 model = net
                 if runtime_form and fmt in ("torchscript", "onnx"):
-                    from archdisc.deploy.rewrite import for_runtime
                     model = for_runtime(net, fmt)
                 WRITERS[fmt](model, graph, tmps, finals, example)
             except Exception as e:
@@ -326,7 +326,6 @@ def export_run(run_dir, formats=FORMATS) -> dict[str, Path]:
     """Export a run's discovered model (``RUN/compact.safetensors`` + ``.json``) into
     ``RUN/export/`` as ``model.*``, TorchScript and ONNX in their deployment form;
     returns ``{format: path}``."""
-    from archdisc.recipe.rundir import verify_checksums
     run = Path(run_dir)
     verify_checksums(run, ("compact.safetensors", "compact.json"))
     net = load(run / "compact")

@@ -37,6 +37,7 @@ those edges), so :func:`archdisc.deploy.formats.export` writes and verifies it l
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -353,8 +354,6 @@ def load_torchscript(path, optimize: bool = True):
     That step happens here, at load time, because an optimised module does not survive
     ``torch.jit.save`` / ``load`` (torch 2.x: "required keyword attribute 'value' is
     undefined")."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
         module = torch.jit.load(str(path), map_location="cpu").eval()

@@ -30,6 +30,7 @@ import networkx as nx
 
 from archdisc.errors import GraphError
 from archdisc.graph.kinds import kind
+from archdisc.io import atomic_write_text
 from archdisc.graph.ops import OPS, REQUIRED
 
 SCHEMA_VERSION = 1
@@ -203,7 +204,6 @@ class ArchGraph(nx.DiGraph):
     def to_json(self, path=None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            from archdisc.io import atomic_write_text
             atomic_write_text(path, text)
         return text
 
