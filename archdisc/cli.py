@@ -76,43 +76,60 @@ def _add_discover(sub):
 
 
 def _add_config_options(p):
-    """--config FILE, --threads, --space-option, --data-option and one flag per field."""
-    from archdisc.recipe.config import CHOICES, Config, field_docs
-    from archdisc.data.core import available_datasets
+    """--config FILE, then one option per Config field in the fields' order (the dict
+    fields as repeatable KEY=VALUE options, --threads after --device); the expert fields
+    in a group of their own after the others."""
+    from archdisc.data import available_datasets
+    from archdisc.recipe.config import CHOICES, Config
     from archdisc.spaces import spaces
     p.add_argument("--config", type=Path, help="TOML file with config fields")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch (default: torch's choice); 1 is often fastest "
-                        "for small models on a busy machine. Resume with the same N for "
-                        "bit-identical results")
-    p.add_argument("--space-option", action="append", type=_option_value, default=[],
-                   metavar="KEY=VALUE", help="search-space option, e.g. widths=[784,64,10]")
-    p.add_argument("--data-option", action="append", type=_option_value, default=[],
-                   metavar="KEY=VALUE", help="dataset option, e.g. teacher_widths=[8,4]")
-    p.add_argument("--model-option", action="append", type=_option_value, default=[],
-                   metavar="KEY=VALUE", help="keyword argument of the --model callable, "
-                                             "e.g. num_classes=10")
-    # one option per config field, e.g. --batch-size; only given ones override. The help
-    # text is the field's documentation in archdisc/config.py.
-    docs, hints = field_docs(), typing.get_type_hints(Config)
+    expert = p.add_argument_group(
+        "expert options", "research knobs of the optimizer, the lam controller and the "
+                          "select stage; the defaults are the measured recipe")
+    hints = typing.get_type_hints(Config)
     listed = {**CHOICES, "space": tuple(spaces()), "data": tuple(available_datasets())}
     for f in dataclasses.fields(Config):
-        if f.name in ("space_options", "data_options", "model_options"):
-            continue  # --space-option / --data-option / --model-option
-        typ = hints[f.name]
-        typ = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
-        flag = "--" + f.name.replace("_", "-")
-        if typ is dict:
-            p.add_argument(flag, dest=f.name, action="append", type=_option_value,
+        group = expert if f.metadata["expert"] else p
+        _add_field_option(group, f, hints[f.name], listed.get(f.name))
+        if f.name == "device":
+            group.add_argument(
+                "--threads", type=int, metavar="N",
+                help="CPU threads for torch (default: torch's choice); 1 is often fastest "
+                     "for small models on a busy machine. Resume with the same N for "
+                     "bit-identical results")
+
+
+# the dict fields with an option of their own (one KEY=VALUE each, repeatable)
+_TABLE_OPTIONS = {
+    "space_options": ("--space-option", "search-space option, e.g. widths=[784,64,10]"),
+    "data_options": ("--data-option", "dataset option, e.g. teacher_widths=[8,4]"),
+    "model_options": ("--model-option", "keyword argument of the --model callable, "
+                                        "e.g. num_classes=10"),
+}
+
+
+def _add_field_option(group, f, typ, choices=None):
+    """The option of Config field ``f`` (type ``typ``), e.g. --batch-size; only given ones
+    override. The help text is the field's ``help`` metadata (archdisc/recipe/config.py)
+    and ``choices``, the values it allows."""
+    if f.name in _TABLE_OPTIONS:
+        flag, text = _TABLE_OPTIONS[f.name]
+        group.add_argument(flag, action="append", type=_option_value, default=[],
+                           metavar="KEY=VALUE", help=text)
+        return
+    doc = f.metadata["help"]
+    typ = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
+    flag = "--" + f.name.replace("_", "-")
+    if typ is dict:
+        group.add_argument(flag, dest=f.name, action="append", type=_option_value,
                            default=argparse.SUPPRESS, metavar="KEY=VALUE",
-                           help=f"{docs[f.name]}; repeat the option for several keys")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        allowed = f"; one of: {', '.join(listed[f.name])}" if f.name in listed else ""
-        p.add_argument(flag, dest=f.name, type=_boolean if typ is bool else typ,
-                       default=argparse.SUPPRESS,
-                       metavar=f.name.upper(),
-                       help=f"{docs[f.name]}{allowed} (default: {default})".replace("%", "%%"))
+                           help=f"{doc}; repeat the option for several keys")
+        return
+    default = f.default if f.default is not dataclasses.MISSING else None
+    allowed = f"; one of: {', '.join(choices)}" if choices else ""
+    group.add_argument(flag, dest=f.name, type=_boolean if typ is bool else typ,
+                       default=argparse.SUPPRESS, metavar=f.name.upper(),
+                       help=f"{doc}{allowed} (default: {default})".replace("%", "%%"))
 
 
 def _config_from_args(args, path=None):

@@ -113,6 +113,12 @@ def truncated_checkpoint(m):
     path.write_bytes(path.read_bytes()[:200])
 
 
+def toml_file(text):
+    def damage(tmp, run):
+        (tmp / "c.toml").write_text(text + "\n")
+    return damage
+
+
 def images(tmp, run):
     """12 grey 8x8 images of 3 classes in {tmp}/d.npz."""
     np.savez(tmp / "d.npz", x=np.random.default_rng(0).normal(size=(12, 1, 8, 8)),
@@ -148,8 +154,11 @@ CASES = {
                   "make it narrower"),
     "negative lr": ([*D, *TEACHER, "--lr", "-1"], None, "'lr'"),
     "unknown optimizer": ([*D, *TEACHER, "--optimizer", "rmsprop"], None, "choose one of"),
-    "sweep with scale": ([*D, *TEACHER, "--select", "scale", "--select-sweep", "true"], None,
-                         "it is a shrink rule"),
+    "removed field in a config": ([*D, "--config", "{tmp}/c.toml"],
+                                  toml_file("select_sweep = true"),
+                                  "unknown config key 'select_sweep'"),
+    "fused not a boolean": ([*D, *TEACHER, "--config", "{tmp}/c.toml"],
+                            toml_file('fused = "yes"'), "'fused': expected true or false"),
     # run folders
     "resume a missing folder": (["discover", "--out", "{tmp}/none", "--resume"], None,
                                 "nothing to resume"),

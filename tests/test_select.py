@@ -36,7 +36,9 @@ def test_width_is_not_set_by_the_initial_density(runs):
     assert final[0.9] < 0.75 * initial_alive(0.9), final
     params = [r["params"]["compact"] for r, _ in runs.values()]
     assert max(params) <= 4 * min(params), params
-    assert all(r["test"]["compact"] > 80 for r, _ in runs.values())  # teacher 8-4: ~90
+    # measured (seed 0): 88.1 / 80.4, and 88.0 / 80.6 with ATEN_CPU_CAPABILITY=default (the
+    # rounding of another CPU); other seeds 74-88. The extracted nets before selection: 64 / 70
+    assert all(r["test"]["compact"] > 77 for r, _ in runs.values())
 
 
 def test_the_chosen_snapshot_is_the_smallest_within_tolerance(runs):
@@ -52,42 +54,6 @@ def test_the_chosen_snapshot_is_the_smallest_within_tolerance(runs):
     sizes = [s["params"] for s in path]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
     assert report["val"]["compact"] == pytest.approx(chosen[0]["metric"])
-
-
-
-@pytest.fixture(scope="module")
-def sweep_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep")
-    return {d: (run_discover(teacher(density=d, select_sweep=True), out / f"s{d}",
-                             progress=False), out / f"s{d}")
-            for d in (0.05, 0.9)}
-
-
-def test_sweep_tries_powers_of_two_from_one_parent_and_checks_the_joint_model(sweep_runs):
-    """select_sweep: each layer alone at the powers of two below its width (the other layer
-    as in N0), then the joint model, held to N0 (the full-width reference)."""
-    for report, out in sweep_runs.values():
-        path = report["select"]["path"]
-        n0 = path[0]
-        assert n0["stage"] == 0 and n0["layer"] is None
-        for s in path[1:]:
-            if s["layer"] in ("fc1", "fc2"):
-                w = s["widths"][s["layer"]]
-                assert w & (w - 1) == 0 and w < n0["widths"][s["layer"]]
-                other = "fc2" if s["layer"] == "fc1" else "fc1"
-                assert s["widths"][other] == n0["widths"][other]
-            else:
-                assert s["layer"] == "joint"
-        chosen = [s for s in path if s["chosen"]]
-        assert len(chosen) == 1
-        if chosen[0]["stage"] != 0:
-            assert chosen[0]["layer"] == "joint"
-            assert chosen[0]["metric"] >= n0["metric"] - 1.0 * n0["se"]
-            joints = [s for s in path if s["layer"] == "joint"]
-            assert joints[-1]["stage"] == chosen[0]["stage"]  # the first that holds is kept
-        assert chosen[0]["params"] == report["params"]["compact"]  # finetune 0
-        assert load(out / "compact").graph.nodes["fc1"]["units"] == chosen[0]["widths"]["fc1"]
-        assert report["val"]["compact"] == pytest.approx(chosen[0]["metric"])
 
 
 def test_deep_nets_are_cut_in_every_layer_at_once(tmp_path, monkeypatch):
@@ -147,7 +113,7 @@ def test_scale_size_does_not_follow_the_initial_density(scale_runs):
     assert max(first) > 10 * min(first), first
     params = [r["params"]["compact"] for r, _ in scale_runs.values()]
     assert max(params) <= 2 * min(params), params
-    assert all(r["test"]["compact"] > 80 for r, _ in scale_runs.values())
+    assert all(r["test"]["compact"] > 80 for r, _ in scale_runs.values())  # measured 86
 
 
 def test_scale_does_not_grow_past_the_parameter_budget(tmp_path):

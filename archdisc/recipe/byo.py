@@ -2,7 +2,7 @@
 (``--space my.json``) or a Python ``Dataset`` (``run_discover(config, out, data=...)``).
 
 Every refusal is a :class:`~archdisc.errors.ConfigError` (or a
-:class:`~archdisc.data.core.DataError`) naming the config field and the fix.
+:class:`~archdisc.errors.DataError`) naming the config field and the fix.
 """
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def graph_file(path) -> ArchGraph:
 # ---------------------------------------------------------------------- data=Dataset
 def _item(dataset, i: int, where: str, shape=None):
     """Item ``i`` of ``dataset`` as (float tensor, int label), or a DataError naming it."""
-    from archdisc.data.core import DataError
+    from archdisc.errors import DataError
     item = dataset[i]
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise DataError(f"{where}: item {i} is {type(item).__name__}, not a pair "
@@ -180,7 +180,7 @@ def _scan(dataset, where: str):
     shape, its labels). In-memory TensorDatasets stay as they are (the fast path)."""
     from torch.utils.data import TensorDataset
 
-    from archdisc.data.core import DataError
+    from archdisc.errors import DataError
     try:
         n = len(dataset)
     except TypeError:
@@ -205,7 +205,7 @@ def _take(dataset, idx: torch.Tensor):
 
 
 def python_data(data, config: Config):
-    """A :class:`~archdisc.data.core.Data` from a ``torch.utils.data.Dataset`` (split into
+    """A :class:`~archdisc.data.Data` from a ``torch.utils.data.Dataset`` (split into
     train / val / test by ``config.seed``: 10% validation, 10% test) or a tuple
     ``(train, val, test)`` of Datasets. Inputs are used as the Dataset gives them (its own
     transform is the preprocessing). Every item is checked once up front; then in-memory
@@ -213,7 +213,8 @@ def python_data(data, config: Config):
     DataLoader (``config.loader_workers`` processes) in every epoch."""
     from torch.utils.data import Dataset
 
-    from archdisc.data.core import Data, DataError, split_indices
+    from archdisc.data import Data, DataError
+    from archdisc.data.user import split_indices
     if config.task != "classification":
         raise ConfigError("config field 'task': a Python Dataset supports task = "
                           "\"classification\"")

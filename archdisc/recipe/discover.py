@@ -15,9 +15,7 @@ function of ``(seed, epoch)`` and the checkpoint holds everything else.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,20 +23,21 @@ from pathlib import Path
 
 import torch
 
-from archdisc.recipe import rundir
-from archdisc.sparsity.budget import LamControl, compact_params, target_of
-from archdisc.graph.compile import ArchNet
-from archdisc.recipe.config import BREGMAN, Config
 from archdisc.dist import Dist
-from archdisc.errors import ConfigError, RunError, TrainingError
-from archdisc.graph.archgraph import ArchGraph, GraphError
+from archdisc.errors import TrainingError
+from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.compile import ArchNet
 from archdisc.io import atomic_write_text
-from archdisc.recipe.loop import (augmenter, batches, epoch_order, finetune, loss_fn, set_lr, tensors,
-                   train_epoch)
+from archdisc.recipe import rundir
+from archdisc.recipe.config import BREGMAN, Config
+from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
+from archdisc.recipe.setup import (SearchState, build_supernet, load_dataset, resolve_device,
+                                   start_search)
+from archdisc.recipe.setup import make_optimizer  # noqa: F401 - callers import it from here
+from archdisc.sparsity.budget import compact_params, target_of
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
-           "finetune_compact", "report", "Run", "load_dataset", "build_supernet",
-           "make_optimizer"]
+           "finetune_compact", "report", "Run"]
 
 
 @dataclass
@@ -74,7 +73,7 @@ def run_discover(config: Config, out, resume=False, force=False, progress=True,
     continued from its last checkpoint with ``resume`` (see :func:`rundir.prepare_run`).
     ``on_epoch(epoch, record, net)`` is called after each epoch's checkpoint is on disk.
     ``data``: a ``torch.utils.data.Dataset`` (split by seed) or a tuple (train, val, test) of
-    them instead of ``config.data`` (read into memory; see :func:`archdisc.recipe.byo.python_data`)."""
+    them instead of ``config.data`` (see :func:`archdisc.recipe.byo.python_data`)."""
     run = setup(config, out, resume, force, progress, data)
     try:
         search(run, on_epoch)
@@ -125,121 +124,114 @@ def search(run: Run, on_epoch=None):
     """Train the sparse-initialised supernet with the configured optimizer; checkpoint,
     metrics line and progress line after every epoch."""
     from tqdm import tqdm
-    from archdisc import dist as distributed
-    from archdisc.data.core import evaluate
-    from archdisc.sparsity.groups import alive, sparse_init
-    config, out, data, device, dist = run.config, run.out, run.data, run.device, run.dist
-    torch.manual_seed(config.seed)
-    net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
-                      seed=config.seed).to(device)
-    opt = make_optimizer(net, config)
-    model = dist.wrap(net)  # net itself, or net in DDP under torchrun
-    x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
-    n, workers = len(data.train), config.loader_workers
-    steps = math.ceil(n / config.batch_size)
-    control = LamControl(net, opt, config, steps)
-    decay = config.weight_decay > 0 and config.optimizer in BREGMAN  # else torch's own
-    metrics, start, seconds = [], 0, 0.0
-    initial = _initial_loss(net, data.train, data.task, device)
-    if run.resume_from is not None:
-        meta = rundir.load_checkpoint(run.resume_from, net, opt)
-        if meta.get("config_hash") != config.hash():
-            raise RunError(f"{run.resume_from} belongs to another config; pass --force to "
-                           f"restart")
-        metrics, start, seconds = meta["metrics"], meta["epoch"], meta["train_seconds"]
-        control.load_state(meta.get("lam_control"))
-        initial = meta.get("initial_loss", initial)
-    if dist.main:
-        rundir.write_metrics(out, metrics)
-
+    from archdisc.sparsity.groups import alive
+    config, dist = run.config, run.dist
+    s = start_search(run)
     show = run.progress and sys.stderr.isatty()
-    bar = tqdm(total=config.epochs * steps, initial=start * steps, disable=not show,
+    bar = tqdm(total=config.epochs * s.steps, initial=s.start * s.steps, disable=not show,
                unit="batch", desc=f"discover {config.space}", file=sys.stderr, leave=False)
     try:
-        for epoch in range(start + 1, config.epochs + 1):
+        for epoch in range(s.start + 1, config.epochs + 1):
             t0 = time.perf_counter()
-            lr = set_lr(opt, config, epoch)
-
-            def on_step(step, epoch=epoch):
-                if decay:
-                    opt.decay_unregularized_(config.weight_decay)
-                if not control.active:
-                    return
-                g = (epoch - 1) * steps + step + 1  # the next step's number
-                if control.target or config.group_weight == "sqrt_alive":
-                    if g % config.control_every == 0:
-                        control.look(net)
-                control.set(g)
-
-            if control.active and epoch == start + 1:
-                control.set((epoch - 1) * steps + 1)
-            try:
-                loss = train_epoch(model, opt, x, y, data.task, config.batch_size,
-                                   epoch_order(config.seed, epoch, n), bar, on_step,
-                                   augmenter(config, config.seed, epoch, device), dist,
-                                   workers)
-                if control.target and epoch == config.epochs:
-                    control.settle(net)
-                if not all(torch.isfinite(p).all() for p in net.parameters()):
-                    raise TrainingError("parameters are not finite")
-                if loss > DIVERGED * initial:
-                    raise TrainingError(f"the training loss {loss:.3g} is over {DIVERGED}x "
-                                        f"the untrained model's {initial:.3g}")
-            except distributed.Stopped:
-                raise
-            except TrainingError as e:
-                kept = (f"{out / rundir.CHECKPOINT} keeps epoch {metrics[-1]['epoch']}"
-                        if metrics else "no epoch finished, so there is no checkpoint")
-                raise TrainingError(f"training diverged in epoch {epoch}: {e}. Stopped; "
-                                    f"{kept}. Try a smaller lr (now {lr:g}).") from None
-            except RuntimeError as e:
-                if dist.world == 1 or not distributed.peer_lost(e):  # e.g. out of memory
-                    raise
-                raise distributed.lost(e) from None
-            a = alive(net)
+            lr = set_lr(s.opt, config, epoch)
+            loss = _search_epoch(run, s, epoch, lr, bar)
+            a = alive(s.net)
             if dist.world > 1:
-                dist.check_agree(_fingerprint(net, a, opt),
+                dist.check_agree(_fingerprint(s.net, a, s.opt),
                                  "the parameters, alive units and lam")
             if not dist.main:  # rank 0 alone evaluates and writes
                 continue
-            val = evaluate(net, data.val, data.metric, 1024, device, workers)
-            seconds += time.perf_counter() - t0
-            record = {"epoch": epoch, "train_loss": loss, f"val_{data.metric}": val,
-                      "density": density(net), "alive": a["units"],
-                      "alive_edges": sum(a["edges"].values()), "lam": current_lam(opt),
-                      "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
-            if control.active:
-                record["lam"] = control.lam(epoch * steps)
-                record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
-                record["params"] = compact_params(net)[0]
-            metrics.append(record)
-            rundir.append_metrics(out, record)
-            rundir.save_checkpoint(out / rundir.CHECKPOINT, net, opt,
-                                   {"epoch": epoch, "config_hash": config.hash(),
-                                    "metrics": metrics, "train_seconds": seconds,
-                                    "lam_control": control.state(),
-                                    "initial_loss": initial})
-            units = " ".join(f"{k}={v}" for k, v in a["units"].items())
-            lam = f"  lam {record['lam']:.3g}" if record["lam"] is not None else ""
-            line = (f"epoch {epoch}/{config.epochs}  loss {loss:.4f}  val {data.metric} "
-                    f"{val:.2f}  alive {units}{lam}  {record['seconds']:.1f} s")
+            record = _end_epoch(run, s, epoch, loss, lr, a, t0)
+            line = rundir.epoch_line(record, config.epochs, run.data.metric)
             if show:
                 bar.write(line)
             else:
                 _log(run, line)
             if on_epoch is not None:
-                on_epoch(epoch, record, net)
+                on_epoch(epoch, record, s.net)
     finally:
         bar.close()
     dist.barrier()
-    run.net, run.metrics, run.train_seconds = net, metrics, seconds
+    run.net = s.net
+
+
+def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float:
+    """One epoch of the search (the lam controller and the decoupled weight decay after
+    each step); its mean loss, or a TrainingError naming what the checkpoint keeps."""
+    from archdisc import dist as distributed
+    config, opt, control, steps = run.config, s.opt, s.control, s.steps
+    decay = config.weight_decay > 0 and config.optimizer in BREGMAN  # else torch's own
+
+    def on_step(step):
+        if decay:
+            opt.decay_unregularized_(config.weight_decay)
+        if not control.active:
+            return
+        g = (epoch - 1) * steps + step + 1  # the next step's number
+        if control.target or config.group_weight == "sqrt_alive":
+            if g % config.control_every == 0:
+                control.look(s.net)
+        control.set(g)
+
+    if control.active and epoch == s.start + 1:
+        control.set((epoch - 1) * steps + 1)
+    n = len(run.data.train)
+    try:
+        loss = train_epoch(s.model, opt, s.x, s.y, run.data.task, config.batch_size,
+                           epoch_order(config.seed, epoch, n), bar, on_step,
+                           augmenter(config, config.seed, epoch, run.device), run.dist,
+                           config.loader_workers)
+        if control.target and epoch == config.epochs:
+            control.settle(s.net)
+        if not all(torch.isfinite(p).all() for p in s.net.parameters()):
+            raise TrainingError("parameters are not finite")
+        if loss > DIVERGED * s.initial:
+            raise TrainingError(f"the training loss {loss:.3g} is over {DIVERGED}x "
+                                f"the untrained model's {s.initial:.3g}")
+    except distributed.Stopped:
+        raise
+    except TrainingError as e:
+        kept = (f"{run.out / rundir.CHECKPOINT} keeps epoch {run.metrics[-1]['epoch']}"
+                if run.metrics else "no epoch finished, so there is no checkpoint")
+        raise TrainingError(f"training diverged in epoch {epoch}: {e}. Stopped; "
+                            f"{kept}. Try a smaller lr (now {lr:g}).") from None
+    except RuntimeError as e:
+        if run.dist.world == 1 or not distributed.peer_lost(e):  # e.g. out of memory
+            raise
+        raise distributed.lost(e) from None
+    return loss
+
+
+def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) -> dict:
+    """Score the epoch on validation, append its record to metrics.jsonl and write the
+    checkpoint; returns the record."""
+    from archdisc.data import evaluate
+    net, opt, control = s.net, s.opt, s.control
+    val = evaluate(net, run.data.val, run.data.metric, 1024, run.device,
+                   run.config.loader_workers)
+    run.train_seconds += time.perf_counter() - t0
+    record = {"epoch": epoch, "train_loss": loss, f"val_{run.data.metric}": val,
+              "density": density(net), "alive": a["units"],
+              "alive_edges": sum(a["edges"].values()), "lam": current_lam(opt),
+              "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+    if control.active:
+        record["lam"] = control.lam(epoch * s.steps)
+        record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
+        record["params"] = compact_params(net)[0]
+    run.metrics.append(record)
+    rundir.append_metrics(run.out, record)
+    rundir.save_checkpoint(run.out / rundir.CHECKPOINT, net, opt,
+                           {"epoch": epoch, "config_hash": run.config.hash(),
+                            "metrics": run.metrics, "train_seconds": run.train_seconds,
+                            "lam_control": control.state(), "initial_loss": s.initial})
+    return record
 
 
 def extract_compact(run: Run):
     """Save the trained supernet, extract the compact model (verified on validation
     inputs) and score both on the validation and test splits."""
     from archdisc.deploy.formats import save as save_model
-    from archdisc.extract.core import extract, extraction_report
+    from archdisc.extract import extract, extraction_report
     net = run.net.eval()
     save_model(net, run.out / "supernet")
     sample = next(batches(run.data.val, 256, run.device))[0]
@@ -307,7 +299,7 @@ def finetune_compact(run: Run):
 
 def report(run: Run) -> dict:
     """Write report.json / report.md and return the report."""
-    from archdisc.extract.core import extraction_report
+    from archdisc.extract import extraction_report
     config, data, metrics, test = run.config, run.data, run.metrics, run.test
     rep = extraction_report(run.net.graph, run.compact_graph)
     rep.update({
@@ -348,127 +340,10 @@ def report(run: Run) -> dict:
 DIVERGED = 10.0  # an epoch's training loss over this many times the untrained model's
 
 
-@torch.no_grad()
-def _initial_loss(net, train, task, device) -> float:
-    """The untrained model's loss on (up to) 1024 training samples, in eval mode."""
-    net.eval()
-    x, y = next(batches(train, 1024, device))
-    loss = float(loss_fn(net(x), y, task))
-    net.train()
-    return loss
-
-
 def _score(run: Run, model, split) -> float:
-    from archdisc.data.core import evaluate
+    from archdisc.data import evaluate
     return evaluate(model, split, run.data.metric, 1024, run.device,
                     run.config.loader_workers)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config field 'device': 'cuda' asked for but no CUDA device is "
-                          "available; use 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def load_dataset(config: Config):
-    from archdisc.recipe.config import PYTHON_DATA
-    from archdisc.data.core import is_user_data, load_data, load_user_data
-    if config.data.startswith(PYTHON_DATA):
-        raise ConfigError(f"config field 'data': {config.data!r} was a Python Dataset given "
-                          f"to run_discover(data=...); pass it again (the command line "
-                          f"cannot rebuild it)")
-    if is_user_data(config.data):
-        if config.task != "classification" or set(config.data_options) - {"target"}:
-            raise ConfigError("config field 'data': a user's file or folder supports "
-                              "task = \"classification\" and one data option: target "
-                              "(a CSV's label column)")
-        return load_user_data(config.data, seed=config.seed, limit=config.limit,
-                              **config.data_options)
-    try:
-        data = load_data(config.data, root=config.data_root, task=config.task,
-                         seed=config.seed, noise_sigma=config.noise_sigma, limit=config.limit,
-                         **config.data_options)
-    except TypeError as e:
-        raise ConfigError(f"config field 'data_options': {e}") from None
-    if config.augment != "none" and len(data.in_shape) != 3:
-        raise ConfigError(f"config field 'augment': {config.augment!r} needs image inputs "
-                          f"(channels, height, width), but dataset {data.name!r} has inputs "
-                          f"of shape {list(data.in_shape)}; use augment = \"none\"")
-    return data
-
-
-def build_supernet(config: Config, data) -> ArchGraph:
-    """The search space's graph (or config.model's, or the graph file config.space);
-    ``in_shape`` / ``classes`` / ``task`` default to the data's."""
-    from archdisc.recipe.config import is_graph_file
-    if config.model is not None or is_graph_file(config.space):
-        from archdisc.recipe.byo import graph_file, model_graph
-        graph = (model_graph(config, data) if config.model is not None
-                 else graph_file(config.space))
-        return _check_supernet(graph, config, data)
-    from archdisc.spaces import build_space, spaces
-    accepted = inspect.signature(spaces()[config.space][0]).parameters
-    opts = dict(config.space_options)
-    fill = {"in_shape": list(data.in_shape), "task": data.task}
-    if data.task == "classification":
-        fill["classes"] = data.out_dim
-    for key, value in fill.items():
-        if key in accepted and key not in opts:
-            opts[key] = value
-    try:
-        graph = build_space(config.space, **opts)
-    except GraphError as e:
-        raise ConfigError(f"config field 'space_options': {e}") from None
-    return _check_supernet(graph, config, data)
-
-
-def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
-    """The graph's input / output against the data's, its size against the memory."""
-    from archdisc.recipe.config import is_graph_file
-    name = ("model_options" if config.model else "space" if is_graph_file(config.space)
-            else "space_options")
-    shapes = graph.shapes()
-    x_shape = tuple(shapes[graph.input_nodes()[0]])
-    out_numel = math.prod(shapes[graph.output_nodes()[0]])
-    want = data.out_dim if data.task == "classification" else math.prod(data.in_shape)
-    if x_shape != tuple(data.in_shape) or out_numel != want:
-        raise ConfigError(
-            f"config field {name!r}: search space {config.space!r} maps {list(x_shape)} "
-            f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
-            f"{list(data.in_shape)} -> {want}; adjust the {name.replace('_', ' ')}")
-    from archdisc.graph.archgraph import count_params
-    params = count_params(graph)
-    need = 5 * 4 * params  # float32 weights, gradients and three optimizer buffers
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have:
-        raise ConfigError(f"config field {name!r}: the supernet has {params:,} "
-                          f"parameters and needs about {need / 2**30:,.0f} GiB to train, more "
-                          f"than this machine's {have / 2**30:,.0f} GiB; make it narrower")
-    return graph
-
-
-def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
-    from archdisc import optim
-    from archdisc.sparsity.groups import param_groups
-    c = config
-    if c.optimizer in ("sgd", "adam"):  # dense baselines: no regularizer
-        params = list(net.parameters())
-        if c.optimizer == "sgd":  # classic (coupled) L2 weight decay
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
-                                   weight_decay=c.weight_decay)
-        if c.weight_decay > 0:  # decoupled: theta <- (1 - lr wd) theta each step
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.Adam(params, lr=c.lr)
-    groups = param_groups(net, lam=c.lam, lam_edge=c.lam_edge, mode=c.group_mode)
-    if c.optimizer == "adabreg":
-        return optim.AdaBreg(groups, lr=c.lr, delta=c.delta, fused=c.fused)
-    if c.optimizer == "linbreg":
-        return optim.LinBreg(groups, lr=c.lr, delta=c.delta, momentum=c.momentum,
-                             fused=c.fused)
-    return optim.ProxSGD(groups, lr=c.lr, momentum=c.momentum, fused=c.fused)
 
 
 @torch.no_grad()

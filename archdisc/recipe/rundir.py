@@ -166,10 +166,19 @@ def verify_checksums(out: Path, names=CHECKED):
 
 def write_report(out: Path, report: dict):
     """report.json and report.md (with the headline) of a finished run."""
-    from archdisc.extract.core import format_report
+    from archdisc.extract import format_report
     report["headline"] = headline(report)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", report_markdown(report, format_report))
+
+
+def epoch_line(record: dict, epochs: int, metric: str) -> str:
+    """The progress line of one epoch's metrics record."""
+    units = " ".join(f"{k}={v}" for k, v in record["alive"].items())
+    lam = f"  lam {record['lam']:.3g}" if record["lam"] is not None else ""
+    return (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  val "
+            f"{metric} {record[f'val_{metric}']:.2f}  alive {units}{lam}  "
+            f"{record['seconds']:.1f} s")
 
 
 def headline(report: dict) -> str:

@@ -19,7 +19,8 @@ this stage decides, on the validation split, by shrinking the extracted model:
 Removing units is exact: their whole unit group is zeroed and extraction rebuilds the model.
 Measured (experiments/RESULTS.md, section 8): the width now responds to validation data,
 but validation does not pin it - on planted teachers it lands 1-4x the teacher's width in
-1 of 9 runs; variants that were tried and reverted are listed there with their numbers.
+1 of 9 runs; variants that were tried and removed (among them the per-layer width sweep,
+``select_sweep``) are in experiments/HISTORY.md with their numbers.
 ``select = "scale"`` (:func:`scale_select`) trains candidates afresh instead of cutting
 warm ones: on the demo its size and accuracy move less with the initial density and lam.
 """
@@ -36,20 +37,17 @@ from archdisc.sparsity.groups import unit_members
 from archdisc.recipe.loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
 from archdisc.graph.ops import OPS
 
-__all__ = ["shrink_select", "sweep_select", "scale_select"]
+__all__ = ["shrink_select", "scale_select"]
 
 STOP = 5.0  # standard errors below the best: the shrink goes no further
 PER_LAYER_AT_MOST = 4  # deeper nets: a stage cuts every layer at once (one candidate)
 GRID = 2 ** 0.5  # scale: neighbouring candidates differ by this factor in width
-SWEEP_STOP = 3.0  # sweep: a layer's sweep goes no narrower once this far below its best
 
 
 def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=None):
     """The selected compact model and the path of snapshots (dicts) it was chosen from, by
-    ``config``'s rule: the greedy shrink below, :func:`sweep_select` or :func:`scale_select`
-    (``supernet``: the searched net, whose widths and size bound scale's growth)."""
-    if config.select_sweep:
-        return sweep_select(compact, data, config, device, log)
+    ``config``'s rule: the greedy shrink below or :func:`scale_select` (``supernet``: the
+    searched net, whose widths and size bound scale's growth)."""
     if config.select == "scale":
         return scale_select(compact, data, config, device, log, supernet)
     probe, refit, snapshot = _tools(data, config, device)
@@ -89,82 +87,6 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=No
     return _finish(path, _pick(path, config.select_tol))
 
 
-def sweep_select(compact: ArchNet, data, config, device, log=print):
-    """``select_sweep``: one geometric width sweep per layer, then one joint model.
-
-    1. refit the extracted model (5 x ``select_steps``): the reference N0;
-    2. for each searchable layer alone, the other layers as in N0: keep N0's top-scored
-       units at every power of two below the layer's width (128, 64, ..., 1 from 200 or
-       256: the same absolute grid whatever width the search left), each from N0's
-       weights and refit ``select_steps`` steps - equal budgets, one parent, no chain of
-       cuts; narrower stops once ``SWEEP_STOP`` standard errors below the layer's best;
-       the layer's width is the narrowest within ``select_tol`` standard errors of that best;
-    3. all layers at their widths together (cut from N0, refit ``select_steps``); while it is
-       more than ``select_tol`` standard errors below the full-width reference, double the cut
-       layers (capped at N0's widths) and try again; N0 itself when nothing else holds.
-
-    With ``select_fresh`` every candidate (and a full-width reference) is the cut
-    architecture trained from a fresh initialization for 10 x ``select_steps``: measured,
-    warm-started cuts of a wide first layer stay 5-10 points below the same width trained
-    from scratch even after 1000 steps, which biases any warm-start rule to wide layers.
-    """
-    probe, refit, snapshot = _tools(data, config, device)
-    n0 = refit(_copy(compact), 5 * config.select_steps)
-    path = [snapshot(n0, 0, layer=None)]
-    log(_line(path[-1], data.metric))
-    with torch.no_grad():
-        env = n0.eval().activations(probe)
-    steps = 10 * config.select_steps if config.select_fresh else config.select_steps
-
-    def make(cuts):
-        """N0 without the weakest ``cuts[n]`` units of each n; with ``select_fresh`` the
-        same architecture from a fresh initialization (N0's weights discarded)."""
-        net = _remove_weakest(n0, cuts, env, probe) if cuts else _copy(n0)
-        if config.select_fresh:
-            torch.manual_seed(config.seed + 3)
-            net = compile_graph(net.graph).to(next(n0.parameters()).device).train()
-        return net
-
-    ref = path[0]
-    if config.select_fresh:  # the full width under the same protocol as the candidates
-        ref = snapshot(refit(make({}), steps), 1, layer="full")
-        path.append(ref)
-        log(_line(ref, data.metric))
-    widths0 = {n: n0.graph.nodes[n]["units"] for n in _shrinkable(n0)}
-    chosen_w = {}
-    for n, w0 in widths0.items():
-        sweep = [ref]
-        for w in (2 ** j for j in reversed(range(max(w0 - 1, 1).bit_length()))):
-            if w >= w0:
-                continue
-            cand = snapshot(refit(make({n: w0 - w}), steps), len(path), layer=n)
-            path.append(cand)
-            sweep.append(cand)
-            log(_line(cand, data.metric))
-            top = max(sweep, key=lambda s: s["metric"])
-            if cand["metric"] < top["metric"] - SWEEP_STOP * top["se"]:
-                break
-        top = max(sweep, key=lambda s: s["metric"])
-        ok = [s for s in sweep if s["metric"] >= top["metric"] - config.select_tol * top["se"]]
-        chosen_w[n] = min(s["widths"][n] for s in ok)
-    # the joint model is held to the full-width reference: one measurement, where the
-    # maximum over a dozen snapshots is inflated by their noise (measured: with it the
-    # check backed off to full width in 4 of 9 teacher runs, commit 0348539)
-    best = ref
-    chosen = ref
-    target = dict(chosen_w)
-    while any(target[n] < widths0[n] for n in target):
-        cuts = {n: widths0[n] - target[n] for n in target if target[n] < widths0[n]}
-        cand = snapshot(refit(make(cuts), steps), len(path), layer="joint")
-        path.append(cand)
-        log(_line(cand, data.metric))
-        if cand["metric"] >= best["metric"] - config.select_tol * best["se"]:
-            chosen = cand
-            break
-        target = {n: min(2 * target[n], widths0[n]) for n in target}
-    return _finish(path, chosen)
-
-
 def scale_select(compact: ArchNet, data, config, device, log=print, supernet=None):
     """``select = "scale"``: the search's shape at sqrt(2) steps of scale, each trained
     afresh; the validation data picks the scale.
@@ -176,11 +98,11 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     it. Each is re-initialized with the same seed, trained ``10 x select_steps`` Adam steps
     (cosine) on the same batch order (common random numbers: candidates differ by their
     widths, not by luck) and scored on validation; narrowing stops ``STOP`` standard
-    errors below the best or at one unit per layer. The smallest candidate within ``select_tol`` standard
-    errors of the best is kept (the one-standard-error rule). Fresh, equal-length trainings
-    because warm-started cuts of a wide layer stay far below the same width trained from
-    scratch (RESULTS.md section 8), which biased the warm rules to wide models. Without
-    ``supernet`` (the searched net) nothing grows and no budget applies.
+    errors below the best or at one unit per layer. The smallest candidate within
+    ``select_tol`` standard errors of the best is kept (the one-standard-error rule). Fresh,
+    equal-length trainings because warm-started cuts of a wide layer stay far below the same
+    width trained from scratch (RESULTS.md section 8), which biased the warm rules to wide
+    models. Without ``supernet`` (the searched net) nothing grows and no budget applies.
     """
     probe, refit, snapshot = _tools(data, config, device)
     parent = _copy(compact).eval()
@@ -339,7 +261,7 @@ def _shrinkable(net: ArchNet) -> list[str]:
 def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe) -> ArchNet:
     """A copy of ``net`` without the weakest ``cuts[n]`` units of each node ``n`` (scores
     from ``net`` as it is: ``env`` holds its eval-mode activations on ``probe``)."""
-    from archdisc.extract.core import extract
+    from archdisc.extract import extract
     g = net.graph
     net = _copy(net).eval()
     members, weakest = unit_members(net), {}

@@ -1,0 +1,187 @@
+"""The setup stage's parts: the device, the data, the supernet graph, the optimizer, and
+the search's starting state (restored from the checkpoint when a run resumes).
+
+A config that cannot be run is refused with a :class:`~archdisc.errors.ConfigError` naming
+the field and the fix, before the run folder is touched.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from archdisc.errors import ConfigError, GraphError, RunError
+from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.compile import ArchNet
+from archdisc.recipe import rundir
+from archdisc.recipe.config import PYTHON_DATA, Config, is_graph_file
+from archdisc.recipe.loop import batches, loss_fn, tensors
+from archdisc.sparsity.budget import LamControl
+
+__all__ = ["resolve_device", "load_dataset", "build_supernet", "make_optimizer",
+           "SearchState", "start_search"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of config.device (auto: cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config field 'device': 'cuda' asked for but no CUDA device is "
+                          "available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def load_dataset(config: Config):
+    """config.data loaded and split (a registered dataset, or a user's file or folder)."""
+    from archdisc.data import load_data, load_user_data
+    from archdisc.data.user import is_user_data
+    if config.data.startswith(PYTHON_DATA):
+        raise ConfigError(f"config field 'data': {config.data!r} was a Python Dataset given "
+                          f"to run_discover(data=...); pass it again (the command line "
+                          f"cannot rebuild it)")
+    if is_user_data(config.data):
+        if config.task != "classification" or set(config.data_options) - {"target"}:
+            raise ConfigError("config field 'data': a user's file or folder supports "
+                              "task = \"classification\" and one data option: target "
+                              "(a CSV's label column)")
+        return load_user_data(config.data, seed=config.seed, limit=config.limit,
+                              **config.data_options)
+    try:
+        data = load_data(config.data, root=config.data_root, task=config.task,
+                         seed=config.seed, noise_sigma=config.noise_sigma, limit=config.limit,
+                         **config.data_options)
+    except TypeError as e:
+        raise ConfigError(f"config field 'data_options': {e}") from None
+    if config.augment != "none" and len(data.in_shape) != 3:
+        raise ConfigError(f"config field 'augment': {config.augment!r} needs image inputs "
+                          f"(channels, height, width), but dataset {data.name!r} has inputs "
+                          f"of shape {list(data.in_shape)}; use augment = \"none\"")
+    return data
+
+
+def build_supernet(config: Config, data) -> ArchGraph:
+    """The search space's graph (or config.model's, or the graph file config.space);
+    ``in_shape`` / ``classes`` / ``task`` default to the data's."""
+    if config.model is not None or is_graph_file(config.space):
+        from archdisc.recipe.byo import graph_file, model_graph
+        graph = (model_graph(config, data) if config.model is not None
+                 else graph_file(config.space))
+        return _check_supernet(graph, config, data)
+    from archdisc.spaces import build_space, spaces
+    accepted = inspect.signature(spaces()[config.space][0]).parameters
+    opts = dict(config.space_options)
+    fill = {"in_shape": list(data.in_shape), "task": data.task}
+    if data.task == "classification":
+        fill["classes"] = data.out_dim
+    for key, value in fill.items():
+        if key in accepted and key not in opts:
+            opts[key] = value
+    try:
+        graph = build_space(config.space, **opts)
+    except GraphError as e:
+        raise ConfigError(f"config field 'space_options': {e}") from None
+    return _check_supernet(graph, config, data)
+
+
+def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
+    """The graph's input / output against the data's, its size against the memory."""
+    name = ("model_options" if config.model else "space" if is_graph_file(config.space)
+            else "space_options")
+    shapes = graph.shapes()
+    x_shape = tuple(shapes[graph.input_nodes()[0]])
+    out_numel = math.prod(shapes[graph.output_nodes()[0]])
+    want = data.out_dim if data.task == "classification" else math.prod(data.in_shape)
+    if x_shape != tuple(data.in_shape) or out_numel != want:
+        raise ConfigError(
+            f"config field {name!r}: search space {config.space!r} maps {list(x_shape)} "
+            f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
+            f"{list(data.in_shape)} -> {want}; adjust the {name.replace('_', ' ')}")
+    from archdisc.graph.archgraph import count_params
+    params = count_params(graph)
+    need = 5 * 4 * params  # float32 weights, gradients and three optimizer buffers
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(f"config field {name!r}: the supernet has {params:,} "
+                          f"parameters and needs about {need / 2**30:,.0f} GiB to train, more "
+                          f"than this machine's {have / 2**30:,.0f} GiB; make it narrower")
+    return graph
+
+
+def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
+    """config.optimizer on ``net``: Bregman / proximal on its groups, or a dense baseline."""
+    from archdisc import optim
+    from archdisc.sparsity.groups import param_groups
+    c = config
+    if c.optimizer in ("sgd", "adam"):  # dense baselines: no regularizer
+        params = list(net.parameters())
+        if c.optimizer == "sgd":  # classic (coupled) L2 weight decay
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                   weight_decay=c.weight_decay)
+        if c.weight_decay > 0:  # decoupled: theta <- (1 - lr wd) theta each step
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr)
+    groups = param_groups(net, lam=c.lam, lam_edge=c.lam_edge, mode=c.group_mode)
+    if c.optimizer == "adabreg":
+        return optim.AdaBreg(groups, lr=c.lr, delta=c.delta, fused=c.fused)
+    if c.optimizer == "linbreg":
+        return optim.LinBreg(groups, lr=c.lr, delta=c.delta, momentum=c.momentum,
+                             fused=c.fused)
+    return optim.ProxSGD(groups, lr=c.lr, momentum=c.momentum, fused=c.fused)
+
+
+@dataclass
+class SearchState:
+    """The search's state between epochs (the metrics and seconds so far are the run's)."""
+    net: ArchNet
+    opt: torch.optim.Optimizer
+    model: torch.nn.Module  # net, or net in DDP under torchrun
+    control: LamControl
+    x: object  # the training inputs on the device, or the Dataset to stream
+    y: object  # the labels on the device, or None (streamed)
+    steps: int  # per epoch
+    initial: float  # the untrained model's loss
+    start: int = 0  # the last epoch done before this process
+
+
+def start_search(run) -> SearchState:
+    """The sparse-initialised supernet of ``run`` (a :class:`~archdisc.recipe.discover.Run`),
+    its optimizer and lam controller, restored from the checkpoint when the run resumes
+    (``run.metrics`` and ``run.train_seconds`` too)."""
+    from archdisc.sparsity.groups import sparse_init
+    config, data, device = run.config, run.data, run.device
+    torch.manual_seed(config.seed)
+    net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
+                      seed=config.seed).to(device)
+    opt = make_optimizer(net, config)
+    model = run.dist.wrap(net)
+    x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
+    steps = math.ceil(len(data.train) / config.batch_size)
+    control = LamControl(net, opt, config, steps)
+    initial = _initial_loss(net, data.train, data.task, device)
+    s = SearchState(net, opt, model, control, x, y, steps, initial)
+    if run.resume_from is not None:
+        meta = rundir.load_checkpoint(run.resume_from, net, opt)
+        if meta.get("config_hash") != config.hash():
+            raise RunError(f"{run.resume_from} belongs to another config; pass --force to "
+                           f"restart")
+        run.metrics, s.start, run.train_seconds = (meta["metrics"], meta["epoch"],
+                                                   meta["train_seconds"])
+        control.load_state(meta.get("lam_control"))
+        s.initial = meta.get("initial_loss", initial)
+    if run.dist.main:
+        rundir.write_metrics(run.out, run.metrics)
+    return s
+
+
+@torch.no_grad()
+def _initial_loss(net, train, task, device) -> float:
+    """The untrained model's loss on (up to) 1024 training samples, in eval mode."""
+    net.eval()
+    x, y = next(batches(train, 1024, device))
+    loss = float(loss_fn(net(x), y, task))
+    net.train()
+    return loss
