@@ -290,13 +290,18 @@ def _check_attrs(n, a):
 
 
 # ---------------------------------------------------------------------- size
-def count_params(g: ArchGraph) -> int:
-    """Number of parameters of the model compiled from ``g`` (weights, biases, BN, gates)."""
+def _per_node(g: ArchGraph, count: str) -> tuple[dict, int]:
+    """The shapes of ``g`` and the sum over its nodes of their op's ``count`` (params, macs)."""
     shapes, total = g.shapes(), 0
     for n in g:
         a, ins = g.nodes[n], g.inputs(n)
-        cin = shapes[ins[0]][0] if ins else 0
-        total += OPS[a["op"]].params(a, cin, shapes[n])
+        total += getattr(OPS[a["op"]], count)(a, shapes[ins[0]][0] if ins else 0, shapes[n])
+    return shapes, total
+
+
+def count_params(g: ArchGraph) -> int:
+    """Number of parameters of the model compiled from ``g`` (weights, biases, BN, gates)."""
+    shapes, total = _per_node(g, "params")
     for u, v in g.candidate_edges():
         total += 1 if g.edges[u, v]["gate"] == "scalar" else shapes[u][0]
     return total
@@ -304,9 +309,4 @@ def count_params(g: ArchGraph) -> int:
 
 def count_macs(g: ArchGraph) -> int:
     """Multiply-accumulates of one forward pass of one sample (linear and conv layers)."""
-    shapes, total = g.shapes(), 0
-    for n in g:
-        a, ins = g.nodes[n], g.inputs(n)
-        cin = shapes[ins[0]][0] if ins else 0
-        total += OPS[a["op"]].macs(a, cin, shapes[n])
-    return total
+    return _per_node(g, "macs")[1]

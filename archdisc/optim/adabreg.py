@@ -63,15 +63,9 @@ class AdaBreg(_RegularizedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         jobs = []
-        for group in self.param_groups:
-            params, grads = self._params_and_grads(group)
-            if not params:
-                continue
+        for group, params, grads in self._active_groups():
             reg, delta = group["reg"], group["delta"]
             exp_avgs = [self._state_tensor(p, "exp_avg") for p in params]
             exp_avg_sqs = [self._state_tensor(p, "exp_avg_sq") for p in params]

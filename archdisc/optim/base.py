@@ -179,6 +179,21 @@ class _RegularizedOptimizer(Optimizer):
             group.setdefault("reg", None)
 
     # -- gradients -------------------------------------------------------------------
+    @staticmethod
+    def _closure_loss(closure):
+        """The loss of ``closure`` (computed with gradients enabled), or None."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    def _active_groups(self):
+        """``(group, params, grads)`` of every param group with a gradient to apply."""
+        for group in self.param_groups:
+            params, grads = self._params_and_grads(group)
+            if params:
+                yield group, params, grads
+
     def _params_and_grads(self, group: dict) -> tuple[list[Tensor], list[Tensor]]:
         params, grads = [], []
         joint = group["reg"] is not None

@@ -60,15 +60,9 @@ class LinBreg(_RegularizedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         jobs = []
-        for group in self.param_groups:
-            params, grads = self._params_and_grads(group)
-            if not params:
-                continue
+        for group, params, grads in self._active_groups():
             reg, lr, delta, beta = group["reg"], group["lr"], group["delta"], group["momentum"]
             bufs = ref_lrs = states = None
             if beta:

@@ -50,15 +50,8 @@ class ProxSGD(_RegularizedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        jobs = []
-        for group in self.param_groups:
-            params, grads = self._params_and_grads(group)
-            if params:
-                jobs.append((group, params, grads))
+        loss = self._closure_loss(closure)
+        jobs = list(self._active_groups())
         if self._use_fused(jobs) and self._fused_step(jobs):
             return loss
         for group, params, grads in jobs:
