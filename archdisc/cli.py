@@ -177,13 +177,19 @@ def _discover(args) -> int:
 
 
 # ---------------------------------------------------------------------- render, export
+def _run_parser(sub, name, help, description):
+    """A subcommand that reads a discover run folder (its one positional argument)."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("run", type=Path, help="a discover run folder")
+    return p
+
+
 def _add_render(sub):
     from archdisc.render import FORMATS
-    p = sub.add_parser("render", help="draw the discovered architecture and its growth",
-                       description="Draw RUN's discovered graph with Graphviz (and the "
-                                   "Graphviz source .gv), the growth plot growth.png and "
-                                   "selection.png (the models the select stage scored).")
-    p.add_argument("run", type=Path, help="a discover run folder")
+    p = _run_parser(sub, "render", "draw the discovered architecture and its growth",
+                    "Draw RUN's discovered graph with Graphviz (and the Graphviz source .gv), "
+                    "the growth plot growth.png and selection.png (the models the select "
+                    "stage scored).")
     p.add_argument("--format", choices=FORMATS, default="svg",
                    help="picture format: svg, png or pdf (default: svg)")
     p.add_argument("--supernet", action="store_true",
@@ -200,11 +206,9 @@ def _render(args) -> int:
 
 def _add_export(sub):
     from archdisc.deploy.formats import FORMATS
-    p = sub.add_parser("export", help="export the compact model for deployment",
-                       description="Export RUN's compact model (dynamic batch size) into "
-                                   "RUN/export/; every file is checked against the PyTorch "
-                                   "model before it is reported.")
-    p.add_argument("run", type=Path, help="a discover run folder")
+    p = _run_parser(sub, "export", "export the compact model for deployment",
+                    "Export RUN's compact model (dynamic batch size) into RUN/export/; every "
+                    "file is checked against the PyTorch model before it is reported.")
     p.add_argument("--format", choices=(*FORMATS, "all"), default="all",
                    help="which format to write (default: all)")
     p.set_defaults(func=_export)
