@@ -12,8 +12,7 @@ Every trial is a full ``discover`` run in ``DIR/trials/<number>/``. Two modes:
 
 Storage: an SQLite file in DIR by default (re-running the same command adds trials to
 the same study); with ``workers > 1`` a journal file (SQLite locks under parallel
-writers); or any Optuna storage URL (e.g. PostgreSQL) so that machines join one study.
-"""
+writers); or any Optuna storage URL (e.g. PostgreSQL) so that machines join one study."""
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +31,9 @@ from pathlib import Path
 import optuna
 
 from archdisc.io import atomic_write_text
+from archdisc.plots import save_png
 from archdisc.recipe.config import Config, ConfigError
-from archdisc.recipe.discover import run_discover
+from archdisc.recipe.discover import build_supernet, load_dataset, run_discover
 
 SIZES = ("params", "macs")
 MODES = ("pareto", "scalar")
@@ -54,10 +54,9 @@ class TuneSettings:
     def validate(self):
         if self.trials < 1:
             raise ConfigError(f"trials: must be >= 1, got {self.trials}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode {self.mode!r}: choose one of {MODES}")
-        if self.size not in SIZES:
-            raise ConfigError(f"size {self.size!r}: choose one of {SIZES}")
+        for name, allowed in (("mode", MODES), ("size", SIZES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} {getattr(self, name)!r}: choose one of {allowed}")
         lo, hi = self.lam_range
         if not 0 < lo < hi or hi / lo < 100:
             raise ConfigError(f"lam_range {list(self.lam_range)}: need 0 < lo < hi spanning "
@@ -70,13 +69,11 @@ def storage_url(out: Path, storage: str | None, workers: int):
     out.mkdir(parents=True, exist_ok=True)
     if storage:
         return storage
-    if (out / "study.db").exists():  # an existing study continues in its own storage
-        return f"sqlite:///{out / 'study.db'}"
-    if workers > 1 or (out / "study.journal").exists():
+    if not (out / "study.db").exists() and (workers > 1 or (out / "study.journal").exists()):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
         return JournalStorage(JournalFileBackend(str(out / "study.journal")))
-    return f"sqlite:///{out / 'study.db'}"
+    return f"sqlite:///{out / 'study.db'}"  # an existing study.db: its study continues there
 
 
 class SizeAwareAbort:
@@ -86,8 +83,7 @@ class SizeAwareAbort:
     records at the same epoch: if one of them was at most as dense (non-zero parameter
     fraction, 10% slack) and ``margin`` metric units better, the trial is dominated by a
     wide margin there and stopped. A trial that is worse but smaller is never stopped:
-    it may be the front's small end.
-    """
+    it may be the front's small end."""
 
     def __init__(self, study, epochs: int, margin: float):
         self.study, self.margin = study, margin
@@ -96,12 +92,9 @@ class SizeAwareAbort:
     def should_abort(self, epoch: int, metric: float, density: float) -> bool:
         if epoch != self.check_epoch:
             return False
-        peers = []
-        for t in self.study.get_trials(deepcopy=False,
-                                       states=(optuna.trial.TrialState.COMPLETE,)):
-            rec = t.user_attrs.get("curve", {}).get(str(epoch))
-            if rec and rec["density"] <= 1.1 * density:
-                peers.append(rec["metric"])
+        done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        recs = [t.user_attrs.get("curve", {}).get(str(epoch)) for t in done]
+        peers = [r["metric"] for r in recs if r and r["density"] <= 1.1 * density]
         return bool(peers) and metric < max(peers) - self.margin
 
 
@@ -110,30 +103,22 @@ def graph_hash(graph_json: dict) -> str:
     return hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def space_has_gates(config: Config) -> bool:
-    from archdisc.recipe.discover import build_supernet, load_dataset
-    return bool(build_supernet(config, load_dataset(config)).candidate_edges())
-
-
 def make_objective(base: Config, out: Path, s: TuneSettings, has_gates: bool):
     def objective(trial: optuna.Trial):
-        lr_lo, lr_hi = s.lr_range or (base.lr / 3, base.lr * 3)
+        lr_range = s.lr_range or (base.lr / 3, base.lr * 3)
         params = {"lam": trial.suggest_float("lam", *s.lam_range, log=True),
-                  "lr": trial.suggest_float("lr", lr_lo, lr_hi, log=True),
-                  "density": trial.suggest_float("density", *s.density_range, log=True)}
-        if has_gates:
-            params["lam_edge"] = trial.suggest_float("lam_edge", *s.lam_range, log=True)
+                  "lr": trial.suggest_float("lr", *lr_range, log=True),
+                  "density": trial.suggest_float("density", *s.density_range, log=True),
+                  **({"lam_edge": trial.suggest_float("lam_edge", *s.lam_range, log=True)}
+                     if has_gates else {})}
         config = dataclasses.replace(base, **params)
-        run_dir = out / "trials" / str(trial.number)
+        run_dir, curve = out / "trials" / str(trial.number), {}
         trial.set_user_attr("run_dir", str(run_dir))
-        metric_key, curve = None, {}
         abort = SizeAwareAbort(trial.study, config.epochs, s.abort_margin) \
             if s.mode == "pareto" and s.abort else None
-
         trial.set_user_attr("heartbeat", time.time())
 
         def on_epoch(epoch, record, net):
-            nonlocal metric_key
             trial.set_user_attr("heartbeat", time.time())
             metric_key = next(k for k in record if k.startswith("val_"))
             value = record[metric_key]
@@ -169,9 +154,8 @@ def sampler_for(seed: int, study: optuna.Study, worker: int, shared: bool):
     """A TPE sampler that never repeats another process's draws: its seed mixes the base
     seed, the trials already in the study, the worker index and, for a shared database
     (other machines), this machine and process."""
-    key = [seed, len(study.trials), worker]
-    if shared:
-        key += [socket.gethostname(), os.getpid()]
+    key = [seed, len(study.trials), worker] + ([socket.gethostname(), os.getpid()]
+                                               if shared else [])
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
     return optuna.samplers.TPESampler(seed=int(digest[:8], 16))
 
@@ -188,34 +172,30 @@ def fail_stale_trials(study: optuna.Study, alone: bool, grace: float = 600.0) ->
     return failed
 
 
-def _outputs_after_each_trial(out: Path, settings: TuneSettings):
-    """An Optuna callback: pareto.csv / summary.md are current after every finished trial,
-    so a killed tune process loses no finished trial's outputs."""
-    return lambda study, trial: write_outputs(study, out, settings, echo=False)
-
-
-def _exit_with_parent():
-    """A worker stops when the tune process that started it dies (kill -9 included): its
-    running trial is then marked FAIL by the next tune in this folder."""
-    parent = os.getppid()
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
+def _optimize(study, base: Config, out: Path, settings: TuneSettings, has_gates, n_trials):
+    """Run ``n_trials`` trials; pareto.csv / summary.md are current after every finished
+    trial, so a killed tune process loses no finished trial's outputs."""
+    study.optimize(make_objective(base, out, settings, has_gates), n_trials=n_trials,
+                   catch=(Exception,),
+                   callbacks=[lambda st, trial: write_outputs(st, out, settings, echo=False)])
 
 
 def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates, index):
+    """One of tune's worker processes. It stops when the tune process that started it dies
+    (kill -9 included): its running trial is then marked FAIL by the next tune here."""
     import torch
-    _exit_with_parent()
+    parent = os.getppid()
+
+    def exit_with_parent():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(1)  # K workers share the cores
-    s, out = TuneSettings(**settings_dict), Path(out)
+    base, out = Config.from_dict(base_dict), Path(out)
     study = optuna.load_study(study_name=study_name, storage=storage_url(out, storage, 2))
-    study.sampler = sampler_for(Config.from_dict(base_dict).seed, study, index, bool(storage))
-    study.optimize(make_objective(Config.from_dict(base_dict), out, s, has_gates),
-                   n_trials=n_trials, catch=(Exception,),
-                   callbacks=[_outputs_after_each_trial(out, s)])
+    study.sampler = sampler_for(base.seed, study, index, bool(storage))
+    _optimize(study, base, out, TuneSettings(**settings_dict), has_gates, n_trials)
 
 
 def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
@@ -229,9 +209,8 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
     if workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {workers}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("tune does not run under torchrun: start it as one process; "
-                          "--workers K runs K trials at a time, --storage spreads them over "
-                          "machines")
+        raise ConfigError("tune does not run under torchrun: start it as one process; --workers "
+                          "K runs K trials at a time, --storage spreads them over machines")
     if settings.abort_margin is None:
         settings.abort_margin = 5.0 if base.task == "classification" else 1.0
     out = Path(out)
@@ -249,11 +228,9 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
         stale = f", {stale} left running by a killed process marked FAIL" if stale else ""
         print(f"study {study_name!r} in {where} ({len(study.trials)} trials so far{stale})",
               file=sys.stderr)
-        has_gates = space_has_gates(base)
+        has_gates = bool(build_supernet(base, load_dataset(base)).candidate_edges())
         if workers == 1:
-            study.optimize(make_objective(base, out, settings, has_gates),
-                           n_trials=settings.trials, catch=(Exception,),
-                           callbacks=[_outputs_after_each_trial(out, settings)])
+            _optimize(study, base, out, settings, has_gates, settings.trials)
         else:
             share = [settings.trials // workers + (i < settings.trials % workers)
                      for i in range(workers)]
@@ -301,8 +278,8 @@ def _check_same_base(study, base: Config, settings: TuneSettings, join_different
     old = study.user_attrs.get("base")
     if old is None:
         study.set_user_attr("base", mine)
-        names = ["val_metric"] + ([] if settings.mode == "scalar" else [settings.size])
-        study.set_metric_names(names)
+        study.set_metric_names(["val_metric"] + ([] if settings.mode == "scalar"
+                                                 else [settings.size]))
     elif old != mine and not join_different:
         diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
         raise ConfigError(f"study {study.study_name!r} was made with another base config "
@@ -327,12 +304,11 @@ def _alone(out: Path):
 # ---------------------------------------------------------------------- outputs
 def front(study, settings: TuneSettings):
     """Finished trials as rows, each marked whether it is on the Pareto front."""
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     rows = [{"trial": t.number, "metric": t.user_attrs["metric"],
              "test_metric": t.user_attrs["test_metric"], "params": t.user_attrs["params"],
              "macs": t.user_attrs["macs"], **{k: t.params[k] for k in sorted(t.params)},
              "graph_hash": t.user_attrs["graph_hash"], "run_dir": t.user_attrs["run_dir"]}
-            for t in done]
+            for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     for r in rows:  # on the front: no other trial at least as good in both, better in one
         r["pareto"] = not any(
             o["metric"] >= r["metric"] and o[settings.size] <= r[settings.size]
@@ -351,9 +327,12 @@ def write_outputs(study, out: Path, settings: TuneSettings, echo: bool = True):
         lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
         atomic_write_text(out / "pareto.csv", "\n".join(lines) + "\n")
         plot_front(rows, out / "pareto.png", settings.size)
-        for r in rows:
-            if r["pareto"]:
-                _render_trial(Path(r["run_dir"]))
+        from archdisc.render import RenderError, render_run
+        for run_dir in (Path(r["run_dir"]) for r in rows if r["pareto"]):
+            try:
+                render_run(run_dir, "svg")
+            except (RenderError, FileNotFoundError) as e:
+                print(f"tune: could not render {run_dir}: {e}")
     md = [f"# Study `{study.study_name}`", "",
           f"{len(states)} trials: " + ", ".join(f"{states.count(s)} {s.lower()}"
                                                 for s in sorted(set(states))), "",
@@ -370,39 +349,22 @@ def write_outputs(study, out: Path, settings: TuneSettings, echo: bool = True):
 
 def plot_front(rows, path: Path, size: str):
     from matplotlib.figure import Figure
-
-    from archdisc.io import atomic_write_bytes
-    import io
-
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.add_subplot()
     dom = [r for r in rows if not r["pareto"]]
     par = sorted((r for r in rows if r["pareto"]), key=lambda r: r[size])
-    ax.scatter([r[size] for r in dom], [r["metric"] for r in dom], alpha=0.3, color="grey",
-               label="dominated")
-    ax.step([r[size] for r in par], [r["metric"] for r in par], where="post", color="C3")
-    ax.scatter([r[size] for r in par], [r["metric"] for r in par], color="C3", zorder=3,
-               label="Pareto front")
+    xy = lambda rs: ([r[size] for r in rs], [r["metric"] for r in rs])  # noqa: E731
+    ax.scatter(*xy(dom), alpha=0.3, color="grey", label="dominated")
+    ax.step(*xy(par), where="post", color="C3")
+    ax.scatter(*xy(par), color="C3", zorder=3, label="Pareto front")
     for r in par:
         ax.annotate(str(r["trial"]), (r[size], r["metric"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"compact model {size}")
-    ax.set_ylabel("validation metric")
+    ax.set(xscale="log", xlabel=f"compact model {size}", ylabel="validation metric")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _render_trial(run_dir: Path):
-    from archdisc.render import RenderError, render_run
-    try:
-        render_run(run_dir, "svg")
-    except (RenderError, FileNotFoundError) as e:
-        print(f"tune: could not render {run_dir}: {e}")
+    save_png(fig, path)
 
 
 def pick(study, settings: TuneSettings, min_metric=None, max_params=None) -> dict:
@@ -410,12 +372,11 @@ def pick(study, settings: TuneSettings, min_metric=None, max_params=None) -> dic
     the best with size <= ``max_params``, or (neither given) the best metric."""
     par = [r for r in front(study, settings) if r["pareto"]]
     if min_metric is not None:
-        ok = [r for r in par if r["metric"] >= min_metric]
-        key = lambda r: r[settings.size]  # noqa: E731
-        best = min(ok, key=key) if ok else None
+        best = min((r for r in par if r["metric"] >= min_metric),
+                   key=lambda r: r[settings.size], default=None)
     else:
-        ok = [r for r in par if max_params is None or r[settings.size] <= max_params]
-        best = max(ok, key=lambda r: r["metric"]) if ok else None
+        best = max((r for r in par if max_params is None or r[settings.size] <= max_params),
+                   key=lambda r: r["metric"], default=None)
     if best is None:
         raise ConfigError(f"no Pareto trial meets min_metric={min_metric} / "
                          f"max_params={max_params}; see pareto.csv for what the study found")
@@ -427,8 +388,7 @@ def export_best(out, settings: TuneSettings, storage=None, study_name=None,
     """Export the Pareto trial chosen by :func:`pick` like ``archdisc export``."""
     from archdisc.deploy.formats import export_run
     out = Path(out)
-    if storage is None and not (out / "study.db").exists() and \
-            not (out / "study.journal").exists():
+    if storage is None and not any((out / f).exists() for f in ("study.db", "study.journal")):
         raise ConfigError(f"--out {out}: no study here (no study.db or study.journal)")
     url = storage_url(out, storage, 1)
     names = optuna.get_all_study_names(url)

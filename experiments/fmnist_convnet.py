@@ -65,7 +65,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     started = time.perf_counter()
     set_threads(args.threads)
-    from archdisc.render import plot_growth
+    from archdisc.plots import plot_growth
     from archdisc import load
     from archdisc import Config
 

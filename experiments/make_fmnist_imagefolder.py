@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from archdisc.data.core import _find_idx_files, read_idx
+from archdisc.data.files import _find_idx_files, read_idx
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
            "bag", "ankle-boot"]

@@ -70,7 +70,8 @@ def main(argv=None):
     started = time.perf_counter()
     set_threads(args.threads)
     from archdisc.graph import ArchGraph
-    from archdisc.render import plot_growth, render
+    from archdisc.plots import plot_growth
+    from archdisc.render import render
     from archdisc import Config
 
     work = workdir(args.work)

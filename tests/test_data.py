@@ -200,8 +200,11 @@ def test_bad_task_and_options(tmp_path):
         load_data("teacher", task="segmentation")
     with pytest.raises(ValueError, match="classification"):
         load_data("teacher", task="denoising")
-    with pytest.raises(TypeError):
+    from archdisc.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"data_options \['teacher_depth'\].*teacher_in"):
         load_data("teacher", teacher_depth=3)
+    with pytest.raises(ConfigError, match="data_options.*takes no options"):
+        load_data("mnist", root=tmp_path, teacher_in=3)
 
 
 # --------------------------------------------------------------------------- teacher
@@ -355,8 +358,11 @@ def test_evaluate_accuracy_and_psnr():
     identity = torch.nn.Identity()
     got = evaluate(identity, torch.utils.data.TensorDataset(noisy, clean), "psnr", batch_size=33)
     assert got == pytest.approx(numpy_psnr(noisy.numpy(), clean.numpy()), abs=1e-4)
-    with pytest.raises(ValueError):
+    from archdisc.errors import ConfigError
+    with pytest.raises(ConfigError, match="metric 'f1'.*'accuracy' or 'psnr'"):
         evaluate(identity, ds, "f1")
+    with pytest.raises(DataError, match="empty"):
+        evaluate(identity, torch.utils.data.TensorDataset(noisy[:0], clean[:0]), "psnr")
 
 
 # ---------------------------------------------------------------------- the user's data

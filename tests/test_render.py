@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from archdisc import build_space
-from archdisc.render import (RenderError, plot_growth, plot_selection, render, render_run,
-                             to_dot)
+from archdisc.plots import plot_growth, plot_selection
+from archdisc.render import RenderError, render, render_run, to_dot
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                reason="Graphviz 'dot' not installed (apt-get install -y graphviz)")
@@ -95,8 +95,10 @@ def test_supernet_mode_greys_the_dead(tmp_path, monkeypatch):
     assert "dotted" in edge_line["fc2", "sum2"]  # edge out of a dead layer
     assert "dotted" not in edge_line["x", "sum2"] and "dashed" in edge_line["x", "sum2"]
     assert "dotted" not in edge_line["fc1", "sum1"]
-    with pytest.raises(ValueError, match="needs the supernet"):
+    with pytest.raises(RenderError, match="needs the supernet"):
         render(compact, tmp_path / "s", mode="supernet")
+    with pytest.raises(RenderError, match="format 'jpg': choose one of svg, png, pdf"):
+        render(compact, tmp_path / "s", "jpg")
 
 
 def test_missing_dot_says_how_to_install_and_keeps_source(tmp_path, monkeypatch):
@@ -133,7 +135,7 @@ def test_growth_plot_writes_png(tmp_path, nested):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["growth.png", "metrics.jsonl"]
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     plot_growth(records, tmp_path / "again.png", total_edges=0)  # records, no edge panel
-    with pytest.raises(ValueError, match="no record"):
+    with pytest.raises(RenderError, match="no record"):
         plot_growth([{"epoch": 1, "loss": 0.3}], tmp_path / "none.png")
 
 
@@ -148,7 +150,7 @@ def test_selection_plot_writes_png(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(select_report()))
     out = plot_selection(tmp_path / "report.json", tmp_path / "selection.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="select = none"):
+    with pytest.raises(RenderError, match="select = none"):
         plot_selection(select_report(1), tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
 
