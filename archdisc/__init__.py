@@ -3,7 +3,7 @@ from archdisc.errors import ArchdiscError, ConfigError, RunError, TrainingError
 from archdisc.graph.archgraph import ArchGraph, GraphError, count_macs, count_params
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.sparsity.groups import alive, param_groups, sparse_init
-from archdisc.extract.core import extract
+from archdisc.extract import extract
 from archdisc.deploy.formats import load
 from archdisc.spaces import build_space, register_space, spaces
 from archdisc.recipe.config import Config, load_config

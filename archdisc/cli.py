@@ -5,7 +5,7 @@
     archdisc discover --model torchvision.models:resnet18 --model-option num_classes=10 \
                       --data my_images/ --out runs/r18     (any nn.Module, via torch.fx)
     archdisc render RUN [--format svg|png|pdf] [--supernet]
-    archdisc export RUN [--format safetensors|torchscript|onnx|all]
+    archdisc export RUN [--format safetensors|torchscript|onnx|pt2|all]
     archdisc tune --space mlp --data fashion-mnist --trials 20 --out study [options]
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser
@@ -232,7 +232,8 @@ def _add_tune(sub):
                     "the Pareto front of validation metric versus compact size. Re-running "
                     "the same command adds trials to the same study.",
         epilog="Several machines can join one study through a database URL, e.g. "
-               "--storage postgresql+psycopg2://user:pw@host/db --study NAME on each machine.")
+               "--storage postgresql://user:pw@host/db --study NAME on each machine "
+               "(psycopg 3: the [postgres] extra).")
     p.add_argument("--out", required=True, type=Path, help="study folder")
     p.add_argument("--trials", type=int, default=8, help="trials to add (default 8)")
     p.add_argument("--workers", type=int, default=1,

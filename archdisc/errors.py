@@ -27,6 +27,10 @@ class GraphError(ArchdiscError, ValueError):
     """A malformed ArchGraph; the message names the node or edge and the fix."""
 
 
+class MissingFileError(ArchdiscError, FileNotFoundError):
+    """A file archdisc needs (a saved model, a run's graph) is not there."""
+
+
 class DataError(ArchdiscError, FileNotFoundError, ValueError):
     """A dataset is missing, incomplete, malformed or cannot be built as asked."""
 

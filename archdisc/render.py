@@ -19,7 +19,7 @@ from pathlib import Path
 
 import graphviz
 
-from archdisc.errors import RenderError
+from archdisc.errors import MissingFileError, RenderError
 from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
 from archdisc.io import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from archdisc.graph.ops import OPS, label
@@ -231,13 +231,13 @@ def render_run(run_dir, format: str = "svg", supernet: bool = False) -> list[Pat
     for name in ("compact", "supernet", "growth", "selection"):
         remove_stale_temps(run, name)  # left by a render killed midway
     if not (run / "compact.json").exists():
-        raise FileNotFoundError(f"{run / 'compact.json'} not found: is {run} a finished "
-                                "run directory?")
+        raise MissingFileError(f"{run / 'compact.json'} not found: is {run} a finished "
+                               "run directory?")
     compact = ArchGraph.from_json(run / "compact.json")
     sup = ArchGraph.from_json(run / "supernet.json") if (run / "supernet.json").exists() \
         else None
     if supernet and sup is None:
-        raise FileNotFoundError(f"{run / 'supernet.json'} not found; cannot draw the supernet")
+        raise MissingFileError(f"{run / 'supernet.json'} not found; cannot draw the supernet")
     written = []
     if (run / "metrics.jsonl").exists():
         try:

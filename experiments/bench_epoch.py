@@ -109,8 +109,9 @@ def _search_vs_adam(path, overrides, epochs, chunk, profile=None, fused=None):
 
     import archdisc.recipe.discover as discover
     from archdisc.recipe.config import load_config
+    fused_setting = {} if fused is None else {"fused": fused}
     config = load_config(path, {**overrides, "epochs": epochs, "finetune": 0,
-                                "select": "none", "device": "cpu"})
+                                "select": "none", "device": "cpu", **fused_setting})
     inner, epochs_t, plain = discover.train_epoch, [], {}
 
     signature = inspect.signature(inner)
@@ -148,21 +149,13 @@ def _search_vs_adam(path, overrides, epochs, chunk, profile=None, fused=None):
         epochs_t.append(t)
         return total / len(order)
 
-    make = discover.make_optimizer
-
-    def make_fused(net, config):
-        opt = make(net, config)
-        if hasattr(opt, "fused"):
-            opt.fused = fused
-        return opt
     with tempfile.TemporaryDirectory() as tmp:
         run = discover.setup(config, Path(tmp) / "r", force=True, progress=False)
         discover.train_epoch = wrapped
-        discover.make_optimizer = make_fused
         try:
             discover.search(run)
         finally:
-            discover.train_epoch, discover.make_optimizer = inner, make
+            discover.train_epoch = inner
     for t, m in zip(epochs_t, run.metrics):
         t["search"] = m["seconds"] - t["adam"] - t["adam_fused"]
     return epochs_t

@@ -8,7 +8,6 @@ and the dense supernet trained as long (its wall time is the cost baseline of ta
     python experiments/discovery.py --teachers 8,4 32,8 16,16,4 --seeds 0 1 2
     python experiments/discovery.py --teachers 8,4 --seeds 0 1 2 --set density=0.4 --tag d04
     python experiments/discovery.py --teachers 8,4 --seeds 0 1 2 --epochs 40 --finetune 40
-    python experiments/discovery.py --no-dense --set select_sweep=true --tag sweep
 
 One thread; writes experiments/results/discovery[_TAG].json.
 """

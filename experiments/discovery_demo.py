@@ -3,7 +3,6 @@ density, lam or the length changed. Does the discovered size stay put?
 
     python experiments/discovery_demo.py                         # densities and lam x0.5, x2
     python experiments/discovery_demo.py --select none --tag none  # the search alone
-    python experiments/discovery_demo.py --set select_sweep=true --tag sweep
 
 One thread; writes experiments/results/discovery_demo[_TAG].json.
 """

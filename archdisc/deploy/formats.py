@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from archdisc.errors import ConfigError, ExportError
+from archdisc.errors import ConfigError, ExportError, MissingFileError
 from archdisc.deploy.rewrite import for_runtime
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.graph.archgraph import ArchGraph
@@ -97,8 +97,8 @@ def load(path, device="cpu") -> ArchNet:
     weights, graph_json = _pair(path)
     for f in (weights, graph_json):
         if not f.exists():
-            raise FileNotFoundError(f"{f} not found: a saved model is a .safetensors file "
-                                    "(weights) beside a .json file (its ArchGraph)")
+            raise MissingFileError(f"{f} not found: a saved model is a .safetensors file "
+                                   "(weights) beside a .json file (its ArchGraph)")
     return _load_pair(weights, graph_json, device)
 
 
