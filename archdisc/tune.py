@@ -33,7 +33,8 @@ import optuna
 from archdisc.io import atomic_write_text
 from archdisc.plots import save_png
 from archdisc.recipe.config import Config, ConfigError
-from archdisc.recipe.discover import build_supernet, load_dataset, run_discover
+from archdisc.recipe.discover import run_discover
+from archdisc.recipe.setup import build_supernet, load_dataset
 
 SIZES = ("params", "macs")
 MODES = ("pareto", "scalar")

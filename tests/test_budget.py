@@ -35,7 +35,11 @@ def test_target_params_is_met_and_extraction_is_exact(tmp_path, target):
     _, compact = extract(net, verify=True)
     assert sum(p.numel() for p in compact.parameters()) == kept
     x = torch.randn(64, 20)
-    assert verify_equivalent(net, compact, inputs=x) <= 1e-5
+    # float32 sums over fewer (only the non-zero) terms: equal up to rounding, a few ulps of
+    # the largest activation (measured up to ~60, where one ulp is 4e-6), so relative to it
+    with torch.no_grad():
+        scale = max(float(a.abs().max()) for a in net.eval().activations(x).values())
+    assert verify_equivalent(net, compact, inputs=x) <= 1e-5 * max(1.0, scale)
     assert report["finetune"]["epochs"] == 2 and report["epochs_total"] == 8
 
 
@@ -106,7 +110,7 @@ def test_unknown_lam_layer(tmp_path):
 # ---------------------------------------------------------------------- controller parts
 def _control(net, **kw):
     from archdisc.sparsity.budget import LamControl
-    from archdisc.recipe.discover import make_optimizer
+    from archdisc.recipe.setup import make_optimizer
     config = cfg(**kw)
     opt = make_optimizer(net, config)
     return LamControl(net, opt, config, steps_per_epoch=10), opt

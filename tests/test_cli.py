@@ -172,7 +172,7 @@ def test_a_log_file_gets_a_line_per_epoch_and_per_phase(tmp_path):
 
 def test_boolean_flags_read_true_and_false(tmp_path, capsys):
     from archdisc.cli import build_parser
-    from archdisc.recipe.discover import make_optimizer
+    from archdisc.recipe.setup import make_optimizer
     from archdisc import ArchNet, Config, build_space
     p = build_parser()
     for text, value in (("true", True), ("false", False), ("0", False), ("yes", True)):

@@ -23,7 +23,6 @@ version and is validated with an error naming the node for every malformed field
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import networkx as nx

@@ -192,7 +192,7 @@ def _pool(kind):
               label=lambda a, w: f"{kind}pool {a['kernel_size']}", spatial=True,
               out_shape=_window, constant=constant, keeps_zero=lambda a: True,
               check=lambda a: (None if isinstance(a["ceil_mode"], bool)
-                               else f"'ceil_mode' must be true or false"))
+                               else "'ceil_mode' must be true or false"))
 
 
 def _adaptive_pool(kind):

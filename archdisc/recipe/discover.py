@@ -33,7 +33,6 @@ from archdisc.recipe.config import BREGMAN, Config
 from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
 from archdisc.recipe.setup import (SearchState, build_supernet, load_dataset, resolve_device,
                                    start_search)
-from archdisc.recipe.setup import make_optimizer  # noqa: F401 - callers import it from here
 from archdisc.sparsity.budget import compact_params, target_of
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
