@@ -43,3 +43,12 @@ def untraceable():
             x = x.flatten(1)
             return self.fc(x) if x.sum() > 0 else -self.fc(x)
     return Branchy()
+
+
+def assert_same_accuracy(a: float, b: float, n: int) -> None:
+    """Accuracies (%) on ``n`` samples of two float computations of one function (the
+    supernet and its extracted compact model): equal, except that a sample whose two top
+    logits lie within rounding (~1e-6) of each other may be decided the other way by the
+    other computation on another CPU. So at most one sample may differ; a wrong
+    extraction changes far more (and ``extract(verify=True)`` compares the outputs)."""
+    assert abs(a - b) <= 100 / n + 1e-9, (a, b, n)

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import assert_same_accuracy
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,8 +27,9 @@ def test_cifar10_resnet18_smoke(tmp_path):
     assert doc["config"]["space"] == "resnet18" and doc["config"]["data"] == "cifar10"
     assert len(doc["epochs"]) == 1
     assert 0 <= doc["test_accuracy"]["compact"] <= 100
-    # the compact model computes the supernet's function
-    assert abs(doc["test_accuracy"]["compact"] - doc["test_accuracy"]["supernet"]) < 1e-6
+    # the compact model computes the supernet's function (on the smoke run's 100 test
+    # images: at most one near-tie decided the other way by the other float computation)
+    assert_same_accuracy(doc["test_accuracy"]["compact"], doc["test_accuracy"]["supernet"], 100)
     assert 0 < doc["params"]["compact"] <= doc["params"]["supernet"]
     assert 0 < doc["supernet_nonzero"]["kernels_pct"] <= 100
     # counted on the final model, folded-away kernels drop out: never more than the supernet's
@@ -54,6 +57,10 @@ def test_torch_pruning_baseline_keeps_the_top_groups_and_the_dense_function():
             # Torch-Pruning's group L2 importance: squared norms of the incoming row and of
             # the outgoing column (bias not counted), computed on the dense model
             score = lin[i].weight.pow(2).sum(1) + lin[i + 1].weight.pow(2).sum(0)
+            # no near-tie at the cut, which Torch-Pruning's own float sums could break the
+            # other way (measured: the k-th and (k+1)-th scores 2.4% apart)
+            top = score.sort(descending=True).values
+            assert top[k - 1] - top[k] > 1e-4 * top[k]
             expected = sorted(score.topk(k).indices.tolist())
             kept = [lin[i].bias.tolist().index(b) for b in slin[i].bias.tolist()]
             assert kept == expected
@@ -62,7 +69,8 @@ def test_torch_pruning_baseline_keeps_the_top_groups_and_the_dense_function():
             ref.weight[dropped] = 0
             ref.bias[dropped] = 0
         x = torch.randn(16, 1, 28, 28)
-        torch.testing.assert_close(small(x), reference(x), rtol=0, atol=1e-5)
+        # float32, O(1) outputs, the same sums with the pruned (zero) terms left out
+        torch.testing.assert_close(small(x), reference(x), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(dense(x), reference(x), atol=1e-3)  # something was removed
 
 

@@ -30,7 +30,8 @@ def test_mlp_equals_hand_written_sequential():
             lin.weight.copy_(net.layers[name].weight)
             lin.bias.copy_(net.layers[name].bias)
     x = torch.randn(5, 1, 28, 28)
-    assert torch.allclose(net(x), seq(x), atol=1e-6)
+    # the same float32 linear layers on the same weights: equal up to rounding (measured 0)
+    torch.testing.assert_close(net(x), seq(x), rtol=1e-5, atol=1e-6)
     assert count_params(g) == sum(p.numel() for p in seq.parameters()) == 173_890
 
 
@@ -55,7 +56,7 @@ def test_builtin_compiles_runs_traces_and_round_trips(name):
     net.eval()
     traced = torch.jit.trace(net, x)
     x2 = example_input(g, 5)
-    assert torch.allclose(traced(x2), net(x2), atol=1e-6)
+    torch.testing.assert_close(traced(x2), net(x2), rtol=1e-5, atol=1e-6)  # same ops: measured 0
 
 
 def test_default_spaces_build():
@@ -77,7 +78,9 @@ def test_user_graph_with_indexed_add_and_gates():
     s_ref = ya.clone()
     s_ref[:, 3] += yb[:, 0]
     s_ref[:, 1] += yb[:, 1]
-    assert torch.allclose(net(x), net.layers["head"](torch.relu(s_ref)), atol=1e-6)
+    # float32 O(1) values, the same adds in the same order by hand (measured 0)
+    torch.testing.assert_close(net(x), net.layers["head"](torch.relu(s_ref)), rtol=1e-5,
+                               atol=1e-6)
     assert count_params(g) == sum(p.numel() for p in net.parameters())
     assert ArchGraph.from_json(g.to_json()).to_dict() == g.to_dict()
 
@@ -161,8 +164,8 @@ def test_readme_example_builds_trains_and_extracts():
         opt.step()
     graph, compact = archdisc.extract(net)
     assert graph.nodes["fc1"]["units"] < 256
-    net.eval()
-    assert torch.allclose(compact(xs), net(xs), atol=1e-5)
+    net.eval()  # float32, the compact sums over fewer terms: rounding, measured 2.4e-7
+    torch.testing.assert_close(compact(xs), net(xs), rtol=1e-5, atol=1e-5)
 
 
 def test_an_op_is_one_registry_entry_dropout():

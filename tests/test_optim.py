@@ -18,6 +18,12 @@ from archdisc.optim import (L1, AdaBreg, GroupL2, KernelL2, LinBreg, ProxSGD, Re
                             regularizer_from_config)
 
 
+# Two implementations of one update (LinBreg with J = 0 and SGD, foreach and loop, fused
+# and loop, the update written out) run the same float32 maths in another order: their
+# parameters (all |p| < ~2) drift apart by a few ulps (~1e-7) that later steps carry along.
+# Measured after 20-60 steps: at most 1.2e-7 (fused vs loop), also with
+# ATEN_CPU_CAPABILITY=default. A wrong update (a missing term, another step size) moves
+# them by lr * |grad|, ~1e-3.
 TOL = 1e-6
 
 
@@ -314,7 +320,8 @@ def test_prox_is_exactly_zero_below_threshold(kind):
             assert torch.count_nonzero(gx) == 0
         else:  # shrunk along its own direction
             scale = 1 - delta * lam * w / float(torch.linalg.vector_norm(gy))
-            assert torch.allclose(gx, scale * gy, atol=1e-12)
+            # float64, O(1) entries, a norm and a division: ~1e-16, measured 2e-16
+            torch.testing.assert_close(gx, scale * gy, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -331,7 +338,7 @@ def test_value_and_subgradient(kind, seed, lam):
         if nx == 0:
             assert torch.count_nonzero(gp) == 0
         else:
-            assert torch.allclose(gp, lam * w * gx / nx, atol=1e-12)
+            torch.testing.assert_close(gp, lam * w * gx / nx, rtol=1e-9, atol=1e-12)  # float64
     # subgradient inequality J(y) >= J(x) + <p, y - x>
     g = torch.Generator().manual_seed(seed + 1)
     for _ in range(10):
@@ -346,11 +353,16 @@ def test_group_l2_units_span_all_tensors():
     bn = torch.tensor([0.0, 2.0, 0.0])
     reg = GroupL2(0.5)
     # unit norms 5, 2, sqrt(2); n_i = 4 entries per unit -> weight 2
-    assert reg.value([w, b, bn]) == pytest.approx(0.5 * 2 * (5 + 2 + math.sqrt(2)))
+    # float32 norms of small integers (5 and 2 exact, sqrt(2) rounded): a few ulps
+    assert reg.value([w, b, bn]) == pytest.approx(0.5 * 2 * (5 + 2 + math.sqrt(2)), rel=1e-6)
     x = [w.clone(), b.clone(), bn.clone()]
     reg.prox_(x, 2.0)  # threshold 2 * 0.5 * 2 = 2: unit 0 keeps 1 - 2/5, units 1, 2 die
-    assert torch.allclose(x[0], torch.tensor([[1.8, 0.0], [0.0, 0.0], [0.0, 0.0]]))
-    assert torch.allclose(x[1], torch.tensor([2.4, 0.0, 0.0]))
+    # 3 * (1 - 2/5) and 4 * (1 - 2/5) in float32: a few ulps. The zeros are exact on every
+    # CPU (atol 0): zero entries times the factor, and dead units' factor clamped to 0 (unit
+    # 1's norm is exactly the threshold: sqrt(4) = 2 and 1 - 2/2 = 0 are exact in IEEE)
+    torch.testing.assert_close(x[0], torch.tensor([[1.8, 0.0], [0.0, 0.0], [0.0, 0.0]]),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(x[1], torch.tensor([2.4, 0.0, 0.0]), rtol=1e-6, atol=0)
     assert torch.equal(x[2], torch.zeros(3))
 
 
@@ -362,7 +374,10 @@ def test_prox_into_scales_the_input():
         reg.prox_into(out, v, delta=0.7, scale=0.7)
         ref = [0.7 * t for t in v]
         reg.prox_(ref, 0.7)
-        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out, ref))
+        # float32 O(1) values, thresholds 0.3 vs 0.21 applied before / after the scaling:
+        # a few ulps apart (measured 6e-8), also at the kink (the prox is continuous)
+        for a, b in zip(out, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_regularizer_config_roundtrip_and_repr():
@@ -416,8 +431,9 @@ def test_inverse_scale_space_entries_wake_up_only_when_v_leaves_the_ball():
         (0.5 * ((A @ theta - b) ** 2).mean()).backward()
         opt.step()
         v = opt.state[theta]["v"]
+        # exact in IEEE on every CPU: theta = v - clamp(v, -lam, lam) is 0 iff |v| <= lam
         assert torch.equal(theta != 0, v.abs() > lam)
-        assert torch.allclose(theta, _soft(v, lam), atol=1e-7)
+        torch.testing.assert_close(theta, _soft(v, lam), rtol=1e-6, atol=1e-7)  # measured 0
         seen_zero |= bool((theta == 0).any())
         seen_active |= bool((theta != 0).any())
     assert seen_zero and seen_active
@@ -567,7 +583,7 @@ def test_fused_none_falls_back_when_compile_fails(monkeypatch):
         warnings.simplefilter("error")  # no second warning: foreach from now on
         train(a, oa, mlp_data(), 2, start=1)
     train(b, ob, mlp_data(), 3)
-    assert max_diff(a, b) == 0.0
+    assert max_diff(a, b) == 0.0  # both ran the foreach path: the same ops, bit for bit
     assert base._COMPILE_ERROR
 
 
@@ -597,7 +613,7 @@ def test_missing_grads_in_a_regularized_group_count_as_zero(opt_cls):
             model[0].bias.grad = torch.zeros_like(model[0].bias) if explicit else None
             model[2].weight.grad = model[2].bias.grad = None  # whole group without grads
             opt.step()
-    assert max_diff(a, b) == 0.0
+    assert max_diff(a, b) == 0.0  # a zero gradient adds exact zeros: bit for bit
     assert len(oa.state[a[2].weight]) == 0  # the group without any grad was skipped
     assert torch.equal(a[2].weight, mlp()[2].weight)
 
