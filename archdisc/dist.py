@@ -20,6 +20,7 @@ import os
 import signal
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from archdisc.errors import ConfigError, Stopped, TrainingError
 
@@ -45,7 +46,6 @@ class Dist:
         """The module to train: ``net`` itself, or net in DistributedDataParallel."""
         if self.world == 1:
             return net
-        from torch.nn.parallel import DistributedDataParallel
         ids = [net_device(net).index] if net_device(net).type == "cuda" else None
         return DistributedDataParallel(net, device_ids=ids)
 

@@ -29,12 +29,15 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 
+from archdisc.deploy.formats import export_run
 from archdisc.io import atomic_write_text
 from archdisc.plots import save_png
 from archdisc.recipe.config import Config, ConfigError
 from archdisc.recipe.discover import run_discover
 from archdisc.recipe.setup import build_supernet, load_dataset
+from archdisc.render import RenderError, render_run
 
 SIZES = ("params", "macs")
 MODES = ("pareto", "scalar")
@@ -184,7 +187,6 @@ def _optimize(study, base: Config, out: Path, settings: TuneSettings, has_gates,
 def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates, index):
     """One of tune's worker processes. It stops when the tune process that started it dies
     (kill -9 included): its running trial is then marked FAIL by the next tune here."""
-    import torch
     parent = os.getppid()
 
     def exit_with_parent():
@@ -328,7 +330,6 @@ def write_outputs(study, out: Path, settings: TuneSettings, echo: bool = True):
         lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
         atomic_write_text(out / "pareto.csv", "\n".join(lines) + "\n")
         plot_front(rows, out / "pareto.png", settings.size)
-        from archdisc.render import RenderError, render_run
         for run_dir in (Path(r["run_dir"]) for r in rows if r["pareto"]):
             try:
                 render_run(run_dir, "svg")
@@ -387,7 +388,6 @@ def pick(study, settings: TuneSettings, min_metric=None, max_params=None) -> dic
 def export_best(out, settings: TuneSettings, storage=None, study_name=None,
                 min_metric=None, max_params=None):
     """Export the Pareto trial chosen by :func:`pick` like ``archdisc export``."""
-    from archdisc.deploy.formats import export_run
     out = Path(out)
     if storage is None and not any((out / f).exists() for f in ("study.db", "study.journal")):
         raise ConfigError(f"--out {out}: no study here (no study.db or study.journal)")

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from archdisc.errors import ConfigError, DataError
+from archdisc.recipe.loop import batches
 
 __all__ = ["psnr", "accuracy", "evaluate"]
 
@@ -45,7 +46,6 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, metric: 
     was_training = model.training
     model.eval()
     try:
-        from archdisc.recipe.loop import batches  # in-memory tensors, or any Dataset streamed
         total, count = 0.0, 0
         for x, y in batches(dataset, batch_size, device, workers):
             out = model(x)

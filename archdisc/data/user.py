@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import TensorDataset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms.functional import pil_to_tensor
 
 from archdisc.data.builtin import _DESCRIPTIONS, _canonical
 from archdisc.data.dataset import Data
@@ -104,8 +107,6 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def _read_image(path) -> torch.Tensor:
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
     with Image.open(path) as im:  # RGB, as torchvision's ImageFolder reads images
         return pil_to_tensor(im.convert("RGB"))
 
@@ -113,7 +114,6 @@ def _read_image(path) -> torch.Tensor:
 def _folder_samples(root: Path, classes: list | None = None):
     """(path, label) pairs of ROOT/<class>/<image>; labels follow ``classes`` when given
     (so val/ and test/ use train/'s numbering)."""
-    from torchvision.datasets import ImageFolder
     try:
         folder = ImageFolder(str(root), loader=lambda p: p)
     except (FileNotFoundError, RuntimeError) as e:

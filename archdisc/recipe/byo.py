@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
 
+from archdisc.data import Data
+from archdisc.data.user import split_indices
+from archdisc.errors import ArchdiscError, ConfigError, DataError, GraphError
+from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.fx import from_module
 from archdisc.recipe.config import PYTHON_DATA, Config, parse_input_shape
-from archdisc.errors import ArchdiscError, ConfigError
-from archdisc.graph.archgraph import ArchGraph, GraphError
 
 __all__ = ["model_graph", "graph_file", "python_data"]
 
@@ -62,7 +66,6 @@ def model_graph(config: Config, data) -> ArchGraph:
     """Build ``config.model(**config.model_options)``, import it with
     :func:`archdisc.from_module` on an example input of ``config.input_shape`` (default: the
     data's) and return its graph (the weights are re-initialised by the search)."""
-    from archdisc.graph.fx import from_module
     spec = config.model
     builder = _import_callable(spec)
     opts = dict(config.model_options)
@@ -132,7 +135,6 @@ def graph_file(path) -> ArchGraph:
 # ---------------------------------------------------------------------- data=Dataset
 def _item(dataset, i: int, where: str, shape=None):
     """Item ``i`` of ``dataset`` as (float tensor, int label), or a DataError naming it."""
-    from archdisc.errors import DataError
     item = dataset[i]
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise DataError(f"{where}: item {i} is {type(item).__name__}, not a pair "
@@ -164,7 +166,6 @@ def _item(dataset, i: int, where: str, shape=None):
 class _Checked(torch.utils.data.Dataset):
     """A user's Dataset whose items are (float tensor, int label), read on access: the
     training loop streams it through a DataLoader, so memory does not grow with it."""
-
     def __init__(self, dataset, where: str, shape):
         self.dataset, self.where, self.shape = dataset, where, shape
 
@@ -178,9 +179,6 @@ class _Checked(torch.utils.data.Dataset):
 def _scan(dataset, where: str):
     """Read every item once (checked, then dropped): (the dataset to stream, its input
     shape, its labels). In-memory TensorDatasets stay as they are (the fast path)."""
-    from torch.utils.data import TensorDataset
-
-    from archdisc.errors import DataError
     try:
         n = len(dataset)
     except TypeError:
@@ -198,7 +196,6 @@ def _scan(dataset, where: str):
 
 def _take(dataset, idx: torch.Tensor):
     """The items ``idx`` of ``dataset``: still tensors for a TensorDataset, else a Subset."""
-    from torch.utils.data import Subset, TensorDataset
     if isinstance(dataset, TensorDataset):
         return TensorDataset(*(t[idx] for t in dataset.tensors))
     return Subset(dataset, idx.tolist())
@@ -211,10 +208,6 @@ def python_data(data, config: Config):
     transform is the preprocessing). Every item is checked once up front; then in-memory
     TensorDatasets are indexed directly and any other Dataset is streamed through a
     DataLoader (``config.loader_workers`` processes) in every epoch."""
-    from torch.utils.data import Dataset
-
-    from archdisc.data import Data, DataError
-    from archdisc.data.user import split_indices
     if config.task != "classification":
         raise ConfigError("config field 'task': a Python Dataset supports task = "
                           "\"classification\"")

@@ -19,7 +19,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archdisc.data import available_datasets
+from archdisc.data.user import is_user_data
 from archdisc.errors import ConfigError
+from archdisc.spaces import spaces
 
 __all__ = ["Config", "ConfigError", "load_config", "read_toml", "CHOICES", "BREGMAN"]
 
@@ -239,7 +242,6 @@ def _with_model(c: Config) -> Config:
 
 def _check_space(c: Config):
     """A registered space or an existing graph file, and no model fields without a model."""
-    from archdisc.spaces import spaces
     if c.model_options or c.input_shape is not None:
         raise ConfigError("config field 'model_options' / 'input_shape': they belong to "
                           "'model' (--model package.module:callable), which is not set")
@@ -258,8 +260,6 @@ def _check_space(c: Config):
 
 
 def _check_data(c: Config):
-    from archdisc.data import available_datasets
-    from archdisc.data.user import is_user_data
     known = available_datasets()
     if _dataset_key(c.data) not in {_dataset_key(k) for k in known} and \
             not is_user_data(c.data) and not c.data.startswith(PYTHON_DATA):

@@ -14,6 +14,7 @@ function of ``(seed, epoch)`` and the checkpoint holds everything else.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -22,18 +23,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from archdisc import dist as distributed
+from archdisc.data import evaluate
+from archdisc.deploy.formats import save as save_model
 from archdisc.dist import Dist
 from archdisc.errors import TrainingError
+from archdisc.extract import extract, extraction_report
 from archdisc.graph.archgraph import ArchGraph
 from archdisc.graph.compile import ArchNet
 from archdisc.io import atomic_write_text
 from archdisc.recipe import rundir
+from archdisc.recipe.byo import python_data
 from archdisc.recipe.config import BREGMAN, Config
 from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
+from archdisc.recipe.select import shrink_select
 from archdisc.recipe.setup import (SearchState, build_supernet, load_dataset, resolve_device,
                                    start_search)
 from archdisc.sparsity.budget import compact_params, target_of
+from archdisc.sparsity.groups import alive
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
            "finetune_compact", "report", "Run"]
@@ -97,9 +106,7 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
     """Validate ``config``, load its data, build the supernet graph, prepare ``out``.
     Everything that can be refused is refused before the folder is touched. Under
     torchrun every rank checks, and rank 0 alone prepares the folder."""
-    from archdisc import dist as distributed
     if data is not None:  # a Dataset: config.toml records its class as the data
-        from archdisc.recipe.byo import python_data
         data = python_data(data, config.validate())
         config = dataclasses.replace(config, data=data.name)
     config = config.validate()
@@ -122,8 +129,6 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
 def search(run: Run, on_epoch=None):
     """Train the sparse-initialised supernet with the configured optimizer; checkpoint,
     metrics line and progress line after every epoch."""
-    from tqdm import tqdm
-    from archdisc.sparsity.groups import alive
     config, dist = run.config, run.dist
     s = start_search(run)
     show = run.progress and sys.stderr.isatty()
@@ -157,7 +162,6 @@ def search(run: Run, on_epoch=None):
 def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float:
     """One epoch of the search (the lam controller and the decoupled weight decay after
     each step); its mean loss, or a TrainingError naming what the checkpoint keeps."""
-    from archdisc import dist as distributed
     config, opt, control, steps = run.config, s.opt, s.control, s.steps
     decay = config.weight_decay > 0 and config.optimizer in BREGMAN  # else torch's own
 
@@ -204,7 +208,6 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
 def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) -> dict:
     """Score the epoch on validation, append its record to metrics.jsonl and write the
     checkpoint; returns the record."""
-    from archdisc.data import evaluate
     net, opt, control = s.net, s.opt, s.control
     val = evaluate(net, run.data.val, run.data.metric, 1024, run.device,
                    run.config.loader_workers)
@@ -229,8 +232,6 @@ def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) ->
 def extract_compact(run: Run):
     """Save the trained supernet, extract the compact model (verified on validation
     inputs) and score both on the validation and test splits."""
-    from archdisc.deploy.formats import save as save_model
-    from archdisc.extract import extract, extraction_report
     net = run.net.eval()
     save_model(net, run.out / "supernet")
     sample = next(batches(run.data.val, 256, run.device))[0]
@@ -250,7 +251,6 @@ def select_compact(run: Run):
     (archdisc.recipe.select: ``shrink`` or ``scale``)."""
     if run.config.select == "none":
         return
-    from archdisc.recipe.select import shrink_select
     t0 = time.perf_counter()
     run.compact, run.select_path = shrink_select(run.compact, run.data, run.config,
                                                  run.device, lambda s: _log(run, s), run.net)
@@ -264,12 +264,9 @@ def select_compact(run: Run):
 def finetune_compact(run: Run):
     """``config.finetune`` epochs of Adam on the compact model, kept only if it does not
     make the validation metric worse (a diverging fine-tune never replaces the model)."""
-    import copy
-    from archdisc.deploy.formats import save as save_model
     if run.config.finetune:
         t0 = time.perf_counter()
         before, val_before = copy.deepcopy(run.compact.state_dict()), run.val["compact"]
-        from tqdm import tqdm
         steps = math.ceil(len(run.data.train) / run.config.batch_size) * run.config.finetune
         bar = tqdm(total=steps, unit="batch", desc="fine-tune", file=sys.stderr, leave=False,
                    disable=not (run.progress and sys.stderr.isatty()))
@@ -298,7 +295,6 @@ def finetune_compact(run: Run):
 
 def report(run: Run) -> dict:
     """Write report.json / report.md and return the report."""
-    from archdisc.extract import extraction_report
     config, data, metrics, test = run.config, run.data, run.metrics, run.test
     rep = extraction_report(run.net.graph, run.compact_graph)
     rep.update({
@@ -340,7 +336,6 @@ DIVERGED = 10.0  # an epoch's training loss over this many times the untrained m
 
 
 def _score(run: Run, model, split) -> float:
-    from archdisc.data import evaluate
     return evaluate(model, split, run.data.metric, 1024, run.device,
                     run.config.loader_workers)
 

@@ -13,16 +13,19 @@ weights and optimizer state are safetensors, the rest JSON, JSON lines or TOML::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from archdisc.recipe.config import Config, read_toml
 from archdisc.errors import ConfigError, RunError
+from archdisc.extract import format_report
 from archdisc.io import (atomic_write_json, atomic_write_text, load_tensors, remove_stale_temps,
-                 save_tensors)
+                         save_tensors)
+from archdisc.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
+from archdisc.recipe.config import Config, read_toml
 
 __all__ = ["CHECKPOINT", "ARTEFACTS", "prepare_run", "save_checkpoint", "load_checkpoint",
            "write_metrics", "append_metrics", "write_report"]
@@ -35,7 +38,6 @@ ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
 
 def save_checkpoint(path, net, opt, meta: dict):
     """Atomically write weights, buffers, optimizer and RNG state (safetensors, no pickle)."""
-    from archdisc.optim import optimizer_state_to_tensors
     tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
     opt_tensors, opt_meta = optimizer_state_to_tensors(opt)
     tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
@@ -48,7 +50,6 @@ def save_checkpoint(path, net, opt, meta: dict):
 
 def load_checkpoint(path, net, opt) -> dict:
     """Restore what :func:`save_checkpoint` wrote into ``net`` and ``opt``; returns its meta."""
-    from archdisc.optim import optimizer_state_from_tensors
     try:
         tensors, meta = load_tensors(path)
     except Exception as e:  # noqa: BLE001 - safetensors / JSON errors of a damaged file
@@ -135,7 +136,6 @@ CHECKED = ("supernet.safetensors", "supernet.json", "compact.safetensors", "comp
 
 
 def sha256(path: Path) -> str:
-    import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -166,7 +166,6 @@ def verify_checksums(out: Path, names=CHECKED):
 
 def write_report(out: Path, report: dict):
     """report.json and report.md (with the headline) of a finished run."""
-    from archdisc.extract import format_report
     report["headline"] = headline(report)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", report_markdown(report, format_report))

@@ -31,11 +31,12 @@ import math
 
 import torch
 
-from archdisc.sparsity.budget import target_of
+from archdisc.extract import extract
 from archdisc.graph.compile import ArchNet, compile_graph
-from archdisc.sparsity.groups import unit_members
-from archdisc.recipe.loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
 from archdisc.graph.ops import OPS
+from archdisc.recipe.loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
+from archdisc.sparsity.budget import target_of
+from archdisc.sparsity.groups import unit_members
 
 __all__ = ["shrink_select", "scale_select"]
 
@@ -261,7 +262,6 @@ def _shrinkable(net: ArchNet) -> list[str]:
 def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe) -> ArchNet:
     """A copy of ``net`` without the weakest ``cuts[n]`` units of each node ``n`` (scores
     from ``net`` as it is: ``env`` holds its eval-mode activations on ``probe``)."""
-    from archdisc.extract import extract
     g = net.graph
     net = _copy(net).eval()
     members, weakest = unit_members(net), {}

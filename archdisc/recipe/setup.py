@@ -13,13 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
+from archdisc import optim
+from archdisc.data import load_data, load_user_data
+from archdisc.data.user import is_user_data
 from archdisc.errors import ConfigError, GraphError, RunError
-from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.archgraph import ArchGraph, count_params
 from archdisc.graph.compile import ArchNet
 from archdisc.recipe import rundir
+from archdisc.recipe.byo import graph_file, model_graph
 from archdisc.recipe.config import PYTHON_DATA, Config, is_graph_file
 from archdisc.recipe.loop import batches, loss_fn, tensors
+from archdisc.spaces import build_space, spaces
 from archdisc.sparsity.budget import LamControl
+from archdisc.sparsity.groups import param_groups, sparse_init
 
 __all__ = ["resolve_device", "load_dataset", "build_supernet", "make_optimizer",
            "SearchState", "start_search"]
@@ -37,8 +43,6 @@ def resolve_device(name: str) -> torch.device:
 
 def load_dataset(config: Config):
     """config.data loaded and split (a registered dataset, or a user's file or folder)."""
-    from archdisc.data import load_data, load_user_data
-    from archdisc.data.user import is_user_data
     if config.data.startswith(PYTHON_DATA):
         raise ConfigError(f"config field 'data': {config.data!r} was a Python Dataset given "
                           f"to run_discover(data=...); pass it again (the command line "
@@ -67,11 +71,9 @@ def build_supernet(config: Config, data) -> ArchGraph:
     """The search space's graph (or config.model's, or the graph file config.space);
     ``in_shape`` / ``classes`` / ``task`` default to the data's."""
     if config.model is not None or is_graph_file(config.space):
-        from archdisc.recipe.byo import graph_file, model_graph
         graph = (model_graph(config, data) if config.model is not None
                  else graph_file(config.space))
         return _check_supernet(graph, config, data)
-    from archdisc.spaces import build_space, spaces
     accepted = inspect.signature(spaces()[config.space][0]).parameters
     opts = dict(config.space_options)
     fill = {"in_shape": list(data.in_shape), "task": data.task}
@@ -100,7 +102,6 @@ def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
             f"config field {name!r}: search space {config.space!r} maps {list(x_shape)} "
             f"-> {out_numel} values, but dataset {data.name!r} ({data.task}) needs "
             f"{list(data.in_shape)} -> {want}; adjust the {name.replace('_', ' ')}")
-    from archdisc.graph.archgraph import count_params
     params = count_params(graph)
     need = 5 * 4 * params  # float32 weights, gradients and three optimizer buffers
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -113,8 +114,6 @@ def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
 
 def make_optimizer(net: ArchNet, config: Config) -> torch.optim.Optimizer:
     """config.optimizer on ``net``: Bregman / proximal on its groups, or a dense baseline."""
-    from archdisc import optim
-    from archdisc.sparsity.groups import param_groups
     c = config
     if c.optimizer in ("sgd", "adam"):  # dense baselines: no regularizer
         params = list(net.parameters())
@@ -151,7 +150,6 @@ def start_search(run) -> SearchState:
     """The sparse-initialised supernet of ``run`` (a :class:`~archdisc.recipe.discover.Run`),
     its optimizer and lam controller, restored from the checkpoint when the run resumes
     (``run.metrics`` and ``run.train_seconds`` too)."""
-    from archdisc.sparsity.groups import sparse_init
     config, data, device = run.config, run.data, run.device
     torch.manual_seed(config.seed)
     net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,

@@ -12,6 +12,9 @@ import math
 import torch
 
 from archdisc.errors import ConfigError
+from archdisc.extract import extract_graph
+from archdisc.graph.archgraph import count_params
+from archdisc.sparsity.groups import unit_members
 
 __all__ = ["LamControl", "compact_params", "target_of"]
 
@@ -31,9 +34,6 @@ def compact_params(net) -> tuple[int, dict]:
     """Parameter count of the compact model that extraction would build now (exact; read from
     the extracted graph, no module is compiled), and each searchable node's alive fan-in
     there (None: node removed)."""
-    from archdisc.extract import extract_graph
-    from archdisc.graph.archgraph import count_params
-    from archdisc.sparsity.groups import unit_members
     graph, state = extract_graph(net)
     fan_in = {n: (math.prod(state[f"layers.{n}.weight"].shape[1:])
                   if f"layers.{n}.weight" in state else None) for n in unit_members(net)}
@@ -58,7 +58,6 @@ class LamControl:
     """
 
     def __init__(self, net, opt, config, steps_per_epoch: int):
-        from archdisc.sparsity.groups import unit_members
         self.opt, self.config, self.spe = opt, config, steps_per_epoch
         self.groups = [g for g in opt.param_groups if g.get("reg") is not None]
         names = {g.get("name") for g in self.groups}
