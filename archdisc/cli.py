@@ -19,7 +19,19 @@ import dataclasses
 import sys
 import tomllib
 import typing
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import torch
+
+from archdisc.data import available_datasets
+from archdisc.deploy.formats import FORMATS as EXPORT_FORMATS, export_run
+from archdisc.errors import ArchdiscError, ConfigError, TrainingError
+from archdisc.recipe.config import CHOICES, Config, load_config
+from archdisc.recipe.discover import run_discover
+from archdisc.render import FORMATS as PICTURE_FORMATS, RenderError, render_run
+from archdisc.spaces import spaces
+from archdisc.tune import MODES, SIZES, TuneSettings, export_best, tune
 
 
 def _add_spaces(sub):
@@ -29,7 +41,6 @@ def _add_spaces(sub):
 
 
 def _spaces(args) -> int:
-    from archdisc.spaces import spaces
     width = max(map(len, spaces()))
     for name, (_, description) in spaces().items():
         print(f"{name:<{width}}  {description}")
@@ -79,9 +90,6 @@ def _add_config_options(p):
     """--config FILE, then one option per Config field in the fields' order (the dict
     fields as repeatable KEY=VALUE options, --threads after --device); the expert fields
     in a group of their own after the others."""
-    from archdisc.data import available_datasets
-    from archdisc.recipe.config import CHOICES, Config
-    from archdisc.spaces import spaces
     p.add_argument("--config", type=Path, help="TOML file with config fields")
     expert = p.add_argument_group(
         "expert options", "research knobs of the optimizer, the lam controller and the "
@@ -133,7 +141,6 @@ def _add_field_option(group, f, typ, choices=None):
 
 
 def _config_from_args(args, path=None):
-    from archdisc.recipe.config import Config, ConfigError, load_config
     names = {f.name for f in dataclasses.fields(Config)}
     overrides = {k: dict(v) if isinstance(v, list) else v
                  for k, v in vars(args).items() if k in names}
@@ -147,14 +154,11 @@ def _config_from_args(args, path=None):
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads: must be an integer >= 1")
-        import torch
         torch.set_num_threads(args.threads)
     return config
 
 
 def _discover(args) -> int:
-    from archdisc.render import RenderError, render_run
-    from archdisc.recipe.discover import run_discover
     path = None
     if args.config is None and args.resume and (args.out / "config.toml").exists():
         path = args.out / "config.toml"
@@ -185,12 +189,11 @@ def _run_parser(sub, name, help, description):
 
 
 def _add_render(sub):
-    from archdisc.render import FORMATS
     p = _run_parser(sub, "render", "draw the discovered architecture and its growth",
                     "Draw RUN's discovered graph with Graphviz (and the Graphviz source .gv), "
                     "the growth plot growth.png and selection.png (the models the select "
                     "stage scored).")
-    p.add_argument("--format", choices=FORMATS, default="svg",
+    p.add_argument("--format", choices=PICTURE_FORMATS, default="svg",
                    help="picture format: svg, png or pdf (default: svg)")
     p.add_argument("--supernet", action="store_true",
                    help="also draw the whole supernet, dead units, nodes and edges greyed")
@@ -198,25 +201,22 @@ def _add_render(sub):
 
 
 def _render(args) -> int:
-    from archdisc.render import render_run
     for path in render_run(args.run, args.format, args.supernet):
         print(path)
     return 0
 
 
 def _add_export(sub):
-    from archdisc.deploy.formats import FORMATS
     p = _run_parser(sub, "export", "export the compact model for deployment",
                     "Export RUN's compact model (dynamic batch size) into RUN/export/; every "
                     "file is checked against the PyTorch model before it is reported.")
-    p.add_argument("--format", choices=(*FORMATS, "all"), default="all",
+    p.add_argument("--format", choices=(*EXPORT_FORMATS, "all"), default="all",
                    help="which format to write (default: all)")
     p.set_defaults(func=_export)
 
 
 def _export(args) -> int:
-    from archdisc.deploy.formats import FORMATS, export_run
-    formats = FORMATS if args.format == "all" else (args.format,)
+    formats = EXPORT_FORMATS if args.format == "all" else (args.format,)
     for fmt, path in export_run(args.run, formats).items():
         print(f"{fmt:<12} {path}")
     return 0
@@ -224,7 +224,6 @@ def _export(args) -> int:
 
 # ---------------------------------------------------------------------- tune
 def _add_tune(sub):
-    from archdisc.tune import MODES, SIZES
     p = sub.add_parser(
         "tune", help="Optuna search of lam against size: the Pareto front",
         description="Run --trials discover runs with lam (log scale), lr, initial density "
@@ -262,7 +261,6 @@ def _add_tune(sub):
 
 
 def _tune(args) -> int:
-    from archdisc.tune import TuneSettings, export_best, tune
     settings = TuneSettings(trials=args.trials, mode=args.mode, size=args.size,
                             lam_range=tuple(args.lam_range), abort=not args.no_abort)
     if args.export_best:
@@ -285,7 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archdisc", description="Neural architecture discovery with sparse Bregman "
                                      "iterations.")
-    from importlib.metadata import PackageNotFoundError, version
     try:
         v = version("archdisc")
     except PackageNotFoundError:
@@ -298,7 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from archdisc.errors import ArchdiscError, TrainingError
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
