@@ -12,6 +12,9 @@ import io
 import json
 from pathlib import Path
 
+from matplotlib.figure import Figure  # no pyplot: no global backend state
+from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter, SymmetricalLogLocator
+
 from archdisc.errors import RenderError
 from archdisc.io import atomic_write_bytes
 
@@ -67,9 +70,6 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     the epochs of a ``metrics.jsonl`` (path or list of records); writes a PNG atomically.
     ``total_edges``: the supernet's number of candidate edges (drawn as a reference
     line; 0 hides the edge panel). Records without alive counts are skipped."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter, SymmetricalLogLocator
-
     rows = []
     for i, rec in enumerate(_read_records(metrics_path_or_records)):
         units, edges = _alive_of(rec)
@@ -123,9 +123,6 @@ def plot_selection(report, out_png) -> Path:
     report dict): validation metric against parameters, +-1 standard error, the band of
     models within ``select_tol`` standard errors of the best, and the kept one; writes a
     PNG atomically."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
-
     rep = json.loads(Path(report).read_text()) if not isinstance(report, dict) else report
     path = (rep.get("select") or {}).get("path") or []
     if len(path) < 2:

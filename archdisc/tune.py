@@ -30,6 +30,9 @@ from pathlib import Path
 
 import optuna
 import torch
+from matplotlib.figure import Figure
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from archdisc.deploy.formats import export_run
 from archdisc.io import atomic_write_text
@@ -74,8 +77,6 @@ def storage_url(out: Path, storage: str | None, workers: int):
     if storage:
         return storage
     if not (out / "study.db").exists() and (workers > 1 or (out / "study.journal").exists()):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
         return JournalStorage(JournalFileBackend(str(out / "study.journal")))
     return f"sqlite:///{out / 'study.db'}"  # an existing study.db: its study continues there
 
@@ -88,7 +89,6 @@ class SizeAwareAbort:
     fraction, 10% slack) and ``margin`` metric units better, the trial is dominated by a
     wide margin there and stopped. A trial that is worse but smaller is never stopped:
     it may be the front's small end."""
-
     def __init__(self, study, epochs: int, margin: float):
         self.study, self.margin = study, margin
         self.check_epoch = max(1, math.ceil(epochs / 3))
@@ -350,7 +350,6 @@ def write_outputs(study, out: Path, settings: TuneSettings, echo: bool = True):
 
 
 def plot_front(rows, path: Path, size: str):
-    from matplotlib.figure import Figure
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.add_subplot()
     dom = [r for r in rows if not r["pareto"]]
