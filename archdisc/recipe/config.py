@@ -107,9 +107,6 @@ class Config:
     lam_layers: dict = _field({}, "node -> factor on lam (e.g. fc2 = 0.5)", expert=True)
     lam_warmup: float = _field(0.0, "epochs over which lam ramps linearly from 0 to lam",
                                expert=True)
-    warm_start: int = _field(0, "epochs of dense Adam on the whole supernet (every unit alive) "
-                                "before the search, which then starts from those weights",
-                             expert=True)
     group_mode: str = _field("unit", "one regularized group: a unit, a conv kernel, an "
                                      "element", expert=True)
     group_weight: str = _field("sqrt_n", "unit group weight: sqrt(fan-in) | one | "
@@ -281,8 +278,7 @@ def _check_numbers(c: Config):
     _require(c.loader_workers >= 0, "loader_workers",
              "an integer >= 0 (0: load in this process)")
     _require(c.limit is None or c.limit >= 1, "limit", "an integer >= 1 (or unset)")
-    for name in ("finetune", "warm_start"):
-        _require(getattr(c, name) >= 0, name, "an integer >= 0")
+    _require(c.finetune >= 0, "finetune", "an integer >= 0")
     for name in ("lr", "delta", "finetune_lr"):
         _require(0 < getattr(c, name) < math.inf, name, "a finite number > 0")
     for name in ("lam", "lam_edge", "noise_sigma"):

@@ -22,7 +22,7 @@ from archdisc.graph.compile import ArchNet
 from archdisc.recipe import rundir
 from archdisc.recipe.byo import graph_file, model_graph
 from archdisc.recipe.config import PYTHON_DATA, Config, is_graph_file
-from archdisc.recipe.loop import batches, epoch_order, loss_fn, tensors, train_epoch
+from archdisc.recipe.loop import batches, loss_fn, tensors
 from archdisc.spaces import build_space, spaces
 from archdisc.sparsity.budget import LamControl
 from archdisc.sparsity.groups import param_groups, sparse_init
@@ -152,19 +152,12 @@ def start_search(run) -> SearchState:
     (``run.metrics`` and ``run.train_seconds`` too)."""
     config, data, device = run.config, run.data, run.device
     torch.manual_seed(config.seed)
-    warm = config.warm_start > 0 and run.resume_from is None
-    net = sparse_init(ArchNet(run.graph), density=1.0 if warm else config.density,
-                      mode=config.group_mode, seed=config.seed).to(device)
+    net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
+                      seed=config.seed).to(device)
+    opt = make_optimizer(net, config)
     model = run.dist.wrap(net)
     x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
     steps = math.ceil(len(data.train) / config.batch_size)
-    if warm:  # dense Adam first; the Bregman search then starts from these weights
-        adam = torch.optim.Adam(net.parameters(), lr=config.finetune_lr)
-        for e in range(1, config.warm_start + 1):
-            train_epoch(model, adam, x, y, data.task, config.batch_size,
-                        epoch_order(config.seed + 2, e, len(data.train)), dist=run.dist,
-                        workers=config.loader_workers)
-    opt = make_optimizer(net, config)
     control = LamControl(net, opt, config, steps)
     initial = _initial_loss(net, data.train, data.task, device)
     s = SearchState(net, opt, model, control, x, y, steps, initial)
