@@ -487,28 +487,3 @@ def test_export_refuses_a_model_changed_after_the_run(tmp_path):
     with pytest.raises(RunError, match="compact.safetensors changed after the run wrote it"):
         export_run(tmp_path / "r", ("safetensors",))
     assert main(["export", str(tmp_path / "r"), "--format", "safetensors"]) == 2
-
-
-# ---------------------------------------------------------------------- distillation
-def test_distill_loss_against_a_hand_computed_kl():
-    from archdisc.recipe.loop import DISTILL_T, distill_loss
-    torch.manual_seed(0)
-    student, teacher = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
-    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
-    out = student(x)
-    p_t = torch.softmax(teacher(x) / DISTILL_T, 1)
-    log_p_s = torch.log_softmax(out / DISTILL_T, 1)
-    kl = (p_t * (p_t.log() - log_p_s)).sum(1).mean() * DISTILL_T ** 2
-    want = 0.7 * torch.nn.functional.cross_entropy(out, y) + 0.3 * kl
-    got = distill_loss(teacher, 0.3, "classification")(out, x, y)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # float32, a few ops
-    # a teacher computing the student's function adds nothing: the label loss alone
-    same = distill_loss(student, 0.5, "classification")(out, x, y)
-    torch.testing.assert_close(same, 0.5 * torch.nn.functional.cross_entropy(out, y),
-                               rtol=1e-5, atol=1e-6)
-
-
-def test_finetune_distill_runs_and_is_recorded(tmp_path):
-    rep = run_discover(small(finetune=1, finetune_distill=0.5), tmp_path / "r", progress=False)
-    assert "finetune_distill = 0.5" in (tmp_path / "r" / "config.toml").read_text()
-    assert 0 <= rep["test"]["compact"] <= 100

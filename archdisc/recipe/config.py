@@ -94,8 +94,6 @@ class Config:
     finetune_lr: float = _field(1e-3, "learning rate of the fine-tune")
     finetune_schedule: str = _field("constant", "fine-tune lr schedule (cosine: per step, "
                                                 "to 0)")
-    finetune_distill: float = _field(0.0, "weight w of distillation from the searched supernet "
-                                          "in the fine-tune: (1 - w) label loss + w distill loss")
     # ------------------------------------------------------------ how to run it
     seed: int = _field(0, "seeds the split, the initialisation and the data order")
     device: str = _field("auto", "where to train (auto: cuda when available)")
@@ -285,7 +283,6 @@ def _check_numbers(c: Config):
         v = getattr(c, name)
         _require(v is None or 0 <= v < math.inf, name, "a finite number >= 0")
     _require(0 <= c.weight_decay < math.inf, "weight_decay", "a finite number >= 0")
-    _require(0 <= c.finetune_distill <= 1, "finetune_distill", "a number in [0, 1]")
     _require(0 <= c.momentum < 1, "momentum", "a number in [0, 1)")
     _require(0 <= c.lam_warmup < math.inf, "lam_warmup", "a finite number of epochs >= 0")
     _require(c.target_params is None or c.target_params >= 1, "target_params",

@@ -271,8 +271,7 @@ def finetune_compact(run: Run):
         bar = tqdm(total=steps, unit="batch", desc="fine-tune", file=sys.stderr, leave=False,
                    disable=not (run.progress and sys.stderr.isatty()))
         try:
-            run.finetune_losses = finetune(run.compact, run.data, run.config, run.device, bar,
-                                           teacher=run.net)
+            run.finetune_losses = finetune(run.compact, run.data, run.config, run.device, bar)
             val_after = _score(run, run.compact.eval(), run.data.val)
         except TrainingError:
             val_after = -math.inf

@@ -23,27 +23,6 @@ def loss_fn(out, y, task):
     return F.mse_loss(out.reshape(y.shape), y)
 
 
-DISTILL_T = 4.0  # temperature of the distillation's softened outputs
-
-
-def distill_loss(teacher, weight: float, task: str):
-    """``(out, xb, yb) -> loss``: (1 - weight) x the label loss + weight x the distance to
-    ``teacher``'s output on the same batch (KL between the outputs softened at
-    :data:`DISTILL_T`, times T^2, for classification; the MSE to it for denoising)."""
-    teacher.eval()
-
-    def loss(out, xb, yb):
-        with torch.no_grad():
-            t = teacher(xb)
-        if task == "classification":
-            soft = F.kl_div(F.log_softmax(out / DISTILL_T, 1), F.log_softmax(t / DISTILL_T, 1),
-                            log_target=True, reduction="batchmean") * DISTILL_T ** 2
-        else:
-            soft = F.mse_loss(out.reshape(t.shape), t)
-        return (1 - weight) * loss_fn(out, yb, task) + weight * soft
-    return loss
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of ``epoch``: a function of (seed, epoch) only, so resume sees it too."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 63)
@@ -152,13 +131,12 @@ def batches(split, batch_size: int, device, workers: int = 0):
 
 
 def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
-                augment=None, dist=None, workers: int = 0, loss=None) -> float:
+                augment=None, dist=None, workers: int = 0) -> float:
     """One pass over (x, y) in ``order``; returns the mean loss, raises TrainingError when
     it is not finite. ``augment(xb, yb) -> (xb, yb)`` (see :func:`augmenter`) transforms
     each batch. The loss stays on the device during the epoch (no sync per step).
     With ``y = None``, ``x`` is a Dataset read through a DataLoader with ``workers``
     processes (see :func:`tensors`), so memory does not grow with the dataset.
-    ``loss(out, xb, yb)`` replaces the task's loss (e.g. :func:`distill_loss`).
 
     Data-parallel (``dist``, an :class:`archdisc.dist.Dist` of more than one process,
     ``net`` in DDP): each rank takes its slice of every global batch, with the
@@ -192,19 +170,18 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
             if augment is not None:  # the draws these rows get in the whole batch
                 xb, yb = augment(xb, yb, rows=(s, len(idx)))
         opt.zero_grad(set_to_none=True)
-        out = net(xb)
-        value = loss_fn(out, yb, task) if loss is None else loss(out, xb, yb)
+        loss = loss_fn(net(xb), yb, task)
         if k < len(idx):  # this rank's share of the global batch's mean loss
-            value = value * (k * world / len(idx))
-        value.backward()
+            loss = loss * (k * world / len(idx))
+        loss.backward()
         opt.step()
         if on_step is not None:
             on_step(step)
-        total += value.detach().double() * (len(idx) / world)
+        total += loss.detach().double() * (len(idx) / world)
         if bar is not None:
             bar.update(1)
             if shown and step % 20 == 0:
-                bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     if world > 1:
         total = dist.sum(total)
     mean = total.item() / len(order)
@@ -232,12 +209,9 @@ def masked_adam(net, config, lr: float, total: int, cosine: bool, weight_decay: 
     return opt, on_step
 
 
-def finetune(net, data, config, device, bar=None, teacher=None) -> list[float]:
+def finetune(net, data, config, device, bar=None) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
-    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search;
-    distilled from ``teacher`` with weight ``config.finetune_distill``."""
-    loss = (distill_loss(teacher, config.finetune_distill, data.task)
-            if teacher is not None and config.finetune_distill > 0 else None)
+    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search."""
     x, y = tensors(data.train, device)
     n = len(data.train)
     total = math.ceil(n / config.batch_size) * config.finetune
@@ -246,5 +220,5 @@ def finetune(net, data, config, device, bar=None, teacher=None) -> list[float]:
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
                         epoch_order(config.seed + 1, e, n), bar, on_step=on_step,
                         augment=augmenter(config, config.seed + 1, e, device),
-                        workers=config.loader_workers, loss=loss)
+                        workers=config.loader_workers)
             for e in range(1, config.finetune + 1)]
