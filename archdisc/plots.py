@@ -65,11 +65,14 @@ def _count_edges(edges) -> tuple[float | None, int | None]:
     return float(edges), None
 
 
-def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None) -> Path:
+def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None,
+                widths: dict | None = None) -> Path:
     """Plot alive units per searchable node (log scale) and alive candidate edges over
     the epochs of a ``metrics.jsonl`` (path or list of records); writes a PNG atomically.
     ``total_edges``: the supernet's number of candidate edges (drawn as a reference
-    line; 0 hides the edge panel). Records without alive counts are skipped."""
+    line; 0 hides the edge panel). ``widths``: each node's supernet width; given, the
+    plot shows the alive *fraction* of each node (a full layer sits at 1). Records
+    without alive counts are skipped."""
     rows = []
     for i, rec in enumerate(_read_records(metrics_path_or_records)):
         units, edges = _alive_of(rec)
@@ -89,16 +92,21 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     axes = fig.subplots(2 if has_edges else 1, 1, sharex=True, squeeze=False,
                         gridspec_kw={"height_ratios": [3, 1]} if has_edges else None)[:, 0]
     ax = axes[0]
+    scale = {n: (widths or {}).get(n) for n in nodes}
+    fraction = widths is not None and all(scale.values())
     for i, n in enumerate(nodes):  # 10 colours, then the next line style
-        ax.plot(epochs, [r[1].get(n, float("nan")) for r in rows], marker=".", label=n,
+        ax.plot(epochs, [r[1].get(n, float("nan")) / (scale[n] if fraction else 1)
+                         for r in rows], marker=".", label=n,
                 color=f"C{i % 10}", ls=("-", "--", ":", "-.")[i // 10 % 4])
     values = [v for r in rows for v in r[1].values() if v > 0]
-    if values and max(values) > 20 * min(values):  # spans decades: log, still showing 0
+    if fraction:
+        ax.set_ylim(0, 1.05)
+    elif values and max(values) > 20 * min(values):  # spans decades: log, still showing 0
         ax.set_yscale("symlog", linthresh=1)
         ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1, subs=(1, 2, 5)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("alive units")
+    ax.set_ylabel("alive fraction of the layer" if fraction else "alive units")
     ax.set_title("Growth of the architecture")
     ax.grid(True, which="both", alpha=0.3)
     if nodes:

@@ -242,7 +242,8 @@ def render_run(run_dir, format: str = "svg", supernet: bool = False) -> list[Pat
     if (run / "metrics.jsonl").exists():
         try:
             written.append(plot_growth(run / "metrics.jsonl", run / "growth.png",
-                                       len(sup.candidate_edges()) if sup else None))
+                                       len(sup.candidate_edges()) if sup else None,
+                                       sup.units() if sup else None))
         except (RenderError, ValueError):  # ValueError: a line that is not JSON
             pass  # no alive counts recorded: nothing to plot
     if (run / "report.json").exists():

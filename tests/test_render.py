@@ -171,3 +171,9 @@ def test_render_run(tmp_path):
     assert "fc2" not in svg_texts(tmp_path / "compact.svg")
     with pytest.raises(FileNotFoundError, match="compact.json"):
         render_run(tmp_path / "nope")
+
+
+def test_growth_plot_of_alive_fractions(tmp_path):
+    records = [{"epoch": e, "alive": {"fc1": 10 * e, "fc2": 80}} for e in (1, 2, 3)]
+    out = plot_growth(records, tmp_path / "g.png", widths={"fc1": 200, "fc2": 80})
+    assert out.stat().st_size > 1000

@@ -487,3 +487,53 @@ def test_export_refuses_a_model_changed_after_the_run(tmp_path):
     with pytest.raises(RunError, match="compact.safetensors changed after the run wrote it"):
         export_run(tmp_path / "r", ("safetensors",))
     assert main(["export", str(tmp_path / "r"), "--format", "safetensors"]) == 2
+
+
+# ---------------------------------------------------------------------- say what happened
+def test_report_lists_each_stage_and_what_it_removed(tmp_path):
+    rep = run_discover(small(select="shrink", finetune=1), tmp_path / "r", progress=False)
+    stages = rep["stages"]
+    assert [s["stage"].split(" ")[0] for s in stages] == [
+        "supernet", "search", "search", "select", "fine-tune"]
+    assert stages[0]["params"] == rep["params"]["supernet"]
+    assert stages[-1]["params"] == rep["params"]["compact"]
+    for before, s in zip(stages, stages[1:]):
+        assert s["removed"] == before["params"] - s["params"]
+    assert stages[-1]["test"] == rep["test"]["compact"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Stages" in md and f"| {stages[-1]['params']:,} |" in md
+
+
+def test_a_search_that_changes_no_unit_says_so(tmp_path, capsys):
+    rep = run_discover(small(lr=1e-7, epochs=1), tmp_path / "r")
+    warnings = rep["warnings"]
+    assert any("changed no unit" in w and "--lr" in w for w in warnings), warnings
+    assert any("near chance" in w for w in warnings), warnings  # 4 classes, untrained
+    assert "warning: the search changed no unit" in capsys.readouterr().err
+    assert "**Warning:** the search changed no unit" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_diagnose_warnings_by_hand():
+    from archdisc.recipe.diagnose import warnings
+    cfg = Config(lam=0.1, lr=1e-3)
+    widths = {"a": 100, "b": 50}
+    start = {"a": 20, "b": 10}
+    same = warnings(start, [start, start], widths, cfg, "accuracy", 80.0, 10)
+    assert len(same) == 1 and "changed no unit in 2 epochs" in same[0]
+    assert warnings(start, [{"a": 30, "b": 10}, start], widths, cfg, "accuracy", 80.0, 10) == []
+    full = warnings(start, [{"a": 99, "b": 50}], widths, cfg, "accuracy", 80.0, 10)
+    assert len(full) == 1 and "99%" in full[0] and "--target-params" in full[0]
+    assert warnings(start, [{"a": 94, "b": 47}], widths, cfg, "accuracy", 80.0, 10) == []
+    chance = warnings(start, [{"a": 30, "b": 10}], widths, cfg, "accuracy", 14.9, 10)
+    assert len(chance) == 1 and "near chance" in chance[0]
+    assert warnings(start, [{"a": 30, "b": 10}], widths, cfg, "psnr", 5.0, 0) == []
+
+
+def test_progress_line_summarises_deep_models():
+    from archdisc.recipe.rundir import epoch_line
+    rec = {"epoch": 2, "train_loss": 0.5, "val_accuracy": 80.0, "lam": 0.1, "seconds": 1.0,
+           "alive": {f"l{i}": 10 + i for i in range(8)}}
+    line = epoch_line(rec, 5, "accuracy")
+    assert "108 units in 8 layers (fewest l0=10, most l7=17)" in line
+    rec["alive"] = {"fc1": 3, "fc2": 4}
+    assert "alive fc1=3 fc2=4" in epoch_line(rec, 5, "accuracy")

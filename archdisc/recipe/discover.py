@@ -31,10 +31,10 @@ from archdisc.deploy.formats import save as save_model
 from archdisc.dist import Dist
 from archdisc.errors import TrainingError
 from archdisc.extract import extract, extraction_report
-from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.archgraph import ArchGraph, count_params
 from archdisc.graph.compile import ArchNet
 from archdisc.io import atomic_write_text
-from archdisc.recipe import rundir
+from archdisc.recipe import diagnose, rundir
 from archdisc.recipe.byo import python_data
 from archdisc.recipe.config import BREGMAN, Config
 from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
@@ -72,6 +72,8 @@ class Run:
     finetune_losses: list = field(default_factory=list)
     finetune_kept: bool = True
     finetune_seconds: float = 0.0
+    alive0: dict = field(default_factory=dict)  # alive units at the sparse start
+    stages: list = field(default_factory=list)  # diagnose.stage rows, in order
 
 
 def run_discover(config: Config, out, resume=False, force=False, progress=True,
@@ -156,7 +158,9 @@ def search(run: Run, on_epoch=None):
     finally:
         bar.close()
     dist.barrier()
-    run.net = s.net
+    run.net, run.alive0 = s.net, s.alive0
+    run.stages = [diagnose.stage("supernet (all units)", count_params(run.graph)),
+                  diagnose.stage("search start (sparse init)", s.params0)]
 
 
 def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float:
@@ -240,6 +244,7 @@ def extract_compact(run: Run):
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
         scores["supernet"] = _score(run, net, split)
         scores["compact"] = _score(run, run.compact, split)
+    run.stages.append(_stage(run, "search (extracted)"))
     widths = " ".join(f"{n}={u['alive']}/{u['supernet']}" for n, u in
                       extraction_report(net.graph, run.compact_graph)["units"].items())
     _log(run, f"extracted (exact, verified): {widths}; val {run.data.metric} "
@@ -259,6 +264,7 @@ def select_compact(run: Run):
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
         scores["compact_extracted"] = scores["compact"]
         scores["compact"] = scores["compact_selected"] = _score(run, run.compact, split)
+    run.stages.append(_stage(run, f"select ({run.config.select})"))
 
 
 def finetune_compact(run: Run):
@@ -290,6 +296,7 @@ def finetune_compact(run: Run):
             scores["compact"] = _score(run, run.compact, split)
         _log(run, f"fine-tuned {run.config.finetune} epochs: val {run.data.metric} "
                   f"{run.val['compact']:.2f}  {run.finetune_seconds:.1f} s")
+        run.stages.append(_stage(run, f"fine-tune ({run.config.finetune} epochs)"))
     save_model(run.compact, run.out / "compact")
 
 
@@ -326,6 +333,13 @@ def report(run: Run) -> dict:
         "threads": torch.get_num_threads(),
         "world_size": run.dist.world,
     })
+    rep["stages"] = diagnose.with_removed(run.stages)
+    rep["warnings"] = diagnose.warnings(
+        run.alive0, [m["alive"] for m in metrics],
+        {n: u["supernet"] for n, u in rep["units"].items()}, config, data.metric,
+        run.val["supernet"], data.out_dim)
+    for line in rep["warnings"]:
+        _log(run, f"warning: {line}")
     rundir.write_report(run.out, rep)
     rundir.write_checksums(run.out)
     return rep
@@ -333,6 +347,11 @@ def report(run: Run) -> dict:
 
 # ---------------------------------------------------------------------- parts
 DIVERGED = 10.0  # an epoch's training loss over this many times the untrained model's
+
+
+def _stage(run: Run, name: str) -> dict:
+    return diagnose.stage(name, count_params(run.compact_graph), run.val["compact"],
+                          run.test["compact"])
 
 
 def _score(run: Run, model, split) -> float:

@@ -171,9 +171,19 @@ def write_report(out: Path, report: dict):
     atomic_write_text(out / "report.md", report_markdown(report, format_report))
 
 
+SUMMARISE = 6  # more searchable layers than this: the progress line summarises them
+
+
 def epoch_line(record: dict, epochs: int, metric: str) -> str:
-    """The progress line of one epoch's metrics record."""
-    units = " ".join(f"{k}={v}" for k, v in record["alive"].items())
+    """The progress line of one epoch's metrics record (a deep model's alive units as their
+    total and the layers with the fewest and the most)."""
+    alive = record["alive"]
+    if len(alive) > SUMMARISE:
+        few, most = min(alive, key=alive.get), max(alive, key=alive.get)
+        units = (f"{sum(alive.values()):,} units in {len(alive)} layers (fewest "
+                 f"{few}={alive[few]}, most {most}={alive[most]})")
+    else:
+        units = " ".join(f"{k}={v}" for k, v in alive.items())
     lam = f"  lam {record['lam']:.3g}" if record["lam"] is not None else ""
     return (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  val "
             f"{metric} {record[f'val_{metric}']:.2f}  alive {units}{lam}  "
@@ -206,4 +216,15 @@ def report_markdown(report: dict, format_report) -> str:
              f"{report['train_seconds']:.1f} s) on {report['device']}"
              + (f", {report['threads']} thread(s)" if report["device"] == "cpu" else ""), "",
              "```", format_report(report), "```", ""]
+    if report.get("warnings"):
+        lines[3:3] = [f"**Warning:** {w}" for w in report["warnings"]] + [""]
+    if report.get("stages"):
+        unit = "%" if report["metric"] == "accuracy" else " dB"
+        lines += ["## Stages", "", "| stage | parameters | change | val | test |",
+                  "|---|---|---|---|---|"]
+        for s in report["stages"]:
+            val, test = (f"{s[k]:.2f}{unit}" if s[k] is not None else "" for k in ("val", "test"))
+            change = "" if s["removed"] is None else f"{-s['removed']:+,}"
+            lines.append(f"| {s['stage']} | {s['params']:,} | {change} | {val} | {test} |")
+        lines.append("")
     return "\n".join(lines)

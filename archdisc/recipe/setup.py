@@ -24,8 +24,8 @@ from archdisc.recipe.byo import graph_file, model_graph
 from archdisc.recipe.config import PYTHON_DATA, Config, is_graph_file
 from archdisc.recipe.loop import batches, loss_fn, tensors
 from archdisc.spaces import build_space, spaces
-from archdisc.sparsity.budget import LamControl
-from archdisc.sparsity.groups import param_groups, sparse_init
+from archdisc.sparsity.budget import LamControl, compact_params
+from archdisc.sparsity.groups import alive, param_groups, sparse_init
 
 __all__ = ["resolve_device", "load_dataset", "build_supernet", "make_optimizer",
            "SearchState", "start_search"]
@@ -144,6 +144,8 @@ class SearchState:
     steps: int  # per epoch
     initial: float  # the untrained model's loss
     start: int = 0  # the last epoch done before this process
+    alive0: dict | None = None  # alive units per searchable node at the sparse start
+    params0: int = 0  # the compact model's parameters at the sparse start
 
 
 def start_search(run) -> SearchState:
@@ -160,7 +162,8 @@ def start_search(run) -> SearchState:
     steps = math.ceil(len(data.train) / config.batch_size)
     control = LamControl(net, opt, config, steps)
     initial = _initial_loss(net, data.train, data.task, device)
-    s = SearchState(net, opt, model, control, x, y, steps, initial)
+    s = SearchState(net, opt, model, control, x, y, steps, initial, alive0=alive(net)["units"],
+                    params0=compact_params(net)[0])
     if run.resume_from is not None:
         meta = rundir.load_checkpoint(run.resume_from, net, opt)
         if meta.get("config_hash") != config.hash():

@@ -1,0 +1,42 @@
+"""What a finished discover run should tell its user: the size and metric after each
+stage, and a warning (with its likely cause and the fix) when the search did not work."""
+from __future__ import annotations
+
+NEARLY_ALL = 0.95  # the search switched on at least this fraction of the searchable units
+NEAR_CHANCE = 1.5  # a val accuracy under this many times chance counts as not trained
+
+
+def stage(name: str, params: int, val=None, test=None) -> dict:
+    """One row of the stage table of report.json / report.md."""
+    return {"stage": name, "params": params, "val": val, "test": test}
+
+
+def with_removed(stages: list[dict]) -> list[dict]:
+    """The stage rows with the parameters each stage removed (negative: added)."""
+    return [{**s, "removed": None if i == 0 else stages[i - 1]["params"] - s["params"]}
+            for i, s in enumerate(stages)]
+
+
+def warnings(alive0: dict, history: list[dict], widths: dict, config, metric: str,
+             val_supernet: float, classes: int) -> list[str]:
+    """One line per problem: a search that changed no unit (``history``: the alive units
+    after each epoch), one that switched on nearly every unit, a supernet that ended near
+    chance."""
+    out, epochs = [], len(history)
+    alive_end = history[-1] if history else alive0
+    total = sum(widths.get(n, 0) for n in alive_end)
+    if alive0 and all(a == alive0 for a in history):
+        out.append(f"the search changed no unit in {epochs} epochs (alive units stayed at the "
+                   f"sparse start): lam {config.lam:g} is too large for lr {config.lr:g} over "
+                   f"this length (with AdaBreg a unit enters after about lam / lr steps); "
+                   f"raise --lr, lower --lam, or search longer (--epochs)")
+    elif total and sum(alive_end.values()) >= NEARLY_ALL * total > sum(alive0.values()):
+        out.append(f"the search switched on {100 * sum(alive_end.values()) / total:.0f}% of "
+                   f"the searchable units: lam {config.lam:g} is too small for lr "
+                   f"{config.lr:g}; raise --lam, lower --lr, or state a budget "
+                   f"(--target-params)")
+    if metric == "accuracy" and classes > 1 and val_supernet < NEAR_CHANCE * 100 / classes:
+        out.append(f"the supernet ended near chance (val accuracy {val_supernet:.1f}%, chance "
+                   f"{100 / classes:.1f}%): it did not learn; search longer (--epochs) or "
+                   f"change --lr (now {config.lr:g})")
+    return out
