@@ -72,6 +72,44 @@ def text_csv(tmp, run):
     (tmp / "d.csv").write_text("a,b,label\n1,x,0\n2,y,1\n3,z,0\n4,w,1\n")
 
 
+def csv(text):
+    def damage(tmp, run):
+        (tmp / "d.csv").write_text(text)
+    return damage
+
+
+def binary_csv(tmp, run):
+    (tmp / "d.csv").write_bytes(bytes(range(128, 256)))
+
+
+def text_npz(tmp, run):
+    (tmp / "d.npz").write_text("x,y\n1,0\n")
+
+
+def image_folder(classes=("cat", "dog"), damage_file=None):
+    """{tmp}/img/<class>/<i>.png, 4 RGB 8x8 images a class; ``damage_file(path)`` then
+    spoils img/dog/2.png."""
+    def damage(tmp, run):
+        from PIL import Image
+        rng = np.random.default_rng(0)
+        for c in classes:
+            (tmp / "img" / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp / "img" / c / f"{i}.png")
+        if damage_file is not None:
+            damage_file(tmp / "img" / "dog" / "2.png")
+    return damage
+
+
+def cut_in_half(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def zero_bytes(path):
+    path.write_bytes(b"")
+
+
 def model_file(edit):
     """Copy the finished run into {tmp}/m and damage its compact model with ``edit``."""
     def damage(tmp, run):
@@ -180,6 +218,57 @@ CASES = {
                            npz(x=np.zeros((10, 3)), y=-np.ones(10, int)), "labels must be"),
     "csv with text": ([*D, "--data", "{tmp}/d.csv"], text_csv, "not a numeric CSV"),
     "data path missing": ([*D, "--data", "{tmp}/none.npz"], None, "does not exist"),
+    "csv with NaN": ([*D, "--data", "{tmp}/d.csv"],
+                     csv("a,b,label\n1,2,0\n# note\n\n3,nan,1\n4,5,0\n6,7,1\n"),
+                     "d.csv: line 5, column 'b' is nan"),
+    "csv with inf, target given": ([*D, "--data", "{tmp}/d.csv", "--data-option", "target=c"],
+                                   csv("a,c,b\n1,0,2\n3,1,4\n5,0,-inf\n6,1,7\n"),
+                                   "d.csv: line 4, column 'b' is -inf"),
+    "csv NaN label, no target": ([*D, "--data", "{tmp}/d.csv"],
+                                 csv("a,b\n1,0\n3,1\n5,nan\n6,1\n"),
+                                 "line 4, column 'b' is nan (1 non-finite value(s) in all); "
+                                 "replace them with numbers or drop those rows (the last "
+                                 "column, taken as the label"),
+    "csv float labels, no target": ([*D, "--data", "{tmp}/d.csv"],
+                                    csv("a,b,price\n1,0,2.5\n3,1,4.5\n5,0,1.5\n6,1,7\n"),
+                                    "column 'price': labels must be integers >= 0"),
+    "csv one class": ([*D, "--data", "{tmp}/d.csv"],
+                      csv("a,b,label\n1,2,1\n3,4,1\n5,6,1\n7,8,1\n"),
+                      "a classifier needs at least 2 classes"),
+    "csv without target: any error names the label": (
+        [*D, "--data", "{tmp}/d.csv"], csv("a,b,label\n1,2,0\n3,4\n"),
+        "line 3 has 2 values, the header names 3 columns) (the label is column 'label'"),
+    "csv empty": ([*D, "--data", "{tmp}/d.csv"], csv(""), "d.csv: is empty"),
+    "csv header only": ([*D, "--data", "{tmp}/d.csv"], csv("a,b,label\n"),
+                        "no rows of numbers (the label is column 'label'"),
+    "csv binary": ([*D, "--data", "{tmp}/d.csv"], binary_csv, "not a text CSV"),
+    "npz with NaN": ([*D, "--data", "{tmp}/d.npz"],
+                     npz(x=np.where(np.eye(10, 3) > 0, np.nan, 1.0), y=np.arange(10) % 2),
+                     "d.npz: x[0, 0] is nan (3 non-finite value(s) in 'x')"),
+    "npz with inf in y_val": ([*D, "--data", "{tmp}/d.npz"],
+                              npz(x=np.zeros((10, 3)), y=np.arange(10) % 2,
+                                  x_val=np.zeros((3, 3)), y_val=np.array([0, np.inf, 1])),
+                              "d.npz: y_val[1] is inf"),
+    "npz of text": ([*D, "--data", "{tmp}/d.npz"],
+                    npz(x=np.array([["a", "b"]] * 10), y=np.arange(10) % 2),
+                    "array 'x' holds <U1 values, not real numbers"),
+    "npz one class": ([*D, "--data", "{tmp}/d.npz"],
+                      npz(x=np.ones((10, 3)), y=np.zeros(10, int)),
+                      "y: every label is 0, one class; a classifier needs at least 2 classes"),
+    "npz not a zip": ([*D, "--data", "{tmp}/d.npz"], text_npz, "not an .npz archive"),
+    "image folder, truncated PNG": ([*D, "--data", "{tmp}/img"],
+                                    image_folder(damage_file=cut_in_half),
+                                    "dog/2.png: cannot be decoded as an image"),
+    "image folder, 0-byte PNG": ([*D, "--data", "{tmp}/img"],
+                                 image_folder(damage_file=zero_bytes),
+                                 "dog/2.png: cannot be decoded as an image (empty file)"),
+    "image folder, one class": ([*D, "--data", "{tmp}/img"], image_folder(classes=["cat"]),
+                                "one class folder ('cat') found; a classifier needs at least "
+                                "2 classes"),
+    "one class, model with 1 output": ([*D, "--data", "{tmp}/img", "--model",
+                                        "helpers:tiny_cnn", "--model-option", "classes=1",
+                                        "--model-option", "channels=3"],
+                                       image_folder(classes=["cat"]), "at least 2 classes"),
     # a model (--model pkg.mod:callable) or a graph file (--space FILE.json) as the supernet
     "model not importable": ([*M, "no_such_pkg.mod:f"], images, "cannot import module"),
     "model: no such callable": ([*M, "helpers:tiny_cn"], images,
@@ -226,6 +315,25 @@ def test_bad_input_gets_one_clear_line(case, tmp_path, finished, capsys):
     assert not list(tmp_path.rglob(".*.tmp")) and not list(tmp_path.rglob(".*.tmp.*"))
     out = tmp_path / "out"
     assert not (out / "config.toml").exists()  # a refused run leaves nothing to block a re-run
+
+
+def test_a_rerun_after_fixing_the_data_starts(tmp_path, capsys):
+    """Bad data is refused before the run folder is touched, so the very same command
+    runs once the file is fixed (no 'already holds this run')."""
+    x = np.random.default_rng(0).normal(size=(40, 4))
+    rows = [",".join(map(str, r)) + f",{i % 2}" for i, r in enumerate(x)]
+    argv = ["discover", "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "out"),
+            "--space", "mlp", "--space-option", "widths=[4, 8, 2]", "--epochs", "1",
+            "--quiet", "--finetune", "0", "--select", "none"]
+    bad = rows.copy()
+    bad[7] = bad[7].replace(rows[7].split(",")[2], "nan", 1)
+    (tmp_path / "d.csv").write_text("a,b,c,d,label\n" + "\n".join(bad) + "\n")
+    assert main(argv) == 2
+    assert "line 9, column 'c' is nan" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "d.csv").write_text("a,b,c,d,label\n" + "\n".join(rows) + "\n")
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "report.json").exists()
 
 
 def test_force_leaves_nothing_of_the_previous_run(tmp_path, finished):

@@ -481,3 +481,102 @@ def test_bad_validation_and_test_arrays_are_refused(tmp_path):
     np.savetxt(tmp_path / "n.csv", np.column_stack([y, x]), delimiter=",", header=header,
                comments="")
     assert load_user_data(tmp_path / "n.csv", target=2024).in_shape == (6,)
+
+
+# ---------------------------------------------------------------------- refused user data
+def test_non_finite_values_are_refused_naming_the_place(tmp_path):
+    from archdisc.data import DataError, load_user_data
+    x, y = _blobs(n=40)
+    bad = x.astype(np.float32)
+    bad[17, 4] = np.inf
+    np.savez(tmp_path / "x.npz", x=bad, y=y)
+    with pytest.raises(DataError, match=r"x\.npz: x\[17, 4\] is inf \(1 non-finite"):
+        load_user_data(tmp_path / "x.npz")
+    np.savez(tmp_path / "t.npz", x=x, y=y, x_test=np.full((2, 6), np.nan), y_test=y[:2])
+    with pytest.raises(DataError, match=r"x_test\[0, 0\] is nan \(12 non-finite"):
+        load_user_data(tmp_path / "t.npz")
+    # finite values whose float64 sum overflows are accepted (the sum is only a fast path)
+    big = np.full((40, 6), 1e308)
+    np.savez(tmp_path / "big.npz", x=big, y=y)
+    assert load_user_data(tmp_path / "big.npz").in_shape == (6,)
+    # CSV: the line of the file (header = 1; blank and '#' lines count) and the column
+    rows = [",".join(map(str, r)) + f",{int(c)}" for r, c in zip(x, y)]
+    rows[30] = rows[30].replace(rows[30].split(",")[2], "-inf", 1)
+    text = "f0,f1,f2,f3,f4,f5,label\n# exported\n" + "\n".join(rows[:10]) + "\n\n" + \
+        "\n".join(rows[10:]) + "\n"
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(DataError, match=r"d\.csv: line 34, column 'f2' is -inf .*\(the label "
+                                        r"is column 'label', the last"):
+        load_user_data(tmp_path / "d.csv")
+    assert text.splitlines()[33].split(",")[2] == "-inf"
+
+
+def test_csv_errors_name_the_label_column_taken(tmp_path):
+    from archdisc.data import DataError, load_user_data
+    x, y = _blobs(n=40)
+    header = "f0,f1,f2,f3,f4,f5,cls,price"
+    table = np.column_stack([x, y, np.linspace(0.5, 9.5, 40)])
+    np.savetxt(tmp_path / "d.csv", table, delimiter=",", header=header, comments="")
+    with pytest.raises(DataError, match=r"column 'price': labels must be integers >= 0 "
+                                        r"\(classification\) \(the last column, taken as the "
+                                        r"label: name another with --data-option target="):
+        load_user_data(tmp_path / "d.csv")
+    data = load_user_data(tmp_path / "d.csv", target="cls")  # the fix the message names
+    assert data.out_dim == 3 and data.meta["target"] == "cls"
+    np.savetxt(tmp_path / "g.csv", np.column_stack([x, y]), delimiter=",",
+               header="f0,f1,f2,f3,f4,f5,label", comments="")
+    assert load_user_data(tmp_path / "g.csv").meta["target"] == "label"
+    (tmp_path / "w.csv").write_text("a,b,label\n1,2,0\n3,two,1\n")
+    with pytest.raises(DataError, match=r"line 3, column 'b': 'two' is not a number\) \(the "
+                                        r"label is column 'label'"):
+        load_user_data(tmp_path / "w.csv")
+
+
+def test_a_single_class_is_refused(tmp_path):
+    from PIL import Image
+    from archdisc.data import DataError, load_user_data
+    x, _ = _blobs(n=20)
+    np.savez(tmp_path / "d.npz", x=x, y=np.full(20, 2))
+    with pytest.raises(DataError, match="y: every label is 2, one class; a classifier needs "
+                                        "at least 2 classes"):
+        load_user_data(tmp_path / "d.npz")
+    np.savetxt(tmp_path / "d.csv", np.column_stack([x, np.ones(20)]), delimiter=",",
+               header="a,b,c,d,e,f,label", comments="")
+    with pytest.raises(DataError, match="column 'label': every label is 1, one class.*the "
+                                        "last column, taken as the label"):
+        load_user_data(tmp_path / "d.csv")
+    for split in ("train", "test"):
+        (tmp_path / "img" / split / "cat").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(
+                tmp_path / "img" / split / "cat" / f"{i}.png")
+    with pytest.raises(DataError, match=r"img/train: one class folder \('cat'\) found"):
+        load_user_data(tmp_path / "img")
+
+
+def test_undecodable_images_are_refused_naming_the_file(tmp_path):
+    from PIL import Image
+    from archdisc.data import DataError, load_user_data
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / "img" / c / f"{i}.png")
+    data = load_user_data(tmp_path / "img")
+    png = tmp_path / "img" / "dog" / "1.png"
+    split = next(s for s in (data.train, data.val, data.test)
+                 if str(png) in [p for p, _ in s.samples])
+    k = [p for p, _ in split.samples].index(str(png))
+    whole = png.read_bytes()
+    damaged = [(whole[:len(whole) // 2], "image file is truncated"), (b"", "empty file"),
+               (b"not a picture" * 10, "not a known image format")]
+    for blob, reason in damaged:
+        png.write_bytes(blob)
+        # the first scan decodes every image (it sums the pixels for mean and std) ...
+        with pytest.raises(DataError, match=rf"dog/1\.png: cannot be decoded as an image "
+                                            rf"\({reason}.*\); replace the file"):
+            load_user_data(tmp_path / "img")
+        # ... and a file damaged later fails where it is read, still naming the file
+        with pytest.raises(DataError, match=r"dog/1\.png: cannot be decoded"):
+            split[k]

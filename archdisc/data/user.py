@@ -2,11 +2,15 @@
 and the seeded split of a dataset into training, validation and test."""
 from __future__ import annotations
 
+import struct
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import TensorDataset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms.functional import pil_to_tensor
@@ -40,6 +44,12 @@ def load_user_data(path, *, seed: int = 0, limit: int | None = None,
       with optional ``ROOT/val/<class>`` and ``ROOT/test/<class>``); images must share
       one size. The images stay on disk: they are streamed in every epoch.
 
+    Refused with a :class:`DataError` (naming the file and the fix): a NaN or inf value
+    (the array and index, or the CSV line and column), an image that cannot be decoded
+    (every image is decoded once by the scan that sums the pixels), and data with fewer
+    than 2 classes. Without ``target`` every error about a CSV names the column taken as
+    the label; ``meta["target"]`` records it.
+
     Features are standardised with the training split's mean and std (per channel for
     images, per column otherwise); validation and test, when not given, are drawn from
     the rest with ``seed``."""
@@ -51,6 +61,38 @@ def load_user_data(path, *, seed: int = 0, limit: int | None = None,
         raise DataError(f"data option 'target' names a CSV column; {p} is not a .csv")
     val = test = None
     if p.suffix.lower() == ".npz":
+        x, y, val, test = _read_npz(p)
+        for suffix, pair in (("", (x, y)), ("_val", val), ("_test", test)):
+            for name, a in zip(("x" + suffix, "y" + suffix), pair or ()):
+                _check_finite_array(p, name, a)
+    elif p.suffix.lower() == ".csv":
+        header = _csv_header(p)
+        label = target if target is not None else header[-1]
+        try:
+            x, y = _read_csv(p, header, target)
+            data = _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
+                                labels=f"column {label!r}")
+        except DataError as e:
+            if target is not None:
+                raise
+            which = ("the last column, taken as the label" if f"column {label!r}" in str(e)
+                     else f"the label is column {label!r}, the last")
+            raise DataError(f"{e} ({which}: name another with --data-option "
+                            f"target=COLUMN)") from None
+        data.meta["target"] = label
+        return data
+    else:
+        return _image_folder(p, seed, limit, val_fraction, test_fraction)
+    return _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction, val=val)
+
+
+def _read_npz(p: Path):
+    """x, y, (x_val, y_val) or None, (x_test, y_test) or None of an .npz (no pickles)."""
+    val = test = None
+    if not zipfile.is_zipfile(p):  # np.load would try it as a .npy or a pickle
+        raise DataError(f"{p}: not an .npz archive; write it with numpy.savez(path, x=..., "
+                        f"y=...)")
+    try:
         with np.load(p, allow_pickle=False) as f:
             missing = {"x", "y"} - set(f.files)
             if missing:
@@ -67,26 +109,112 @@ def load_user_data(path, *, seed: int = 0, limit: int | None = None,
                 val = (f["x_val"], f["y_val"])
             if "x_test" in f.files:
                 test = (f["x_test"], f["y_test"])
-    elif p.suffix.lower() == ".csv":
-        x, y = _read_csv(p, target)
-    else:
-        return _image_folder(p, seed, limit, val_fraction, test_fraction)
-    return _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction, val=val)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an npz, pickles
+        reason = " ".join(str(e).split())
+        raise DataError(f"{p}: not a readable .npz of numeric arrays ({reason}); write it "
+                        f"with numpy.savez(path, x=..., y=...)") from None
+    return x, y, val, test
 
 
-def _read_csv(p: Path, target: str | None):
-    with open(p) as f:
-        header = [c.strip() for c in f.readline().strip().split(",")]
+def _check_finite_array(p: Path, name: str, a: np.ndarray):
+    """Refuse an .npz array that is not numbers or holds NaN / inf, naming the index."""
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{p}: array {name!r} holds {a.dtype} values, not real numbers; save "
+                        f"it as a float or integer array")
+    # the sum needs no boolean copy of a large array; only a failing sum looks closer
+    if a.dtype.kind == "f" and a.size and not _finite_sum(a):
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = tuple(int(k) for k in np.argwhere(bad)[0])
+            raise DataError(f"{p}: {name}[{', '.join(map(str, i))}] is {a[i]} "
+                            f"({int(bad.sum())} non-finite value(s) in {name!r}); replace "
+                            f"them with finite numbers or drop those samples")
+
+
+def _finite_sum(a: np.ndarray) -> bool:
+    """Whether the float64 sum of ``a`` is finite: then every value is (NaN and inf
+    propagate); False also when finite values overflow it, so check exactly then."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum(dtype=np.float64)))
+
+
+def _csv_header(p: Path) -> list:
     try:
-        table = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
-    except ValueError as e:
-        raise DataError(f"{p}: not a numeric CSV with a header row ({e})") from None
+        with open(p) as f:
+            line = f.readline()
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{p}: not a text CSV ({e}); give numbers with a header row") from None
+    header = [c.strip() for c in line.strip().split(",")]
+    if header == [""]:
+        raise DataError(f"{p}: is empty; a CSV needs a header row naming the columns, "
+                        f"then one row of numbers per sample")
+    return header
+
+
+def _csv_line(p: Path, row: int) -> int:
+    """The line number (1 = the header) of data row ``row`` (0-based) as np.loadtxt counts
+    rows: after the header, skipping blank and '#' comment lines."""
+    with open(p) as f:
+        next(f)
+        for number, line in enumerate(f, start=2):
+            if line.split("#", 1)[0].strip():
+                if row == 0:
+                    return number
+                row -= 1
+    return -1
+
+
+def _csv_bad_cell(p: Path, header: list) -> str | None:
+    """Where a CSV that np.loadtxt refuses first has a value that is not a number, or a
+    row with another number of values than the header (None when not found)."""
+    try:
+        with open(p) as f:
+            next(f)
+            for number, line in enumerate(f, start=2):
+                cells = line.split("#", 1)[0].strip()
+                if not cells:
+                    continue
+                cells = cells.split(",")
+                if len(cells) != len(header):
+                    return (f"line {number} has {len(cells)} values, the header names "
+                            f"{len(header)} columns")
+                for name, cell in zip(header, cells):
+                    try:
+                        float(cell)
+                    except ValueError:
+                        return (f"line {number}, column {name!r}: {cell.strip()!r} is not "
+                                f"a number")
+    except (UnicodeDecodeError, OSError):
+        return None
+    return None
+
+
+def _read_csv(p: Path, header: list, target: str | None):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": refused below
+            table = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    except ValueError as e:  # also UnicodeDecodeError
+        where = _csv_bad_cell(p, header)
+        raise DataError(f"{p}: not a numeric CSV with a header row "
+                        f"({where or ' '.join(str(e).split())})") from None
+    if table.shape[0] == 0:
+        raise DataError(f"{p}: has a header row but no rows of numbers")
     if table.shape[1] != len(header):
         raise DataError(f"{p}: the header names {len(header)} columns, the rows have "
                         f"{table.shape[1]}")
     if target is not None and target not in header:
         raise DataError(f"{p}: no column {target!r} for --data-option target; the columns "
                         f"are {', '.join(header)}")
+    if not _finite_sum(table):
+        bad = ~np.isfinite(table)
+        if bad.any():
+            r, c = (int(k) for k in np.argwhere(bad)[0])
+            raise DataError(f"{p}: line {_csv_line(p, r)}, column {header[c]!r} is "
+                            f"{table[r, c]} ({int(bad.sum())} non-finite value(s) in all); "
+                            f"replace them with numbers or drop those rows")
     k = header.index(target) if target is not None else len(header) - 1
     return np.delete(table, k, axis=1), table[:, k]
 
@@ -106,9 +234,23 @@ class ImageFiles(torch.utils.data.Dataset):
         return (_read_image(path).float() - self.mean) / self.std, label
 
 
+# what PIL raises on a file it cannot decode (empty, truncated, not an image, corrupt)
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
+                 Image.DecompressionBombError)
+
+
 def _read_image(path) -> torch.Tensor:
-    with Image.open(path) as im:  # RGB, as torchvision's ImageFolder reads images
-        return pil_to_tensor(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:  # RGB, as torchvision's ImageFolder reads images
+            return pil_to_tensor(im.convert("RGB"))
+    except _IMAGE_ERRORS as e:
+        if isinstance(e, UnidentifiedImageError):  # its message repeats the path
+            empty = Path(path).stat().st_size == 0
+            reason = "empty file" if empty else "not a known image format"
+        else:
+            reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{path}: cannot be decoded as an image ({reason}); replace the file "
+                        f"or remove it from the folder") from None
 
 
 def _folder_samples(root: Path, classes: list | None = None):
@@ -136,6 +278,10 @@ def _image_folder(p: Path, seed, limit, val_fraction, test_fraction) -> Data:
                         f"under {p / 'train'}/<class>/ (or drop val/ and test/ to draw them "
                         f"from one folder)")
     samples, classes = _folder_samples(root)
+    if len(classes) < 2:
+        raise DataError(f"{root}: one class folder ({classes[0]!r}) found; a classifier needs "
+                        f"at least 2 classes: put each class's images in its own folder "
+                        f"{root}/<class>/")
     given = {s: _folder_samples(p / s, classes)[0] for s in ("val", "test")
              if root != p and (p / s).is_dir()}
     shape, sums = None, []
@@ -178,7 +324,8 @@ def split_indices(n: int, seed: int, limit=None, val_fraction=0.1, test_fraction
 
 
 def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
-                 val=None) -> Data:
+                 val=None, labels="y") -> Data:
+    """``labels`` names y in messages (an .npz's array, a CSV's column)."""
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or len(x) < 3:
         raise DataError(f"{p}: x and y must hold the same number (>= 3) of samples, got "
@@ -187,12 +334,18 @@ def _user_splits(p, x, y, test, seed, limit, val_fraction, test_fraction,
     for name, (xs_, ys_) in ((k, v) for k, v in given.items() if v is not None):
         ys_ = np.asarray(ys_)
         if len(ys_) == 0 or not np.all(np.equal(np.mod(ys_, 1), 0)) or ys_.min() < 0:
-            raise DataError(f"{p}: {name.split(', ')[1]}: labels must be integers >= 0 "
+            what = labels if name == "x, y" else name.split(", ")[1]
+            raise DataError(f"{p}: {what}: labels must be integers >= 0 "
                             f"(classification)")
         if np.asarray(xs_).shape[1:] != x.shape[1:] or len(xs_) != len(ys_):
             raise DataError(f"{p}: {name} hold {len(xs_)} inputs of shape "
                             f"{list(np.asarray(xs_).shape[1:])} and {len(ys_)} labels; x has "
                             f"inputs of shape {list(x.shape[1:])}")
+    present = np.unique(y)
+    if len(present) < 2:
+        raise DataError(f"{p}: {labels}: every label is {present[0]:g}, one class; a "
+                        f"classifier needs at least 2 classes (give samples of another class, "
+                        f"or check that this is the label)")
     train_idx, val_idx, test_idx = (i.numpy() for i in split_indices(
         len(x), seed, limit, val_fraction, test_fraction, val is not None, test is not None))
     if test is None:
