@@ -537,3 +537,12 @@ def test_progress_line_summarises_deep_models():
     assert "108 units in 8 layers (fewest l0=10, most l7=17)" in line
     rec["alive"] = {"fc1": 3, "fc2": 4}
     assert "alive fc1=3 fc2=4" in epoch_line(rec, 5, "accuracy")
+
+
+def test_a_csv_without_target_says_which_column_is_the_label(tmp_path, capsys):
+    rows = ["a,b,label"] + [f"{i},{(i * 7) % 5},{i % 2}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    run_discover(Config(data=str(tmp_path / "d.csv"), space="mlp",
+                        space_options={"widths": [2, 8, 2]}, epochs=1, finetune=0,
+                        select="none", device="cpu"), tmp_path / "r")
+    assert "the label is column 'label', the last" in capsys.readouterr().err

@@ -125,7 +125,11 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
         rundir.clear(out, fresh=resume_from is None)
         atomic_write_text(out / "config.toml", config.to_toml())
     dist.barrier()
-    return Run(config, out, device, data, graph, resume_from, progress and dist.main, dist)
+    run = Run(config, out, device, data, graph, resume_from, progress and dist.main, dist)
+    if "target" in data.meta and "target" not in config.data_options:
+        _log(run, f"{config.data}: the label is column {data.meta['target']!r}, the last "
+                  f"(--data-option target=COLUMN takes another)")
+    return run
 
 
 def search(run: Run, on_epoch=None):
