@@ -8,6 +8,7 @@ spaces (the ``search_spaces`` package) arrive that way; the engine never imports
 """
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import entry_points
 from typing import Callable
 
@@ -39,8 +40,15 @@ def spaces() -> dict[str, tuple[Callable[..., ArchGraph], str]]:
     if not _entry_points_read:
         _entry_points_read = True
         for ep in sorted(entry_points(group="archdisc.spaces"), key=lambda ep: ep.name):
-            for name, (builder, description) in ep.load().items():
-                _SPACES.setdefault(name, (builder, description))
+            try:
+                found = {name: (builder, str(description))
+                         for name, (builder, description) in ep.load().items()}
+            except Exception as e:  # noqa: BLE001 - another package's problem: say, go on
+                warnings.warn(f"archdisc: search spaces of entry point {ep.name!r} "
+                              f"({ep.value}) not loaded: {e}", stacklevel=2)
+                continue
+            for name, space in found.items():
+                _SPACES.setdefault(name, space)
     return _SPACES
 
 
@@ -48,7 +56,10 @@ def build_space(name: str, **options) -> ArchGraph:
     """Build the registered search space ``name`` with ``options`` and validate it."""
     known = spaces()
     if name not in known:
-        raise GraphError(f"unknown search space {name!r}; available: {', '.join(known)}")
+        raise GraphError(f"unknown search space {name!r}; available: {', '.join(known)}"
+                         if known else f"unknown search space {name!r}: no search space is "
+                         f"registered; install archdisc (pip install -e .), whose entry "
+                         f"point brings the built-ins")
     try:
         graph = known[name][0](**options)
     except (TypeError, ValueError) as e:

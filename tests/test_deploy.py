@@ -136,3 +136,17 @@ def test_load_torchscript_optimized(tmp_path):
     x = torch.randn(3, 3, 16, 16)
     close(load_torchscript(path), net, x)
     close(load_torchscript(path, optimize=False), net, x)
+
+
+def test_feature_major_is_an_inference_form_in_the_net_dtype():
+    from archdisc import ArchGraph
+    g = ArchGraph()
+    x = g.input("x", [6])
+    h = g.add_op("drop", "dropout", [g.act("r", g.linear("fc1", x, 8))], p=0.5)
+    g.output("out", g.linear("fc2", h, 3))
+    net = compile_graph(g).double().eval()
+    fm = FeatureMajorNet(net)
+    fm.train()  # dropout stays off: the deployment form is for inference
+    x = torch.randn(5, 6, dtype=torch.float64)
+    assert next(fm.parameters()).dtype == torch.float64
+    torch.testing.assert_close(fm(x), net(x), rtol=1e-12, atol=1e-12)  # float64, same ops

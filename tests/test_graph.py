@@ -188,3 +188,25 @@ def test_an_op_is_one_registry_entry_dropout():
         g2 = ArchGraph()
         g2.output("out", g2.add_op("bad", "dropout", [g2.input("x", [4])], p=1.5))
         g2.validate()
+
+
+def test_an_activation_fn_that_is_not_a_name_is_a_graph_error():
+    d = {"schema": 1, "name": "a", "edges": [{"src": "x", "dst": "r"}, {"src": "r", "dst": "o"}],
+         "nodes": [{"name": "x", "op": "input", "shape": [3]},
+                   {"name": "r", "op": "activation", "fn": ["relu"]},
+                   {"name": "o", "op": "output"}]}
+    with pytest.raises(GraphError, match="fn .* unknown"):
+        ArchGraph.from_dict(d)
+
+
+def test_a_broken_entry_point_warns_and_keeps_the_built_in_spaces(monkeypatch):
+    import importlib
+    from importlib.metadata import EntryPoint
+    registry = importlib.import_module("archdisc.spaces")  # (archdisc.spaces: the function)
+    eps = [EntryPoint("acme", "no_such_package_here:SPACES", "archdisc.spaces"),
+           EntryPoint("builtin", "search_spaces:SPACES", "archdisc.spaces")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: eps)
+    monkeypatch.setattr(registry, "_SPACES", {})
+    monkeypatch.setattr(registry, "_entry_points_read", False)
+    with pytest.warns(UserWarning, match="'acme'"):
+        assert "mlp" in registry.spaces()

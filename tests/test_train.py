@@ -527,6 +527,10 @@ def test_diagnose_warnings_by_hand():
     chance = warnings(start, [{"a": 30, "b": 10}], widths, cfg, "accuracy", 14.9, 10)
     assert len(chance) == 1 and "near chance" in chance[0]
     assert warnings(start, [{"a": 30, "b": 10}], widths, cfg, "psnr", 5.0, 0) == []
+    full_start = {"a": 100, "b": 50}  # nothing could switch on: no "changed no unit"
+    assert warnings(full_start, [full_start], widths, cfg, "accuracy", 80.0, 10) == []
+    assert warnings(start, [{"a": 30, "b": 10}], widths, cfg, "accuracy", 70.0, 2) == []
+    assert len(warnings(start, [{"a": 30, "b": 10}], widths, cfg, "accuracy", 55.0, 2)) == 1
 
 
 def test_progress_line_summarises_deep_models():

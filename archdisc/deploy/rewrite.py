@@ -294,14 +294,21 @@ class FeatureMajorNet(ArchNet):
             if g.nodes[n]["op"] == "flatten" and g.nodes[g.inputs(n)[0]]["op"] != "input":
                 raise GraphError(f"{n}: a flatten must read an input directly")
         super().__init__(g)
+        param = next(iter(net.parameters()), None)
+        if param is not None:
+            self.to(device=param.device, dtype=param.dtype)
         self.load_state_dict(net.state_dict())
         for n, m in self.layers.items():
             op = g.nodes[n]["op"]
             if op in _TRANSPOSED:
                 self.layers[n] = _TRANSPOSED[op](m)
+        self.eval()
 
-    def forward(self, *xs):
-        xs = [x.flatten(1).t() for x in xs]  # the flatten nodes read them as they are
+    def activations(self, *xs) -> dict:
+        """Every node's output, feature-major: (features, batch)."""
+        return super().activations(*(x.flatten(1).t() for x in xs))
+
+    def forward(self, *xs):  # the flatten nodes read the transposed inputs as they are
         out = super().forward(*xs)
         return out.t() if isinstance(out, torch.Tensor) else tuple(o.t() for o in out)
 
@@ -338,8 +345,9 @@ class _Scale(torch.nn.Module):
         return x * self.weight.unsqueeze(1)
 
 
-_TRANSPOSED = {"linear": _Linear, "batchnorm1d": _BatchNorm, "scale": _Scale,
-               "flatten": lambda m: torch.nn.Identity()}
+_TRANSPOSED = {"linear": _Linear, "batchnorm1d": _BatchNorm, "scale": _Scale,  # inference:
+               **{op: lambda m: torch.nn.Identity()  # dropout and stochastic depth are off
+                  for op in ("flatten", "dropout", "stochastic_depth")}}
 
 
 def feature_major(net: ArchNet) -> FeatureMajorNet:

@@ -264,7 +264,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        label=lambda a, w: a["fn"],
        constant=lambda a, param, var, val: (var, ACT_MODULES[a["fn"]]()(val)),
        keeps_zero=lambda a: a["fn"] not in ("sigmoid", "hardsigmoid"),
-       check=lambda a: (None if a["fn"] in ACT_MODULES else
+       check=lambda a: (None if isinstance(a["fn"], str) and a["fn"] in ACT_MODULES else
                         f"fn {a['fn']!r} unknown; choose one of {tuple(ACT_MODULES)}")),
     _pool("max"),
     _pool("avg"),

@@ -3,7 +3,8 @@ stage, and a warning (with its likely cause and the fix) when the search did not
 from __future__ import annotations
 
 NEARLY_ALL = 0.95  # the search switched on at least this fraction of the searchable units
-NEAR_CHANCE = 1.5  # a val accuracy under this many times chance counts as not trained
+NEAR_CHANCE = 1.5  # a val accuracy under this many times chance (and under a quarter of the
+#                   way from chance to 100%) counts as not trained
 
 
 def stage(name: str, params: int, val=None, test=None) -> dict:
@@ -25,7 +26,7 @@ def warnings(alive0: dict, history: list[dict], widths: dict, config, metric: st
     out, epochs = [], len(history)
     alive_end = history[-1] if history else alive0
     total = sum(widths.get(n, 0) for n in alive_end)
-    if alive0 and all(a == alive0 for a in history):
+    if alive0 and all(a == alive0 for a in history) and sum(alive0.values()) < total:
         out.append(f"the search changed no unit in {epochs} epochs (alive units stayed at the "
                    f"sparse start): lam {config.lam:g} is too large for lr {config.lr:g} over "
                    f"this length (with AdaBreg a unit enters after about lam / lr steps); "
@@ -35,8 +36,10 @@ def warnings(alive0: dict, history: list[dict], widths: dict, config, metric: st
                    f"the searchable units: lam {config.lam:g} is too small for lr "
                    f"{config.lr:g}; raise --lam, lower --lr, or state a budget "
                    f"(--target-params)")
-    if metric == "accuracy" and classes > 1 and val_supernet < NEAR_CHANCE * 100 / classes:
+    chance = 100 / max(1, classes)
+    if metric == "accuracy" and classes > 1 and \
+            val_supernet < min(NEAR_CHANCE * chance, chance + (100 - chance) / 4):
         out.append(f"the supernet ended near chance (val accuracy {val_supernet:.1f}%, chance "
-                   f"{100 / classes:.1f}%): it did not learn; search longer (--epochs) or "
+                   f"{chance:.1f}%): it did not learn; search longer (--epochs) or "
                    f"change --lr (now {config.lr:g})")
     return out
