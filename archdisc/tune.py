@@ -184,11 +184,11 @@ def _optimize(study, base: Config, out: Path, settings: TuneSettings, has_gates,
                    callbacks=[lambda st, trial: write_outputs(st, out, settings, echo=False)])
 
 
-def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates, index):
-    """One of tune's worker processes. It stops when the tune process that started it dies
-    (kill -9 included): its running trial is then marked FAIL by the next tune here."""
-    parent = os.getppid()
-
+def _worker(base_dict, out, storage, study_name, settings_dict, n_trials, has_gates, index,
+            parent):
+    """One of tune's worker processes. It stops when the tune process ``parent`` (its pid,
+    given by the parent: a parent killed while this process still starts up is seen too)
+    dies, kill -9 included; its running trial is then marked FAIL by the next tune here."""
     def exit_with_parent():
         while os.getppid() == parent:
             time.sleep(0.5)
@@ -240,7 +240,7 @@ def tune(base: Config, out, settings: TuneSettings, storage: str | None = None,
             ctx = mp.get_context("spawn")
             procs = [ctx.Process(target=_worker, args=(base.to_dict(), str(out), storage,
                                                        study_name, dataclasses.asdict(settings),
-                                                       n, has_gates, i + 1))
+                                                       n, has_gates, i + 1, os.getpid()))
                      for i, n in enumerate(share) if n]
             for p in procs:
                 p.start()
