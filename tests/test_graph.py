@@ -210,3 +210,16 @@ def test_a_broken_entry_point_warns_and_keeps_the_built_in_spaces(monkeypatch):
     monkeypatch.setattr(registry, "_entry_points_read", False)
     with pytest.warns(UserWarning, match="'acme'"):
         assert "mlp" in registry.spaces()
+
+
+def test_forward_drops_each_activation_after_its_last_reader():
+    """forward keeps only what is still to be read (activations() keeps everything), and
+    computes the same outputs."""
+    net = compile_graph(build_space("resnet18", width_mult=0.125, in_shape=[3, 16, 16])).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        env = net._run((x,), keep=False)
+        assert set(env) == set(net.output_names)
+        full = net.activations(x)
+        assert len(full) == net.graph.number_of_nodes()
+        torch.testing.assert_close(net(x), full[net.output_names[0]], rtol=0, atol=0)  # same ops

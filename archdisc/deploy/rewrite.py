@@ -304,9 +304,8 @@ class FeatureMajorNet(ArchNet):
                 self.layers[n] = _TRANSPOSED[op](m)
         self.eval()
 
-    def activations(self, *xs) -> dict:
-        """Every node's output, feature-major: (features, batch)."""
-        return super().activations(*(x.flatten(1).t() for x in xs))
+    def _run(self, xs, keep: bool) -> dict:  # every node's output is (features, batch)
+        return super()._run([x.flatten(1).t() for x in xs], keep)
 
     def forward(self, *xs):  # the flatten nodes read the transposed inputs as they are
         out = super().forward(*xs)

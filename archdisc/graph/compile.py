@@ -57,6 +57,13 @@ class ArchNet(nn.Module):
             self._plan.append((n, KINDS[OPS[op].kind], sources))
         self.input_names = graph.input_nodes()
         self.output_names = graph.output_nodes()
+        # the nodes whose last reader is step i: forward drops them there (holding every
+        # activation to the end costs memory and, on a CPU, fresh pages at every call)
+        last = {s: i for i, (_, _, sources) in enumerate(self._plan) for s, _ in sources}
+        self._free = [[] for _ in self._plan]
+        for s, i in last.items():
+            if s not in self.output_names:
+                self._free[i].append(s)
 
     unit_dim = 1  # the dimension of units (features or channels) of every tensor
 
@@ -74,18 +81,24 @@ class ArchNet(nn.Module):
         return x * self.gates[key].view(shape)
 
     def forward(self, *xs):
-        env = self.activations(*xs)
+        env = self._run(xs, keep=False)
         outs = [env[o] for o in self.output_names]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def activations(self, *xs) -> dict:
         """Every node's output for inputs ``xs``: ``{node: tensor}`` (used to verify
         that an extracted model matches its supernet node by node)."""
+        return self._run(xs, keep=True)
+
+    def _run(self, xs, keep: bool) -> dict:
         env = dict(zip(self.input_names, xs))
-        for n, handler, sources in self._plan:
+        for (n, handler, sources), free in zip(self._plan, self._free):
             if n not in env:
                 env[n] = handler.forward(self, n, [self._read(env, s, k) for s, k in sources],
                                          [s for s, _ in sources])
+            if not keep:
+                for s in free:
+                    del env[s]
         return env
 
 
