@@ -502,6 +502,8 @@ def test_report_lists_each_stage_and_what_it_removed(tmp_path):
     assert stages[-1]["test"] == rep["test"]["compact"]
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Stages" in md and f"| {stages[-1]['params']:,} |" in md
+    kept = [s for s in rep["select"]["path"] if s["chosen"]]
+    assert len(kept) == 1 and f"- {kept[0]['params']:,}: " in md and md.count(" *\n") == 1
 
 
 def test_a_search_that_changes_no_unit_says_so(tmp_path, capsys):

@@ -227,4 +227,10 @@ def report_markdown(report: dict, format_report) -> str:
             change = "" if s["removed"] is None else f"{-s['removed']:+,}"
             lines.append(f"| {s['stage']} | {s['params']:,} | {change} | {val} | {test} |")
         lines.append("")
+    path = (report.get("select") or {}).get("path") or []
+    if path:
+        lines += ["The select stage's path (parameters: val metric ± standard error after a "
+                  "short refit; * kept):", ""]
+        lines += [f"- {s['params']:,}: {s['metric']:.2f} ± {s['se']:.2f}"
+                  f"{' *' if s.get('chosen') else ''}" for s in path] + [""]
     return "\n".join(lines)
