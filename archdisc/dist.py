@@ -106,7 +106,6 @@ def start(device_name: str) -> Dist:
     return Dist(rank, world, local, owned)
 
 
-
 RESUME = "continue it with the same torchrun command and --resume"
 
 

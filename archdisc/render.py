@@ -35,7 +35,6 @@ DEAD_NODE = {"fillcolor": "#eeeeee", "color": "#b0b0b0", "fontcolor": "#a0a0a0"}
 DEAD_EDGE = {"style": "dotted", "color": "#b0b0b0"}
 
 
-
 # ---------------------------------------------------------------------- labels
 def _describe(g: ArchGraph, n: str, units: dict, ref_units: dict | None) -> str:
     """One-line description of node ``n``: op, hyper-parameters and width."""

@@ -12,7 +12,6 @@ from archdisc.sparsity.groups import param_groups, sparse_init
 from archdisc.sparsity.init import bias_init_, density_report, sparse_init_
 
 
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

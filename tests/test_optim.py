@@ -702,7 +702,6 @@ def test_load_rejects_a_different_optimizer():
         optimizer_state_from_tensors(LinBreg(SmallNet().groups(), lr=0.1), tensors, {})
 
 
-
 @pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=1e-2),
                                   lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)],
                          ids=["adam", "sgd"])

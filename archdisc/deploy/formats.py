@@ -44,7 +44,6 @@ ONNX_OPSET = 17
 VERIFY_BATCHES = (1, 7)
 
 
-
 # ---------------------------------------------------------------------- loading
 def _pair(path) -> tuple[Path, Path]:
     p = Path(path)

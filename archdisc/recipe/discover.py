@@ -163,8 +163,7 @@ def search(run: Run, on_epoch=None):
         bar.close()
     dist.barrier()
     run.net, run.alive0 = s.net, s.alive0
-    run.stages = [diagnose.stage("supernet (all units)", count_params(run.graph)),
-                  diagnose.stage("search start (sparse init)", s.params0)]
+    run.stages = [diagnose.stage("search start (sparse init)", s.params0)]
 
 
 def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float:
@@ -337,7 +336,8 @@ def report(run: Run) -> dict:
         "threads": torch.get_num_threads(),
         "world_size": run.dist.world,
     })
-    rep["stages"] = diagnose.with_removed(run.stages)
+    rep["stages"] = diagnose.with_removed(
+        [diagnose.stage("supernet (all units)", rep["params"]["supernet"]), *run.stages])
     rep["warnings"] = diagnose.warnings(
         run.alive0, [m["alive"] for m in metrics],
         {n: u["supernet"] for n, u in rep["units"].items()}, config, data.metric,

@@ -28,7 +28,6 @@ def target_of(config, supernet_params: int) -> int | None:
     return None
 
 
-
 @torch.no_grad()
 def compact_params(net) -> tuple[int, dict]:
     """Parameter count of the compact model that extraction would build now (exact; read from
