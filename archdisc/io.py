@@ -1,13 +1,18 @@
-"""Atomic file writes: a crash or kill never leaves a half-written artifact behind."""
+"""Files: atomic writes (a crash or kill never leaves a half-written artifact behind),
+safetensors with JSON metadata, and TOML in and out."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save
+
+from archdisc.errors import ConfigError
 
 
 def _atomic(path, write):
@@ -66,3 +71,40 @@ def load_tensors(path):
     with safe_open(str(path), framework="pt") as f:
         meta = (f.metadata() or {}).get("json")
     return tensors, (json.loads(meta) if meta else None)
+
+
+# ---------------------------------------------------------------------- TOML
+def read_toml(path) -> dict:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a .toml file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not text; give a .toml file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if v != v else "inf" if v > 0 else "-inf")
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise ConfigError(f"cannot write {v!r} to TOML")

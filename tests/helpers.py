@@ -52,3 +52,10 @@ def assert_same_accuracy(a: float, b: float, n: int) -> None:
     other computation on another CPU. So at most one sample may differ; a wrong
     extraction changes far more (and ``extract(verify=True)`` compares the outputs)."""
     assert abs(a - b) <= 100 / n + 1e-9, (a, b, n)
+
+
+def small_mlp(classes: int = 4, features: int = 20, hidden: int = 32):
+    """A torch MLP for teacher data, for ``--model helpers:small_mlp --weights FILE``."""
+    from torch import nn
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, classes))

@@ -87,7 +87,11 @@ def test_finetune_cosine_schedule_decays_to_zero(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kw, match", [
     (dict(target_params=0), "target_params"),
     (dict(target_density=1.5), "target_density"),
-    (dict(target_params=100, target_density=0.1), "not both"),
+    (dict(target_params=100, target_density=0.1), "target_params and target_density"),
+    (dict(target_macs=0.5, target_density=0.1), "target_density and target_macs"),
+    (dict(target_macs=-1.0), "target_macs"),
+    (dict(distill=1.5), "distill"),
+    (dict(start="weights"), "start"),
     (dict(target_params=100, optimizer="adam"), "regularized optimizer"),
     (dict(lam_warmup=-1.0), "lam_warmup"),
     (dict(control_every=0), "control_every"),
@@ -97,7 +101,8 @@ def test_finetune_cosine_schedule_decays_to_zero(tmp_path, monkeypatch):
 def test_bad_budget_config(kw, match):
     with pytest.raises(ConfigError, match=match):
         Config.from_dict({k: v for k, v in cfg(**kw).to_dict().items()
-                          if k in ("target_params", "target_density", "optimizer",
+                          if k in ("target_params", "target_density", "target_macs",
+                                   "distill", "start", "optimizer",
                                    "lam_warmup", "control_every", "group_weight",
                                    "finetune_schedule")})
 

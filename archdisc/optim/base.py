@@ -324,6 +324,22 @@ class _RegularizedOptimizer(Optimizer):
         extra.prox_(group["params"], self._prox_step(group))
 
     @torch.no_grad()
+    def cut_(self, group: dict, extra_lam: float) -> None:
+        """Raise lam by ``extra_lam`` as a hard cut: the groups :meth:`shrink_` would kill
+        die, the others keep their weights as they are (not shrunk: a trained model keeps
+        its weights), and v is re-anchored at v = theta / delta + p, p in dJ(theta) under
+        the raised lam (``group["reg"].lam``, already raised), as at the optimizer's start,
+        so the next prox returns them."""
+        params = group["params"]
+        theta = [p.clone() for p in params]
+        self.shrink_(group, extra_lam)
+        for p, t in zip(params, theta):
+            p.copy_(torch.where(p != 0, t, 0.0))
+        for p, s in zip(params, group["reg"].subgrad(params)):
+            if "v" in self.state[p]:
+                self.state[p]["v"].copy_(p / group["delta"] + s)
+
+    @torch.no_grad()
     def decay_unregularized_(self, weight_decay: float) -> None:
         """Decoupled weight decay theta <- (1 - step * wd) theta on the unregularized
         groups only (reg None: a head, BatchNorm, ...), where the optimizer is plain

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from archdisc.data import Data
@@ -24,7 +25,7 @@ from archdisc.graph.archgraph import ArchGraph
 from archdisc.graph.fx import from_module
 from archdisc.recipe.config import PYTHON_DATA, Config, parse_input_shape
 
-__all__ = ["model_graph", "graph_file", "python_data"]
+__all__ = ["model_net", "graph_file", "python_data"]
 
 
 # ---------------------------------------------------------------------- --model
@@ -62,10 +63,49 @@ def _import_callable(spec: str):
     return obj
 
 
-def model_graph(config: Config, data) -> ArchGraph:
-    """Build ``config.model(**config.model_options)``, import it with
-    :func:`archdisc.from_module` on an example input of ``config.input_shape`` (default: the
-    data's) and return its graph (the weights are re-initialised by the search)."""
+def _load_weights(module: torch.nn.Module, config: Config):
+    """Load ``config.weights`` (safetensors, or a torch.save'd state_dict read with
+    weights_only: no code runs) into ``module``; a ConfigError naming the keys or shapes
+    that do not fit."""
+    path = Path(config.weights).expanduser()
+    fix = (f"save the model's state_dict() (safetensors.torch.save_file or torch.save) for "
+           f"{config.model} with the same --model-option values")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"config field 'weights': {str(path)!r} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file or a pickle of objects
+        raise ConfigError(f"config field 'weights': {path} cannot be read as weights "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {fix}") \
+            from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint that holds one
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ConfigError(f"config field 'weights': {path} holds no state_dict of tensors; "
+                          f"{fix}")
+    if state and all(k.startswith("module.") for k in state):  # saved from DDP
+        state = {k[7:]: v for k, v in state.items()}
+    own = module.state_dict()
+    bad = [f"missing {k}" for k in own if k not in state]
+    bad += [f"unexpected {k}" for k in state if k not in own]
+    bad += [f"{k}: {list(state[k].shape)} in the file, {list(v.shape)} in the model"
+            for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ConfigError(f"config field 'weights': {path} does not fit {config.model}: "
+                          f"{'; '.join(bad[:5])}{more}; {fix}")
+    module.load_state_dict(state)
+
+
+def model_net(config: Config, data):
+    """Build ``config.model(**config.model_options)``, load ``config.weights`` into it (if
+    set), import it with :func:`archdisc.from_module` on an example input of
+    ``config.input_shape`` (default: the data's) and return the ArchNet (the module's
+    weights; the search starts from them only with ``start = "weights"``)."""
     spec = config.model
     builder = _import_callable(spec)
     opts = dict(config.model_options)
@@ -85,6 +125,8 @@ def model_graph(config: Config, data) -> ArchGraph:
                           f"not match the data's samples "
                           f"({','.join(map(str, data_shape))}); give "
                           f"--input-shape {','.join(map(str, data_shape))} or leave it unset")
+    if config.weights is not None:
+        _load_weights(module, config)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(config.seed))
     try:
         net = from_module(module, example)
@@ -99,7 +141,7 @@ def model_graph(config: Config, data) -> ArchGraph:
                           f"per sample, but dataset {data.name!r} has {want} classes; pass "
                           f"the model's option for it, e.g. --model-option num_classes={want}")
     graph.graph["name"] = spec
-    return graph
+    return net
 
 
 # ---------------------------------------------------------------------- --space FILE.json

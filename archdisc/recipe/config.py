@@ -13,7 +13,6 @@ import difflib
 import hashlib
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +21,10 @@ from pathlib import Path
 from archdisc.data import available_datasets
 from archdisc.data.user import is_user_data
 from archdisc.errors import ConfigError
+from archdisc.io import read_toml, toml_key, toml_value
 from archdisc.spaces import spaces
 
-__all__ = ["Config", "ConfigError", "load_config", "read_toml", "CHOICES", "BREGMAN"]
+__all__ = ["Config", "ConfigError", "load_config", "CHOICES", "BREGMAN"]
 
 OPTIMIZERS = ("adabreg", "linbreg", "proxsgd", "sgd", "adam")
 CHOICES = {
@@ -37,6 +37,7 @@ CHOICES = {
     "group_weight": ("sqrt_n", "one", "sqrt_alive"),
     "augment": ("none", "crop_flip"),
     "select": ("shrink", "scale", "none"),
+    "start": ("auto", "sparse", "weights"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
 
@@ -60,6 +61,12 @@ class Config:
                                      "imported with archdisc.from_module as the supernet "
                                      "(instead of space; space then records it too)")
     model_options: dict = _field({}, "keyword arguments of the model callable")
+    weights: str | None = _field(None, "the model's trained weights: a .safetensors file or a "
+                                       "state_dict saved with torch.save (read with "
+                                       "weights_only)")
+    start: str = _field("auto", "where the search starts: a sparse random init, or the "
+                                "model's weights with every unit alive, cut down to the "
+                                "target (auto: weights when --weights is given)")
     input_shape: str | None = _field(None, "the model's input shape C,H,W (or D); unset: "
                                            "the data's")
     data: str = _field("fashion-mnist", "a dataset name, or a .npz / .csv file or image "
@@ -83,6 +90,9 @@ class Config:
                                              "many params")
     target_density: float | None = _field(None, "same, as a fraction of the supernet's "
                                                  "parameters")
+    target_macs: float | None = _field(None, "steer lam until the compact model has <= this "
+                                             "many MACs (<= 1: that fraction of the "
+                                             "supernet's)")
     weight_decay: float = _field(0.0, "sgd: coupled; adam / fine-tune: AdamW; Bregman: "
                                       "decoupled, unregularized groups only")
     # ------------------------------------------------------------ after the search
@@ -94,6 +104,9 @@ class Config:
     finetune_lr: float = _field(1e-3, "learning rate of the fine-tune")
     finetune_schedule: str = _field("constant", "fine-tune lr schedule (cosine: per step, "
                                                 "to 0)")
+    distill: float = _field(0.0, "fine-tune loss weight on the KL divergence to the outputs "
+                                 "(temperature 4) of the starting model (start = weights) or "
+                                 "the searched supernet; the rest on the labels")
     # ------------------------------------------------------------ how to run it
     seed: int = _field(0, "seeds the split, the initialisation and the data order")
     device: str = _field("auto", "where to train (auto: cuda when available)")
@@ -168,6 +181,11 @@ class Config:
         _check_numbers(c)
         return c
 
+    def from_weights(self) -> bool:
+        """Whether the search starts from the model's weights (``start``; auto: when
+        ``weights`` is given)."""
+        return self.start == "weights" or (self.start == "auto" and self.weights is not None)
+
     # ---------------------------------------------------------------- output
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,9 +196,10 @@ class Config:
         field added or removed is a new hash for every config)."""
         d = self.to_dict()
         del d["loader_workers"]  # changes the speed, never the result
-        if is_graph_file(self.space) and Path(self.space).expanduser().is_file():
-            d["space_sha256"] = hashlib.sha256(Path(self.space).expanduser().read_bytes()
-                                               ).hexdigest()  # an edited file: another run
+        for key, path in (("space_sha256", is_graph_file(self.space) and self.space),
+                          ("weights_sha256", self.weights)):
+            if path and Path(path).expanduser().is_file():  # an edited file: another run
+                d[key] = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
         text = json.dumps(d, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -194,10 +213,10 @@ class Config:
             elif v is None:
                 lines.append(f"# {f.name}: not set")
             else:
-                lines.append(f"{f.name} = {_toml_value(v)}")
+                lines.append(f"{f.name} = {toml_value(v)}")
         for name in tables:
             lines += ["", f"[{name}]"]
-            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in getattr(self, name).items()]
+            lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in getattr(self, name).items()]
         return "\n".join(lines) + "\n"
 
 
@@ -289,16 +308,25 @@ def _check_numbers(c: Config):
              "an integer >= 1 (or unset)")
     _require(c.target_density is None or 0 < c.target_density <= 1,
              "target_density", "a number in (0, 1] (or unset)")
-    _require(c.target_params is None or c.target_density is None, "target_params",
-             "unset when target_density is set (give one budget, not both)")
+    budgets = [n for n in ("target_params", "target_density", "target_macs")
+               if getattr(c, n) is not None]
+    _require(len(budgets) <= 1, budgets[0] if budgets else "",
+             f"the only budget ({' and '.join(budgets)} are set: give one)")
+    _require(c.target_macs is None or 0 < c.target_macs < math.inf, "target_macs",
+             "a number > 0: a fraction <= 1 of the supernet's MACs, or a count")
+    _require(0 <= c.distill <= 1, "distill", "a number in [0, 1]")
+    _require(c.weights is None or c.model is not None, "weights",
+             "unset without --model (weights belong to a model; a space starts sparse)")
+    _require(c.start != "weights" or c.model is not None, "start",
+             '"sparse" or "auto" for a built-in space (it has no trained weights)')
     _require(0 < c.target_tol < 1, "target_tol", "a number in (0, 1)")
     _require(c.control_every >= 1, "control_every", "an integer >= 1 (steps)")
     for k, v in c.lam_layers.items():
         _require(isinstance(v, (int, float)) and not isinstance(v, bool)
                  and 0 <= v < math.inf, "lam_layers",
                  f"a table node = factor >= 0, got {k} = {v!r}")
-    if (c.target_params or c.target_density) and c.optimizer not in BREGMAN:
-        raise ConfigError(f"config field 'target_params' / 'target_density': needs a "
+    if budgets and c.optimizer not in BREGMAN:
+        raise ConfigError(f"config field {budgets[0]!r}: needs a "
                           f"regularized optimizer (adabreg, linbreg, proxsgd), not "
                           f"{c.optimizer!r}")
     _require(0 < c.density <= 1, "density", "a number in (0, 1]")
@@ -333,22 +361,6 @@ def load_config(path=None, overrides: dict | None = None) -> Config:
     return Config.from_dict(d)
 
 
-def read_toml(path) -> dict:
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {str(path)!r} is a folder; give a .toml file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(path)!r} is not text; give a .toml file") from None
-    except OSError as e:
-        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-
-
 def _check_type(name, value, typ):
     """``value`` converted to ``typ`` (int -> float allowed), or a ConfigError."""
     args = typing.get_args(typ)
@@ -370,23 +382,3 @@ def _check_type(name, value, typ):
         raise ConfigError(f"config field {name!r}: expected {want}, got {value!r} "
                           f"({type(value).__name__})")
     return value
-
-
-def _toml_key(k: str) -> str:
-    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ("nan" if v != v else "inf" if v > 0 else "-inf")
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise ConfigError(f"cannot write {v!r} to TOML")

@@ -1,6 +1,9 @@
 """What a finished discover run should tell its user: the size and metric after each
-stage, and a warning (with its likely cause and the fix) when the search did not work."""
+stage, a warning (with its likely cause and the fix) when the search did not work, and the
+numbers each epoch records."""
 from __future__ import annotations
+
+import torch
 
 NEARLY_ALL = 0.95  # the search switched on at least this fraction of the searchable units
 NEAR_CHANCE = 1.5  # a val accuracy under this many times chance (and under a quarter of the
@@ -43,3 +46,24 @@ def warnings(alive0: dict, history: list[dict], widths: dict, config, metric: st
                    f"{chance:.1f}%): it did not learn; search longer (--epochs) or "
                    f"change --lr (now {config.lr:g})")
     return out
+
+
+@torch.no_grad()
+def fingerprint(net, alive_now: dict, opt) -> list[float]:
+    """Numbers that differ between ranks whose parameters, alive units or lam differ."""
+    lams = [g["reg"].lam for g in opt.param_groups if g.get("reg") is not None]
+    return ([float(sum(p.double().abs().sum() for p in net.parameters()))]
+            + [float(v) for v in alive_now["units"].values()] + lams)
+
+
+@torch.no_grad()
+def density(net) -> float:
+    nz = sum(int(p.count_nonzero()) for p in net.parameters())
+    return nz / max(1, sum(p.numel() for p in net.parameters()))
+
+
+def current_lam(opt) -> float | None:
+    for g in opt.param_groups:
+        if g.get("reg") is not None:
+            return g["reg"].lam
+    return None

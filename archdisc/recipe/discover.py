@@ -33,13 +33,13 @@ from archdisc.errors import TrainingError
 from archdisc.extract import extract, extraction_report
 from archdisc.graph.archgraph import ArchGraph, count_params
 from archdisc.graph.compile import ArchNet
-from archdisc.io import atomic_write_text
+from archdisc.io import atomic_write_text, save_tensors
 from archdisc.recipe import diagnose, rundir
 from archdisc.recipe.byo import python_data
 from archdisc.recipe.config import BREGMAN, Config
 from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
 from archdisc.recipe.select import shrink_select
-from archdisc.recipe.setup import (SearchState, build_supernet, load_dataset, resolve_device,
+from archdisc.recipe.setup import (SearchState, load_dataset, load_supernet, resolve_device,
                                    start_search)
 from archdisc.sparsity.budget import compact_params, target_of
 from archdisc.sparsity.groups import alive
@@ -72,7 +72,8 @@ class Run:
     finetune_losses: list = field(default_factory=list)
     finetune_kept: bool = True
     finetune_seconds: float = 0.0
-    alive0: dict = field(default_factory=dict)  # alive units at the sparse start
+    weights: dict | None = None  # a model's imported weights (the start with start = weights)
+    alive0: dict = field(default_factory=dict)  # alive units at the start of the search
     stages: list = field(default_factory=list)  # diagnose.stage rows, in order
 
 
@@ -116,7 +117,7 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
     resume_from = rundir.prepare_run(out, config, resume=resume, force=force)
     device = resolve_device(config.device)
     data = data if data is not None else load_dataset(config)
-    graph = build_supernet(config, data)
+    graph, weights = load_supernet(config, data)
     dist = distributed.start(config.device)
     if dist.world > 1:
         device = dist.device
@@ -125,7 +126,11 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
         rundir.clear(out, fresh=resume_from is None)
         atomic_write_text(out / "config.toml", config.to_toml())
     dist.barrier()
-    run = Run(config, out, device, data, graph, resume_from, progress and dist.main, dist)
+    run = Run(config, out, device, data, graph, resume_from, progress and dist.main, dist,
+              weights=weights)
+    if config.model is not None and not config.from_weights():
+        _log(run, f"the search starts from a sparse random init: {config.model}'s own "
+                  f"weights are not used (--start weights starts from them)")
     if "target" in data.meta and "target" not in config.data_options:
         _log(run, f"{config.data}: the label is column {data.meta['target']!r}, the last "
                   f"(--data-option target=COLUMN takes another)")
@@ -147,7 +152,7 @@ def search(run: Run, on_epoch=None):
             loss = _search_epoch(run, s, epoch, lr, bar)
             a = alive(s.net)
             if dist.world > 1:
-                dist.check_agree(_fingerprint(s.net, a, s.opt),
+                dist.check_agree(diagnose.fingerprint(s.net, a, s.opt),
                                  "the parameters, alive units and lam")
             if not dist.main:  # rank 0 alone evaluates and writes
                 continue
@@ -162,8 +167,13 @@ def search(run: Run, on_epoch=None):
     finally:
         bar.close()
     dist.barrier()
+    if s.best is not None and s.best[1] != config.epochs:
+        s.net.load_state_dict(s.best[2])
+        _log(run, f"kept epoch {s.best[1]}'s supernet: the best within the budget (val "
+                  f"{run.data.metric} {s.best[0]:.2f})")
     run.net, run.alive0 = s.net, s.alive0
-    run.stages = [diagnose.stage("search start (sparse init)", s.params0)]
+    start = "weights" if config.from_weights() else "sparse init"
+    run.stages = [diagnose.stage(f"search start ({start})", s.params0)]
 
 
 def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float:
@@ -180,7 +190,7 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
         g = (epoch - 1) * steps + step + 1  # the next step's number
         if control.target or config.group_weight == "sqrt_alive":
             if g % config.control_every == 0:
-                control.look(s.net)
+                control.look(s.net, g)
         control.set(g)
 
     if control.active and epoch == s.start + 1:
@@ -192,7 +202,7 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
                            augmenter(config, config.seed, epoch, run.device), run.dist,
                            config.loader_workers)
         if control.target and epoch == config.epochs:
-            control.settle(s.net)
+            control.settle(s.net, grow=True)
         if not all(torch.isfinite(p).all() for p in s.net.parameters()):
             raise TrainingError("parameters are not finite")
         if loss > DIVERGED * s.initial:
@@ -220,13 +230,19 @@ def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) ->
                    run.config.loader_workers)
     run.train_seconds += time.perf_counter() - t0
     record = {"epoch": epoch, "train_loss": loss, f"val_{run.data.metric}": val,
-              "density": density(net), "alive": a["units"],
-              "alive_edges": sum(a["edges"].values()), "lam": current_lam(opt),
+              "density": diagnose.density(net), "alive": a["units"],
+              "alive_edges": sum(a["edges"].values()), "lam": diagnose.current_lam(opt),
               "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
     if control.active:
         record["lam"] = control.lam(epoch * s.steps)
         record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
         record["params"] = compact_params(net)[0]
+        size = compact_params(net, control.measure)[0]
+        record[control.measure] = size
+        if (control.target and (1 - run.config.target_tol) * control.target <= size
+                <= control.target and (s.best is None or val >= s.best[0])):
+            s.best = (val, epoch, {k: v.clone() for k, v in net.state_dict().items()})
+            save_tensors(run.out / rundir.BEST, s.best[2], {"val": val, "epoch": epoch})
     run.metrics.append(record)
     rundir.append_metrics(run.out, record)
     rundir.save_checkpoint(run.out / rundir.CHECKPOINT, net, opt,
@@ -259,6 +275,9 @@ def select_compact(run: Run):
     (archdisc.recipe.select: ``shrink`` or ``scale``)."""
     if run.config.select == "none":
         return
+    if target_of(run.config, 1) is not None:
+        _log(run, "select: skipped, the target sets the size")
+        return
     t0 = time.perf_counter()
     run.compact, run.select_path = shrink_select(run.compact, run.data, run.config,
                                                  run.device, lambda s: _log(run, s), run.net)
@@ -279,8 +298,13 @@ def finetune_compact(run: Run):
         steps = math.ceil(len(run.data.train) / run.config.batch_size) * run.config.finetune
         bar = tqdm(total=steps, unit="batch", desc="fine-tune", file=sys.stderr, leave=False,
                    disable=not (run.progress and sys.stderr.isatty()))
+        teacher = run.net  # distillation's: the searched supernet, or the starting model
+        if run.config.from_weights():
+            teacher = ArchNet(run.graph).to(run.device)
+            teacher.load_state_dict(run.weights)
         try:
-            run.finetune_losses = finetune(run.compact, run.data, run.config, run.device, bar)
+            run.finetune_losses = finetune(run.compact, run.data, run.config, run.device, bar,
+                                           teacher)
             val_after = _score(run, run.compact.eval(), run.data.val)
         except TrainingError:
             val_after = -math.inf
@@ -361,24 +385,3 @@ def _stage(run: Run, name: str) -> dict:
 def _score(run: Run, model, split) -> float:
     return evaluate(model, split, run.data.metric, 1024, run.device,
                     run.config.loader_workers)
-
-
-@torch.no_grad()
-def _fingerprint(net, alive_now: dict, opt) -> list[float]:
-    """Numbers that differ between ranks whose parameters, alive units or lam differ."""
-    lams = [g["reg"].lam for g in opt.param_groups if g.get("reg") is not None]
-    return ([float(sum(p.double().abs().sum() for p in net.parameters()))]
-            + [float(v) for v in alive_now["units"].values()] + lams)
-
-
-@torch.no_grad()
-def density(net) -> float:
-    nz = sum(int(p.count_nonzero()) for p in net.parameters())
-    return nz / max(1, sum(p.numel() for p in net.parameters()))
-
-
-def current_lam(opt) -> float | None:
-    for g in opt.param_groups:
-        if g.get("reg") is not None:
-            return g["reg"].lam
-    return None

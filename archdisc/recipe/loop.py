@@ -131,12 +131,13 @@ def batches(split, batch_size: int, device, workers: int = 0):
 
 
 def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
-                augment=None, dist=None, workers: int = 0) -> float:
+                augment=None, dist=None, workers: int = 0, loss_of=None) -> float:
     """One pass over (x, y) in ``order``; returns the mean loss, raises TrainingError when
     it is not finite. ``augment(xb, yb) -> (xb, yb)`` (see :func:`augmenter`) transforms
     each batch. The loss stays on the device during the epoch (no sync per step).
     With ``y = None``, ``x`` is a Dataset read through a DataLoader with ``workers``
     processes (see :func:`tensors`), so memory does not grow with the dataset.
+    ``loss_of(out, xb, yb)`` replaces the task's loss (e.g. distillation).
 
     Data-parallel (``dist``, an :class:`archdisc.dist.Dist` of more than one process,
     ``net`` in DDP): each rank takes its slice of every global batch, with the
@@ -170,7 +171,8 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
             if augment is not None:  # the draws these rows get in the whole batch
                 xb, yb = augment(xb, yb, rows=(s, len(idx)))
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(xb), yb, task)
+        out = net(xb)
+        loss = loss_fn(out, yb, task) if loss_of is None else loss_of(out, xb, yb)
         if k < len(idx):  # this rank's share of the global batch's mean loss
             loss = loss * (k * world / len(idx))
         loss.backward()
@@ -209,16 +211,37 @@ def masked_adam(net, config, lr: float, total: int, cosine: bool, weight_decay: 
     return opt, on_step
 
 
-def finetune(net, data, config, device, bar=None) -> list[float]:
+def distill_loss(teacher, weight: float, task: str, temperature: float = 4.0):
+    """(1 - weight) x the task's loss + weight x T^2 KL(teacher || student) of the outputs
+    softened at temperature T (classification; denoising: the squared error to the
+    teacher's output)."""
+    teacher.eval()
+
+    def loss_of(out, xb, yb):
+        with torch.no_grad():
+            t = teacher(xb)
+        if task == "classification":
+            t, s = (F.log_softmax(o / temperature, 1) for o in (t, out))
+            soft = F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+        else:
+            soft = F.mse_loss(out, t)
+        return (1 - weight) * loss_fn(out, yb, task) + weight * soft
+    return loss_of
+
+
+def finetune(net, data, config, device, bar=None, teacher=None) -> list[float]:
     """``config.finetune`` epochs of plain Adam (``config.finetune_lr``) on the compact model;
-    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search."""
+    AdamW when ``config.weight_decay`` > 0, with ``config.augment`` as in the search;
+    distilled from ``teacher`` with ``config.distill`` > 0."""
     x, y = tensors(data.train, device)
     n = len(data.train)
     total = math.ceil(n / config.batch_size) * config.finetune
     opt, on_step = masked_adam(net, config, config.finetune_lr, total,
                                config.finetune_schedule == "cosine", config.weight_decay)
+    loss_of = (distill_loss(teacher, config.distill, data.task)
+               if teacher is not None and config.distill > 0 else None)
     return [train_epoch(net, opt, x, y, data.task, config.batch_size,
                         epoch_order(config.seed + 1, e, n), bar, on_step=on_step,
                         augment=augmenter(config, config.seed + 1, e, device),
-                        workers=config.loader_workers)
+                        workers=config.loader_workers, loss_of=loss_of)
             for e in range(1, config.finetune + 1)]

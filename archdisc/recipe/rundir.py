@@ -25,13 +25,15 @@ from archdisc.extract import format_report
 from archdisc.io import (atomic_write_json, atomic_write_text, load_tensors, remove_stale_temps,
                          save_tensors)
 from archdisc.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
-from archdisc.recipe.config import Config, read_toml
+from archdisc.io import read_toml
+from archdisc.recipe.config import Config
 
 __all__ = ["CHECKPOINT", "ARTEFACTS", "prepare_run", "save_checkpoint", "load_checkpoint",
            "write_metrics", "append_metrics", "write_report"]
 
 CHECKPOINT = "checkpoint.safetensors"
-ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, "supernet.safetensors",
+BEST = "best.safetensors"  # the best in-budget epoch's supernet (see discover.search)
+ARTEFACTS = ("config.toml", "metrics.jsonl", CHECKPOINT, BEST, "supernet.safetensors",
              "supernet.json", "compact.safetensors", "compact.json", "report.json",
              "report.md", "checksums.json")
 

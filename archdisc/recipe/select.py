@@ -35,7 +35,6 @@ from archdisc.extract import extract
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.graph.ops import OPS
 from archdisc.recipe.loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
-from archdisc.sparsity.budget import target_of
 from archdisc.sparsity.groups import unit_members
 
 __all__ = ["shrink_select", "scale_select"]
@@ -95,7 +94,7 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     The search proposes the shape (which units, inputs and edges survive, and how wide each
     layer is relative to the others). Candidate j has ``w * sqrt(2)**-j`` units in every
     searchable layer of width w: j > 0 keeps the top-scored ``ceil`` of them, j < 0 is wider
-    (rounded), up to the supernet's widths and the parameter budget, where the graph allows
+    (rounded), up to the supernet's widths, where the graph allows
     it. Each is re-initialized with the same seed, trained ``10 x select_steps`` Adam steps
     (cosine) on the same batch order (common random numbers: candidates differ by their
     widths, not by luck) and scored on validation; narrowing stops ``STOP`` standard
@@ -103,7 +102,7 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     ``select_tol`` standard errors of the best is kept (the one-standard-error rule). Fresh,
     equal-length trainings because warm-started cuts of a wide layer stay far below the same
     width trained from scratch (RESULTS.md section 8), which biased the warm rules to wide
-    models. Without ``supernet`` (the searched net) nothing grows and no budget applies.
+    models. Without ``supernet`` (the searched net) nothing grows.
     """
     probe, refit, snapshot = _tools(data, config, device)
     parent = _copy(compact).eval()
@@ -115,7 +114,6 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     graph = supernet.graph if supernet is not None else parent.graph
     cap = {n: graph.nodes[n]["units"] if n in graph else w
            for n, w in {**widths0, **sums}.items()}  # sums: widths tied by a residual add
-    budget = target_of(config, _size(supernet)) if supernet is not None else None
 
     def build(targets):
         """A fresh, untrained net of ``targets`` widths, or None if it cannot be built."""
@@ -155,8 +153,6 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
             log("select: no wider candidate (these widths are tied to others in the graph)")
             break
         size = _size(net)
-        if budget is not None and size > budget:
-            break
         if all(abs(size - t) >= 0.2 * t for t in sizes):  # not hardly wider
             sizes.append(size)
             train(net, scale=GRID ** -j)

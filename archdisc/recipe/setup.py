@@ -19,15 +19,16 @@ from archdisc.data.user import is_user_data
 from archdisc.errors import ConfigError, GraphError, RunError
 from archdisc.graph.archgraph import ArchGraph, count_params
 from archdisc.graph.compile import ArchNet
+from archdisc.io import load_tensors
 from archdisc.recipe import rundir
-from archdisc.recipe.byo import graph_file, model_graph
+from archdisc.recipe.byo import graph_file, model_net
 from archdisc.recipe.config import PYTHON_DATA, Config, is_graph_file
 from archdisc.recipe.loop import batches, loss_fn, tensors
 from archdisc.spaces import build_space, spaces
 from archdisc.sparsity.budget import LamControl, compact_params
 from archdisc.sparsity.groups import alive, param_groups, sparse_init
 
-__all__ = ["resolve_device", "load_dataset", "build_supernet", "make_optimizer",
+__all__ = ["resolve_device", "load_dataset", "build_supernet", "load_supernet", "make_optimizer",
            "SearchState", "start_search"]
 
 
@@ -70,10 +71,16 @@ def load_dataset(config: Config):
 def build_supernet(config: Config, data) -> ArchGraph:
     """The search space's graph (or config.model's, or the graph file config.space);
     ``in_shape`` / ``classes`` / ``task`` default to the data's."""
-    if config.model is not None or is_graph_file(config.space):
-        graph = (model_graph(config, data) if config.model is not None
-                 else graph_file(config.space))
-        return _check_supernet(graph, config, data)
+    return load_supernet(config, data)[0]
+
+
+def load_supernet(config: Config, data) -> tuple[ArchGraph, dict | None]:
+    """:func:`build_supernet`'s graph and, for a model, its imported weights (else None)."""
+    if config.model is not None:
+        net = model_net(config, data)
+        return _check_supernet(net.graph, config, data), net.state_dict()
+    if is_graph_file(config.space):
+        return _check_supernet(graph_file(config.space), config, data), None
     accepted = inspect.signature(spaces()[config.space][0]).parameters
     opts = dict(config.space_options)
     fill = {"in_shape": list(data.in_shape), "task": data.task}
@@ -86,7 +93,7 @@ def build_supernet(config: Config, data) -> ArchGraph:
         graph = build_space(config.space, **opts)
     except GraphError as e:
         raise ConfigError(f"config field 'space_options': {e}") from None
-    return _check_supernet(graph, config, data)
+    return _check_supernet(graph, config, data), None
 
 
 def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
@@ -144,26 +151,34 @@ class SearchState:
     steps: int  # per epoch
     initial: float  # the untrained model's loss
     start: int = 0  # the last epoch done before this process
+    best: tuple | None = None  # (val, epoch, state_dict) of the best in-budget epoch
     alive0: dict | None = None  # alive units per searchable node at the sparse start
     params0: int = 0  # the compact model's parameters at the sparse start
 
 
 def start_search(run) -> SearchState:
-    """The sparse-initialised supernet of ``run`` (a :class:`~archdisc.recipe.discover.Run`),
-    its optimizer and lam controller, restored from the checkpoint when the run resumes
-    (``run.metrics`` and ``run.train_seconds`` too)."""
+    """The supernet of ``run`` (a :class:`~archdisc.recipe.discover.Run`): sparse-initialised,
+    or the model's weights (``start``), its optimizer and lam controller, restored from the
+    checkpoint when the run resumes (``run.metrics`` and ``run.train_seconds`` too)."""
     config, data, device = run.config, run.data, run.device
     torch.manual_seed(config.seed)
-    net = sparse_init(ArchNet(run.graph), density=config.density, mode=config.group_mode,
-                      seed=config.seed).to(device)
+    net = ArchNet(run.graph)
+    if config.from_weights():
+        net.load_state_dict(run.weights)
+    else:
+        sparse_init(net, density=config.density, mode=config.group_mode, seed=config.seed)
+    net = net.to(device)
     opt = make_optimizer(net, config)
     model = run.dist.wrap(net)
     x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
     steps = math.ceil(len(data.train) / config.batch_size)
-    control = LamControl(net, opt, config, steps)
+    control = LamControl(net, opt, config, steps, anchor=config.from_weights())
     initial = _initial_loss(net, data.train, data.task, device)
     s = SearchState(net, opt, model, control, x, y, steps, initial, alive0=alive(net)["units"],
                     params0=compact_params(net)[0])
+    if run.resume_from is not None and (run.out / rundir.BEST).is_file():
+        tensors_, meta = load_tensors(run.out / rundir.BEST)
+        s.best = (meta["val"], meta["epoch"], {k: v.to(device) for k, v in tensors_.items()})
     if run.resume_from is not None:
         meta = rundir.load_checkpoint(run.resume_from, net, opt)
         if meta.get("config_hash") != config.hash():

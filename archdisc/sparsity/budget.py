@@ -13,30 +13,40 @@ import torch
 
 from archdisc.errors import ConfigError
 from archdisc.extract import extract_graph
-from archdisc.graph.archgraph import count_params
+from archdisc.graph.archgraph import count_macs, count_params
 from archdisc.sparsity.groups import unit_members
 
-__all__ = ["LamControl", "compact_params", "target_of"]
+__all__ = ["LamControl", "compact_params", "measure_of", "target_of"]
 
 
-def target_of(config, supernet_params: int) -> int | None:
-    """The parameter budget of ``config`` (``target_params`` or ``target_density``)."""
+def measure_of(config) -> str:
+    """What the budget counts: "macs" under ``target_macs``, else "params"."""
+    return "macs" if config.target_macs is not None else "params"
+
+
+def target_of(config, supernet_size: int) -> int | None:
+    """The budget of ``config`` in its measure (:func:`measure_of`), given the supernet's
+    size in that measure: ``target_params``, ``target_density`` (a fraction of the
+    parameters) or ``target_macs`` (a number <= 1: a fraction of the MACs)."""
     if config.target_params is not None:
         return config.target_params
     if config.target_density is not None:
-        return round(config.target_density * supernet_params)
+        return round(config.target_density * supernet_size)
+    if config.target_macs is not None:
+        t = config.target_macs
+        return round(t * supernet_size) if t <= 1 else round(t)
     return None
 
 
 @torch.no_grad()
-def compact_params(net) -> tuple[int, dict]:
-    """Parameter count of the compact model that extraction would build now (exact; read from
-    the extracted graph, no module is compiled), and each searchable node's alive fan-in
-    there (None: node removed)."""
+def compact_params(net, measure: str = "params") -> tuple[int, dict]:
+    """Parameter count (or MACs) of the compact model that extraction would build now
+    (exact; read from the extracted graph, no module is compiled), and each searchable
+    node's alive fan-in there (None: node removed)."""
     graph, state = extract_graph(net)
     fan_in = {n: (math.prod(state[f"layers.{n}.weight"].shape[1:])
                   if f"layers.{n}.weight" in state else None) for n in unit_members(net)}
-    return count_params(graph), fan_in
+    return (count_macs(graph) if measure == "macs" else count_params(graph)), fan_in
 
 
 class LamControl:
@@ -47,17 +57,22 @@ class LamControl:
     ``ramp`` rises linearly from 0 to 1 over ``lam_warmup`` epochs. ``weight_g`` changes
     the unit group weight sqrt(n) of the regularizer to 1 (``group_weight="one"``) or
     to sqrt(n_alive), n_alive counting only the alive fan-in (``"sqrt_alive"``,
-    refreshed at each look). With a budget
-    (``target_params`` / ``target_density``) the controller looks every ``control_every``
-    steps at the parameter count P of the compact model and multiplies ``mult`` by
+    refreshed at each look). With a budget (``target_params`` / ``target_density`` /
+    ``target_macs``) the controller looks every ``control_every`` steps at the size P
+    (parameters or MACs) of the compact model and multiplies ``mult`` by
     max(0.8, sqrt(P / target)) while P < (1 - target_tol) target (lowering lam lets the
     loss switch more units on), and raises lam just enough to bring P back to the
     target when P > target (:meth:`settle`: raising lam switches units off at once,
     through the prox). In between, lam is held.
+
+    A search that starts from trained weights (``anchor``) cuts instead of shrinking
+    (the optimizer's ``cut_``: the survivors keep their weights), and its target falls
+    from the starting size to the budget along a cubic over the first half of the
+    search (at least one epoch), so units are removed gradually while training goes on.
     """
 
-    def __init__(self, net, opt, config, steps_per_epoch: int):
-        self.opt, self.config, self.spe = opt, config, steps_per_epoch
+    def __init__(self, net, opt, config, steps_per_epoch: int, anchor: bool = False):
+        self.opt, self.config, self.spe, self.anchor = opt, config, steps_per_epoch, anchor
         self.groups = [g for g in opt.param_groups if g.get("reg") is not None]
         names = {g.get("name") for g in self.groups}
         for k in config.lam_layers:
@@ -72,7 +87,12 @@ class LamControl:
         # n of each unit group (its regularizer's weight is sqrt(n)): fan-in, + 1 per bias
         self.n = {g["name"]: g["reg"].group_weight(g["params"]) ** 2 for g in self.groups
                   if g.get("kind") == "unit"}
-        self.target = target_of(config, sum(p.numel() for p in params.values()))
+        self.measure = measure_of(config)
+        full = (count_macs(net.graph) if self.measure == "macs"
+                else sum(p.numel() for p in params.values()))
+        self.target = target_of(config, full)
+        self.start_size = compact_params(net, self.measure)[0] if anchor else 0
+        self.ramp_steps = max(1, config.epochs // 2) * steps_per_epoch if anchor else 0
         self.mult, self.weights = 1.0, {}
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
                            or config.group_weight != "sqrt_n")
@@ -92,17 +112,25 @@ class LamControl:
             return 1.0 / math.sqrt(self.n[name])
         return self.weights.get(name, 1.0)
 
-    def look(self, net):
+    def target_at(self, step: int) -> int:
+        """The budget in force at ``step``: the target, or on the way down to it from the
+        starting size (``anchor``)."""
+        left = max(0.0, 1 - step / self.ramp_steps) if self.ramp_steps else 0.0
+        return round(self.target + (self.start_size - self.target) * left ** 3) \
+            if self.start_size > self.target else self.target
+
+    def look(self, net, step: int | None = None):
         """Measure the compact size; adjust ``mult`` (budget) and the alive-fan-in weights."""
-        P, fan = compact_params(net)
+        P, fan = compact_params(net, self.measure)
         if self.config.group_weight == "sqrt_alive":
             # sqrt(n_alive / n): n_alive counts only the fan-in that is still alive
             self.weights = {n: math.sqrt((self.n[n] - self.full_fan[n] + (
                 fan[n] if fan[n] is not None else self.full_fan[n])) / self.n[n]) for n in fan}
-        if self.target and P > self.target:
-            P = self.settle(net)
-        elif self.target and P < (1 - self.config.target_tol) * self.target:
-            self.mult *= max(0.8, math.sqrt(P / self.target))
+        target = self.target_at(step if step is not None else 10 ** 12) if self.target else 0
+        if self.target and P > target:
+            P = self.settle(net, target)
+        elif self.target and P < (1 - self.config.target_tol) * target:
+            self.mult *= max(0.8, math.sqrt(P / target))
         return P
 
     def ramp(self, step: int) -> float:
@@ -121,21 +149,54 @@ class LamControl:
         return self.config.lam * self.ramp(step) * self.mult
 
     @torch.no_grad()
-    def settle(self, net, max_iter: int = 300) -> int:
-        """While P > target: raise lam by 3% and apply the prox of the extra lam to the
-        weights. For an alive group this is exactly the parameter the Bregman step gives
-        with the raised lam and the same v (theta_g = prox(delta v) shrinks by
-        delta * dlam * w_g and dies when that exceeds its norm); dead groups stay dead.
-        (ProxSGD: the prox with step lr, as in its own step.) So lam rises just enough to
-        switch off the excess, weakest units first."""
-        P, _ = compact_params(net)
-        it = 0
-        while self.target and P > self.target and it < max_iter:
-            it += 1
-            before = {id(g): g["reg"].lam for g in self.groups}
-            self.mult *= 1.03
+    def settle(self, net, target: int | None = None, grow: bool = False,
+               iters: int = 24) -> int:
+        """Bring P to at most ``target`` (default: the budget) by raising lam just enough:
+        the smallest factor on lam, found by bisection, whose prox leaves P <= target.
+        With ``grow``, also when P < (1 - target_tol) target, by lowering lam. The prox of
+        the new lam is applied as the optimizer's next Bregman step would apply it
+        (theta = prox(delta v); ProxSGD, which has no v and cannot grow: its prox with step
+        lr of the extra lam), or as its ``cut_`` when ``anchor`` (the survivors keep their
+        weights). Units die (or enter) in the order of their norm over their weight."""
+        target = self.target if target is None else target
+        P = compact_params(net, self.measure)[0]
+        low = (1 - self.config.target_tol) * target
+        if not target or low <= P <= target or (P < low and not grow):
+            return P
+        params = [p for g in self.groups for p in g["params"]]
+        saved, m0 = [p.clone() for p in params], self.mult
+        self.set(10 ** 12)
+        lam0 = [g["reg"].lam for g in self.groups]
+        state = self.opt.state
+        bregman = all("v" in state[p] and "delta" in g for g in self.groups for p in g["params"])
+
+        def trial(mult, apply=False):
+            for p, s in zip(params, saved):
+                p.copy_(s)
+            self.mult = mult
             self.set(10 ** 12)
-            for g in self.groups:
-                self.opt.shrink_(g, g["reg"].lam - before[id(g)])
-            P, _ = compact_params(net)
-        return P
+            for g, before in zip(self.groups, lam0):
+                if apply and self.anchor and mult > m0:
+                    self.opt.cut_(g, g["reg"].lam - before)
+                elif bregman:  # the next step's parameters under this lam
+                    for p in g["params"]:
+                        p.copy_(state[p]["v"]).mul_(g["delta"])
+                    g["reg"].prox_(g["params"], g["delta"])
+                else:
+                    self.opt.shrink_(g, g["reg"].lam - before)
+            return compact_params(net, self.measure)[0]
+
+        if P > target:  # bracket: P(lo) > target >= P(hi)
+            lo, hi = m0, m0 * 1.03
+            while trial(hi) > target and hi < m0 * 2 ** 40:
+                lo, hi = hi, hi * 2
+        elif not bregman:
+            return P
+        else:
+            lo, hi = m0 / 1.03, m0
+            while trial(lo) <= target and lo > m0 * 2 ** -40:
+                lo, hi = lo / 2, lo
+        for _ in range(iters):
+            mid = math.sqrt(lo * hi)
+            lo, hi = (lo, mid) if trial(mid) <= target else (mid, hi)
+        return trial(hi, apply=True)

@@ -1,0 +1,127 @@
+"""Compressing a trained model: its weights in (--weights, start = "weights"), a search
+that cuts it down to a MACs target, the cut that keeps the survivors' weights, and the
+distillation loss of the fine-tune.
+
+Teacher data (20 features, 4 classes); the user's model is helpers.small_mlp, trained here.
+"""
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import helpers
+from archdisc import Config, ConfigError, run_discover
+from archdisc.data import evaluate, load_data
+from archdisc.graph.archgraph import count_macs
+from archdisc.optim import AdaBreg, GroupL2
+from archdisc.recipe.loop import distill_loss, epoch_order, loss_fn, train_epoch
+
+DATA = {"teacher_widths": [8, 4], "n_train": 2000, "n_val": 500, "n_test": 500}
+
+
+def cfg(**kw) -> Config:
+    base = dict(model="helpers:small_mlp", data="teacher", data_options=DATA, epochs=2,
+                batch_size=64, lr=1e-3, lam=0.05, device="cpu", finetune=0, select="none",
+                control_every=5)
+    return Config(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """helpers.small_mlp trained 15 epochs with Adam on the run's own split; its files
+    (torch.save and safetensors) and its test accuracy."""
+    data = load_data("teacher", seed=0, **DATA)
+    torch.manual_seed(1)
+    model = helpers.small_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = data.train.tensors
+    for e in range(15):
+        train_epoch(model, opt, x, y, "classification", 64, epoch_order(1, e, len(x)))
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save(model.state_dict(), folder / "w.pt")
+    save_file(model.state_dict(), str(folder / "w.safetensors"))
+    return folder, evaluate(model.eval(), data.test, "accuracy")
+
+
+def test_the_search_starts_from_the_given_weights(tmp_path, trained, capsys):
+    """With a vanishing lr the searched supernet is the user's model: same test accuracy
+    (up to a sample decided by rounding), every unit alive."""
+    folder, acc = trained
+    for name in ("w.pt", "w.safetensors"):
+        rep = run_discover(cfg(weights=str(folder / name), epochs=1, lr=1e-12),
+                           tmp_path / name, progress=False)
+        assert abs(rep["test"]["supernet"] - acc) <= 100 / 500 + 1e-9
+        assert rep["stages"][1]["stage"] == "search start (weights)"
+        assert rep["params"]["compact"] == rep["params"]["supernet"]
+    # without weights the log says that the module's own weights are not used
+    run_discover(cfg(epochs=1), tmp_path / "sparse")
+    assert "own weights are not used (--start weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", [0.5, 0.25])
+def test_a_macs_target_from_trained_weights_is_met_without_collapse(tmp_path, trained, target):
+    folder, acc = trained
+    rep = run_discover(cfg(weights=str(folder / "w.pt"), target_macs=target, finetune=1),
+                       tmp_path / "r", progress=False)
+    macs = rep["macs"]
+    assert 0.9 * target <= macs["compact"] / macs["supernet"] <= target
+    assert rep["test"]["compact"] >= acc - 6, (rep["test"], acc)  # measured: within ~2
+    metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert metrics[-1]["macs"] == macs["compact"]  # the search, not select, set the size
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: {k: v for k, v in s.items() if k != "2.bias"}, "missing 2.bias"),
+    (lambda s: {**s, "extra.weight": torch.zeros(1)}, "unexpected extra.weight"),
+    (lambda s: {**s, "0.weight": torch.zeros(32, 21)}, r"0.weight: \[32, 21\] in the file"),
+    (lambda s: {"model": object()}, "cannot be read as weights"),  # weights_only refuses it
+])
+def test_weights_that_do_not_fit_are_named(tmp_path, trained, edit, match):
+    state = torch.load(trained[0] / "w.pt", weights_only=True)
+    torch.save(edit(state), tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match=match):
+        run_discover(cfg(weights=str(tmp_path / "bad.pt")), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cut_kills_the_weakest_and_keeps_the_survivors():
+    """AdaBreg's cut_: the units under the raised threshold die, the others keep their
+    exact weights, and v is re-anchored so that the next prox returns them."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 5) * torch.arange(1, 7.0)[:, None]  # unit norms grow with the row
+    opt = AdaBreg([{"params": [w], "reg": GroupL2(0.01)}], lr=1e-3)
+    group = opt.param_groups[0]
+    opt._subgradient_vars(group, [w])  # v as at the first step
+    before = w.clone()
+    norms = w.norm(dim=1)
+    # raise lam so that delta * dlam * sqrt(5) falls between the 2nd and 3rd norm
+    extra = float(norms.sort().values[1:3].mean()) / 5 ** 0.5
+    group["reg"].lam += extra
+    opt.cut_(group, extra)
+    dead = norms <= norms.sort().values[1]
+    assert int(dead.sum()) == 2 and torch.count_nonzero(w[dead]) == 0
+    assert torch.equal(w[~dead], before[~dead])
+    again = opt.state[w]["v"].clone() * group["delta"]
+    group["reg"].prox_([again], group["delta"])
+    torch.testing.assert_close(again, w, rtol=1e-5, atol=1e-6)  # float32: a few ulps
+
+
+def test_distill_loss():
+    """weight 0: the label loss alone; a student equal to its teacher has zero KL, so
+    weight 1 gives 0; otherwise the KL matches a hand computation at T = 4."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(5, 3)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    out = torch.randn(16, 3)
+    assert distill_loss(teacher, 0.0, "classification")(out, x, y) == loss_fn(out, y,
+                                                                               "classification")
+    with torch.no_grad():
+        same = teacher(x)
+    assert float(distill_loss(teacher, 1.0, "classification")(same, x, y)) == pytest.approx(
+        0.0, abs=1e-6)
+    p, q = (torch.softmax(t / 4, 1) for t in (same, out))
+    want = 16 * float((p * (p.log() - q.log())).sum(1).mean())
+    got = float(distill_loss(teacher, 1.0, "classification")(out, x, y))
+    assert got == pytest.approx(want, rel=1e-5)
