@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 import helpers
 from archdisc import Config, ConfigError, run_discover
 from archdisc.data import evaluate, load_data
-from archdisc.graph.archgraph import count_macs
 from archdisc.optim import AdaBreg, GroupL2
 from archdisc.recipe.loop import distill_loss, epoch_order, loss_fn, train_epoch
 

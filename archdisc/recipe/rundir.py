@@ -22,10 +22,9 @@ import torch
 
 from archdisc.errors import ConfigError, RunError
 from archdisc.extract import format_report
-from archdisc.io import (atomic_write_json, atomic_write_text, load_tensors, remove_stale_temps,
-                         save_tensors)
+from archdisc.io import (atomic_write_json, atomic_write_text, load_tensors, read_toml,
+                         remove_stale_temps, save_tensors)
 from archdisc.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
-from archdisc.io import read_toml
 from archdisc.recipe.config import Config
 
 __all__ = ["CHECKPOINT", "ARTEFACTS", "prepare_run", "save_checkpoint", "load_checkpoint",
