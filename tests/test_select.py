@@ -151,11 +151,6 @@ def test_scale_grows_one_unit_layers_and_narrows_to_one_unit(monkeypatch):
     assert narrower == [[1, 5], [1, 3], [1, 2], [1, 1]]  # 6/sqrt(2)^j, repeats skipped
 
 
-def test_scale_trains_an_extracted_model_over_the_budget(monkeypatch):
-    widths = direct_scale([8, 8], [16, 16], monkeypatch, target_params=100)
-    assert widths[0] == [8, 8] and all(w[0] <= 8 for w in widths)  # 276 params: no growth
-
-
 def test_scale_grows_layers_tied_by_a_residual_add(monkeypatch):
     """fc1 and fc2 are summed, so their widths are tied; growth widens both and the sum."""
     import torch
