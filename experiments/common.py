@@ -98,6 +98,11 @@ def final_sparsity(supernet, compact) -> dict:
             "params_nonzero_pct": 100 * fin["params_nonzero"] / sup["params_total"]}
 
 
+def read_parts(folder, pattern: str = "*.json") -> list[dict]:
+    """The part files a benchmark wrote into ``folder`` (one per method / seed), by name."""
+    return [json.loads(f.read_text()) for f in sorted(Path(folder).glob(pattern))]
+
+
 def mean_std(xs) -> dict:
     xs = [float(x) for x in xs]
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,

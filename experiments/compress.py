@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, acc, atomic_write_text, fit, mean_std, set_threads,  # noqa: E402
-                    workdir, write_results)
+from common import (RESULTS, acc, atomic_write_text, fit, mean_std, read_parts,  # noqa: E402
+                    set_threads, workdir, write_results)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -52,16 +52,23 @@ def mlp(widths=(200, 80)) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def macs(model) -> int:
-    return sum(m.in_features * m.out_features for m in model if isinstance(m, nn.Linear))
+def macs(widths) -> int:
+    """MACs of the MLP with these hidden widths."""
+    w = [784, *widths, 10]
+    return sum(a * b for a, b in zip(w, w[1:]))
+
+
+def hidden(model) -> list[int]:
+    return [m.out_features for m in model if isinstance(m, nn.Linear)][:-1]
 
 
 def uniform_widths(frac) -> list[int]:
-    """The largest per-layer keep ratio whose widths fit the MACs fraction."""
-    full = macs(mlp())
-    r = max(r / 1000 for r in range(1, 1001)
-            if macs(mlp([max(1, round(w * r / 1000)) for w in (200, 80)])) <= frac * full)
-    return [max(1, round(w * r)) for w in (200, 80)]
+    """The largest per-layer keep ratio (in steps of 0.001) whose widths fit the MACs
+    fraction."""
+    def widths(r):
+        return [max(1, round(w * r / 1000)) for w in (200, 80)]
+    r = max(r for r in range(1, 1001) if macs(widths(r)) <= frac * macs((200, 80)))
+    return widths(r)
 
 
 @torch.no_grad()
@@ -79,7 +86,8 @@ def keep_rows(dense, rows_of) -> nn.Sequential:
 
 
 def scores(dense, how, data) -> list[torch.Tensor]:
-    """Importance of every hidden unit: its row's L2 norm, or Torch-Pruning's."""
+    """Importance of every hidden unit: its row's L2 norm (``how="norm"``), or Torch-Pruning's
+    group magnitude (``"magnitude"``) or Taylor (``"taylor"``) importance."""
     lin = [m for m in dense if isinstance(m, nn.Linear)][:-1]
     if how == "norm":
         return [torch.cat([m.weight, m.bias[:, None]], 1).norm(dim=1) for m in lin]
@@ -125,23 +133,23 @@ def run_seed(seed, archdisc_opts: dict):
     dense = fit(mlp(), data, DENSE_EPOCHS, seed).eval()
     weights = base / f"dense_s{seed}.safetensors"
     save_file(dense.state_dict(), str(weights))
-    full = macs(dense)
+    full = macs(hidden(dense))
     rows = [{"method": "dense", "seed": seed, "macs": 1.0, "test": acc(dense, data.test),
              "seconds": round(time.perf_counter() - t0, 1)}]
 
     def row(method, frac, model, t, **extra):
-        rows.append({"method": method, "seed": seed, "frac": frac, "macs": macs(model) / full,
-                     "widths": [m.out_features for m in model if isinstance(m, nn.Linear)][:-1],
+        rows.append({"method": method, "seed": seed, "frac": frac,
+                     "macs": macs(hidden(model)) / full, "widths": hidden(model),
                      "test": acc(model, data.test), "seconds": round(time.perf_counter() - t, 1),
                      **extra})
         print(json.dumps(rows[-1]), flush=True)
 
     for frac in FRACS:
         widths = uniform_widths(frac)
-        for how, name in (("norm", "prune"), ("norm", "prune_kd"), ("norm_tp", "tp_norm"),
+        for how, name in (("norm", "prune"), ("norm", "prune_kd"), ("magnitude", "tp_norm"),
                           ("taylor", "tp_taylor")):
             t = time.perf_counter()
-            imp = scores(dense, how.replace("norm_tp", "magnitude"), data)
+            imp = scores(dense, how, data)
             small = keep_rows(dense, [s.argsort(descending=True)[:k].sort().values
                                       for s, k in zip(imp, widths)])
             before = acc(small, data.test)
@@ -169,11 +177,9 @@ def run_seed(seed, archdisc_opts: dict):
 
 
 def merge(started):
-    rows, commands = [], []
-    for f in sorted(PARTS.glob("s*.json")):
-        part = json.loads(f.read_text())
-        rows += part["rows"]
-        commands.append(part["command"])
+    found = read_parts(PARTS, "s*.json")
+    rows = [r for part in found for r in part["rows"]]
+    commands = [part["command"] for part in found]
     cells = {}
     for r in rows:
         cells.setdefault((r.get("frac", 1.0), r["method"]), []).append(r)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS, acc, atomic_write_text, fit, mean_std,  # noqa: E402
-                    n_params, set_threads, workdir, write_results)
+                    n_params, read_parts, set_threads, workdir, write_results)
 
 import torch  # noqa: E402
 
@@ -143,12 +143,10 @@ def run_seed(seed, overrides, base):
 
 
 def merge(started):
-    rows, commands, seconds = [], [], 0.0
-    for f in sorted(PARTS.glob("*.json")):
-        part = json.loads(f.read_text())
-        rows += part["rows"]
-        commands.append(part["command"])
-        seconds += part["seconds"]
+    found = read_parts(PARTS)
+    rows = [r for part in found for r in part["rows"]]
+    commands = [part["command"] for part in found]
+    seconds = sum(part["seconds"] for part in found)
     summary = []
     for budget in BUDGETS:
         for method in dict.fromkeys(["archdisc", "prune", "prune_ftcosine", "scratch"]

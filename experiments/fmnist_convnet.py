@@ -19,7 +19,6 @@ the growth plots fmnist_convnet_growth_*.png (RESULTS.md section 6).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS, data_note, discover, final_sparsity, fmt,  # noqa: E402
-                    limit_arg, mean_std, nonzeros, set_threads, workdir, write_results)
+                    limit_arg, mean_std, nonzeros, read_parts, set_threads, workdir,
+                    write_results)
 
 # name: Config overrides. lam_layers: conv1 (64 kernels of 25 weights) and fc1 (whole neurons
 # of c2*16 weights) at a tenth of the conv2 penalty; without it conv1 kept 4-5 real filters.
@@ -142,7 +142,7 @@ def plot(rows, path):
 
 def merge(started):
     """Collect the part files into ``fmnist_convnet.json`` and print the table."""
-    parts = [json.loads(f.read_text()) for f in sorted(PARTS.glob("*.json"))]
+    parts = read_parts(PARTS)
     rows = [p["row"] for p in parts]
     keys = ("test_accuracy", "test_accuracy_search", "kernels_pct", "linear_weights_pct",
             "params_nonzero_pct", "params_compact_pct")

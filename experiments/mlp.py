@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS, acc, atomic_write_text, fit, mean_std,  # noqa: E402
-                    n_params, set_threads, workdir, write_results)
+                    n_params, read_parts, set_threads, workdir, write_results)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -152,11 +152,9 @@ def files(dataset, out=None):
 
 def merge(started, dataset="fashion-mnist", out=None):
     parts, name = files(dataset, out)
-    rows, commands = [], []
-    for f in sorted(parts.glob("*.json")):
-        part = json.loads(f.read_text())
-        rows += part["rows"]
-        commands.append(part["command"])
+    found = read_parts(parts)
+    rows = [r for part in found for r in part["rows"]]
+    commands = [part["command"] for part in found]
     table = {}
     for r in rows:
         if r["method"] == "dense":

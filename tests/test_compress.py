@@ -65,6 +65,7 @@ def test_a_macs_target_from_trained_weights_is_met_without_collapse(tmp_path, tr
                        tmp_path / "r", progress=False)
     macs = rep["macs"]
     assert 0.9 * target <= macs["compact"] / macs["supernet"] <= target
+    assert rep["target_macs"] == round(target * macs["supernet"]) and rep["target_params"] is None
     assert rep["test"]["compact"] >= acc - 6, (rep["test"], acc)  # measured: within ~2
     metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text()
                .splitlines()]

@@ -24,7 +24,7 @@ from archdisc.errors import ConfigError
 from archdisc.io import read_toml, toml_key, toml_value
 from archdisc.spaces import spaces
 
-__all__ = ["Config", "ConfigError", "load_config", "CHOICES", "BREGMAN"]
+__all__ = ["Config", "ConfigError", "load_config", "CHOICES", "BREGMAN", "BUDGETS"]
 
 OPTIMIZERS = ("adabreg", "linbreg", "proxsgd", "sgd", "adam")
 CHOICES = {
@@ -40,6 +40,7 @@ CHOICES = {
     "start": ("auto", "sparse", "weights"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
+BUDGETS = ("target_params", "target_density", "target_macs")  # at most one is set
 
 
 def _field(default, help: str, expert: bool = False):
@@ -308,8 +309,7 @@ def _check_numbers(c: Config):
              "an integer >= 1 (or unset)")
     _require(c.target_density is None or 0 < c.target_density <= 1,
              "target_density", "a number in (0, 1] (or unset)")
-    budgets = [n for n in ("target_params", "target_density", "target_macs")
-               if getattr(c, n) is not None]
+    budgets = [n for n in BUDGETS if getattr(c, n) is not None]
     _require(len(budgets) <= 1, budgets[0] if budgets else "",
              f"the only budget ({' and '.join(budgets)} are set: give one)")
     _require(c.target_macs is None or 0 < c.target_macs < math.inf, "target_macs",

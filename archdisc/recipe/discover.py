@@ -30,18 +30,18 @@ from archdisc.data import evaluate
 from archdisc.deploy.formats import save as save_model
 from archdisc.dist import Dist
 from archdisc.errors import TrainingError
-from archdisc.extract import extract, extraction_report
-from archdisc.graph.archgraph import ArchGraph, count_params
+from archdisc.extract import extract, extract_graph, extraction_report
+from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
 from archdisc.graph.compile import ArchNet
 from archdisc.io import atomic_write_text, save_tensors
 from archdisc.recipe import diagnose, rundir
 from archdisc.recipe.byo import python_data
-from archdisc.recipe.config import BREGMAN, Config
+from archdisc.recipe.config import BREGMAN, BUDGETS, Config
 from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
 from archdisc.recipe.select import shrink_select
 from archdisc.recipe.setup import (SearchState, load_dataset, load_supernet, resolve_device,
                                    start_search)
-from archdisc.sparsity.budget import compact_params, target_of
+from archdisc.sparsity.budget import measure_of, target_of
 from archdisc.sparsity.groups import alive
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
@@ -236,9 +236,9 @@ def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) ->
     if control.active:
         record["lam"] = control.lam(epoch * s.steps)
         record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
-        record["params"] = compact_params(net)[0]
-        size = compact_params(net, control.measure)[0]
-        record[control.measure] = size
+        graph = extract_graph(net)[0]
+        record["params"], record["macs"] = count_params(graph), count_macs(graph)
+        size = record[control.measure]
         if (control.target and (1 - run.config.target_tol) * control.target <= size
                 <= control.target and (s.best is None or val >= s.best[0])):
             s.best = (val, epoch, {k: v.clone() for k, v in net.state_dict().items()})
@@ -275,7 +275,7 @@ def select_compact(run: Run):
     (archdisc.recipe.select: ``shrink`` or ``scale``)."""
     if run.config.select == "none":
         return
-    if target_of(run.config, 1) is not None:
+    if any(getattr(run.config, n) is not None for n in BUDGETS):
         _log(run, "select: skipped, the target sets the size")
         return
     t0 = time.perf_counter()
@@ -299,7 +299,7 @@ def finetune_compact(run: Run):
         bar = tqdm(total=steps, unit="batch", desc="fine-tune", file=sys.stderr, leave=False,
                    disable=not (run.progress and sys.stderr.isatty()))
         teacher = run.net  # distillation's: the searched supernet, or the starting model
-        if run.config.from_weights():
+        if run.config.distill > 0 and run.config.from_weights():
             teacher = ArchNet(run.graph).to(run.device)
             teacher.load_state_dict(run.weights)
         try:
@@ -352,7 +352,8 @@ def report(run: Run) -> dict:
         "select": {"mode": config.select, "seconds": round(run.select_seconds, 2),
                    "path": run.select_path},
         "epochs_total": len(metrics) + config.finetune,
-        "target_params": target_of(config, rep["params"]["supernet"]),
+        **{f"target_{m}": target_of(config, rep[m]["supernet"]) if m == measure_of(config)
+           else None for m in ("params", "macs")},
         "lam_final": metrics[-1]["lam"] if metrics else None,
         "train_seconds": round(run.train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - run.t_start, 2),
