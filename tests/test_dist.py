@@ -121,3 +121,29 @@ def test_tune_refuses_torchrun(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="torchrun"):
         tune(Config(data="teacher"), tmp_path / "study", TuneSettings(trials=1))
     assert not (tmp_path / "study").exists()
+
+
+def test_channels_last_grads_reach_ddp_in_the_parameters_layout(tmp_path):
+    """A one-channel image batch from numpy is channels-last to torch; conv then returns
+    channels-last weight grads and DDP warned "Grad strides do not match" (the grad's
+    layout is not its bucket's, which is the parameter's) on every rank. Dist.wrap hands
+    DDP each grad in its parameter's layout, with the same values."""
+    import copy
+
+    from archdisc.dist import Dist
+    torch.distributed.init_process_group(
+        "gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
+        rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 5), torch.nn.Conv2d(8, 4, 5))
+        plain = copy.deepcopy(net)
+        x = torch.randn(4, 28, 28, 1).permute(0, 3, 1, 2)  # strides (784, 1, 28, 1)
+        Dist(rank=0, world=2).wrap(net)(x).sum().backward()
+        plain(x).sum().backward()
+        assert any(q.grad.stride() != q.stride() for q in plain.parameters())  # the cause
+        for p, q in zip(net.parameters(), plain.parameters()):
+            assert p.grad.stride() == p.stride()
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+    finally:
+        torch.distributed.destroy_process_group()
