@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 import helpers
 from archdisc import Config, ConfigError, run_discover
 from archdisc.data import evaluate, load_data
+from archdisc.io import read_toml
 from archdisc.optim import AdaBreg, GroupL2
 from archdisc.recipe.loop import distill_loss, epoch_order, loss_fn, train_epoch
 
@@ -56,6 +57,24 @@ def test_the_search_starts_from_the_given_weights(tmp_path, trained, capsys):
     # without weights the log says that the module's own weights are not used
     run_discover(cfg(epochs=1), tmp_path / "sparse")
     assert "own weights are not used (--start weights" in capsys.readouterr().err
+
+
+def test_a_module_instance_keeps_its_weights(tmp_path, trained):
+    """run_discover(model=module): the search starts from the instance's weights; a resume
+    without the instance, or a model that is not a module, is refused by name."""
+    folder, acc = trained
+    module = helpers.small_mlp()
+    module.load_state_dict(torch.load(folder / "w.pt", weights_only=True))
+    c = Config(**{k: v for k, v in cfg(epochs=1, lr=1e-12).to_dict().items() if k != "model"})
+    rep = run_discover(c, tmp_path / "m", progress=False, model=module)
+    assert abs(rep["test"]["supernet"] - acc) <= 100 / 500 + 1e-9
+    assert rep["stages"][1]["stage"] == "search start (weights)"
+    assert 'model = "python:Sequential"' in (tmp_path / "m" / "config.toml").read_text()
+    with pytest.raises(ConfigError, match=r"model=\.\.\.\); pass it again"):
+        run_discover(Config.from_dict(read_toml(tmp_path / "m" / "config.toml")),
+                     tmp_path / "m", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="expected a torch.nn.Module instance"):
+        run_discover(c, tmp_path / "x", progress=False, model=helpers.small_mlp)
 
 
 @pytest.mark.parametrize("target", [0.5, 0.25])

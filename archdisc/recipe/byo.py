@@ -6,6 +6,7 @@ Every refusal is a :class:`~archdisc.errors.ConfigError` (or a
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import json
@@ -25,7 +26,7 @@ from archdisc.graph.archgraph import ArchGraph
 from archdisc.graph.fx import from_module
 from archdisc.recipe.config import PYTHON_DATA, Config, parse_input_shape
 
-__all__ = ["model_net", "graph_file", "python_data"]
+__all__ = ["model_net", "graph_file", "python_data", "python_model"]
 
 
 # ---------------------------------------------------------------------- --model
@@ -101,20 +102,39 @@ def _load_weights(module: torch.nn.Module, config: Config):
     module.load_state_dict(state)
 
 
-def model_net(config: Config, data):
-    """Build ``config.model(**config.model_options)``, load ``config.weights`` into it (if
-    set), import it with :func:`archdisc.from_module` on an example input of
+def python_model(module, config: Config) -> Config:
+    """``config`` for a module instance handed to ``run_discover(model=...)``: its model is
+    ``python:ClassName`` (config.toml records the class; a resume needs the module
+    again), and the search starts from the module's weights unless ``start`` says not."""
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(f"model=: expected a torch.nn.Module instance, got "
+                          f"{type(module).__name__}")
+    if config.model is not None or config.model_options:
+        raise ConfigError(f"model=: a module instance replaces config field 'model' "
+                          f"({config.model}) and its model_options; give one of them")
+    return dataclasses.replace(config, model=f"{PYTHON_DATA}{type(module).__name__}")
+
+
+def model_net(config: Config, data, module=None):
+    """Build ``config.model(**config.model_options)`` (or take ``module``, an instance
+    given to ``run_discover(model=...)``), load ``config.weights`` into it (if set),
+    import it with :func:`archdisc.from_module` on an example input of
     ``config.input_shape`` (default: the data's) and return the ArchNet (the module's
-    weights; the search starts from them only with ``start = "weights"``)."""
+    weights; the search starts from them only when ``config.from_weights()``)."""
     spec = config.model
-    builder = _import_callable(spec)
+    if module is None and spec.startswith(PYTHON_DATA):
+        raise ConfigError(f"config field 'model': {spec!r} was a module instance given to "
+                          f"run_discover(model=...); pass it again (the command line "
+                          f"cannot rebuild it)")
     opts = dict(config.model_options)
-    try:
-        module = builder(**opts)
-    except Exception as e:  # noqa: BLE001 - whatever the user's code raises
-        raise ConfigError(f"config field 'model': {spec}(**{opts}) raised "
-                          f"{type(e).__name__}: {e}; check model_options "
-                          f"(--model-option KEY=VALUE)") from None
+    if module is None:
+        builder = _import_callable(spec)
+        try:
+            module = builder(**opts)
+        except Exception as e:  # noqa: BLE001 - whatever the user's code raises
+            raise ConfigError(f"config field 'model': {spec}(**{opts}) raised "
+                              f"{type(e).__name__}: {e}; check model_options "
+                              f"(--model-option KEY=VALUE)") from None
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"config field 'model': {spec} returned {type(module).__name__}, "
                           f"not a torch.nn.Module")

@@ -184,8 +184,9 @@ class Config:
 
     def from_weights(self) -> bool:
         """Whether the search starts from the model's weights (``start``; auto: when
-        ``weights`` is given)."""
-        return self.start == "weights" or (self.start == "auto" and self.weights is not None)
+        ``weights`` is given, or the model is an instance given to run_discover)."""
+        given = self.weights is not None or (self.model or "").startswith(PYTHON_DATA)
+        return self.start == "weights" or (self.start == "auto" and given)
 
     # ---------------------------------------------------------------- output
     def to_dict(self) -> dict:
@@ -221,7 +222,7 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
-PYTHON_DATA = "python:"  # config.data of a Dataset handed to run_discover(data=...)
+PYTHON_DATA = "python:"  # config.data / .model of a Dataset / module given to run_discover
 
 
 def is_graph_file(space: str) -> bool:

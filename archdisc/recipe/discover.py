@@ -35,7 +35,7 @@ from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
 from archdisc.graph.compile import ArchNet
 from archdisc.io import atomic_write_text, save_tensors
 from archdisc.recipe import diagnose, rundir
-from archdisc.recipe.byo import python_data
+from archdisc.recipe.byo import python_data, python_model
 from archdisc.recipe.config import BREGMAN, BUDGETS, Config
 from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
 from archdisc.recipe.select import shrink_select
@@ -78,14 +78,16 @@ class Run:
 
 
 def run_discover(config: Config, out, resume=False, force=False, progress=True,
-                 on_epoch=None, data=None) -> dict:
+                 on_epoch=None, data=None, model=None) -> dict:
     """Search, extract, select, fine-tune, evaluate and write the run folder ``out``; returns the
     report. An ``out`` holding another run is refused unless ``force``; the same run is
     continued from its last checkpoint with ``resume`` (see :func:`rundir.prepare_run`).
     ``on_epoch(epoch, record, net)`` is called after each epoch's checkpoint is on disk.
     ``data``: a ``torch.utils.data.Dataset`` (split by seed) or a tuple (train, val, test) of
-    them instead of ``config.data`` (see :func:`archdisc.recipe.byo.python_data`)."""
-    run = setup(config, out, resume, force, progress, data)
+    them instead of ``config.data`` (see :func:`archdisc.recipe.byo.python_data`).
+    ``model``: a ``torch.nn.Module`` instance instead of ``config.model``; the search
+    starts from its weights unless ``config.start = "sparse"`` (a resume needs it again)."""
+    run = setup(config, out, resume, force, progress, data, model)
     try:
         search(run, on_epoch)
         if not run.dist.main:  # under torchrun rank 0 alone finishes the run
@@ -105,19 +107,22 @@ def _log(run: Run, line: str):
 
 
 # ---------------------------------------------------------------------- stages
-def setup(config: Config, out, resume=False, force=False, progress=True, data=None) -> Run:
+def setup(config: Config, out, resume=False, force=False, progress=True, data=None,
+          model=None) -> Run:
     """Validate ``config``, load its data, build the supernet graph, prepare ``out``.
     Everything that can be refused is refused before the folder is touched. Under
     torchrun every rank checks, and rank 0 alone prepares the folder."""
     if data is not None:  # a Dataset: config.toml records its class as the data
         data = python_data(data, config.validate())
         config = dataclasses.replace(config, data=data.name)
+    if model is not None:
+        config = python_model(model, config)
     config = config.validate()
     out = Path(out)
     resume_from = rundir.prepare_run(out, config, resume=resume, force=force)
     device = resolve_device(config.device)
     data = data if data is not None else load_dataset(config)
-    graph, weights = load_supernet(config, data)
+    graph, weights = load_supernet(config, data, model)
     dist = distributed.start(config.device)
     if dist.world > 1:
         device = dist.device

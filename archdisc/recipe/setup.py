@@ -74,10 +74,11 @@ def build_supernet(config: Config, data) -> ArchGraph:
     return load_supernet(config, data)[0]
 
 
-def load_supernet(config: Config, data) -> tuple[ArchGraph, dict | None]:
-    """:func:`build_supernet`'s graph and, for a model, its imported weights (else None)."""
+def load_supernet(config: Config, data, module=None) -> tuple[ArchGraph, dict | None]:
+    """:func:`build_supernet`'s graph and, for a model (or ``module``, an instance given
+    to ``run_discover(model=...)``), its imported weights (else None)."""
     if config.model is not None:
-        net = model_net(config, data)
+        net = model_net(config, data, module)
         return _check_supernet(net.graph, config, data), net.state_dict()
     if is_graph_file(config.space):
         return _check_supernet(graph_file(config.space), config, data), None
