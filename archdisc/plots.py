@@ -94,8 +94,9 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     ax = axes[0]
     scale = {n: (widths or {}).get(n) for n in nodes}
     fraction = widths is not None and all(scale.values())
+    lines = []
     for i, n in enumerate(nodes):  # 10 colours, then the next line style
-        ax.plot(epochs, [r[1].get(n, float("nan")) / (scale[n] if fraction else 1)
+        lines += ax.plot(epochs, [r[1].get(n, float("nan")) / (scale[n] if fraction else 1)
                          for r in rows], marker=".", label=n,
                 color=f"C{i % 10}", ls=("-", "--", ":", "-.")[i // 10 % 4])
     values = [v for r in rows for v in r[1].values() if v > 0]
@@ -110,7 +111,8 @@ def plot_growth(metrics_path_or_records, out_png, total_edges: int | None = None
     ax.set_title("Growth of the architecture")
     ax.grid(True, which="both", alpha=0.3)
     if nodes:
-        ax.legend(fontsize=7, ncol=max(1, len(nodes) // 12), loc="upper left",
+        # handles and labels given: matplotlib drops "_0"-like labels otherwise
+        ax.legend(lines, nodes, fontsize=7, ncol=max(1, len(nodes) // 12), loc="upper left",
                   bbox_to_anchor=(1.01, 1.0), frameon=False)
     if has_edges:
         ax = axes[1]

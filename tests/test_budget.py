@@ -97,6 +97,9 @@ def test_finetune_cosine_schedule_decays_to_zero(tmp_path, monkeypatch):
     (dict(control_every=0), "control_every"),
     (dict(group_weight="cube"), "group_weight"),
     (dict(finetune_schedule="linear"), "finetune_schedule"),
+    (dict(min_keep=1.0), "min_keep"),
+    (dict(round_to=0), "round_to"),
+    (dict(keep="fc1,,fc2"), "keep"),
 ])
 def test_bad_budget_config(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -104,7 +107,8 @@ def test_bad_budget_config(kw, match):
                           if k in ("target_params", "target_density", "target_macs",
                                    "distill", "start", "optimizer",
                                    "lam_warmup", "control_every", "group_weight",
-                                   "finetune_schedule")})
+                                   "finetune_schedule", "min_keep", "round_to",
+                                   "keep")})
 
 
 def test_unknown_lam_layer(tmp_path):

@@ -91,6 +91,29 @@ def test_a_macs_target_from_trained_weights_is_met_without_collapse(tmp_path, tr
     assert metrics[-1]["macs"] == macs["compact"]  # the search, not select, set the size
 
 
+def test_per_layer_limits_hold_and_an_unreachable_target_is_refused(tmp_path, trained):
+    """keep / min_keep / round_to hold in the compact model, its size (counted with them)
+    lands in the target's band (wider by a round_to step); a target below the smallest model they allow is refused
+    before the run folder is made, with that smallest size."""
+    folder, _ = trained
+    w = str(folder / "w.pt")
+    rep = run_discover(cfg(weights=w, target_macs=0.5, min_keep=0.25, round_to=4, finetune=1,
+                           keep="_2"), tmp_path / "r", progress=False)
+    g = json.loads((tmp_path / "r" / "compact.json").read_text())
+    units = {n["name"]: n.get("units") for n in g["nodes"]}
+    assert units["_2"] == 32 and units["_0"] % 4 == 0 and units["_0"] >= 8, units
+    macs, step = rep["macs"], 4 * (20 + 32)  # 4 units of _0: a round_to step
+    assert 0.5 * macs["supernet"] - step <= macs["compact"] <= 0.5 * macs["supernet"]
+    # _2 whole: 20 * 4 + 4 * 32 + 32 * 4 = 336 MACs at the least (one unit in _0, rounded)
+    with pytest.raises(ConfigError, match=r"'target_macs': 179 macs cannot be reached: "
+                                          r"the smallest .* has 336 macs"):
+        run_discover(cfg(weights=w, target_macs=0.1, keep="_2", round_to=4), tmp_path / "u")
+    assert not (tmp_path / "u").exists()
+    with pytest.raises(ConfigError, match="'keep': 'fc1' is not a searched layer of this "
+                                          "model; choose from _0, _2"):
+        run_discover(cfg(keep="fc1"), tmp_path / "k")
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda s: {k: v for k, v in s.items() if k != "2.bias"}, "missing 2.bias"),
     (lambda s: {**s, "extra.weight": torch.zeros(1)}, "unexpected extra.weight"),

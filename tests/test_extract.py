@@ -504,6 +504,28 @@ def test_round_to_multiple(seed, space, messy):
     assert count_params(base) <= count_params(graph) <= count_params(net.graph)
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=SEEDS, space=st.sampled_from(sorted(SPACES)))
+def test_min_units_keeps_at_least_that_many(seed, space):
+    """min_units keeps at least n units of a searchable node (zeros where the search
+    left fewer: the function stays exact), together with round_to."""
+    net = supernet(SPACES[space](), seed)
+    zero_at_random(net, torch.Generator().manual_seed(seed), gates=0.7, dead=0.8, unread=0.0)
+    base, _ = extract(net)
+    full = net.graph.units()
+    searched = [n for n, a in net.graph.nodes(data=True)
+                if a["op"] in ("linear", "conv2d") and a["searchable"]]
+    mins = {n: max(1, full[n] // 3) for n in searched}
+    for r in (1, 4):
+        graph, compact = extract(net, min_units=mins, round_to=r)  # verified inside
+        for n in searched:
+            if n in base:
+                assert graph.nodes[n]["units"] >= mins[n], (n, r)
+                assert graph.nodes[n]["units"] % r == 0 or graph.nodes[n]["units"] == full[n]
+        assert count_params(base) <= count_params(graph)
+        assert sum(p.numel() for p in compact.parameters()) == count_params(graph)
+
+
 def test_round_to_pads_with_dead_units_first():
     net = supernet(mlp((20, 16, 12, 5), in_shape=None))
     kill(net, "fc1", {0, 1, 2})

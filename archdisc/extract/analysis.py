@@ -83,9 +83,10 @@ class Extractor:
     """Values, keep masks and the compact graph + weights of one supernet (CPU tensors).
     The kind handlers read and fill its masks (see the module docstring)."""
 
-    def __init__(self, net: ArchNet, round_to: int = 1):
+    def __init__(self, net: ArchNet, round_to: int = 1, min_units: dict | None = None):
         self.g: ArchGraph = net.graph
-        self.round_to = round_to
+        self.round_to, self.min_units = round_to, min_units or {}
+        self.pads = round_to > 1 or bool(self.min_units)  # whether handlers call pad()
         self.state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         self.shapes = self.g.shapes()
         self.order = self.g.order()
@@ -126,9 +127,11 @@ class Extractor:
         return torch.tensor(self.g.nodes[n]["channels"], dtype=torch.long)
 
     def pad(self, n, cost):
-        """Keep the cheapest extra units of ``n`` up to a multiple of ``round_to``."""
+        """Keep the cheapest extra units of ``n`` up to ``min_units`` and a multiple of
+        ``round_to``."""
         k, r = int(self.keep[n].sum()), self.round_to
-        extra = min(self.units[n], -(-k // r) * r) - k
+        want = max(k, self.min_units.get(n, 0))
+        extra = min(self.units[n], -(-want // r) * r) - k
         if extra > 0:
             free = (~self.keep[n]).nonzero().squeeze(1)
             pick = free[torch.argsort(cost[free], stable=True)[:extra]]

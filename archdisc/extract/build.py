@@ -19,7 +19,8 @@ from archdisc.graph.ops import OPS
 
 @torch.no_grad()
 def extract(net: ArchNet, *, verify: bool = True, fold_bn: bool = False, inputs=None,
-            atol: float = 1e-5, round_to: int = 1) -> tuple[ArchGraph, ArchNet]:
+            atol: float = 1e-5, round_to: int = 1,
+            min_units: dict | None = None) -> tuple[ArchGraph, ArchNet]:
     """The discovered architecture of ``net`` and the compact model computing its function.
 
     ``net`` is read, never changed. ``fold_bn`` folds every BatchNorm that follows a conv
@@ -29,11 +30,12 @@ def extract(net: ArchNet, *, verify: bool = True, fold_bn: bool = False, inputs=
     more than ``atol * max(1, max |activation|)``. ``round_to`` rounds the kept width of
     every searchable linear / conv node and every add up to a multiple of it (capped at
     the supernet width) by keeping more supernet units: hardware-friendly widths, same
-    function. Returns ``(graph, model)``, the model in eval mode on ``net``'s device.
+    function. ``min_units`` ({node: n}) keeps at least n units of those nodes the same
+    way. Returns ``(graph, model)``, the model in eval mode on ``net``'s device.
     """
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
-    ex = Extractor(net, round_to)
+    ex = Extractor(net, round_to, min_units)
     graph, state, mapping = ex.build()
     if fold_bn:
         _fold_batchnorm(graph, state, mapping)
@@ -52,10 +54,11 @@ def extract(net: ArchNet, *, verify: bool = True, fold_bn: bool = False, inputs=
 
 
 @torch.no_grad()
-def extract_graph(net: ArchNet, round_to: int = 1) -> tuple[ArchGraph, dict]:
+def extract_graph(net: ArchNet, round_to: int = 1,
+                  min_units: dict | None = None) -> tuple[ArchGraph, dict]:
     """The discovered graph and the compact model's state dict, without building the model
     (what a size controller needs: ``count_params(graph)``, the kept weights' shapes)."""
-    graph, state, _ = Extractor(net, round_to).build()
+    graph, state, _ = Extractor(net, round_to, min_units).build()
     return graph, state
 
 

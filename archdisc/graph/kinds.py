@@ -265,7 +265,7 @@ class Add(Kind):
     def demand(self, ex, n, d, fwd, dem):
         ins = ex.ins[n]
         ex.keep[n] |= d
-        if ex.round_to > 1:
+        if ex.pads:
             new, nonzero = (torch.zeros(ex.units[n], dtype=torch.long) for _ in range(2))
             for s in ins:
                 have = dem[s] | (fwd[s] if (s, n) in ex.live else False)
@@ -337,7 +337,7 @@ class Layer(Kind):
         if not a["searchable"] and (d.any() or ex.keep[n].any()):
             d[:] = True  # (a grouped conv is never searchable)
         ex.keep[n] |= d
-        if a["searchable"] and ex.round_to > 1:
+        if a["searchable"] and ex.pads:
             new = ex.nz[n] & ~ex.foldable[n] & ~(fwd[s] | dem[s])
             ex.pad(n, 2 * new.sum(1) + (ex.var[n] | (ex.val[n] != 0)))
         rows = ex.keep[n]

@@ -94,6 +94,13 @@ class Config:
     target_macs: float | None = _field(None, "steer lam until the compact model has <= this "
                                              "many MACs (<= 1: that fraction of the "
                                              "supernet's)")
+    keep: str | None = _field(None, "layers the search never cuts, comma-separated (e.g. "
+                                    "fc1,conv1): kept at full width")
+    min_keep: float = _field(0.0, "no searched layer below this fraction of its width "
+                                  "(units the search dropped come back as zeros that the "
+                                  "fine-tune trains)")
+    round_to: int = _field(1, "widths of the compact model in multiples of this (e.g. 8): "
+                              "extraction keeps more units, same function")
     weight_decay: float = _field(0.0, "sgd: coupled; adam / fine-tune: AdamW; Bregman: "
                                       "decoupled, unregularized groups only")
     # ------------------------------------------------------------ after the search
@@ -316,6 +323,10 @@ def _check_numbers(c: Config):
     _require(c.target_macs is None or 0 < c.target_macs < math.inf, "target_macs",
              "a number > 0: a fraction <= 1 of the supernet's MACs, or a count")
     _require(0 <= c.distill <= 1, "distill", "a number in [0, 1]")
+    _require(0 <= c.min_keep < 1, "min_keep", "a number in [0, 1)")
+    _require(c.round_to >= 1, "round_to", "an integer >= 1")
+    _require(c.keep is None or all(n.strip() for n in c.keep.split(",")), "keep",
+             "layer names separated by commas (e.g. fc1,conv1), or unset")
     _require(c.weights is None or c.model is not None, "weights",
              "unset without --model (weights belong to a model; a space starts sparse)")
     _require(c.start != "weights" or c.model is not None, "start",

@@ -41,7 +41,7 @@ from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_
 from archdisc.recipe.select import shrink_select
 from archdisc.recipe.setup import (SearchState, load_dataset, load_supernet, resolve_device,
                                    start_search)
-from archdisc.sparsity.budget import measure_of, target_of
+from archdisc.sparsity.budget import limits_of, measure_of, target_of
 from archdisc.sparsity.groups import alive
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
@@ -241,7 +241,7 @@ def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) ->
     if control.active:
         record["lam"] = control.lam(epoch * s.steps)
         record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
-        graph = extract_graph(net)[0]
+        graph = extract_graph(net, **control.limits)[0]
         record["params"], record["macs"] = count_params(graph), count_macs(graph)
         size = record[control.measure]
         if (control.target and (1 - run.config.target_tol) * control.target <= size
@@ -263,7 +263,8 @@ def extract_compact(run: Run):
     net = run.net.eval()
     save_model(net, run.out / "supernet")
     sample = next(batches(run.data.val, 256, run.device))[0]
-    run.compact_graph, compact = extract(net, verify=True, inputs=sample)
+    limits = limits_of(run.config, net)
+    run.compact_graph, compact = extract(net, verify=True, inputs=sample, **limits)
     run.compact = compact.to(run.device).eval()
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
         scores["supernet"] = _score(run, net, split)
@@ -284,8 +285,9 @@ def select_compact(run: Run):
         _log(run, "select: skipped, the target sets the size")
         return
     t0 = time.perf_counter()
-    run.compact, run.select_path = shrink_select(run.compact, run.data, run.config,
-                                                 run.device, lambda s: _log(run, s), run.net)
+    run.compact, run.select_path = shrink_select(
+        run.compact, run.data, run.config, run.device, lambda s: _log(run, s), run.net,
+        limits_of(run.config, run.net))
     run.compact_graph = run.compact.graph
     run.select_seconds = time.perf_counter() - t0
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):

@@ -44,12 +44,14 @@ PER_LAYER_AT_MOST = 4  # deeper nets: a stage cuts every layer at once (one cand
 GRID = 2 ** 0.5  # scale: neighbouring candidates differ by this factor in width
 
 
-def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=None):
+def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=None,
+                  limits=None):
     """The selected compact model and the path of snapshots (dicts) it was chosen from, by
     ``config``'s rule: the greedy shrink below or :func:`scale_select` (``supernet``: the
-    searched net, whose widths and size bound scale's growth)."""
+    searched net, whose widths and size bound scale's growth; ``limits``: the per-layer
+    limits, :func:`archdisc.sparsity.budget.limits_of`, that every cut keeps)."""
     if config.select == "scale":
-        return scale_select(compact, data, config, device, log, supernet)
+        return scale_select(compact, data, config, device, log, supernet, limits)
     probe, refit, snapshot = _tools(data, config, device)
     net = refit(_copy(compact), 5 * config.select_steps)
     path = [snapshot(net, 0)]
@@ -58,10 +60,11 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=No
     # a candidate per layer; a deep net's relative widths are the search's, and only their
     # common scale is chosen here (O(stages) refits instead of O(stages x layers))
     joint = len(_shrinkable(net)) > PER_LAYER_AT_MOST
+    r = (limits or {}).get("round_to", 1)  # cut whole multiples of it
     while True:
         with torch.no_grad():
             env = net.eval().activations(probe)  # shared by every candidate of the stage
-        cut = {n: int(config.select_frac * net.graph.nodes[n]["units"])
+        cut = {n: -(-int(config.select_frac * net.graph.nodes[n]["units"]) // r) * r
                for n in _shrinkable(net)}
         if joint:  # every layer wide enough to lose select_frac of its units
             groups = [[n for n, k in cut.items() if k >= 1]]
@@ -70,7 +73,7 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=No
         groups = [g for g in groups if g]
         if not groups:
             break
-        cuts = [_remove_weakest(net, {n: max(1, cut[n]) for n in group}, env, probe)
+        cuts = [_remove_weakest(net, {n: max(1, cut[n]) for n in group}, env, probe, limits)
                 for group in groups]
         cuts = [c for c in cuts if _size(c) < _size(net)]
         if not cuts:  # no cut makes the model smaller (units tied through residual sums)
@@ -87,7 +90,8 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=No
     return _finish(path, _pick(path, config.select_tol))
 
 
-def scale_select(compact: ArchNet, data, config, device, log=print, supernet=None):
+def scale_select(compact: ArchNet, data, config, device, log=print, supernet=None,
+                 limits=None):
     """``select = "scale"``: the search's shape at sqrt(2) steps of scale, each trained
     afresh; the validation data picks the scale.
 
@@ -119,7 +123,8 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         """A fresh, untrained net of ``targets`` widths, or None if it cannot be built."""
         if all(targets[n] <= w for n, w in widths0.items()):
             cuts = {n: w - targets[n] for n, w in widths0.items() if targets[n] < w}
-            graph = (_remove_weakest(parent, cuts, env, probe) if cuts else parent).graph
+            graph = (_remove_weakest(parent, cuts, env, probe, limits) if cuts
+                     else parent).graph
         else:
             graph = copy.deepcopy(parent.graph)
             for n, t in targets.items():
@@ -255,7 +260,7 @@ def _shrinkable(net: ArchNet) -> list[str]:
 
 
 @torch.no_grad()
-def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe) -> ArchNet:
+def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe, limits=None) -> ArchNet:
     """A copy of ``net`` without the weakest ``cuts[n]`` units of each node ``n`` (scores
     from ``net`` as it is: ``env`` holds its eval-mode activations on ``probe``)."""
     g = net.graph
@@ -276,7 +281,7 @@ def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe) -> ArchNet:
     for n, idx in weakest.items():  # all scores first: zeroing n changes what reads it
         for name in members[n]:
             params[name][idx] = 0
-    return extract(net, inputs=probe[:256])[1].train()
+    return extract(net, inputs=probe[:256], **(limits or {}))[1].train()
 
 
 def _outgoing_norm(net: ArchNet, end: str, units: int):

@@ -17,15 +17,16 @@ from archdisc import optim
 from archdisc.data import load_data, load_user_data
 from archdisc.data.user import is_user_data
 from archdisc.errors import ConfigError, GraphError, RunError
-from archdisc.graph.archgraph import ArchGraph, count_params
-from archdisc.graph.compile import ArchNet
+from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
+from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.io import load_tensors
 from archdisc.recipe import rundir
 from archdisc.recipe.byo import graph_file, model_net
-from archdisc.recipe.config import PYTHON_DATA, Config, is_graph_file
+from archdisc.recipe.config import BUDGETS, PYTHON_DATA, Config, is_graph_file
 from archdisc.recipe.loop import batches, loss_fn, tensors
 from archdisc.spaces import build_space, spaces
-from archdisc.sparsity.budget import LamControl, compact_params
+from archdisc.sparsity.budget import (LamControl, compact_params, limits_of, measure_of, smallest,
+                                      target_of)
 from archdisc.sparsity.groups import alive, param_groups, sparse_init
 
 __all__ = ["resolve_device", "load_dataset", "build_supernet", "load_supernet", "make_optimizer",
@@ -76,7 +77,28 @@ def build_supernet(config: Config, data) -> ArchGraph:
 
 def load_supernet(config: Config, data, module=None) -> tuple[ArchGraph, dict | None]:
     """:func:`build_supernet`'s graph and, for a model (or ``module``, an instance given
-    to ``run_discover(model=...)``), its imported weights (else None)."""
+    to ``run_discover(model=...)``), its imported weights (else None). The per-layer
+    limits and the budget are checked against it."""
+    graph, weights = _load_supernet(config, data, module)
+    budget = any(getattr(config, n) is not None for n in BUDGETS)
+    if budget or config.keep or config.min_keep or config.round_to > 1:
+        net = compile_graph(graph)
+        limits_of(config, net)  # a ConfigError for a layer name that is not searched
+        if budget:
+            measure = measure_of(config)
+            full = count_macs(graph) if measure == "macs" else count_params(graph)
+            least, target = smallest(net, config), target_of(config, full)
+            if target < least:
+                name = next(n for n in BUDGETS if getattr(config, n) is not None)
+                raise ConfigError(
+                    f"config field {name!r}: {target:,} {measure} cannot be reached: the "
+                    f"smallest model the limits allow (keep, min_keep, round_to) has "
+                    f"{least:,} {measure} ({least / full:.3g} of the supernet); ask for at "
+                    f"least that, or loosen the limits")
+    return graph, weights
+
+
+def _load_supernet(config: Config, data, module=None) -> tuple[ArchGraph, dict | None]:
     if config.model is not None:
         net = model_net(config, data, module)
         return _check_supernet(net.graph, config, data), net.state_dict()

@@ -7,6 +7,7 @@ the optimizer's own ``shrink_``.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -16,7 +17,8 @@ from archdisc.extract import extract_graph
 from archdisc.graph.archgraph import count_macs, count_params
 from archdisc.sparsity.groups import unit_members
 
-__all__ = ["LamControl", "compact_params", "measure_of", "target_of"]
+__all__ = ["LamControl", "compact_params", "limits_of", "measure_of", "smallest",
+           "target_of"]
 
 
 def measure_of(config) -> str:
@@ -38,12 +40,43 @@ def target_of(config, supernet_size: int) -> int | None:
     return None
 
 
+def limits_of(config, net) -> dict:
+    """The per-layer limits of ``config`` as :func:`archdisc.extract.extract` arguments:
+    ``round_to``, and ``min_units`` per searchable node (``min_keep`` of its width; the
+    ``keep`` layers whole)."""
+    widths = {n: net.graph.nodes[n]["units"] for n in unit_members(net)}
+    keep = keep_names(config)
+    for k in keep:
+        if k not in widths:
+            raise ConfigError(f"config field 'keep': {k!r} is not a searched layer of this "
+                              f"model; choose from {', '.join(widths)}")
+    mins = {n: w if n in keep else math.ceil(config.min_keep * w) for n, w in widths.items()}
+    return {"round_to": config.round_to, "min_units": {n: m for n, m in mins.items() if m}}
+
+
+def keep_names(config) -> list[str]:
+    """The layers of ``config.keep``."""
+    return [k.strip() for k in (config.keep or "").split(",") if k.strip()]
+
+
 @torch.no_grad()
-def compact_params(net, measure: str = "params") -> tuple[int, dict]:
+def smallest(net, config) -> int:
+    """The size (in the budget's measure) of the smallest model the limits allow: every
+    regularized unit and gate of a copy of ``net`` dead, then extracted."""
+    net = copy.deepcopy(net)
+    names = {p for ps in unit_members(net).values() for p in ps}
+    for name, p in net.named_parameters():
+        if name in names or name.startswith("gates."):
+            p.zero_()
+    return compact_params(net, measure_of(config), limits_of(config, net))[0]
+
+
+@torch.no_grad()
+def compact_params(net, measure: str = "params", limits: dict | None = None) -> tuple[int, dict]:
     """Parameter count (or MACs) of the compact model that extraction would build now
-    (exact; read from the extracted graph, no module is compiled), and each searchable
-    node's alive fan-in there (None: node removed)."""
-    graph, state = extract_graph(net)
+    (exact; read from the extracted graph, no module is compiled; ``limits``: see
+    :func:`limits_of`), and each searchable node's alive fan-in there (None: removed)."""
+    graph, state = extract_graph(net, **(limits or {}))
     fan_in = {n: (math.prod(state[f"layers.{n}.weight"].shape[1:])
                   if f"layers.{n}.weight" in state else None) for n in unit_members(net)}
     return (count_macs(graph) if measure == "macs" else count_params(graph)), fan_in
@@ -87,15 +120,17 @@ class LamControl:
         # n of each unit group (its regularizer's weight is sqrt(n)): fan-in, + 1 per bias
         self.n = {g["name"]: g["reg"].group_weight(g["params"]) ** 2 for g in self.groups
                   if g.get("kind") == "unit"}
+        self.limits = limits_of(config, net)
+        self.keep = set(keep_names(config))  # never cut: lam 0
         self.measure = measure_of(config)
         full = (count_macs(net.graph) if self.measure == "macs"
                 else sum(p.numel() for p in params.values()))
         self.target = target_of(config, full)
-        self.start_size = compact_params(net, self.measure)[0] if anchor else 0
+        self.start_size = compact_params(net, self.measure, self.limits)[0] if anchor else 0
         self.ramp_steps = max(1, config.epochs // 2) * steps_per_epoch if anchor else 0
         self.mult, self.weights = 1.0, {}
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
-                           or config.group_weight != "sqrt_n")
+                           or self.keep or config.group_weight != "sqrt_n")
 
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights}
@@ -121,7 +156,7 @@ class LamControl:
 
     def look(self, net, step: int | None = None):
         """Measure the compact size; adjust ``mult`` (budget) and the alive-fan-in weights."""
-        P, fan = compact_params(net, self.measure)
+        P, fan = compact_params(net, self.measure, self.limits)
         if self.config.group_weight == "sqrt_alive":
             # sqrt(n_alive / n): n_alive counts only the fan-in that is still alive
             self.weights = {n: math.sqrt((self.n[n] - self.full_fan[n] + (
@@ -141,7 +176,8 @@ class LamControl:
         """Write lam into the optimizer for global ``step`` (1-based)."""
         ramp = self.ramp(step)
         for g in self.groups:
-            layer = self.config.lam_layers.get(g.get("name"), 1.0)
+            layer = 0.0 if g.get("name") in self.keep else \
+                self.config.lam_layers.get(g.get("name"), 1.0)
             g["reg"].lam = self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
 
     def lam(self, step: int) -> float:
@@ -159,7 +195,7 @@ class LamControl:
         lr of the extra lam), or as its ``cut_`` when ``anchor`` (the survivors keep their
         weights). Units die (or enter) in the order of their norm over their weight."""
         target = self.target if target is None else target
-        P = compact_params(net, self.measure)[0]
+        P = compact_params(net, self.measure, self.limits)[0]
         low = (1 - self.config.target_tol) * target
         if not target or low <= P <= target or (P < low and not grow):
             return P
@@ -184,7 +220,7 @@ class LamControl:
                     g["reg"].prox_(g["params"], g["delta"])
                 else:
                     self.opt.shrink_(g, g["reg"].lam - before)
-            return compact_params(net, self.measure)[0]
+            return compact_params(net, self.measure, self.limits)[0]
 
         if P > target:  # bracket: P(lo) > target >= P(hi)
             lo, hi = m0, m0 * 1.03
