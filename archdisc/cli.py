@@ -27,6 +27,7 @@ import torch
 from archdisc.data import available_datasets
 from archdisc.deploy.formats import FORMATS as EXPORT_FORMATS, export_run
 from archdisc.errors import ArchdiscError, ConfigError, TrainingError
+from archdisc.recipe import rundir
 from archdisc.recipe.config import CHOICES, Config, load_config
 from archdisc.recipe.discover import run_discover
 from archdisc.render import FORMATS as PICTURE_FORMATS, RenderError, render_run
@@ -217,8 +218,12 @@ def _add_export(sub):
 
 def _export(args) -> int:
     formats = EXPORT_FORMATS if args.format == "all" else (args.format,)
-    for fmt, path in export_run(args.run, formats).items():
+    written = export_run(args.run, formats)
+    for fmt, path in written.items():
         print(f"{fmt:<12} {path}")
+    for fmt, ms in rundir.add_export_latency(Path(args.run), written).items():
+        print(f"{fmt:<12} {ms[0]:.3g} ms at batch 1, {ms[1]:.3g} ms at batch 64 "
+              f"({torch.get_num_threads()} thread(s); in report.md)")
     return 0
 
 

@@ -197,3 +197,32 @@ def test_proxsgd_shrink_uses_its_step_size():
     torch.testing.assert_close(w, want_w, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(b, want_b, rtol=1e-5, atol=1e-5)
     assert (factor[~dead] > 0.05).all()  # the survivors really were shrunk, not killed
+
+
+def test_unit_cost_is_what_one_unit_costs_in_the_measure():
+    """group_weight = "cost": conv1's unit costs its own 5x5 kernel at 24x24 positions plus
+    conv2's reads of it (64 x 5x5 at 8x8); conv2's, its kernel at 8x8 plus fc1's 16 reads;
+    fc1's, its row plus the head's read. Scaled so that the unit-weighted mean is that of
+    sqrt(n)."""
+    import math
+
+    from torch import nn
+
+    from archdisc import from_module
+    from archdisc.sparsity.budget import unit_cost
+    model = nn.Sequential(nn.Conv2d(1, 64, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 64, 5),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1024, 128),
+                          nn.ReLU(), nn.Linear(128, 10))
+    graph = from_module(model, torch.zeros(2, 1, 28, 28)).graph
+    n = {"_0": 26, "_3": 1601, "_7": 1025}
+    units = {"_0": 64, "_3": 64, "_7": 128}
+    want = {"macs": {"_0": 25 * 576 + 64 * 25 * 64, "_3": 64 * 25 * 64 + 16 * 128,
+                     "_7": 1024 + 10},
+            "params": {"_0": 26 + 64 * 25, "_3": 1601 + 16 * 128, "_7": 1025 + 10}}
+    for measure, raw in want.items():
+        cost = unit_cost(graph, n, measure)
+        scale = cost["_7"] / raw["_7"]
+        for node in n:
+            assert cost[node] == pytest.approx(scale * raw[node], rel=1e-9), (measure, node)
+        assert sum(units[k] * cost[k] for k in n) == pytest.approx(
+            sum(units[k] * math.sqrt(n[k]) for k in n), rel=1e-9)

@@ -57,6 +57,22 @@ def test_discover_end_to_end_and_resume(tmp_path, capsys):
     assert tomllib.loads((out / "config.toml").read_text())["lam"] == 0.3
 
 
+def test_report_measures_latency_and_export_adds_the_runtimes(tmp_path, capsys):
+    """report.json holds the eager latency of the start and the compact model at batch 1
+    and 64 (positive medians); export adds the ONNX file's, and report.md shows both."""
+    out = tmp_path / "run"
+    assert main(["discover", *TEACHER, "--out", str(out)]) == 0
+    lat = json.loads((out / "report.json").read_text())["latency"]
+    assert lat["batches"] == [1, 64] and set(lat["eager"]) == {"start", "compact"}
+    assert all(0 < ms < 1000 for row in lat["eager"].values() for ms in row)
+    assert main(["export", str(out), "--format", "onnx"]) == 0
+    assert "onnx         " in capsys.readouterr().out
+    lat = json.loads((out / "report.json").read_text())["latency"]
+    assert set(lat["export"]) == {"onnx"} and all(ms > 0 for ms in lat["export"]["onnx"])
+    md = (out / "report.md").read_text()
+    assert "| eager ms, batch 64 |" in md and "| onnxruntime ms, batch 1 |  |" in md
+
+
 def test_config_file_and_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text('data = "teacher"\nepochs = 1\nlr = 0.01\ndevice = "cpu"\n'

@@ -53,6 +53,7 @@ def test_the_search_starts_from_the_given_weights(tmp_path, trained, capsys):
                            tmp_path / name, progress=False)
         assert abs(rep["test"]["supernet"] - acc) <= 100 / 500 + 1e-9
         assert rep["stages"][1]["stage"] == "search start (weights)"
+        assert abs(rep["stages"][1]["test"] - acc) <= 100 / 500 + 1e-9  # the start, scored
         assert rep["params"]["compact"] == rep["params"]["supernet"]
     # without weights the log says that the module's own weights are not used
     run_discover(cfg(epochs=1), tmp_path / "sparse")

@@ -34,7 +34,7 @@ CHOICES = {
     "finetune_schedule": ("constant", "cosine"),
     "device": ("auto", "cpu", "cuda"),
     "task": ("classification", "denoising"),
-    "group_weight": ("sqrt_n", "one", "sqrt_alive"),
+    "group_weight": ("sqrt_n", "one", "sqrt_alive", "cost"),
     "augment": ("none", "crop_flip"),
     "select": ("shrink", "scale", "none"),
     "start": ("auto", "sparse", "weights"),
@@ -129,7 +129,8 @@ class Config:
     group_mode: str = _field("unit", "one regularized group: a unit, a conv kernel, an "
                                      "element", expert=True)
     group_weight: str = _field("sqrt_n", "unit group weight: sqrt(fan-in) | one | "
-                                         "sqrt(alive fan-in)", expert=True)
+                                         "sqrt(alive fan-in) | cost (what a unit costs in "
+                                         "the budget's measure)", expert=True)
     delta: float = _field(1.0, "Bregman / prox step scale (adabreg, linbreg)", expert=True)
     momentum: float = _field(0.9, "momentum of linbreg, proxsgd, sgd (adam / adabreg: betas)",
                              expert=True)

@@ -28,11 +28,12 @@ from tqdm import tqdm
 from archdisc import dist as distributed
 from archdisc.data import evaluate
 from archdisc.deploy.formats import save as save_model
+from archdisc.deploy.latency import eager_table
 from archdisc.dist import Dist
 from archdisc.errors import TrainingError
 from archdisc.extract import extract, extract_graph, extraction_report
 from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
-from archdisc.graph.compile import ArchNet
+from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.io import atomic_write_text, save_tensors
 from archdisc.recipe import diagnose, rundir
 from archdisc.recipe.byo import python_data, python_model
@@ -193,9 +194,9 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
         if not control.active:
             return
         g = (epoch - 1) * steps + step + 1  # the next step's number
-        if control.target or config.group_weight == "sqrt_alive":
-            if g % config.control_every == 0:
-                control.look(s.net, g)
+        if (control.target or config.group_weight == "sqrt_alive") and \
+                g % config.control_every == 0:
+            control.look(s.net, g)
         control.set(g)
 
     if control.active and epoch == s.start + 1:
@@ -307,8 +308,7 @@ def finetune_compact(run: Run):
                    disable=not (run.progress and sys.stderr.isatty()))
         teacher = run.net  # distillation's: the searched supernet, or the starting model
         if run.config.distill > 0 and run.config.from_weights():
-            teacher = ArchNet(run.graph).to(run.device)
-            teacher.load_state_dict(run.weights)
+            teacher = compile_graph(run.graph, run.weights).to(run.device)
         try:
             run.finetune_losses = finetune(run.compact, run.data, run.config, run.device, bar,
                                            teacher)
@@ -368,6 +368,10 @@ def report(run: Run) -> dict:
         "threads": torch.get_num_threads(),
         "world_size": run.dist.world,
     })
+    if run.weights is not None and config.from_weights():  # the user's model, as given
+        start = compile_graph(run.graph, run.weights).to(run.device)
+        run.stages[0].update(val=_score(run, start, data.val), test=_score(run, start, data.test))
+    rep["latency"] = eager_table({"start": run.net, "compact": run.compact})
     rep["stages"] = diagnose.with_removed(
         [diagnose.stage("supernet (all units)", rep["params"]["supernet"]), *run.stages])
     rep["warnings"] = diagnose.warnings(

@@ -22,6 +22,7 @@ import torch
 
 from archdisc.errors import ConfigError, RunError
 from archdisc.extract import format_report
+from archdisc.graph.archgraph import ArchGraph
 from archdisc.io import (atomic_write_json, atomic_write_text, load_tensors, read_toml,
                          remove_stale_temps, save_tensors)
 from archdisc.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
@@ -172,6 +173,55 @@ def write_report(out: Path, report: dict):
     atomic_write_text(out / "report.md", report_markdown(report, format_report))
 
 
+def add_export_latency(out: Path, written: dict) -> dict:
+    """Time the exported TorchScript / ONNX files of ``written`` ({format: path}) at the
+    report's batch sizes and add them to report.json / report.md (when the run has a
+    report); returns {format: [ms per batch size]}."""
+    from archdisc.deploy.latency import BATCHES, file_ms
+    graph = ArchGraph.from_json(out / "compact.json")
+    shapes = [graph.shapes()[n] for n in graph.input_nodes()]
+    timed = {f: [round(file_ms(f, p, shapes, b), 3) for b in BATCHES]
+             for f, p in written.items() if f in ("torchscript", "onnx")}
+    path = out / "report.json"
+    if timed and path.exists():
+        report = json.loads(path.read_text())
+        if report.get("latency"):
+            report["latency"]["export"] = timed
+            write_report(out, report)
+    return timed
+
+
+def _start_vs_compact(report: dict) -> list[str]:
+    """The table of start against compact: size, measured latency, test metric."""
+    lat = report.get("latency")
+    if not lat:
+        return []
+    unit = "%" if report["metric"] == "accuracy" else " dB"
+    rows = [(m, report[m]["supernet"], report[m]["compact"]) for m in ("params", "macs")]
+    for fmt, times in [("eager", lat["eager"])] + [
+            ({"onnx": "onnxruntime"}.get(f, f), {"compact": t})
+            for f, t in lat.get("export", {}).items()]:
+        for i, b in enumerate(lat["batches"]):
+            rows.append((f"{fmt} ms, batch {b}", times.get("start", [None] * 9)[i],
+                         times["compact"][i]))
+    out = ["## Start vs compact", "", f"Latency: median on CPU, {lat['threads']} thread(s); "
+           f"the start's is its architecture's, the supernet's. TorchScript and onnxruntime "
+           f"rows come from `archdisc export`.", "", "| | start | compact | start / compact |",
+           "|---|---|---|---|"]
+    for name, a, b in rows:
+        ratio = f"{a / b:.2f}x" if a and b else ""
+        fa, fb = (("" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.3g}")
+                  for v in (a, b))
+        out.append(f"| {name} | {fa} | {fb} | {ratio} |")
+    start, ft = report["stages"][1].get("test"), report.get("finetune") or {}
+    if start is not None or ft.get("epochs"):
+        out.append(f"| test {report['metric']} | "
+                   f"{'' if start is None else f'{start:.2f}{unit}'} | "
+                   f"{ft.get('test_before', report['test']['compact']):.2f}{unit} before "
+                   f"fine-tune, {report['test']['compact']:.2f}{unit} after | |")
+    return out + [""]
+
+
 SUMMARISE = 6  # more searchable layers than this: the progress line summarises them
 
 
@@ -228,6 +278,7 @@ def report_markdown(report: dict, format_report) -> str:
             change = "" if s["removed"] is None else f"{-s['removed']:+,}"
             lines.append(f"| {s['stage']} | {s['params']:,} | {change} | {val} | {test} |")
         lines.append("")
+    lines += _start_vs_compact(report)
     path = (report.get("select") or {}).get("path") or []
     if path:
         lines += ["The select stage's path (parameters: val metric ± standard error after a "

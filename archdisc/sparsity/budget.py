@@ -54,6 +54,30 @@ def limits_of(config, net) -> dict:
     return {"round_to": config.round_to, "min_units": {n: m for n, m in mins.items() if m}}
 
 
+def unit_cost(graph, n: dict, measure: str) -> dict:
+    """For ``group_weight = "cost"``: the size (``measure``) one unit of each node in ``n``
+    costs (its own weights and what its readers spend on it: the drop in size when the
+    node is one unit narrower), scaled so that the unit-weighted mean equals that of
+    sqrt(n), the regularizer's own weight. A node whose width is tied to others (a
+    residual sum) costs sqrt(n)."""
+    count = count_macs if measure == "macs" else count_params
+    full, cost = count(graph), {}
+    for node in n:
+        g = copy.deepcopy(graph)
+        g.nodes[node]["units"] -= 1
+        try:
+            cost[node] = full - count(g)
+        except (ValueError, KeyError):
+            cost[node] = None
+    units = {node: graph.nodes[node]["units"] for node in n}
+    known = [x for x in cost if cost[x]]
+    if not known:
+        return {node: math.sqrt(k) for node, k in n.items()}
+    scale = (sum(units[x] * math.sqrt(n[x]) for x in known)
+             / sum(units[x] * cost[x] for x in known))
+    return {node: cost[node] * scale if cost[node] else math.sqrt(n[node]) for node in n}
+
+
 def keep_names(config) -> list[str]:
     """The layers of ``config.keep``."""
     return [k.strip() for k in (config.keep or "").split(",") if k.strip()]
@@ -129,6 +153,8 @@ class LamControl:
         self.start_size = compact_params(net, self.measure, self.limits)[0] if anchor else 0
         self.ramp_steps = max(1, config.epochs // 2) * steps_per_epoch if anchor else 0
         self.mult, self.weights = 1.0, {}
+        if config.group_weight == "cost":
+            self.cost = unit_cost(net.graph, self.n, self.measure)
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
                            or self.keep or config.group_weight != "sqrt_n")
 
@@ -145,6 +171,8 @@ class LamControl:
             return 1.0
         if c.group_weight == "one":  # cancel the regularizer's own weight sqrt(n)
             return 1.0 / math.sqrt(self.n[name])
+        if c.group_weight == "cost":
+            return self.cost[name] / math.sqrt(self.n[name])
         return self.weights.get(name, 1.0)
 
     def target_at(self, step: int) -> int:
