@@ -176,8 +176,8 @@ def run_seed(seed, archdisc_opts: dict):
     return rows
 
 
-def merge(started):
-    found = read_parts(PARTS, "s*.json")
+def merge(started, tag=""):
+    found = read_parts(PARTS, f"s?{tag}.json")
     rows = [r for part in found for r in part["rows"]]
     commands = [part["command"] for part in found]
     cells = {}
@@ -187,7 +187,7 @@ def merge(started):
                 "macs": mean_std([r["macs"] for r in rs]), "seeds": [r["seed"] for r in rs],
                 "widths": [r.get("widths") for r in rs]}
                for (frac, m), rs in sorted(cells.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
-    path = write_results("compress", {"summary": summary, "runs": rows,
+    path = write_results(f"compress{tag}", {"summary": summary, "runs": rows,
                                       "part_commands": commands},
                          seeds=sorted({r["seed"] for r in rows}), started=started,
                          notes="Fashion-MNIST 55k/5k/10k, MLP 784-200-80-10 trained 10 epochs "
@@ -202,12 +202,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--archdisc", default="{}", help="JSON config overrides for archdisc")
+    p.add_argument("--tag", default="", help="part / result file name suffix (a variant)")
     p.add_argument("--merge", action="store_true")
     args = p.parse_args()
     set_threads(1)
     started = time.perf_counter()
     if args.merge:
-        print(merge(started))
+        print(merge(started, args.tag))
         return
     PARTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
@@ -215,7 +216,7 @@ def main():
         rows = run_seed(seed, json.loads(args.archdisc))
         part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1),
                 "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
-        atomic_write_text(PARTS / f"s{seed}.json", json.dumps(part, indent=2) + "\n")
+        atomic_write_text(PARTS / f"s{seed}{args.tag}.json", json.dumps(part, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -138,8 +138,8 @@ def run_seed(seed, limit, archdisc_opts: dict, methods):
     return rows
 
 
-def merge(started):
-    found = read_parts(PARTS, "s*.json")
+def merge(started, tag=""):
+    found = read_parts(PARTS, f"s?{tag}.json")
     rows = [r for part in found for r in part["rows"]]
     cells = {}
     for r in rows:
@@ -148,7 +148,7 @@ def merge(started):
                 "macs": mean_std([r["macs"] for r in rs]), "seeds": [r["seed"] for r in rs],
                 "widths": [r.get("widths") for r in rs]}
                for (frac, m), rs in sorted(cells.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
-    path = write_results("compress_convnet", {"summary": summary, "runs": rows,
+    path = write_results(f"compress_convnet{tag}", {"summary": summary, "runs": rows,
                                               "part_commands": [p["command"] for p in found]},
                          seeds=sorted({r["seed"] for r in rows}), started=started,
                          notes="Fashion-MNIST, ConvNet 64-64-128 trained 10 epochs (Adam), then "
@@ -171,7 +171,7 @@ def main():
     set_threads(1)
     started = time.perf_counter()
     if args.merge:
-        print(merge(started))
+        print(merge(started, args.tag))
         return
     PARTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:

@@ -34,13 +34,13 @@ CHOICES = {
     "finetune_schedule": ("constant", "cosine"),
     "device": ("auto", "cpu", "cuda"),
     "task": ("classification", "denoising"),
-    "group_weight": ("sqrt_n", "one", "sqrt_alive", "cost"),
+    "group_weight": ("auto", "sqrt_n", "one", "sqrt_alive", "cost"),
     "augment": ("none", "crop_flip"),
     "select": ("shrink", "scale", "none"),
     "start": ("auto", "sparse", "weights"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
-BUDGETS = ("target_params", "target_density", "target_macs")  # at most one is set
+BUDGETS = ("target_params", "target_density", "target_macs", "target_latency_ms")  # one at most
 
 
 def _field(default, help: str, expert: bool = False):
@@ -94,6 +94,10 @@ class Config:
     target_macs: float | None = _field(None, "steer lam until the compact model has <= this "
                                              "many MACs (<= 1: that fraction of the "
                                              "supernet's)")
+    target_latency_ms: float | None = _field(None, "steer lam until the compact model's "
+                                                   "median eager CPU latency at "
+                                                   "latency_batch is <= this many ms")
+    latency_batch: int = _field(1, "samples per forward pass that target_latency_ms times")
     keep: str | None = _field(None, "layers the search never cuts, comma-separated (e.g. "
                                     "fc1,conv1): kept at full width")
     min_keep: float = _field(0.0, "no searched layer below this fraction of its width "
@@ -128,9 +132,10 @@ class Config:
                                expert=True)
     group_mode: str = _field("unit", "one regularized group: a unit, a conv kernel, an "
                                      "element", expert=True)
-    group_weight: str = _field("sqrt_n", "unit group weight: sqrt(fan-in) | one | "
-                                         "sqrt(alive fan-in) | cost (what a unit costs in "
-                                         "the budget's measure)", expert=True)
+    group_weight: str = _field("auto", "unit group weight: sqrt_n (sqrt(fan-in)) | one | "
+                                       "sqrt_alive (alive fan-in) | cost (what a unit costs "
+                                       "in the budget's measure) | auto (cost from weights "
+                                       "under a MACs / latency budget, else sqrt_n)", expert=True)
     delta: float = _field(1.0, "Bregman / prox step scale (adabreg, linbreg)", expert=True)
     momentum: float = _field(0.9, "momentum of linbreg, proxsgd, sgd (adam / adabreg: betas)",
                              expert=True)
@@ -323,6 +328,9 @@ def _check_numbers(c: Config):
              f"the only budget ({' and '.join(budgets)} are set: give one)")
     _require(c.target_macs is None or 0 < c.target_macs < math.inf, "target_macs",
              "a number > 0: a fraction <= 1 of the supernet's MACs, or a count")
+    _require(c.target_latency_ms is None or 0 < c.target_latency_ms < math.inf,
+             "target_latency_ms", "a number of milliseconds > 0 (or unset)")
+    _require(c.latency_batch >= 1, "latency_batch", "an integer >= 1")
     _require(0 <= c.distill <= 1, "distill", "a number in [0, 1]")
     _require(0 <= c.min_keep < 1, "min_keep", "a number in [0, 1)")
     _require(c.round_to >= 1, "round_to", "an integer >= 1")

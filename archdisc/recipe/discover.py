@@ -208,7 +208,7 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
                            augmenter(config, config.seed, epoch, run.device), run.dist,
                            config.loader_workers)
         if control.target and epoch == config.epochs:
-            control.settle(s.net, grow=True)
+            control.finish(s.net)
         if not all(torch.isfinite(p).all() for p in s.net.parameters()):
             raise TrainingError("parameters are not finite")
         if loss > DIVERGED * s.initial:
@@ -244,9 +244,8 @@ def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) ->
         record["lam_layers"] = {g["name"]: g["reg"].lam for g in control.groups}
         graph = extract_graph(net, **control.limits)[0]
         record["params"], record["macs"] = count_params(graph), count_macs(graph)
-        size = record[control.measure]
-        if (control.target and (1 - run.config.target_tol) * control.target <= size
-                <= control.target and (s.best is None or val >= s.best[0])):
+        record["latency_ms"] = control.last_ms  # under target_latency_ms
+        if control.holds(record[control.measure]) and (s.best is None or val >= s.best[0]):
             s.best = (val, epoch, {k: v.clone() for k, v in net.state_dict().items()})
             save_tensors(run.out / rundir.BEST, s.best[2], {"val": val, "epoch": epoch})
     run.metrics.append(record)
@@ -264,8 +263,8 @@ def extract_compact(run: Run):
     net = run.net.eval()
     save_model(net, run.out / "supernet")
     sample = next(batches(run.data.val, 256, run.device))[0]
-    limits = limits_of(run.config, net)
-    run.compact_graph, compact = extract(net, verify=True, inputs=sample, **limits)
+    run.compact_graph, compact = extract(net, verify=True, inputs=sample,
+                                         **limits_of(run.config, net))
     run.compact = compact.to(run.device).eval()
     for split, scores in ((run.data.test, run.test), (run.data.val, run.val)):
         scores["supernet"] = _score(run, net, split)
@@ -361,6 +360,8 @@ def report(run: Run) -> dict:
         "epochs_total": len(metrics) + config.finetune,
         **{f"target_{m}": target_of(config, rep[m]["supernet"]) if m == measure_of(config)
            else None for m in ("params", "macs")},
+        "target_latency_ms": config.target_latency_ms,
+        "latency_ms_searched": metrics[-1].get("latency_ms") if metrics else None,
         "lam_final": metrics[-1]["lam"] if metrics else None,
         "train_seconds": round(run.train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - run.t_start, 2),
@@ -385,7 +386,6 @@ def report(run: Run) -> dict:
     return rep
 
 
-# ---------------------------------------------------------------------- parts
 DIVERGED = 10.0  # an epoch's training loss over this many times the untrained model's
 
 

@@ -25,8 +25,8 @@ from archdisc.recipe.byo import graph_file, model_net
 from archdisc.recipe.config import BUDGETS, PYTHON_DATA, Config, is_graph_file
 from archdisc.recipe.loop import batches, loss_fn, tensors
 from archdisc.spaces import build_space, spaces
-from archdisc.sparsity.budget import (LamControl, compact_params, limits_of, measure_of, smallest,
-                                      target_of)
+from archdisc.sparsity.budget import (LamControl, LatencyLine, compact_params, limits_of,
+                                      measure_of, smallest, target_of)
 from archdisc.sparsity.groups import alive, param_groups, sparse_init
 
 __all__ = ["resolve_device", "load_dataset", "build_supernet", "load_supernet", "make_optimizer",
@@ -84,7 +84,15 @@ def load_supernet(config: Config, data, module=None) -> tuple[ArchGraph, dict | 
     if budget or config.keep or config.min_keep or config.round_to > 1:
         net = compile_graph(graph)
         limits_of(config, net)  # a ConfigError for a layer name that is not searched
-        if budget:
+        if config.target_latency_ms is not None:
+            least = LatencyLine(net, config).low[1]
+            if config.target_latency_ms < least:
+                raise ConfigError(
+                    f"config field 'target_latency_ms': {config.target_latency_ms:g} ms "
+                    f"cannot be reached: the smallest model the limits allow (keep, "
+                    f"min_keep, round_to) runs in {least:.3g} ms at batch "
+                    f"{config.latency_batch} here; ask for at least that")
+        elif budget:
             measure = measure_of(config)
             full = count_macs(graph) if measure == "macs" else count_params(graph)
             least, target = smallest(net, config), target_of(config, full)

@@ -13,17 +13,40 @@ import math
 import torch
 
 from archdisc.errors import ConfigError
-from archdisc.extract import extract_graph
+from archdisc.extract import extract, extract_graph
 from archdisc.graph.archgraph import count_macs, count_params
 from archdisc.sparsity.groups import unit_members
 
-__all__ = ["LamControl", "compact_params", "limits_of", "measure_of", "smallest",
+LATENCY_TRIES = 5  # settles after the search's last, to bring the measured latency in
+
+__all__ = ["LamControl", "LatencyLine", "compact_params", "limits_of", "measure_of", "smallest",
            "target_of"]
 
 
 def measure_of(config) -> str:
-    """What the budget counts: "macs" under ``target_macs``, else "params"."""
-    return "macs" if config.target_macs is not None else "params"
+    """What the budget counts: "macs" under ``target_macs`` (and ``target_latency_ms``,
+    steered through MACs), else "params"."""
+    latency = getattr(config, "target_latency_ms", None) is not None
+    return "macs" if config.target_macs is not None or latency else "params"
+
+
+class LatencyLine:
+    """Eager CPU latency (ms, ``config.latency_batch`` samples) against MACs: the line
+    through the supernet's and the smallest model's (every regularized unit dead, then
+    extracted with the limits), both measured; :meth:`macs_for` reads it backwards."""
+
+    def __init__(self, net, config):
+        from archdisc.deploy.latency import eager_ms
+        self.batch = config.latency_batch
+        shapes = [net.graph.shapes()[n] for n in net.graph.input_nodes()]
+        self.ms = lambda m: eager_ms(copy.deepcopy(m).cpu(), shapes, self.batch)
+        small = extract(_all_dead(net), verify=False, **limits_of(config, net))[1]
+        self.low = (count_macs(small.graph), self.ms(small))
+        self.high = (count_macs(net.graph), max(self.ms(net), self.low[1] * 1.001))
+
+    def macs_for(self, ms: float) -> int:
+        (m0, t0), (m1, t1) = self.low, self.high
+        return round(min(m1, max(m0, m0 + (ms - t0) * (m1 - m0) / (t1 - t0))))
 
 
 def target_of(config, supernet_size: int) -> int | None:
@@ -87,12 +110,18 @@ def keep_names(config) -> list[str]:
 def smallest(net, config) -> int:
     """The size (in the budget's measure) of the smallest model the limits allow: every
     regularized unit and gate of a copy of ``net`` dead, then extracted."""
+    return compact_params(_all_dead(net), measure_of(config), limits_of(config, net))[0]
+
+
+@torch.no_grad()
+def _all_dead(net):
+    """A copy of ``net`` with every regularized unit and gate zero."""
     net = copy.deepcopy(net)
     names = {p for ps in unit_members(net).values() for p in ps}
     for name, p in net.named_parameters():
         if name in names or name.startswith("gates."):
             p.zero_()
-    return compact_params(net, measure_of(config), limits_of(config, net))[0]
+    return net
 
 
 @torch.no_grad()
@@ -112,9 +141,11 @@ class LamControl:
         lam_g = lam * ramp(step) * mult * lam_layers[g] * weight_g
 
     ``ramp`` rises linearly from 0 to 1 over ``lam_warmup`` epochs. ``weight_g`` changes
-    the unit group weight sqrt(n) of the regularizer to 1 (``group_weight="one"``) or
-    to sqrt(n_alive), n_alive counting only the alive fan-in (``"sqrt_alive"``,
-    refreshed at each look). With a budget (``target_params`` / ``target_density`` /
+    the unit group weight sqrt(n) of the regularizer to 1 (``group_weight="one"``), to
+    sqrt(n_alive), n_alive counting only the alive fan-in (``"sqrt_alive"``, refreshed at
+    each look), or to what the unit costs in the budget's measure (``"cost"``,
+    :func:`unit_cost`; ``"auto"``: cost from trained weights under a MACs or latency
+    budget, else sqrt(n); RESULTS.md section 13). With a budget (``target_params`` / ``target_density`` /
     ``target_macs``) the controller looks every ``control_every`` steps at the size P
     (parameters or MACs) of the compact model and multiplies ``mult`` by
     max(0.8, sqrt(P / target)) while P < (1 - target_tol) target (lowering lam lets the
@@ -149,14 +180,20 @@ class LamControl:
         self.measure = measure_of(config)
         full = (count_macs(net.graph) if self.measure == "macs"
                 else sum(p.numel() for p in params.values()))
-        self.target = target_of(config, full)
+        self.target, self.line, self.last_ms = target_of(config, full), None, None
+        if getattr(config, "target_latency_ms", None) is not None:
+            self.line = LatencyLine(net, config)
+            self.target = self.line.macs_for(config.target_latency_ms)
         self.start_size = compact_params(net, self.measure, self.limits)[0] if anchor else 0
         self.ramp_steps = max(1, config.epochs // 2) * steps_per_epoch if anchor else 0
         self.mult, self.weights = 1.0, {}
-        if config.group_weight == "cost":
+        self.gw = config.group_weight
+        if self.gw == "auto":
+            self.gw = "cost" if anchor and self.target and self.measure == "macs" else "sqrt_n"
+        if self.gw == "cost":
             self.cost = unit_cost(net.graph, self.n, self.measure)
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
-                           or self.keep or config.group_weight != "sqrt_n")
+                           or self.keep or self.gw != "sqrt_n")
 
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights}
@@ -166,12 +203,12 @@ class LamControl:
             self.mult, self.weights = state["mult"], state["weights"]
 
     def weight(self, g) -> float:
-        name, c = g.get("name"), self.config
-        if g.get("kind") != "unit" or name not in self.full_fan or c.group_weight == "sqrt_n":
+        name = g.get("name")
+        if g.get("kind") != "unit" or name not in self.full_fan or self.gw == "sqrt_n":
             return 1.0
-        if c.group_weight == "one":  # cancel the regularizer's own weight sqrt(n)
+        if self.gw == "one":  # cancel the regularizer's own weight sqrt(n)
             return 1.0 / math.sqrt(self.n[name])
-        if c.group_weight == "cost":
+        if self.gw == "cost":
             return self.cost[name] / math.sqrt(self.n[name])
         return self.weights.get(name, 1.0)
 
@@ -211,6 +248,33 @@ class LamControl:
     def lam(self, step: int) -> float:
         """The scalar lam (without per-layer factors) in force at ``step``."""
         return self.config.lam * self.ramp(step) * self.mult
+
+    def holds(self, size: int) -> bool:
+        """Whether ``size`` is in the budget's band [(1 - target_tol) target, target]; under
+        ``target_latency_ms`` only once :meth:`finish` has measured the latency."""
+        if not self.target or (self.line is not None and self.last_ms is None):
+            return False
+        return (1 - self.config.target_tol) * self.target <= size <= self.target
+
+    def finish(self, net) -> float | None:
+        """The search's last settle (growing too); under ``target_latency_ms`` then up to
+        ``LATENCY_TRIES`` more, each at the MACs target scaled by target / measured
+        latency of the extracted model, until that latency is in the band
+        [(1 - target_tol) target, target]. Returns the last measured latency (or None)."""
+        self.settle(net, grow=True)
+        ms = getattr(self.config, "target_latency_ms", None)
+        if ms is None:
+            return None
+        for _ in range(LATENCY_TRIES):
+            got = self.line.ms(extract(net, verify=False, **self.limits)[1])
+            if (1 - self.config.target_tol) * ms <= got <= ms:
+                break
+            self.target = max(self.line.low[0], round(self.target * ms / got))
+            self.settle(net, grow=True)
+        else:
+            got = self.line.ms(extract(net, verify=False, **self.limits)[1])
+        self.last_ms = got
+        return got
 
     @torch.no_grad()
     def settle(self, net, target: int | None = None, grow: bool = False,
