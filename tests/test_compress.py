@@ -80,7 +80,7 @@ def test_a_module_instance_keeps_its_weights(tmp_path, trained):
 
 @pytest.mark.parametrize("target, weight, lost", [
     (0.5, "sqrt_n", 6), (0.25, "sqrt_n", 6),  # measured: within ~2
-    (0.25, "auto", 14)])  # cost: measured -10 here (it cuts _0 to 6 units; the teacher has 8)
+    (0.25, "auto", 14)])  # cost: -10 measured here (_0 cut to 6 units; the teacher has 8)
 def test_a_macs_target_from_trained_weights_is_met_without_collapse(tmp_path, trained, target,
                                                                    weight, lost):
     folder, acc = trained
@@ -97,8 +97,8 @@ def test_a_macs_target_from_trained_weights_is_met_without_collapse(tmp_path, tr
 
 def test_per_layer_limits_hold_and_an_unreachable_target_is_refused(tmp_path, trained):
     """keep / min_keep / round_to hold in the compact model, its size (counted with them)
-    lands in the target's band (wider by a round_to step); a target below the smallest model they allow is refused
-    before the run folder is made, with that smallest size."""
+    lands in the target's band (wider by a round_to step); a target below the smallest
+    model they allow is refused before the run folder is made, with that smallest size."""
     folder, _ = trained
     w = str(folder / "w.pt")
     rep = run_discover(cfg(weights=w, target_macs=0.5, min_keep=0.25, round_to=4, finetune=1,

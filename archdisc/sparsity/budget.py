@@ -26,7 +26,7 @@ __all__ = ["LamControl", "LatencyLine", "compact_params", "limits_of", "measure_
 def measure_of(config) -> str:
     """What the budget counts: "macs" under ``target_macs`` (and ``target_latency_ms``,
     steered through MACs), else "params"."""
-    latency = getattr(config, "target_latency_ms", None) is not None
+    latency = config.target_latency_ms is not None
     return "macs" if config.target_macs is not None or latency else "params"
 
 
@@ -145,13 +145,14 @@ class LamControl:
     sqrt(n_alive), n_alive counting only the alive fan-in (``"sqrt_alive"``, refreshed at
     each look), or to what the unit costs in the budget's measure (``"cost"``,
     :func:`unit_cost`; ``"auto"``: cost from trained weights under a MACs or latency
-    budget, else sqrt(n); RESULTS.md section 13). With a budget (``target_params`` / ``target_density`` /
-    ``target_macs``) the controller looks every ``control_every`` steps at the size P
-    (parameters or MACs) of the compact model and multiplies ``mult`` by
-    max(0.8, sqrt(P / target)) while P < (1 - target_tol) target (lowering lam lets the
-    loss switch more units on), and raises lam just enough to bring P back to the
-    target when P > target (:meth:`settle`: raising lam switches units off at once,
-    through the prox). In between, lam is held.
+    budget, else sqrt(n); RESULTS.md section 13). With a budget (``target_params`` /
+    ``target_density`` / ``target_macs`` / ``target_latency_ms``) the controller looks
+    every ``control_every`` steps at the size P (parameters or MACs) of the compact model
+    and multiplies ``mult`` by max(0.8, sqrt(P / target)) while P < (1 - target_tol)
+    target (lowering lam lets the loss switch more units on), and raises lam just enough
+    to bring P back to the target when P > target (:meth:`settle`: raising lam switches
+    units off at once, through the prox). In between, lam is held. The per-layer limits
+    (``keep``: lam 0; ``min_keep``, ``round_to``) count in P, as extraction keeps them.
 
     A search that starts from trained weights (``anchor``) cuts instead of shrinking
     (the optimizer's ``cut_``: the survivors keep their weights), and its target falls
@@ -181,7 +182,7 @@ class LamControl:
         full = (count_macs(net.graph) if self.measure == "macs"
                 else sum(p.numel() for p in params.values()))
         self.target, self.line, self.last_ms = target_of(config, full), None, None
-        if getattr(config, "target_latency_ms", None) is not None:
+        if config.target_latency_ms is not None:
             self.line = LatencyLine(net, config)
             self.target = self.line.macs_for(config.target_latency_ms)
         self.start_size = compact_params(net, self.measure, self.limits)[0] if anchor else 0
@@ -262,7 +263,7 @@ class LamControl:
         latency of the extracted model, until that latency is in the band
         [(1 - target_tol) target, target]. Returns the last measured latency (or None)."""
         self.settle(net, grow=True)
-        ms = getattr(self.config, "target_latency_ms", None)
+        ms = self.config.target_latency_ms
         if ms is None:
             return None
         for _ in range(LATENCY_TRIES):
