@@ -149,21 +149,6 @@ def test_kmnist_and_limit(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (40, 8, 8)
 
 
-def test_image_splits_are_row_major_so_conv_grads_match_their_weights(tmp_path):
-    """numpy indexing gives the channel dim of (N, 1, H, W) a stride of 1; torch reads that
-    as channels-last, conv then returns channels-last weight grads, and DDP warns on every
-    rank that they do not match the parameters ("Grad strides do not match")."""
-    write_fake_idx_dataset(tmp_path / "FashionMNIST" / "raw", n_train=100, n_test=30)
-    data = load_data("fashion-mnist", root=tmp_path, limit=40)
-    for split in (data.train, data.val, data.test):
-        x = split.tensors[0]
-        assert x.stride() == (784, 784, 28, 1)
-    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 5), torch.nn.Conv2d(8, 4, 5))
-    conv(data.train.tensors[0][:16]).sum().backward()
-    for p in conv.parameters():
-        assert p.grad.stride() == p.stride()
-
-
 def test_cifar10_layout(tmp_path):
     train_rec, test_rec = write_fake_cifar(tmp_path)
     data = load_data("cifar10", root=tmp_path, val_size=10)

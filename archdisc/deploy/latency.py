@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from archdisc.errors import ConfigError
+
 __all__ = ["BATCHES", "median_ms", "eager_ms", "eager_table", "file_ms"]
 
 BATCHES = (1, 64)  # latency of one sample, and of a batch
@@ -59,7 +61,7 @@ def file_ms(fmt: str, path: Path, shapes, batch: int) -> float:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         feed = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs)}
         return median_ms(lambda: sess.run(None, feed))
-    raise ValueError(f"no latency for format {fmt!r}")
+    raise ConfigError(f"no latency for format {fmt!r}: torchscript or onnx")
 
 
 def eager_table(models: dict) -> dict:
