@@ -1,13 +1,15 @@
 """compress.py's benchmark (issue 27) on the Fashion-MNIST ConvNet: conv5x5(64) - pool -
-conv5x5(64) - pool - fc(128) - fc(10), trained here with Adam for 10 epochs, then compressed
-to a MACs fraction by each method with 3 more epochs:
+conv5x5(64) - pool - fc(128) - fc(10) (``--model resnet18``: torchvision's resnet18 with a
+one-channel stem), trained here with Adam for 10 epochs, then compressed to a MACs fraction
+by each method with 3 more epochs:
 
 * ``archdisc``: ``run_discover`` from the trained weights (``--weights``), ``target_macs``,
   1 search epoch + 2 fine-tune epochs, cosine lr (compress.py's settings).
 * ``tp_norm`` / ``tp_taylor``: Torch-Pruning's MetaPruner, uniform per-layer ratio (found by
   bisection to the MACs fraction), GroupMagnitudeImportance(p=2) / GroupTaylorImportance
   (gradients of 10 training batches), then 3 epochs of Adam with the same cosine lr.
-* ``scratch``: the widths of ``tp_norm`` trained 13 epochs from a fresh init.
+* ``scratch``: the widths of ``tp_norm`` trained 13 epochs from a fresh init (resnet18: the
+  pruned model with every layer's parameters reset).
 
 MACs of every model are counted by archdisc (``count_macs`` of the imported graph).
 
@@ -43,9 +45,30 @@ def convnet(c1=64, c2=64, f=128) -> nn.Sequential:
                          nn.ReLU(), nn.Linear(f, 10))
 
 
+def resnet18() -> nn.Module:
+    """torchvision's resnet18 for 1 x 28 x 28 inputs (``--model compress_convnet:resnet18``)."""
+    import torchvision
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    return model
+
+
+MODELS = {"convnet": convnet, "resnet18": resnet18}
+
+
+def fresh(model, seed) -> nn.Module:
+    """``model``'s architecture with every layer re-initialised."""
+    model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return model.train()
+
+
 def widths(model) -> list[int]:
-    return [m.out_channels for m in model if isinstance(m, nn.Conv2d)] + \
-        [m.out_features for m in model if isinstance(m, nn.Linear)][:-1]
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] + \
+        [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][:-1]
 
 
 def macs(model) -> int:
@@ -71,7 +94,7 @@ def tp_prune(dense, how, frac, data):
         else:
             imp = tp.importance.GroupMagnitudeImportance(p=2)
         tp.pruner.MetaPruner(model, EXAMPLE, imp, pruning_ratio=ratio,
-                             ignored_layers=[model[-1]]).step()
+                             ignored_layers=[list(model.modules())[-1]]).step()
         model.zero_grad(set_to_none=True)
         return model
 
@@ -82,7 +105,7 @@ def tp_prune(dense, how, frac, data):
     return pruned(hi)
 
 
-def run_seed(seed, limit, archdisc_opts: dict, methods):
+def run_seed(seed, limit, archdisc_opts: dict, methods, name="convnet"):
     from safetensors.torch import save_file
 
     from archdisc import Config, run_discover
@@ -91,8 +114,8 @@ def run_seed(seed, limit, archdisc_opts: dict, methods):
     base = workdir()
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    dense = fit(convnet(), data, DENSE_EPOCHS, seed).eval()
-    weights = base / f"convnet_s{seed}.safetensors"
+    dense = fit(MODELS[name](), data, DENSE_EPOCHS, seed).eval()
+    weights = base / f"{name}_s{seed}.safetensors"
     save_file(dense.state_dict(), str(weights))
     full = macs(dense)
     rows = [{"method": "dense", "seed": seed, "macs": 1.0, "test": acc(dense, data.test),
@@ -113,20 +136,21 @@ def run_seed(seed, limit, archdisc_opts: dict, methods):
             row(f"tp_{how}", frac, finetune(small.train(), data, seed), t,
                 test_before_finetune=before)
             if how == "norm":
-                shape = widths(small)
+                shape, small_norm = widths(small), small
         if "scratch" in methods:
             t = time.perf_counter()
             torch.manual_seed(seed)
-            row("scratch", frac, fit(convnet(*shape), data, DENSE_EPOCHS + EPOCHS, seed), t)
+            scratch = convnet(*shape) if name == "convnet" else fresh(small_norm, seed)
+            row("scratch", frac, fit(scratch, data, DENSE_EPOCHS + EPOCHS, seed), t)
         if "archdisc" not in methods:
             continue
         t = time.perf_counter()
-        cfg = Config(**{**dict(model="compress_convnet:convnet", weights=str(weights),
+        cfg = Config(**{**dict(model=f"compress_convnet:{name}", weights=str(weights),
                                target_macs=frac, data="fashion-mnist", limit=limit, seed=seed,
                                epochs=1, finetune=2, finetune_schedule="cosine", select="none",
                                lr=1e-3, control_every=10, batch_size=BATCH, device="cpu"),
                         **archdisc_opts})
-        rep = run_discover(cfg, base / f"archdisc_conv_{frac}_s{seed}", force=True,
+        rep = run_discover(cfg, base / f"archdisc_{name}_{frac}_s{seed}", force=True,
                            progress=False)
         rows.append({"method": "archdisc", "seed": seed, "frac": frac, "config": archdisc_opts,
                      "macs": rep["macs"]["compact"] / rep["macs"]["supernet"],
@@ -165,6 +189,7 @@ def main():
     p.add_argument("--limit", type=int, default=None, help="training samples (default: all)")
     p.add_argument("--archdisc", default="{}", help="JSON config overrides for archdisc")
     p.add_argument("--methods", nargs="+", default=["tp", "scratch", "archdisc"])
+    p.add_argument("--model", choices=sorted(MODELS), default="convnet")
     p.add_argument("--tag", default="", help="part file name suffix (a variant's pilot)")
     p.add_argument("--merge", action="store_true")
     args = p.parse_args()
@@ -176,7 +201,7 @@ def main():
     PARTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         t0 = time.perf_counter()
-        rows = run_seed(seed, args.limit, json.loads(args.archdisc), args.methods)
+        rows = run_seed(seed, args.limit, json.loads(args.archdisc), args.methods, args.model)
         part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "limit": args.limit,
                 "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
         atomic_write_text(PARTS / f"s{seed}{args.tag}.json", json.dumps(part, indent=2) + "\n")

@@ -226,3 +226,15 @@ def test_unit_cost_is_what_one_unit_costs_in_the_measure():
             assert cost[node] == pytest.approx(scale * raw[node], rel=1e-9), (measure, node)
         assert sum(units[k] * cost[k] for k in n) == pytest.approx(
             sum(units[k] * math.sqrt(n[k]) for k in n), rel=1e-9)
+
+
+def test_a_missed_target_is_said():
+    from archdisc.recipe.diagnose import over_budget
+    rep = {"target_params": None, "target_macs": 1000, "params": {"compact": 5},
+           "macs": {"compact": 1500}}
+    (line,) = over_budget(rep)
+    assert "1,500 macs, 1.50x the target 1,000" in line
+    assert over_budget({**rep, "macs": {"compact": 1000}}) == []
+    rep = {"target_params": None, "target_macs": None, "params": {"compact": 5},
+           "macs": {"compact": 9}, "target_latency_ms": 2.0, "latency_ms_searched": 2.5}
+    assert "ran in 2.5 ms, over the target 2 ms" in over_budget(rep)[0]

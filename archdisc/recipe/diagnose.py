@@ -48,6 +48,22 @@ def warnings(alive0: dict, history: list[dict], widths: dict, config, metric: st
     return out
 
 
+def over_budget(report: dict) -> list[str]:
+    """A line when the compact model is over the target the run was given (widths tied by
+    residual sums, or per-layer limits, can keep the cut from reaching it)."""
+    for m in ("params", "macs"):
+        target, got = report.get(f"target_{m}"), report[m]["compact"]
+        if target and got > target:
+            return [f"the compact model has {got:,} {m}, {got / target:.2f}x the target "
+                    f"{target:,}: the cut could not reach it (units tied across layers, e.g. "
+                    f"by residual sums, die only together); ask for a larger target"]
+    ms, got = report.get("target_latency_ms"), report.get("latency_ms_searched")
+    if ms and got and got > ms:
+        return [f"the compact model ran in {got:.3g} ms, over the target {ms:g} ms, after "
+                f"the search's last tries; ask for a larger target"]
+    return []
+
+
 @torch.no_grad()
 def fingerprint(net, alive_now: dict, opt) -> list[float]:
     """Numbers that differ between ranks whose parameters, alive units or lam differ."""

@@ -378,7 +378,7 @@ def report(run: Run) -> dict:
     rep["warnings"] = diagnose.warnings(
         run.alive0, [m["alive"] for m in metrics],
         {n: u["supernet"] for n, u in rep["units"].items()}, config, data.metric,
-        run.val["supernet"], data.out_dim)
+        run.val["supernet"], data.out_dim) + diagnose.over_budget(rep)
     for line in rep["warnings"]:
         _log(run, f"warning: {line}")
     rundir.write_report(run.out, rep)
