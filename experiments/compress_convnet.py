@@ -162,9 +162,16 @@ def run_seed(seed, limit, archdisc_opts: dict, methods, name="convnet"):
     return rows
 
 
-def merge(started, tag=""):
+def merge(started, tag="", archdisc_from=None):
+    """The summary of the parts ``s<seed><tag>.json``; with ``archdisc_from``, archdisc's rows
+    come from the parts of that tag instead (a re-run of archdisc alone)."""
     found = read_parts(PARTS, f"s?{tag}.json")
     rows = [r for part in found for r in part["rows"]]
+    if archdisc_from is not None:
+        again = read_parts(PARTS, f"s?{archdisc_from}.json")
+        found += again
+        rows = [r for r in rows if r["method"] != "archdisc"] + \
+            [r for part in again for r in part["rows"] if r["method"] == "archdisc"]
     cells = {}
     for r in rows:
         cells.setdefault((r.get("frac", 1.0), r["method"]), []).append(r)
@@ -191,12 +198,13 @@ def main():
     p.add_argument("--methods", nargs="+", default=["tp", "scratch", "archdisc"])
     p.add_argument("--model", choices=sorted(MODELS), default="convnet")
     p.add_argument("--tag", default="", help="part file name suffix (a variant's pilot)")
+    p.add_argument("--archdisc-from", help="with --merge: archdisc's rows from this tag")
     p.add_argument("--merge", action="store_true")
     args = p.parse_args()
     set_threads(1)
     started = time.perf_counter()
     if args.merge:
-        print(merge(started, args.tag))
+        print(merge(started, args.tag, args.archdisc_from))
         return
     PARTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:

@@ -67,7 +67,8 @@ class Config:
                                        "weights_only)")
     start: str = _field("auto", "where the search starts: a sparse random init, or the "
                                 "model's weights with every unit alive, cut down to the "
-                                "target (auto: weights when --weights is given)")
+                                "target (auto: weights when --weights is given, or a "
+                                "module to run_discover(model=...))")
     input_shape: str | None = _field(None, "the model's input shape C,H,W (or D); unset: "
                                            "the data's")
     data: str = _field("fashion-mnist", "a dataset name, or a .npz / .csv file or image "
