@@ -178,8 +178,15 @@ def run_seed(seed, archdisc_opts: dict):
 
 def merge(started, tag=""):
     found = read_parts(PARTS, f"s?{tag}.json")
-    rows = [r for part in found for r in part["rows"]]
-    commands = [part["command"] for part in found]
+    return summarise(f"compress{tag}", [r for part in found for r in part["rows"]],
+                     [part["command"] for part in found], started,
+                     "Fashion-MNIST 55k/5k/10k, MLP 784-200-80-10 trained 10 epochs (Adam), then "
+                     "3 epochs per method; 1 CPU thread")
+
+
+def summarise(name, rows, commands, started, notes):
+    """Mean and spread of every (MACs fraction, method) cell of ``rows``, written to
+    results/<name>.json and printed; the file's path."""
     cells = {}
     for r in rows:
         cells.setdefault((r.get("frac", 1.0), r["method"]), []).append(r)
@@ -187,11 +194,8 @@ def merge(started, tag=""):
                 "macs": mean_std([r["macs"] for r in rs]), "seeds": [r["seed"] for r in rs],
                 "widths": [r.get("widths") for r in rs]}
                for (frac, m), rs in sorted(cells.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
-    path = write_results(f"compress{tag}", {"summary": summary, "runs": rows,
-                                      "part_commands": commands},
-                         seeds=sorted({r["seed"] for r in rows}), started=started,
-                         notes="Fashion-MNIST 55k/5k/10k, MLP 784-200-80-10 trained 10 epochs "
-                               "(Adam), then 3 epochs per method; 1 CPU thread")
+    path = write_results(name, {"summary": summary, "runs": rows, "part_commands": commands},
+                         seeds=sorted({r["seed"] for r in rows}), started=started, notes=notes)
     for s in summary:
         print(f"{s['frac']:>5} {s['method']:<12} test {s['test']['mean']:.2f} ± "
               f"{s['test']['std']:.2f}  MACs {s['macs']['mean']:.3f} (n={s['test']['n']})")

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, acc, atomic_write_text, fit, mean_std, read_parts,  # noqa: E402
-                    set_threads, workdir, write_results)
-from compress import BATCH, DENSE_EPOCHS, EPOCHS, FRACS, finetune  # noqa: E402
+from common import (RESULTS, acc, atomic_write_text, fit, read_parts,  # noqa: E402
+                    set_threads, workdir)
+from compress import BATCH, DENSE_EPOCHS, EPOCHS, FRACS, finetune, summarise  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -172,22 +172,9 @@ def merge(started, tag="", archdisc_from=None):
         found += again
         rows = [r for r in rows if r["method"] != "archdisc"] + \
             [r for part in again for r in part["rows"] if r["method"] == "archdisc"]
-    cells = {}
-    for r in rows:
-        cells.setdefault((r.get("frac", 1.0), r["method"]), []).append(r)
-    summary = [{"frac": frac, "method": m, "test": mean_std([r["test"] for r in rs]),
-                "macs": mean_std([r["macs"] for r in rs]), "seeds": [r["seed"] for r in rs],
-                "widths": [r.get("widths") for r in rs]}
-               for (frac, m), rs in sorted(cells.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
-    path = write_results(f"compress_convnet{tag}", {"summary": summary, "runs": rows,
-                                              "part_commands": [p["command"] for p in found]},
-                         seeds=sorted({r["seed"] for r in rows}), started=started,
-                         notes="Fashion-MNIST, ConvNet 64-64-128 trained 10 epochs (Adam), then "
-                               "3 epochs per method; 1 CPU thread")
-    for s in summary:
-        print(f"{s['frac']:>5} {s['method']:<10} test {s['test']['mean']:.2f} ± "
-              f"{s['test']['std']:.2f}  MACs {s['macs']['mean']:.3f} (n={s['test']['n']})")
-    return path
+    return summarise(f"compress_convnet{tag}", rows, [p["command"] for p in found], started,
+                     "Fashion-MNIST, ConvNet 64-64-128 trained 10 epochs (Adam), then 3 epochs "
+                     "per method; 1 CPU thread")
 
 
 def main():
