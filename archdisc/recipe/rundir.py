@@ -202,7 +202,7 @@ def _start_vs_compact(report: dict) -> list[str]:
             ({"onnx": "onnxruntime"}.get(f, f), {"compact": t})
             for f, t in lat.get("export", {}).items()]:
         for i, b in enumerate(lat["batches"]):
-            rows.append((f"{fmt} ms, batch {b}", times.get("start", [None] * 9)[i],
+            rows.append((f"{fmt} ms, batch {b}", times.get("start", [None] * len(lat["batches"]))[i],
                          times["compact"][i]))
     out = ["## Start vs compact", "", f"Latency: median on CPU, {lat['threads']} thread(s); "
            f"the start's is its architecture's, the supernet's. TorchScript and onnxruntime "
