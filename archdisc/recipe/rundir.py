@@ -201,8 +201,9 @@ def _start_vs_compact(report: dict) -> list[str]:
     for fmt, times in [("eager", lat["eager"])] + [
             ({"onnx": "onnxruntime"}.get(f, f), {"compact": t})
             for f, t in lat.get("export", {}).items()]:
+        start = times.get("start")
         for i, b in enumerate(lat["batches"]):
-            rows.append((f"{fmt} ms, batch {b}", times.get("start", [None] * len(lat["batches"]))[i],
+            rows.append((f"{fmt} ms, batch {b}", start[i] if start else None,
                          times["compact"][i]))
     out = ["## Start vs compact", "", f"Latency: median on CPU, {lat['threads']} thread(s); "
            f"the start's is its architecture's, the supernet's. TorchScript and onnxruntime "
