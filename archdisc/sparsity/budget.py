@@ -77,28 +77,30 @@ def limits_of(config, net) -> dict:
     return {"round_to": config.round_to, "min_units": {n: m for n, m in mins.items() if m}}
 
 
-def unit_cost(graph, n: dict, measure: str) -> dict:
-    """For ``group_weight = "cost"``: the size (``measure``) one unit of each node in ``n``
+def unit_cost(graph, n: dict, measure: str, nodes: dict | None = None) -> dict:
+    """For ``group_weight = "cost"``: the size (``measure``) one unit of each group in ``n``
     costs (its own weights and what its readers spend on it: the drop in size when the
-    node is one unit narrower), scaled so that the unit-weighted mean equals that of
-    sqrt(n), the regularizer's own weight. A node whose width is tied to others (a
-    residual sum) costs sqrt(n)."""
+    group's ``nodes`` (default: the node named like it; a coupled space's layers and adds)
+    are one unit narrower), scaled so that the unit-weighted mean equals that of sqrt(n),
+    the regularizer's own weight. A group whose width is tied to other layers costs sqrt(n)."""
     count = count_macs if measure == "macs" else count_params
+    nodes = {name: (nodes or {}).get(name, [name]) for name in n}
     full, cost = count(graph), {}
-    for node in n:
+    for name, narrow in nodes.items():
         g = copy.deepcopy(graph)
-        g.nodes[node]["units"] -= 1
+        for node in narrow:
+            g.nodes[node]["units"] -= 1
         try:
-            cost[node] = full - count(g)
+            cost[name] = full - count(g)
         except (ValueError, KeyError):
-            cost[node] = None
-    units = {node: graph.nodes[node]["units"] for node in n}
+            cost[name] = None
+    units = {name: graph.nodes[narrow[0]]["units"] for name, narrow in nodes.items()}
     known = [x for x in cost if cost[x]]
     if not known:
-        return {node: math.sqrt(k) for node, k in n.items()}
+        return {name: math.sqrt(k) for name, k in n.items()}
     scale = (sum(units[x] * math.sqrt(n[x]) for x in known)
              / sum(units[x] * cost[x] for x in known))
-    return {node: cost[node] * scale if cost[node] else math.sqrt(n[node]) for node in n}
+    return {name: cost[name] * scale if cost[name] else math.sqrt(n[name]) for name in n}
 
 
 def keep_names(config) -> list[str]:
@@ -192,7 +194,8 @@ class LamControl:
         if self.gw == "auto":
             self.gw = "cost" if anchor and self.target and self.measure == "macs" else "sqrt_n"
         if self.gw == "cost":
-            self.cost = unit_cost(net.graph, self.n, self.measure)
+            self.cost = unit_cost(net.graph, self.n, self.measure,
+                                  {g["name"]: g["nodes"] for g in self.groups if "nodes" in g})
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
                            or self.keep or self.gw != "sqrt_n")
 
@@ -205,7 +208,7 @@ class LamControl:
 
     def weight(self, g) -> float:
         name = g.get("name")
-        if g.get("kind") != "unit" or name not in self.full_fan or self.gw == "sqrt_n":
+        if g.get("kind") != "unit" or name not in self.n or self.gw == "sqrt_n":
             return 1.0
         if self.gw == "one":  # cancel the regularizer's own weight sqrt(n)
             return 1.0 / math.sqrt(self.n[name])
@@ -226,7 +229,8 @@ class LamControl:
         if self.config.group_weight == "sqrt_alive":
             # sqrt(n_alive / n): n_alive counts only the fan-in that is still alive
             self.weights = {n: math.sqrt((self.n[n] - self.full_fan[n] + (
-                fan[n] if fan[n] is not None else self.full_fan[n])) / self.n[n]) for n in fan}
+                fan[n] if fan[n] is not None else self.full_fan[n])) / self.n[n])
+                for n in fan if n in self.n}  # (not the coupled spaces: weight 1)
         target = self.target_at(step if step is not None else 10 ** 12) if self.target else 0
         if self.target and P > target:
             P = self.settle(net, target)
@@ -242,7 +246,7 @@ class LamControl:
         """Write lam into the optimizer for global ``step`` (1-based)."""
         ramp = self.ramp(step)
         for g in self.groups:
-            layer = 0.0 if g.get("name") in self.keep else \
+            layer = 0.0 if self.keep.intersection(g.get("nodes", [g.get("name")])) else \
                 self.config.lam_layers.get(g.get("name"), 1.0)
             g["reg"].lam = self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
 

@@ -9,6 +9,11 @@
   (zero-invariant). The BatchNorm scale stays outside the group: at 1 it lets a zero
   filter still receive gradient through the normalisation, so Bregman iterations can
   switch the channel on.
+* A **coupled group** joins the unit groups of the layers whose unit *i* lands on position
+  *i* of the same residual ``add`` (the stem and every block's last conv of a ResNet
+  stage): the residual stream's channel *i* is zero, and extraction removes it, only when
+  all of them are zero, so they are regularized as one group (:func:`coupled`). Gated
+  edges into an add (candidate skips) do not couple: there the search chooses each width.
 * An **edge group** is the gate of a candidate edge.
 
 :func:`param_groups` turns these into optimizer param groups, each carrying its
@@ -32,13 +37,19 @@ MODES = ("unit", "kernel", "element")
 
 def unit_members(net: ArchNet) -> dict[str, list[str]]:
     """Searchable node -> names (in ``net.named_parameters()``) of its unit group's tensors."""
-    g, members, params = net.graph, {}, dict(net.named_parameters())
+    return {n: names for n, (names, _) in _chains(net).items()}
+
+
+def _chains(net: ArchNet) -> dict[str, tuple[list[str], list[str]]]:
+    """Searchable node -> (its unit group's tensors, the nodes whose unit i is exactly zero
+    when the group's unit i is: the node and the per-channel ops after it)."""
+    g, out, params = net.graph, {}, dict(net.named_parameters())
     for n in g.order():
         a = g.nodes[n]
         if OPS[a["op"]].kind != "layer" or not a["searchable"]:
             continue
         names = [f"layers.{n}.weight"] + ([f"layers.{n}.bias"] if a["bias"] else [])
-        cur = n
+        cur, zero = n, [n]
         while g.out_degree(cur) == 1:  # the per-channel ops reading only this unit
             nxt = next(iter(g.successors(cur)))
             spec = OPS[g.nodes[nxt]["op"]]
@@ -49,15 +60,55 @@ def unit_members(net: ArchNet) -> dict[str, list[str]]:
             if not spec.keeps_zero(g.nodes[nxt]):
                 break
             cur = nxt
-        members[n] = names
-    return members
+            zero.append(cur)
+        out[n] = (names, zero)
+    return out
+
+
+def coupled(net: ArchNet) -> list[list[str]]:
+    """The coupled unit spaces: lists (in graph order) of the searchable layers and ``add``
+    nodes whose unit i is one channel of a residual stream. An add couples its inputs when
+    each is ungated, unremapped (no ``index``) and zero exactly when a searchable layer's
+    unit group, or another coupled add, is zero (through parameter-free, zero-keeping ops
+    such as ReLU or max-pooling)."""
+    g, params = net.graph, {k.split(".")[1] for k, _ in net.named_parameters()
+                            if k.startswith("layers.")}
+    owner, root, linked = {}, {}, set()
+
+    def find(x):
+        while root.get(x, x) != x:
+            x = root[x]
+        return x
+
+    for n, (_, zero) in _chains(net).items():
+        owner.update({z: n for z in zero})
+    for n in g.order():
+        a, ins = g.nodes[n], g.inputs(n)
+        if a["op"] == "add" and all(s in owner and g.edges[s, n]["gate"] is None
+                                    and g.edges[s, n]["index"] is None for s in ins):
+            owner[n] = n
+            linked.add(n)
+            for s in ins:
+                linked.add(owner[s])
+                root[find(owner[s])] = find(n)
+        elif (n not in owner and len(ins) == 1 and ins[0] in owner and n not in params
+              and OPS[a["op"]].kind == "channelwise" and OPS[a["op"]].keeps_zero(a)
+              and g.edges[ins[0], n]["gate"] is None):
+            owner[n] = owner[ins[0]]
+    spaces = {}
+    for n in g.order():
+        if n in linked:
+            spaces.setdefault(find(n), []).append(n)
+    return [s for s in spaces.values() if sum(g.nodes[x]["op"] != "add" for x in s) > 1]
 
 
 def param_groups(net: ArchNet, lam: float = 0.1, lam_edge: float | None = None,
                  mode: str = "unit") -> list[dict]:
     """Optimizer param groups for ``net``.
 
-    ``mode`` ``"unit"``: one GroupL2(lam) group per searchable node (neurons / channels);
+    ``mode`` ``"unit"``: one GroupL2(lam) group per searchable node (neurons / channels),
+    or per coupled space (:func:`coupled`; named by its layers joined with ``+``; its
+    ``nodes`` also list the space's adds);
     ``"kernel"``: conv weights under KernelL2(lam) (each (out, in) kernel), linear
     nodes still by unit; ``"element"``: plain L1(lam) on searchable weights.
     Gates of candidate edges get TensorL2(lam_edge) (default: ``lam``).
@@ -70,16 +121,22 @@ def param_groups(net: ArchNet, lam: float = 0.1, lam_edge: float | None = None,
             raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     lam_edge = lam if lam_edge is None else lam_edge
     params = dict(net.named_parameters())
-    taken, groups = set(), []
-    for n, names in unit_members(net).items():
+    members, taken, groups = unit_members(net), set(), []
+    spaces = {n: s for s in coupled(net) for n in s}
+    for n, names in members.items():
+        if n in taken:
+            continue
         if mode == "unit" or (mode == "kernel" and params[names[0]].dim() != 4):
+            nodes = spaces.get(n, [n]) if mode == "unit" else [n]
+            layers = [x for x in nodes if x in members]
+            names = [p for x in layers for p in members[x]]
             groups.append({"params": [params[p] for p in names], "reg": GroupL2(lam),
-                           "name": n, "kind": "unit"})
-            taken.update(names)
+                           "name": "+".join(layers), "nodes": nodes, "kind": "unit"})
+            taken.update(names + layers)
         else:
             reg = KernelL2(lam) if mode == "kernel" else L1(lam)
             groups.append({"params": [params[names[0]]], "reg": reg, "name": n,
-                           "kind": mode})
+                           "nodes": [n], "kind": mode})
             taken.add(names[0])
     gates = [p for k, p in params.items() if k.startswith("gates.")]
     if gates:
@@ -100,7 +157,8 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
     Searchable nodes keep each unit (``mode="unit"``), conv kernel (``"kernel"``) or
     weight element (``"element"``) with probability ``density``; survivors keep the
     Kaiming variance. Dead units get zero bias and zero BatchNorm affine entries, so
-    they output exactly zero. Gates start at ``gate_init`` (0: every candidate edge off).
+    they output exactly zero. The layers of a coupled space (unit mode) share one mask.
+    Gates start at ``gate_init`` (0: every candidate edge off).
     """
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r}: choose one of {MODES}")
@@ -115,11 +173,15 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
     if not isinstance(seed, Integral) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an int, got {seed!r}")
     gen = torch.Generator().manual_seed(seed)
-    params = dict(net.named_parameters())
+    params, masks = dict(net.named_parameters()), {}
+    space = {n: s[0] for s in coupled(net) for n in s} if mode == "unit" else {}
     for n, names in unit_members(net).items():
         w = params[names[0]]
         kind = "unit" if mode == "unit" or (mode == "kernel" and w.dim() != 4) else mode
-        keep = sparse_init_(w, density, mode=kind, damping=damping, generator=gen)
+        keep = sparse_init_(w, density, mode=kind, damping=damping, generator=gen,
+                            mask=masks.get(space.get(n)))
+        if n in space:
+            masks[space[n]] = keep
         alive = keep if kind == "unit" else w.reshape(w.shape[0], -1).ne(0).any(1)
         fan_in = math.prod(w.shape[1:])
         if f"layers.{n}.bias" in params:

@@ -26,7 +26,7 @@ _MODES = ("element", "unit", "kernel")
 @torch.no_grad()
 def sparse_init_(weight: Tensor, density: float, mode: str = "element",
                  damping: float = 1.0, generator: torch.Generator | None = None,
-                 fan_in: int | None = None) -> Tensor:
+                 fan_in: int | None = None, mask: Tensor | None = None) -> Tensor:
     """Sparse Kaiming initialisation of ``weight``, in place.
 
     Args:
@@ -39,6 +39,8 @@ def sparse_init_(weight: Tensor, density: float, mode: str = "element",
         damping: factor on the standard deviation (> 0).
         generator: random generator (on the weight's device) for reproducibility.
         fan_in: overrides ``prod(weight.shape[1:])``.
+        mask: the keep mask to use (its shape as returned below) instead of drawing one,
+            so that tensors whose units live and die together share it.
 
     At least one element / unit / kernel survives. Survivors are N(0, std^2) with
     ``std = damping * sqrt(2 / (density * fan_in))``, the rest are exactly 0.
@@ -74,7 +76,13 @@ def sparse_init_(weight: Tensor, density: float, mode: str = "element",
                               f"shape {tuple(weight.shape)}; use mode='unit' or 'element'")
         mask_shape = tuple(weight.shape[:2])
 
-    mask = torch.rand(mask_shape, generator=generator, device=weight.device) < density
+    if mask is not None:
+        if mask.dtype != torch.bool or tuple(mask.shape) != mask_shape:
+            raise ConfigError(f"mask must be a bool tensor of shape {mask_shape}, got "
+                              f"{mask.dtype} {tuple(mask.shape)}")
+        mask = mask.to(weight.device)
+    else:
+        mask = torch.rand(mask_shape, generator=generator, device=weight.device) < density
     if mask.numel() and not mask.any():  # keep at least one
         i = torch.randint(mask.numel(), (1,), generator=generator, device=weight.device)
         mask.view(-1)[i] = True
