@@ -28,9 +28,9 @@ import torch
 
 from archdisc.errors import ConfigError
 from archdisc.graph.compile import ArchNet
-from archdisc.sparsity.init import bias_init_, sparse_init_
 from archdisc.graph.ops import OPS
 from archdisc.optim import L1, GroupL2, KernelL2, TensorL2
+from archdisc.sparsity.init import bias_init_, sparse_init_
 
 MODES = ("unit", "kernel", "element")
 
