@@ -79,8 +79,8 @@ def test_a_module_instance_keeps_its_weights(tmp_path, trained):
 
 
 @pytest.mark.parametrize("target, weight, lost", [
-    (0.5, "sqrt_n", 6), (0.25, "sqrt_n", 9),  # measured: -0.6 / -5.6 to -7.2 (ties)
-    (0.25, "auto", 14)])  # cost: -10 measured here (_0 cut to 6 units; the teacher has 8)
+    (0.5, "auto", 6), (0.25, "auto", 9),  # one (relative norms): -0.6 / -7.0 measured
+    (0.25, "cost", 14)])  # -10 measured here (_0 cut to 6 units; the teacher has 8)
 def test_a_macs_target_from_trained_weights_is_met_without_collapse(tmp_path, trained, target,
                                                                    weight, lost):
     folder, acc = trained

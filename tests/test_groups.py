@@ -6,7 +6,7 @@ from torch import nn
 from archdisc import extract, from_module
 from archdisc.graph.compile import compile_graph
 from archdisc.spaces import build_space
-from archdisc.sparsity.groups import alive, coupled, param_groups, sparse_init
+from archdisc.sparsity.groups import alive, clear_dead_means, coupled, param_groups, sparse_init
 
 
 def _layers(space):
@@ -68,3 +68,30 @@ def test_a_dead_coupled_channel_leaves_an_imported_resnet18_exactly():
     assert torch.allclose(compact(x), net(x), atol=1e-4, rtol=1e-4)
     assert sum(p.numel() for p in compact.parameters()) < \
         sum(p.numel() for p in net.parameters())
+
+
+def test_a_unit_that_dies_after_training_has_its_stale_batchnorm_mean_cleared():
+    """A channel killed in a trained net keeps its BatchNorm running mean, so in evaluation
+    it is a constant that extraction must keep; clear_dead_means zeroes that mean (the batch
+    mean the dead channel sees in training: the training function is unchanged) and the
+    channel leaves the compact model, whose function equals the supernet's."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                      nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(8 * 36, 4))
+    x = torch.randn(16, 3, 6, 6)
+    m[1].running_mean.uniform_(-1.0, -0.1)  # trained-looking, negative: after the ReLU the
+    net = from_module(m.eval(), x)          # constant of a dead channel is positive
+    dead = torch.tensor([1, 4, 9])
+    group = next(g for g in param_groups(net) if g["name"] == "_0")
+    with torch.no_grad():
+        for p in group["params"]:
+            p[dead] = 0
+    assert extract(net.eval(), inputs=x)[0].nodes["_0"]["units"] == 16  # kept as constants
+    before = net.train()(x)
+    clear_dead_means(net)
+    assert torch.equal(net(x), before)  # training mode: batch statistics, unchanged
+    assert torch.count_nonzero(net.layers["_1"].running_mean) == 13
+    graph, compact = extract(net.eval(), inputs=x)
+    assert graph.nodes["_0"]["units"] == 13
+    assert torch.allclose(compact(x), net(x), atol=1e-5, rtol=1e-5)

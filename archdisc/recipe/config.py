@@ -135,8 +135,8 @@ class Config:
                                      "element", expert=True)
     group_weight: str = _field("auto", "unit group weight: sqrt_n (sqrt(fan-in)) | one | "
                                        "sqrt_alive (alive fan-in) | cost (what a unit costs "
-                                       "in the budget's measure) | auto (cost from weights "
-                                       "under a MACs / latency budget, else sqrt_n)", expert=True)
+                                       "in the budget's measure) | auto (one from trained "
+                                       "weights, else sqrt_n)", expert=True)
     delta: float = _field(1.0, "Bregman / prox step scale (adabreg, linbreg)", expert=True)
     momentum: float = _field(0.9, "momentum of linbreg, proxsgd, sgd (adam / adabreg: betas)",
                              expert=True)

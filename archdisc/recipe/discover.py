@@ -43,7 +43,7 @@ from archdisc.recipe.select import shrink_select
 from archdisc.recipe.setup import (SearchState, load_dataset, load_supernet, resolve_device,
                                    start_search)
 from archdisc.sparsity.budget import limits_of, measure_of, target_of
-from archdisc.sparsity.groups import alive
+from archdisc.sparsity.groups import alive, clear_dead_means
 
 __all__ = ["run_discover", "setup", "search", "extract_compact", "select_compact",
            "finetune_compact", "report", "Run"]
@@ -232,6 +232,7 @@ def _end_epoch(run: Run, s: SearchState, epoch, loss, lr, a: dict, t0: float) ->
     """Score the epoch on validation, append its record to metrics.jsonl and write the
     checkpoint; returns the record."""
     net, opt, control = s.net, s.opt, s.control
+    clear_dead_means(net)
     val = evaluate(net, run.data.val, run.data.metric, 1024, run.device,
                    run.config.loader_workers)
     run.train_seconds += time.perf_counter() - t0

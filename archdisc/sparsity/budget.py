@@ -15,7 +15,7 @@ import torch
 from archdisc.errors import ConfigError
 from archdisc.extract import extract, extract_graph
 from archdisc.graph.archgraph import count_macs, count_params
-from archdisc.sparsity.groups import unit_members
+from archdisc.sparsity.groups import clear_dead_means, unit_members
 
 LATENCY_TRIES = 5  # settles after the search's last, to bring the measured latency in
 
@@ -103,6 +103,17 @@ def unit_cost(graph, n: dict, measure: str, nodes: dict | None = None) -> dict:
     return {name: cost[name] * scale if cost[name] else math.sqrt(n[name]) for name in n}
 
 
+@torch.no_grad()
+def _norm_scale(groups) -> dict:
+    """Each unit group's mean unit norm over the mean of all units' norms."""
+    norms = {g["name"]: torch.cat([n.flatten() for n, _, _ in g["reg"]._norms(g["params"])])
+             for g in groups if g.get("kind") == "unit" and hasattr(g["reg"], "_norms")}
+    every = torch.cat(list(norms.values())) if norms else None
+    if every is None or not every.mean() > 0:
+        return {}
+    return {name: float(n.mean() / every.mean()) or 1.0 for name, n in norms.items()}
+
+
 def keep_names(config) -> list[str]:
     """The layers of ``config.keep``."""
     return [k.strip() for k in (config.keep or "").split(",") if k.strip()]
@@ -123,6 +134,7 @@ def _all_dead(net):
     for name, p in net.named_parameters():
         if name in names or name.startswith("gates."):
             p.zero_()
+    clear_dead_means(net)
     return net
 
 
@@ -130,7 +142,9 @@ def _all_dead(net):
 def compact_params(net, measure: str = "params", limits: dict | None = None) -> tuple[int, dict]:
     """Parameter count (or MACs) of the compact model that extraction would build now
     (exact; read from the extracted graph, no module is compiled; ``limits``: see
-    :func:`limits_of`), and each searchable node's alive fan-in there (None: removed)."""
+    :func:`limits_of`), and each searchable node's alive fan-in there (None: removed).
+    Dead units' stale BatchNorm means are zeroed first (:func:`clear_dead_means`)."""
+    clear_dead_means(net)
     graph, state = extract_graph(net, **(limits or {}))
     fan_in = {n: (math.prod(state[f"layers.{n}.weight"].shape[1:])
                   if f"layers.{n}.weight" in state else None) for n in unit_members(net)}
@@ -146,8 +160,10 @@ class LamControl:
     the unit group weight sqrt(n) of the regularizer to 1 (``group_weight="one"``), to
     sqrt(n_alive), n_alive counting only the alive fan-in (``"sqrt_alive"``, refreshed at
     each look), or to what the unit costs in the budget's measure (``"cost"``,
-    :func:`unit_cost`; ``"auto"``: cost from trained weights under a MACs or latency
-    budget, else sqrt(n); RESULTS.md section 13). With a budget (``target_params`` /
+    :func:`unit_cost`; ``"auto"``: 1 from trained weights, else sqrt(n); RESULTS.md
+    section 13). From trained weights every unit group's weight is also scaled by its
+    mean unit norm at the start, so a unit is cut for being weak within its own layer
+    (BatchNorm leaves a conv's scale free: raw norms do not compare across layers). With a budget (``target_params`` /
     ``target_density`` / ``target_macs`` / ``target_latency_ms``) the controller looks
     every ``control_every`` steps at the size P (parameters or MACs) of the compact model
     and multiplies ``mult`` by max(0.8, sqrt(P / target)) while P < (1 - target_tol)
@@ -192,12 +208,15 @@ class LamControl:
         self.mult, self.weights = 1.0, {}
         self.gw = config.group_weight
         if self.gw == "auto":
-            self.gw = "cost" if anchor and self.target and self.measure == "macs" else "sqrt_n"
+            self.gw = "one" if anchor else "sqrt_n"
         if self.gw == "cost":
             self.cost = unit_cost(net.graph, self.n, self.measure,
                                   {g["name"]: g["nodes"] for g in self.groups if "nodes" in g})
+        # from trained weights, each group's lam scales with its mean unit norm at the start:
+        # units are ranked against their own layer's (BatchNorm leaves a conv's scale free)
+        self.scale = _norm_scale(self.groups) if anchor else {}
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
-                           or self.keep or self.gw != "sqrt_n")
+                           or self.keep or self.gw != "sqrt_n" or self.scale)
 
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights}
@@ -208,13 +227,14 @@ class LamControl:
 
     def weight(self, g) -> float:
         name = g.get("name")
-        if g.get("kind") != "unit" or name not in self.n or self.gw == "sqrt_n":
+        if g.get("kind") != "unit" or name not in self.n:
             return 1.0
+        scale = self.scale.get(name, 1.0)
         if self.gw == "one":  # cancel the regularizer's own weight sqrt(n)
-            return 1.0 / math.sqrt(self.n[name])
+            return scale / math.sqrt(self.n[name])
         if self.gw == "cost":
-            return self.cost[name] / math.sqrt(self.n[name])
-        return self.weights.get(name, 1.0)
+            return scale * self.cost[name] / math.sqrt(self.n[name])
+        return scale * self.weights.get(name, 1.0)
 
     def target_at(self, step: int) -> int:
         """The budget in force at ``step``: the target, or on the way down to it from the
@@ -297,6 +317,7 @@ class LamControl:
         if not target or low <= P <= target or (P < low and not grow):
             return P
         params = [p for g in self.groups for p in g["params"]]
+        params += [b for k, b in net.named_buffers() if k.endswith("running_mean")]
         saved, m0 = [p.clone() for p in params], self.mult
         self.set(10 ** 12)
         lam0 = [g["reg"].lam for g in self.groups]

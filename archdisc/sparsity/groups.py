@@ -6,9 +6,11 @@
   as each maps a zero unit to zero: a normalisation's shift, and in a depthwise block
   (conv -> bn -> act -> dwconv -> bn) the depthwise filter and the second shift too.
   When the whole group is zero the unit outputs exactly zero in training
-  (zero-invariant). The BatchNorm scale stays outside the group: at 1 it lets a zero
-  filter still receive gradient through the normalisation, so Bregman iterations can
-  switch the channel on.
+  (zero-invariant); in evaluation too once its BatchNorm running mean is zero, which
+  :func:`clear_dead_means` sets (a unit that dies after training keeps a stale mean, and
+  extraction would keep it as a constant channel). The BatchNorm scale stays outside the
+  group: at 1 it lets a zero filter still receive gradient through the normalisation, so
+  Bregman iterations can switch the channel on.
 * A **coupled group** joins the unit groups of the layers whose unit *i* lands on position
   *i* of the same residual ``add`` (the stem and every block's last conv of a ResNet
   stage): the residual stream's channel *i* is zero, and extraction removes it, only when
@@ -63,6 +65,22 @@ def _chains(net: ArchNet) -> dict[str, tuple[list[str], list[str]]]:
             zero.append(cur)
         out[n] = (names, zero)
     return out
+
+
+@torch.no_grad()
+def clear_dead_means(net: ArchNet) -> None:
+    """Zero the running mean, in the BatchNorms of its zero chain, of every unit whose unit
+    group is zero: the batch mean such a unit sees in training, so the running mean's own
+    limit; the unit then outputs exactly zero in evaluation too."""
+    params, buffers = dict(net.named_parameters()), dict(net.named_buffers())
+    for names, zero in _chains(net).values():
+        means = [buffers[f"layers.{n}.running_mean"] for n in zero
+                 if f"layers.{n}.running_mean" in buffers]
+        if means:
+            alive = torch.stack([params[p].reshape(len(params[p]), -1).ne(0).any(1)
+                                 for p in names]).any(0)
+            for m in means:
+                m.mul_(alive)
 
 
 def coupled(net: ArchNet) -> list[list[str]]:
