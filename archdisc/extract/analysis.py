@@ -74,7 +74,7 @@ from __future__ import annotations
 import torch
 
 from archdisc.errors import ExtractionError
-from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.archgraph import SCALAR_GATES, ArchGraph
 from archdisc.graph.compile import ArchNet, gate_name
 from archdisc.graph.kinds import kind
 
@@ -206,6 +206,6 @@ class Extractor:
                 gt = self.gate(s, n)
                 if gt is not None:
                     state[f"gates.{gate_name(s, n)}"] = \
-                        gt.clone() if g.edges[s, n]["gate"] == "scalar" else gt[keep[s]]
+                        gt.clone() if g.edges[s, n]["gate"] in SCALAR_GATES else gt[keep[s]]
         mapping = {n: (n, k) for n, k in keep.items()}
         return g, state, mapping

@@ -9,9 +9,11 @@ ops that *define* a width store it (``input.shape``, ``linear.units``, ``conv2d.
 Edges carry how an input is consumed:
 
 * ``slot``: the position of this input among the consumer's inputs (concat order);
-* ``gate``: ``None``, ``"scalar"`` or ``"channel"``. A gated edge is a *candidate*
-  connection: its source is multiplied by a learnable gate, and the search may
-  switch it off;
+* ``gate``: ``None``, ``"scalar"``, ``"channel"`` or ``"block"``. A gated edge is a
+  *candidate* connection: its source is multiplied by a learnable gate, and the search
+  may switch it off. A ``"block"`` gate is a scalar gate on a residual branch (the
+  add's other input is the branch's own input, :func:`gate_blocks`): when it dies the
+  block is removed whole, and it leaves the residual channels coupled;
 * ``index``: only on edges into an ``add``: the positions of the add's unit space that
   the source's units fill (``None`` means all of them, in order). Tensors summed by an
   ``add`` therefore share one explicit index space, and a member may cover only part
@@ -33,7 +35,8 @@ from archdisc.io import atomic_write_text
 from archdisc.graph.ops import OPS, REQUIRED
 
 SCHEMA_VERSION = 1
-GATES = (None, "scalar", "channel")
+GATES = (None, "scalar", "channel", "block")
+SCALAR_GATES = ("scalar", "block")
 EDGE_ATTRS = {"slot": 0, "gate": None, "index": None}
 
 
@@ -298,11 +301,29 @@ def _per_node(g: ArchGraph, count: str) -> tuple[dict, int]:
     return shapes, total
 
 
+def gate_blocks(g: ArchGraph) -> list[tuple[str, str]]:
+    """Put a ``"block"`` gate on the branch of every residual block of ``g``: an ``add`` of
+    two plain inputs one of which (the identity) is an ancestor of the other (the branch's
+    last node), as in ``x + f(x)``. Returns the gated (branch, add) edges."""
+    gated = []
+    for n in g.order():
+        ins = g.inputs(n)
+        if g.nodes[n]["op"] != "add" or len(ins) != 2 or any(
+                g.edges[s, n]["gate"] or g.edges[s, n]["index"] is not None for s in ins):
+            continue
+        a, b = ins
+        branch = b if nx.has_path(g, a, b) else a if nx.has_path(g, b, a) else None
+        if branch is not None:
+            g.edges[branch, n]["gate"] = "block"
+            gated.append((branch, n))
+    return gated
+
+
 def count_params(g: ArchGraph) -> int:
     """Number of parameters of the model compiled from ``g`` (weights, biases, BN, gates)."""
     shapes, total = _per_node(g, "params")
     for u, v in g.candidate_edges():
-        total += 1 if g.edges[u, v]["gate"] == "scalar" else shapes[u][0]
+        total += 1 if g.edges[u, v]["gate"] in SCALAR_GATES else shapes[u][0]
     return total
 
 

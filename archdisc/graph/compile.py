@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.archgraph import SCALAR_GATES, ArchGraph
 from archdisc.graph.kinds import KINDS
 from archdisc.graph.ops import OPS
 
@@ -43,7 +43,7 @@ class ArchNet(nn.Module):
                 key = None
                 if e["gate"] is not None:
                     key = gate_name(src, n)
-                    size = 1 if e["gate"] == "scalar" else shapes[src][0]
+                    size = 1 if e["gate"] in SCALAR_GATES else shapes[src][0]
                     self.gates[key] = nn.Parameter(torch.ones(size))
                 if e["index"] is not None:
                     # gather map: unit k of the add reads channel pos[k] of the member,

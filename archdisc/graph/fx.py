@@ -9,22 +9,24 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from archdisc.errors import ModelImportError
-from archdisc.graph.archgraph import ArchGraph
-from archdisc.graph.compile import ArchNet, compile_graph
+from archdisc.graph.archgraph import ArchGraph, gate_blocks
+from archdisc.graph.compile import ArchNet, compile_graph, gate_name
 from archdisc.graph.importer import Importer
 
 __all__ = ["from_module"]
 
 
 def from_module(module: nn.Module, example_input: torch.Tensor, *,
-                searchable=None, atol: float = 1e-5) -> ArchNet:
+                searchable=None, depth: bool = False, atol: float = 1e-5) -> ArchNet:
     """The ArchNet computing ``module``'s function, with its weights.
 
     ``example_input`` is one batch (N, ...). ``searchable`` names the linear / conv
     submodules (by their qualified name, e.g. ``"layer1.0.conv1"``) whose units the search
     may switch off; default: all of them except those producing the model's output and
     grouped convs (their units are kept all or none). A depthwise conv is not a searchable
-    layer: its channels follow the layer feeding it.
+    layer: its channels follow the layer feeding it. ``depth``: a scalar gate (at 1) on the
+    branch of every residual block ``x + f(x)`` (:func:`~archdisc.graph.archgraph.gate_blocks`),
+    so that the search can remove blocks whole.
     Raises ModelImportError for an op that is not supported (naming the node) or a module
     torch.fx cannot trace."""
     try:
@@ -48,6 +50,8 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     chosen = _searchable(g, layer_of, searchable)
     for n, qualname in layer_of.items():
         g.nodes[n]["searchable"] = qualname in chosen
+    for s, d in gate_blocks(g) if depth else ():
+        weights[f"gates.{gate_name(s, d)}"] = torch.ones(1)
     net = compile_graph(g.validate(), weights)
     net.eval()
     with torch.no_grad():

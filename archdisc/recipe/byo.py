@@ -149,7 +149,7 @@ def model_net(config: Config, data, module=None):
         _load_weights(module, config)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(config.seed))
     try:
-        net = from_module(module, example)
+        net = from_module(module, example, depth=config.depth)
     except ArchdiscError as e:
         raise ConfigError(f"config field 'model': {spec}: {e}") from None
     graph = net.graph

@@ -69,6 +69,8 @@ class Config:
                                 "model's weights with every unit alive, cut down to the "
                                 "target (auto: weights when --weights is given, or a "
                                 "module to run_discover(model=...))")
+    depth: bool = _field(False, "a gate on each residual block x + f(x) of the model, so "
+                                "that the search can remove blocks whole")
     input_shape: str | None = _field(None, "the model's input shape C,H,W (or D); unset: "
                                            "the data's")
     data: str = _field("fashion-mnist", "a dataset name, or a .npz / .csv file or image "
@@ -277,9 +279,10 @@ def _with_model(c: Config) -> Config:
 
 def _check_space(c: Config):
     """A registered space or an existing graph file, and no model fields without a model."""
-    if c.model_options or c.input_shape is not None:
-        raise ConfigError("config field 'model_options' / 'input_shape': they belong to "
-                          "'model' (--model package.module:callable), which is not set")
+    if c.model_options or c.input_shape is not None or c.depth:
+        raise ConfigError("config field 'model_options' / 'input_shape' / 'depth': they "
+                          "belong to 'model' (--model package.module:callable), which is "
+                          "not set")
     if not is_graph_file(c.space):
         if c.space not in spaces():
             raise ConfigError(f"config field 'space': unknown search space {c.space!r}; "

@@ -15,7 +15,8 @@
   *i* of the same residual ``add`` (the stem and every block's last conv of a ResNet
   stage): the residual stream's channel *i* is zero, and extraction removes it, only when
   all of them are zero, so they are regularized as one group (:func:`coupled`). Gated
-  edges into an add (candidate skips) do not couple: there the search chooses each width.
+  edges into an add (candidate skips) do not couple: there the search chooses each width;
+  a block gate (on a residual branch, ``from_module(depth=True)``) does.
 * An **edge group** is the gate of a candidate edge.
 
 :func:`param_groups` turns these into optimizer param groups, each carrying its
@@ -29,7 +30,7 @@ from numbers import Integral, Real
 import torch
 
 from archdisc.errors import ConfigError
-from archdisc.graph.compile import ArchNet
+from archdisc.graph.compile import ArchNet, gate_name
 from archdisc.graph.ops import OPS
 from archdisc.optim import L1, GroupL2, KernelL2, TensorL2
 from archdisc.sparsity.init import bias_init_, sparse_init_
@@ -86,7 +87,7 @@ def clear_dead_means(net: ArchNet) -> None:
 def coupled(net: ArchNet) -> list[list[str]]:
     """The coupled unit spaces: lists (in graph order) of the searchable layers and ``add``
     nodes whose unit i is one channel of a residual stream. An add couples its inputs when
-    each is ungated, unremapped (no ``index``) and zero exactly when a searchable layer's
+    each is ungated (or behind a block gate), unremapped (no ``index``) and zero exactly when a searchable layer's
     unit group, or another coupled add, is zero (through parameter-free, zero-keeping ops
     such as ReLU or max-pooling)."""
     g, params = net.graph, {k.split(".")[1] for k, _ in net.named_parameters()
@@ -102,7 +103,7 @@ def coupled(net: ArchNet) -> list[list[str]]:
         owner.update({z: n for z in zero})
     for n in g.order():
         a, ins = g.nodes[n], g.inputs(n)
-        if a["op"] == "add" and all(s in owner and g.edges[s, n]["gate"] is None
+        if a["op"] == "add" and all(s in owner and g.edges[s, n]["gate"] in (None, "block")
                                     and g.edges[s, n]["index"] is None for s in ins):
             owner[n] = n
             linked.add(n)
@@ -176,7 +177,7 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
     weight element (``"element"``) with probability ``density``; survivors keep the
     Kaiming variance. Dead units get zero bias and zero BatchNorm affine entries, so
     they output exactly zero. The layers of a coupled space (unit mode) share one mask.
-    Gates start at ``gate_init`` (0: every candidate edge off).
+    Gates start at ``gate_init`` (0: every candidate edge off), block gates at 1.
     """
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r}: choose one of {MODES}")
@@ -211,9 +212,12 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
                 params[p].zero_()     # outputs exactly 0
             else:                     # a depthwise filter: zero for the dead channels
                 params[p][~alive] = 0
+    g = net.graph
+    blocks = {f"gates.{gate_name(u, v)}" for u, v in g.candidate_edges()
+              if g.edges[u, v]["gate"] == "block"}
     for k, p in params.items():
         if k.startswith("gates."):
-            p.fill_(gate_init)
+            p.fill_(1.0 if k in blocks else gate_init)
     return net
 
 

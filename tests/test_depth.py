@@ -1,0 +1,65 @@
+"""Depth for imported models: from_module(depth=True) gates every residual block x + f(x);
+a dead gate removes the block whole, the function unchanged."""
+import pytest
+import torch
+import torchvision
+
+from archdisc import Config, ConfigError, extract, from_module
+from archdisc.graph.archgraph import count_params
+from archdisc.sparsity.groups import coupled, param_groups, sparse_init
+
+
+def _resnet18():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    return from_module(torchvision.models.resnet18(num_classes=10).eval(), x, depth=True), x
+
+
+def test_an_imported_resnet18_loses_a_block_whose_gate_dies():
+    net, x = _resnet18()
+    g = net.graph
+    gated = sorted(v for u, v in g.candidate_edges())
+    # the identity blocks (a shortcut conv's block keeps its branch): 2 + 1 + 1 + 1
+    assert gated == ["add", "add_1", "add_3", "add_5", "add_7"]
+    assert all(g.edges[u, v]["gate"] == "block" and u.endswith("bn2")
+               for u, v in g.candidate_edges())
+    assert len(coupled(net)) == 4  # block gates leave the residual channels coupled
+    edge = [grp for grp in param_groups(net) if grp["kind"] == "edge"]
+    assert len(edge) == 1 and len(edge[0]["params"]) == 5  # regularized like skip gates
+    want = net(x)
+    with torch.no_grad():
+        net.gates["layer3_1_bn2__add_5"].zero_()
+    graph, compact = extract(net, inputs=x)
+    block = [n for n in g if n.startswith("layer3_1_") and n != "layer3_1_relu_1"]
+    assert len(block) == 5 and not any(n in graph for n in block)  # conv, bn, relu, conv, bn
+    assert all(n in graph for n in g if n not in block)
+    assert torch.allclose(compact(x), net(x), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(compact(x), want, atol=1e-3)  # the block did contribute
+    lost = sum(p.numel() for n in block for p in net.layers[n].parameters()) + 1
+    assert count_params(graph) == count_params(g) - lost
+
+
+def test_block_gates_start_open_from_a_sparse_init():
+    net, _ = _resnet18()
+    sparse_init(net, 0.2, gate_init=0.0, seed=0)
+    assert all(torch.equal(p.detach(), torch.ones(1)) for p in net.gates.values())
+
+
+def test_mobilenet_v2_inverted_residuals_are_gated_and_removable():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    net = from_module(torchvision.models.mobilenet_v2(num_classes=10).eval(), x, depth=True)
+    edges = list(net.graph.candidate_edges())
+    assert len(edges) == 10  # the blocks whose input and output widths match
+    u, v = edges[-1]
+    with torch.no_grad():
+        net.gates[f"{u}__{v}"].zero_()
+    graph, compact = extract(net, inputs=x)
+    gone = set(net.graph) - set(graph)
+    assert len(gone) == 8 and u in gone  # expand conv-bn-relu6, dw conv-bn-relu6, project
+    assert torch.allclose(compact(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_depth_belongs_to_an_imported_model():
+    with pytest.raises(ConfigError, match="'depth'"):
+        Config(depth=True).validate()
