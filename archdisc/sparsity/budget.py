@@ -163,8 +163,9 @@ class LamControl:
     :func:`unit_cost`; ``"auto"``: 1 from trained weights, else sqrt(n); RESULTS.md
     section 13). From trained weights every unit group's weight is also scaled by its
     mean unit norm at the start, so a unit is cut for being weak within its own layer
-    (BatchNorm leaves a conv's scale free: raw norms do not compare across layers). With a budget (``target_params`` /
-    ``target_density`` / ``target_macs`` / ``target_latency_ms``) the controller looks
+    (BatchNorm leaves a conv's scale free: raw norms do not compare across layers).
+    With a budget (``target_params`` / ``target_density`` / ``target_macs`` /
+    ``target_latency_ms``) the controller looks
     every ``control_every`` steps at the size P (parameters or MACs) of the compact model
     and multiplies ``mult`` by max(0.8, sqrt(P / target)) while P < (1 - target_tol)
     target (lowering lam lets the loss switch more units on), and raises lam just enough

@@ -87,9 +87,9 @@ def clear_dead_means(net: ArchNet) -> None:
 def coupled(net: ArchNet) -> list[list[str]]:
     """The coupled unit spaces: lists (in graph order) of the searchable layers and ``add``
     nodes whose unit i is one channel of a residual stream. An add couples its inputs when
-    each is ungated (or behind a block gate), unremapped (no ``index``) and zero exactly when a searchable layer's
-    unit group, or another coupled add, is zero (through parameter-free, zero-keeping ops
-    such as ReLU or max-pooling)."""
+    each is ungated (or behind a block gate), unremapped (no ``index``) and zero exactly
+    when a searchable layer's unit group, or another coupled add, is zero (through
+    parameter-free, zero-keeping ops such as ReLU or max-pooling)."""
     g, params = net.graph, {k.split(".")[1] for k, _ in net.named_parameters()
                             if k.startswith("layers.")}
     owner, root, linked = {}, {}, set()
