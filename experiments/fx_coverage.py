@@ -16,6 +16,10 @@ pessimistic size, since training drives a dead channel's running mean to 0).
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/fx_coverage.py [--models resnet18 ...]
         [--bn default|random|both] [--out experiments/results/fx_coverage.json]
+
+``--all``: every torchvision classification model (``torchvision.models.list_models``), the
+smallest input its family allows (224 for the attention models), torchvision's BatchNorms
+(-> results/fx_coverage_all.json, written after each model).
 """
 from __future__ import annotations
 
@@ -79,6 +83,19 @@ def zero_half(net, gen) -> tuple[int, int]:
     return groups, zeroed
 
 
+def every_model() -> dict:
+    """Every torchvision classification model as ``MODELS`` entries."""
+    sides = {"alexnet": 64, "googlenet": 64, "inception_v3": 75, "vit": 224, "swin": 224,
+             "maxvit": 224}
+    out = {}
+    for name in tvm.list_models(module=tvm):
+        kwargs = {"aux_logits": False, "init_weights": False} if name in (
+            "googlenet", "inception_v3") else {}
+        side = next((s for k, s in sides.items() if name.startswith(k)), 32)
+        out[name] = (lambda n: lambda **kw: tvm.get_model(n, **kw))(name), kwargs, side
+    return out
+
+
 def run(name: str, bn: str, seed: int) -> dict:
     ctor, kwargs, side = MODELS[name]
     torch.manual_seed(seed)
@@ -122,11 +139,17 @@ def run(name: str, bn: str, seed: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--all", action="store_true", help="every torchvision classification model")
     ap.add_argument("--bn", choices=("default", "random", "both"), default="both")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "fx_coverage.json"))
     args = ap.parse_args()
+    if args.all:
+        MODELS.update(every_model())
+        args.models, args.bn = list(every_model()), "default"
+        if args.out == str(RESULTS / "fx_coverage.json"):
+            args.out = str(RESULTS / "fx_coverage_all.json")
     set_threads(args.threads)
     modes = ("default", "random") if args.bn == "both" else (args.bn,)
     rows, t0 = [], time.perf_counter()
@@ -147,14 +170,15 @@ def main():
                 print(f"{head}{'no':>7}  "
                       f"{row.get('error', 'max |diff| %.3g' % row.get('max_abs_diff', 0))}",
                       flush=True)
-    out = {"command": "OMP_NUM_THREADS=1 .venv/bin/python experiments/fx_coverage.py "
-                      + (f"--bn {args.bn} " if args.bn != "both" else "")
-                      + ("--models " + " ".join(args.models)
-                         if args.models != list(MODELS) else ""),
-           "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "threads": args.threads,
-           "bn": args.bn, "seed": args.seed, "wall_s": time.perf_counter() - t0, "rows": rows}
-    atomic_write_text(args.out, json.dumps(out, indent=1))
+        out = {"command": "OMP_NUM_THREADS=1 .venv/bin/python experiments/fx_coverage.py "
+                          + ("--all" if args.all else (f"--bn {args.bn} " if args.bn != "both"
+                                                        else "")
+                             + ("--models " + " ".join(args.models)
+                                if args.models != list(MODELS) else "")),
+               "torch": torch.__version__, "torchvision": torchvision.__version__,
+               "threads": args.threads, "bn": args.bn, "seed": args.seed,
+               "wall_s": time.perf_counter() - t0, "rows": rows}
+        atomic_write_text(args.out, json.dumps(out, indent=1))  # after each model
     print(f"{sum(r['exact'] for r in rows)}/{len(rows)} runs exact, "
           f"{time.perf_counter() - t0:.0f} s; wrote {args.out}")
 
