@@ -199,6 +199,11 @@ class _GroupNormReg(Regularizer):
             return self.lam * sum(w * float(n.sum()) for n, w, _ in self._norms(params))
 
     @torch.no_grad()
+    def group_norms(self, params) -> Tensor:
+        """The norm of every group in ``params``, flattened."""
+        return torch.cat([n.flatten() for n, _, _ in self._norms([p.detach() for p in params])])
+
+    @torch.no_grad()
     def subgrad(self, params):
         params = list(params)
         self.check(params)

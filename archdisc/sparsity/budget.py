@@ -106,8 +106,8 @@ def unit_cost(graph, n: dict, measure: str, nodes: dict | None = None) -> dict:
 @torch.no_grad()
 def _norm_scale(groups) -> dict:
     """Each unit group's mean unit norm over the mean of all units' norms."""
-    norms = {g["name"]: torch.cat([n.flatten() for n, _, _ in g["reg"]._norms(g["params"])])
-             for g in groups if g.get("kind") == "unit" and hasattr(g["reg"], "_norms")}
+    norms = {g["name"]: g["reg"].group_norms(g["params"]) for g in groups
+             if g.get("kind") == "unit" and hasattr(g["reg"], "group_norms")}
     every = torch.cat(list(norms.values())) if norms else None
     if every is None or not every.mean() > 0:
         return {}
