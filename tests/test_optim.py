@@ -355,6 +355,8 @@ def test_group_l2_units_span_all_tensors():
     # unit norms 5, 2, sqrt(2); n_i = 4 entries per unit -> weight 2
     # float32 norms of small integers (5 and 2 exact, sqrt(2) rounded): a few ulps
     assert reg.value([w, b, bn]) == pytest.approx(0.5 * 2 * (5 + 2 + math.sqrt(2)), rel=1e-6)
+    torch.testing.assert_close(reg.group_norms([w, b, bn]),
+                               torch.tensor([5.0, 2.0, math.sqrt(2)]), rtol=1e-6, atol=0)
     x = [w.clone(), b.clone(), bn.clone()]
     reg.prox_(x, 2.0)  # threshold 2 * 0.5 * 2 = 2: unit 0 keeps 1 - 2/5, units 1, 2 die
     # 3 * (1 - 2/5) and 4 * (1 - 2/5) in float32: a few ulps. The zeros are exact on every
