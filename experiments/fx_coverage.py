@@ -24,6 +24,7 @@ smallest input its family allows (224 for the attention models), torchvision's B
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 import traceback
@@ -92,7 +93,7 @@ def every_model() -> dict:
         kwargs = {"aux_logits": False, "init_weights": False} if name in (
             "googlenet", "inception_v3") else {}
         side = next((s for k, s in sides.items() if name.startswith(k)), 32)
-        out[name] = (lambda n: lambda **kw: tvm.get_model(n, **kw))(name), kwargs, side
+        out[name] = functools.partial(tvm.get_model, name), kwargs, side
     return out
 
 
@@ -145,9 +146,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "fx_coverage.json"))
     args = ap.parse_args()
+    command = "OMP_NUM_THREADS=1 .venv/bin/python experiments/fx_coverage.py " + (
+        "--all" if args.all else (f"--bn {args.bn} " if args.bn != "both" else "")
+        + ("--models " + " ".join(args.models) if args.models != list(MODELS) else ""))
     if args.all:
-        MODELS.update(every_model())
-        args.models, args.bn = list(every_model()), "default"
+        every = every_model()
+        MODELS.update(every)
+        args.models, args.bn = list(every), "default"
         if args.out == str(RESULTS / "fx_coverage.json"):
             args.out = str(RESULTS / "fx_coverage_all.json")
     set_threads(args.threads)
@@ -170,14 +175,9 @@ def main():
                 print(f"{head}{'no':>7}  "
                       f"{row.get('error', 'max |diff| %.3g' % row.get('max_abs_diff', 0))}",
                       flush=True)
-        out = {"command": "OMP_NUM_THREADS=1 .venv/bin/python experiments/fx_coverage.py "
-                          + ("--all" if args.all else (f"--bn {args.bn} " if args.bn != "both"
-                                                        else "")
-                             + ("--models " + " ".join(args.models)
-                                if args.models != list(MODELS) else "")),
-               "torch": torch.__version__, "torchvision": torchvision.__version__,
-               "threads": args.threads, "bn": args.bn, "seed": args.seed,
-               "wall_s": time.perf_counter() - t0, "rows": rows}
+        out = {"command": command, "torch": torch.__version__,
+               "torchvision": torchvision.__version__, "threads": args.threads, "bn": args.bn,
+               "seed": args.seed, "wall_s": time.perf_counter() - t0, "rows": rows}
         atomic_write_text(args.out, json.dumps(out, indent=1))  # after each model
     print(f"{sum(r['exact'] for r in rows)}/{len(rows)} runs exact, "
           f"{time.perf_counter() - t0:.0f} s; wrote {args.out}")

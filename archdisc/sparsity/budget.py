@@ -108,10 +108,10 @@ def _norm_scale(groups) -> dict:
     """Each unit group's mean unit norm over the mean of all units' norms."""
     norms = {g["name"]: g["reg"].group_norms(g["params"]) for g in groups
              if g.get("kind") == "unit" and hasattr(g["reg"], "group_norms")}
-    every = torch.cat(list(norms.values())) if norms else None
-    if every is None or not every.mean() > 0:
+    mean = torch.cat(list(norms.values())).mean() if norms else 0.0
+    if not mean > 0:
         return {}
-    return {name: float(n.mean() / every.mean()) or 1.0 for name, n in norms.items()}
+    return {name: float(n.mean() / mean) or 1.0 for name, n in norms.items()}
 
 
 def keep_names(config) -> list[str]:
@@ -235,7 +235,7 @@ class LamControl:
             return scale / math.sqrt(self.n[name])
         if self.gw == "cost":
             return scale * self.cost[name] / math.sqrt(self.n[name])
-        return scale * self.weights.get(name, 1.0)
+        return scale * self.weights.get(name, 1.0)  # sqrt_n: 1; sqrt_alive: set by look()
 
     def target_at(self, step: int) -> int:
         """The budget in force at ``step``: the target, or on the way down to it from the
