@@ -140,6 +140,7 @@ class Extractor:
     # ---- step 1: which units vary, and the exact value of the others
     def _values(self):
         self.var, self.val, self.nz, self.foldable, self.nonzero = {}, {}, {}, {}, {}
+        self.heads = {}  # attention node -> the heads it keeps
         for n in self.order:
             reads = [self.read(s, n) for s in self.ins[n]]
             var, val = self.kind[n].values(self, n, reads)

@@ -12,6 +12,7 @@ from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph, gate_blocks
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
 from archdisc.graph.importer import Importer
+from archdisc.graph.ops import OPS
 
 __all__ = ["from_module"]
 
@@ -22,8 +23,10 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
 
     ``example_input`` is one batch (N, ...). ``searchable`` names the linear / conv
     submodules (by their qualified name, e.g. ``"layer1.0.conv1"``) whose units the search
-    may switch off; default: all of them except those producing the model's output and
-    grouped convs (their units are kept all or none). A depthwise conv is not a searchable
+    may switch off; default: all of them except those producing the model's output,
+    grouped convs (their units are kept all or none) and those writing into a stream that a
+    layer norm reads (a transformer's). An attention module's heads are its units; a
+    depthwise conv is not a searchable
     layer: its channels follow the layer feeding it. ``depth``: a scalar gate (at 1) on the
     branch of every residual block ``x + f(x)`` (:func:`~archdisc.graph.archgraph.gate_blocks`),
     so that the search can remove blocks whole.
@@ -90,4 +93,22 @@ def _searchable(g: ArchGraph, layer_of: dict, searchable) -> set:
                 last.add(p)
             else:
                 todo.append(p)
-    return {q for n, q in layer_of.items() if n not in last and q not in grouped}
+    return {q for n, q in layer_of.items()
+            if n not in last and q not in grouped
+            and (g.nodes[n]["op"] == "attention" or not _mixed(g, n))}
+
+
+def _mixed(g: ArchGraph, n: str) -> bool:
+    """Whether the units of ``n`` reach a layer norm through per-unit ops and adds (a
+    transformer's or a ConvNeXt's residual stream): the norm reads them all, so none can
+    be removed alone."""
+    todo, seen = [n], {n}
+    while todo:
+        for v in g.successors(todo.pop()):
+            spec = OPS[g.nodes[v]["op"]]
+            if spec.mixes:
+                return True
+            if v not in seen and spec.kind in ("channelwise", "add"):
+                seen.add(v)
+                todo.append(v)
+    return False

@@ -9,7 +9,8 @@ on again under Bregman iterations (forward and eval are unchanged).
 
 A few values of the traced program are not graph nodes of their own (:class:`_View`):
 a tensor permuted to channels-last (ConvNeXt's ``permute -> LayerNorm -> Linear ->
-permute``: the Linear becomes a 1x1 conv, the LayerNorm a layer norm over channels), the
+permute``: the Linear becomes a 1x1 conv, the LayerNorm a layer norm over channels), a
+transformer's (N, L, D) tokens (held as (N, D, L) token nodes, graph/tokens.py), the
 pieces of a ``chunk`` / ``split`` along the channels (each piece read becomes a ``select``
 node), the (N, groups, C / groups, H, W) view of a channel shuffle (the shuffle becomes a
 ``select`` node), and a parameter read with ``get_attr`` (a layer scale, a LayerNorm's
@@ -27,7 +28,6 @@ from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
 from archdisc.graph.modules import ACTIVATIONS
 
-
 _ACTS = {cls: name for name, (_, cls, _) in ACTIVATIONS.items() if cls is not None}
 _ACT_FUNCTIONS = {f: name for name, (_, _, fns) in ACTIVATIONS.items() for f in fns}
 F = nn.functional
@@ -40,10 +40,11 @@ _MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_")
 class _View:
     """A traced value that is not a graph node of its own (see the module docstring).
 
-    ``kind``: ``"nhwc"`` (``node`` permuted to channels-last), ``"pieces"`` (``node`` cut
-    along the channels at ``extra``, the bounds), ``"grouped"`` (a (groups, C / groups)
-    view of ``node``'s channels; ``extra``: the channel at each position) or ``"param"``
-    (``extra``: a tensor)."""
+    ``kind``: ``"nhwc"`` (``node`` permuted to channels-last), ``"nld"`` (``node``'s (D, L)
+    tokens as (L, D), as transformers hold them), ``"pieces"`` (``node`` cut along the
+    channels at ``extra``, the bounds), ``"grouped"`` (a (groups, C / groups) view of
+    ``node``'s channels; ``extra``: the channel at each position), ``"param"`` (``extra``:
+    a tensor) or ``"first"`` (a tuple whose item 0 is ``extra``, the rest unused)."""
     kind: str
     node: str | None = None
     extra: object = None
@@ -119,8 +120,8 @@ class Importer:
 
     def module(self, node, m):
         x = self.val[node.args[0].name] if node.args else None
-        if isinstance(x, _View) and x.kind == "nhwc":
-            return self.channels_last(node, m, x.node)
+        if isinstance(x, _View) and x.kind in ("nhwc", "nld"):
+            return self.channels_last(node, m, x)
         read = MODULES.get(type(m))
         out = read(self, node, m, self.tensor(node)) if read is not None else None
         if out is None:
@@ -128,22 +129,46 @@ class Importer:
         self.store(node.name, m.state_dict())
         return out
 
-    def channels_last(self, node, m, x):
-        """A module applied to a channels-last view of ``x``: per channel, as in NCHW."""
-        g, n, kind = self.g, node.name, type(m)
-        if kind is nn.Linear:  # a 1x1 conv on the channels
+    def channels_last(self, node, m, view):
+        """A module applied to a channels-last view (of an image or of tokens): per
+        channel, as in NCHW; a Linear on an image's channels is a 1x1 conv."""
+        g, n, kind, x = self.g, node.name, type(m), view.node
+        if kind is nn.Linear and view.kind == "nhwc":
             self.layer_of[n] = node.target
             self.store(n, {"weight": m.weight[:, :, None, None], **(
                 {"bias": m.bias} if m.bias is not None else {})})
             return _View("nhwc", g.conv(n, x, m.out_features, kernel_size=1, padding=0,
                                         bias=m.bias is not None))
-        if kind not in (nn.LayerNorm, nn.Dropout) and kind not in _ACTS:
+        if kind is nn.MultiheadAttention and view.kind == "nld":
+            return _View("first", extra=_View("nld", self.attention(node, m, x)))
+        if kind not in (nn.LayerNorm, nn.Dropout, nn.Linear) and kind not in _ACTS:
             self.unsupported(node, f"{self.what(node)} on a channels-last view")
         out = MODULES[kind](self, node, m, x)
         if out is None:
             self.unsupported(node, self.what(node))
         self.store(n, m.state_dict())
-        return _View("nhwc", out)
+        return _View(view.kind, out)
+
+    def attention(self, node, m, x):
+        """``nn.MultiheadAttention(x, x, x)`` (batch first, no masks) -> an attention node
+        with head-major weights (graph/tokens.py)."""
+        args = node.args + tuple(node.kwargs.get(k) for k in ("key", "value") if k in node.kwargs)
+        extra = {k: v for k, v in node.kwargs.items() if k not in ("key", "value")}
+        if len(set(args)) != 1 or len(args) != 3 or not m.batch_first or \
+                not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn or \
+                any(v is not None for k, v in extra.items() if k != "need_weights"):
+            self.unsupported(node, f"{self.what(node)} other than self-attention (x, x, x) "
+                                   f"with batch_first=True and no masks or bias_k / bias_v")
+        h, e = m.num_heads, m.embed_dim
+        dh, bias = e // h, m.in_proj_bias is not None
+        self.store(node.name, {
+            "qkv_weight": m.in_proj_weight.view(3, h, dh, e).transpose(0, 1).reshape(h, 3 * dh, e),
+            "out_weight": m.out_proj.weight.t().reshape(h, dh, e), **({
+                "qkv_bias": m.in_proj_bias.view(3, h, dh).transpose(0, 1).reshape(h, 3 * dh),
+                "out_bias": m.out_proj.bias} if bias else {})})
+        self.layer_of[node.name] = node.target
+        return self.g.add_op(node.name, "attention", [x], units=e, heads=h, head_dim=dh,
+                             bias=bias, dropout=float(m.dropout))
 
     def conv(self, node, m, x):
         g, n = self.g, node.name
@@ -195,6 +220,14 @@ class Importer:
         # ---- views: channels-last, pieces, channel shuffle
         if t in ("contiguous", "clone") or (t is torch.clone):
             return x
+        if isinstance(x, _View) and x.kind in ("nld", "param", "first"):
+            out = self.tokens(node, x, vals)
+            if out is not None:
+                return out
+        if t is torch.cat and isinstance(args[0], (list, tuple)) and any(
+                isinstance(self.val[a.name], _View) and self.val[a.name].kind == "nld"
+                for a in args[0]):
+            return self.prepend(node, [self.val[a.name] for a in args[0]])
         if name == "permute":
             dims = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) \
                 else list(args[1:]) or list(node.kwargs.get("dims", []))
@@ -202,6 +235,8 @@ class Importer:
                 return _View("nhwc", x)
             if isinstance(x, _View) and x.kind == "nhwc" and dims == [0, 3, 1, 2]:
                 return x.node
+            if isinstance(x, str) and len(self.shape(node)) == 2 and dims == [0, 2, 1]:
+                return _View("nld", x)
             self.unsupported(node, f"permute {dims} (only NCHW -> NHWC and back)")
         if name in ("chunk", "split"):
             dim = node.kwargs.get("dim", args[2] if len(args) > 2 else 0)
@@ -214,8 +249,13 @@ class Importer:
             return self.select(n, x.node, torch.arange(lo, hi), x.extra[-1])
         if name in ("view", "reshape", "flatten") and isinstance(x, str):
             s0, s1 = self.shape(node.args[0]), self.shape(node)
+            if len(s0) == 3 and s1 == (s0[0], s0[1] * s0[2]):
+                return g.add_op(n, "tokens", [x])
             if len(s0) == 3 and len(s1) == 4 and s1[0] * s1[1] == s0[0] and s1[2:] == s0[1:]:
                 return _View("grouped", x, torch.arange(s0[0]).view(s1[0], s1[1]))
+        if name == "transpose" and isinstance(x, str) and len(self.shape(node)) == 2 and \
+                sorted(args[1:3]) in ([1, 2], [-2, -1]):
+            return _View("nld", x)
         if name == "transpose" and isinstance(x, _View) and x.kind == "grouped" and \
                 sorted(args[1:3]) == [1, 2]:
             return _View("grouped", x.node, x.extra.t())
@@ -272,6 +312,49 @@ class Importer:
         if flat:
             return g.add_op(n, "flatten", [x])
         self.unsupported(node, str(name))
+
+    def tokens(self, node, x, vals):
+        """A function of a token view (or a parameter, or a tuple): the views it keeps, a
+        residual add, a position embedding, one token picked; None: not one of these."""
+        t, n, args = node.target, node.name, node.args
+        if x.kind == "first" and t is operator.getitem and args[1] == 0:
+            return x.extra
+        if x.kind == "param" and t == "expand":
+            return x
+        if x.kind != "nld":
+            return None
+        dims = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) \
+            else list(args[1:])
+        if t in ("permute", "transpose") and all(isinstance(d, int) for d in dims) and \
+                [d % 3 for d in dims] in ([0, 2, 1], [1, 2], [2, 1]):
+            return x.node
+        if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
+                args[1][0] == slice(None) and isinstance(args[1][1], int):
+            length = self.shape(node.args[0])[0]
+            return self.g.add_op(n, "token", [x.node], index=args[1][1] % length)
+        if t in _ADD and len(vals) == 2 and not node.kwargs:
+            y = vals[1]
+            if isinstance(y, _View) and y.kind == "nld":
+                return _View("nld", self.g.add_op(n, "add", [x.node, y.node],
+                                                  units=self.shape(node)[-1]))
+            if isinstance(y, _View) and y.kind == "param" and \
+                    tuple(y.extra.shape) == (1, *self.shape(node)):
+                self.store(n, {"weight": y.extra[0].t()})
+                return _View("nld", self.g.add_op(n, "pos_embed", [x.node],
+                                                  tokens=y.extra.shape[1]))
+        return None
+
+    def prepend(self, node, parts):
+        """``torch.cat([token.expand(N, -1, -1), ..., x], dim=1)``: learned tokens (class,
+        distillation) before the tokens of ``x``."""
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        *tokens, x = parts
+        if dim not in (1, -2) or not tokens or any(
+                not (isinstance(p, _View) and p.kind == "param") for p in tokens):
+            self.unsupported(node, "cat of tokens other than learned tokens before them")
+        w = torch.cat([p.extra.reshape(-1, p.extra.shape[-1]) for p in tokens]).t()
+        self.store(node.name, {"weight": w})
+        return _View("nld", self.g.add_op(node.name, "prepend", [x.node], tokens=w.shape[1]))
 
     def mul(self, node, vals):
         """``x * gate`` (both tensors with the same channels; a (C, 1, 1) gate broadcasts)
@@ -351,4 +434,6 @@ SUPPORTED = sorted(c.__name__ for c in MODULES if c is not nn.LeakyReLU) + [
     "torch.cat(dim=1)", "chunk / split(dim=1)", "torch.flatten(x, 1)", "x.view(x.size(0), -1)",
     "x.mean((2, 3))", "the functional forms of the activations and pools",
     "permute to channels-last and back around LayerNorm / Linear",
-    "channel shuffle (view, transpose(1, 2), view)", "torchvision's stochastic_depth"]
+    "channel shuffle (view, transpose(1, 2), view)", "torchvision's stochastic_depth",
+    "tokens: x.flatten(2).transpose(1, 2), class tokens by torch.cat, + a position "
+    "embedding, x[:, i], MultiheadAttention(x, x, x) with batch_first=True"]

@@ -306,7 +306,7 @@ class Layer(Kind):
 
     def shape(self, g, n, ins):
         op, (src, s) = OPS[g.nodes[n]["op"]], ins[0]
-        if not op.spatial and len(s) != 1:
+        if not op.spatial and len(s) not in (1, 2):  # features, or (features, tokens)
             raise GraphError(f"{op.name} node {n!r} reads a {len(s)}-d input {s} from "
                              f"{src!r}; insert a 'flatten' or 'gap' node first")
         return super().shape(g, n, ins)

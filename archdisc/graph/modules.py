@@ -63,8 +63,8 @@ class ChannelScale(nn.Module):
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels (dim 1) of (N, C) or (N, C, H, W) tensors; computed as
-    ConvNeXt computes it (permute to channels-last, layer_norm, permute back)."""
+    """LayerNorm over the channels (dim 1) of (N, C), (N, C, L) tokens or (N, C, H, W)
+    tensors; computed as ConvNeXt and ViT compute it (channels last, layer_norm, back)."""
 
     def __init__(self, channels: int, eps: float):
         super().__init__()
@@ -76,9 +76,17 @@ class ChannelLayerNorm(nn.Module):
         shape = self.weight.shape
         if x.dim() == 2:
             return nn.functional.layer_norm(x, shape, self.weight, self.bias, self.eps)
-        x = nn.functional.layer_norm(x.permute(0, 2, 3, 1), shape, self.weight, self.bias,
-                                     self.eps)
-        return x.permute(0, 3, 1, 2)
+        x = nn.functional.layer_norm(x.movedim(1, -1), shape, self.weight, self.bias, self.eps)
+        return x.movedim(-1, 1)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` on the features (dim 1) of (N, D) or of (N, D, L) tokens."""
+
+    def forward(self, x):
+        if x.dim() == 2:
+            return super().forward(x)
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
 
 
 class ChannelSelect(nn.Module):

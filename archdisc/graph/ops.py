@@ -13,7 +13,9 @@ space, see graph.py); ``concat``; ``flatten``; ``channelwise`` (keeps its input'
 units one to one: activations, normalisation, pooling, a depthwise conv); ``mul`` (the
 elementwise product of two tensors with the same units, one of them possibly (C, 1, 1):
 a squeeze-excitation gate; its two inputs keep the same units); ``select`` (output unit
-*j* is input unit ``channels[j]``: a channel slice or a channel shuffle).
+*j* is input unit ``channels[j]``: a channel slice or a channel shuffle). The token ops and
+attention (kind ``attention``) live in :mod:`archdisc.graph.tokens`, entries of this same
+table; a (features, tokens) shape is a token tensor, read by ``linear`` per token.
 
 Sizes (``kernel_size``, ``stride``, ``padding``, ``dilation``, ``output_size``) are an int
 or ``[height, width]``.
@@ -29,7 +31,7 @@ from torch import nn
 
 from archdisc.errors import GraphError
 from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelScale, ChannelSelect,
-                                    GlobalAvgPool, StochasticDepth)
+                                    GlobalAvgPool, Linear, StochasticDepth)
 
 REQUIRED = object()  # an attribute without a default
 
@@ -213,10 +215,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
                         else "'shape' must be [features] or [channels, height, width] of "
                              f"positive ints, got {a['shape']!r}")),
     Op("linear", {"units": REQUIRED, "bias": True, "searchable": True}, kind="layer",
-       module=lambda a, cin: nn.Linear(cin, a["units"], bias=a["bias"]),
+       module=lambda a, cin: Linear(cin, a["units"], bias=a["bias"]),
        params=lambda a, cin, shape: (cin + a["bias"]) * a["units"],
-       macs=lambda a, cin, shape: cin * a["units"],
-       label=lambda a, w: f"linear {w}", out_shape=lambda a, s: (a["units"],)),
+       macs=lambda a, cin, shape: cin * math.prod(shape),
+       label=lambda a, w: f"linear {w}", out_shape=lambda a, s: (a["units"], *s[1:])),
     # groups > 1: a grouped conv keeps all its units and reads all its input channels
     # (extraction cannot drop a channel inside a group); a depthwise conv is dwconv2d.
     Op("conv2d", {"units": REQUIRED, "kernel_size": 3, "stride": 1, "padding": 0,

@@ -17,6 +17,9 @@
   all of them are zero, so they are regularized as one group (:func:`coupled`). Gated
   edges into an add (candidate skips) do not couple: there the search chooses each width;
   a block gate (on a residual branch, ``from_module(depth=True)``) does.
+* A **head group** of an attention node is head *i*: its query, key and value rows and
+  its columns of the output projection (row *i* of the node's head-major tensors,
+  graph/tokens.py); a zero head adds exactly nothing.
 * An **edge group** is the gate of a candidate edge.
 
 :func:`param_groups` turns these into optimizer param groups, each carrying its
@@ -49,6 +52,9 @@ def _chains(net: ArchNet) -> dict[str, tuple[list[str], list[str]]]:
     g, out, params = net.graph, {}, dict(net.named_parameters())
     for n in g.order():
         a = g.nodes[n]
+        if OPS[a["op"]].kind == "attention" and a["searchable"]:  # unit i: head i
+            out[n] = ([f"layers.{n}.{k}" for k in ("qkv_weight", "qkv_bias", "out_weight")
+                       if f"layers.{n}.{k}" in params], [])
         if OPS[a["op"]].kind != "layer" or not a["searchable"]:
             continue
         names = [f"layers.{n}.weight"] + ([f"layers.{n}.bias"] if a["bias"] else [])
@@ -197,16 +203,19 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
     for n, names in unit_members(net).items():
         w = params[names[0]]
         kind = "unit" if mode == "unit" or (mode == "kernel" and w.dim() != 4) else mode
+        heads = OPS[net.graph.nodes[n]["op"]].kind == "attention"
+        fan_in = w.shape[-1] if heads else math.prod(w.shape[1:])
         keep = sparse_init_(w, density, mode=kind, damping=damping, generator=gen,
-                            mask=masks.get(space.get(n)))
+                            fan_in=fan_in, mask=masks.get(space.get(n)))
         if n in space:
             masks[space[n]] = keep
         alive = keep if kind == "unit" else w.reshape(w.shape[0], -1).ne(0).any(1)
-        fan_in = math.prod(w.shape[1:])
+        for p in names[1:] if heads else ():  # a dead head's bias and output columns
+            params[p][~alive] = 0
         if f"layers.{n}.bias" in params:
             bias_init_(params[f"layers.{n}.bias"], fan_in, r=bias_r, generator=gen, mask=alive)
         for p in names[1:]:
-            if p.startswith(f"layers.{n}."):
+            if p.startswith(f"layers.{n}."):  # (a head's: above)
                 continue
             if params[p].dim() == 1:  # BatchNorm shift 0 (scale stays 1): a dead channel
                 params[p].zero_()     # outputs exactly 0
