@@ -103,6 +103,10 @@ def run(name: str, bn: str, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     row = {"model": name, "input": [3, side, side], "imported": False, "exact": False}
     model = ctor(weights=None, **kwargs).eval()
+    with torch.no_grad():  # a head initialised to zero (ViT's) would hide every difference
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and not m.weight.any():
+                m.weight.normal_(0, 0.02, generator=gen)
     if bn == "random":
         randomize_bn(model, gen)
     row["params_torch"] = sum(p.numel() for p in model.parameters())

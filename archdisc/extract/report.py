@@ -3,16 +3,15 @@ from __future__ import annotations
 
 from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
 from archdisc.graph.kinds import kind
-from archdisc.graph.ops import OPS
+from archdisc.graph.ops import OPS, width
 
 
 def extraction_report(supernet_graph: ArchGraph, compact_graph: ArchGraph) -> dict:
     """Sizes of supernet and compact model, units per layer / add, candidate edges kept."""
     sg, cg = supernet_graph, compact_graph
     p0, p1, m0, m1 = count_params(sg), count_params(cg), count_macs(sg), count_macs(cg)
-    sunits = sg.units()
-    units = {n: {"op": sg.nodes[n]["op"], "alive": cg.nodes[n]["units"] if n in cg else 0,
-                 "supernet": sunits[n]}
+    units = {n: {"op": sg.nodes[n]["op"], "alive": width(cg.nodes[n]) if n in cg else 0,
+                 "supernet": width(sg.nodes[n])}
              for n in sg.order() if kind(sg, n).width}
 
     def kept(u, v):  # with fold_bn a BatchNorm's out-edges start at its conv

@@ -63,6 +63,7 @@ class Op:
     #                                          norm): extraction keeps all units or none
     folds_into: tuple = ()                   # eval mode, it folds into a layer of these ops
     #                                          before it (BatchNorm into a conv)
+    searched: str = "units"                  # the attribute counting its unit groups
 
 
 def pair(v) -> tuple:
@@ -307,6 +308,11 @@ OPS: dict[str, Op] = {op.name: op for op in [
 
 def spec(op: str) -> Op:
     return OPS[op]
+
+
+def width(a: dict) -> int:
+    """How many unit groups a searchable node has: its units, an attention node's heads."""
+    return a[OPS[a["op"]].searched]
 
 
 def label(a: dict, width: str) -> str:

@@ -137,7 +137,7 @@ OPS.update({op.name: op for op in [
                      "dropout": 0.0, "searchable": True}, kind="attention",
        module=lambda a, cin: SelfAttention(cin, a["units"], a["heads"], a["head_dim"],
                                            a["bias"], a["dropout"]),
-       params=_attention_params, macs=_attention_macs,
+       params=_attention_params, macs=_attention_macs, searched="heads",
        label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
        check=lambda a: (None if all(isinstance(a[k], int) and a[k] >= 1 for k in (
            "heads", "head_dim")) else "'heads' and 'head_dim' must be ints >= 1")),
@@ -162,9 +162,10 @@ class Attention(Kind):
             values |= ex.param(n, "qkv_bias")[:, 2 * dh:].ne(0).any(1)
         writes = ex.param(n, "out_weight").ne(0).any(1)  # (heads, units)
         alive = values & writes.any(1)
-        ex.heads[n] = alive.clone()
-        if not alive.any():
-            ex.heads[n][0] = True  # keep one (silent) head: a node with none has no module
+        ex.heads[n] = heads = alive.clone()
+        short = max(1, ex.min_units.get(n, 0)) - int(heads.sum())  # (min_keep; at least one:
+        if short > 0:                                            # a node with none has no module)
+            heads[(~heads).nonzero()[:short, 0]] = True  # silent heads: exact
         bias = ex.param(n, "out_bias")
         val = bias.double() if bias is not None else torch.zeros(a["units"], dtype=torch.float64)
         return writes[alive].any(0), val  # (varying, conservatively, if any head writes it)

@@ -33,7 +33,7 @@ import torch
 
 from archdisc.extract import extract
 from archdisc.graph.compile import ArchNet, compile_graph
-from archdisc.graph.ops import OPS
+from archdisc.graph.ops import OPS, width
 from archdisc.recipe.loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
 from archdisc.sparsity.groups import unit_members
 
@@ -64,7 +64,7 @@ def shrink_select(compact: ArchNet, data, config, device, log=print, supernet=No
     while True:
         with torch.no_grad():
             env = net.eval().activations(probe)  # shared by every candidate of the stage
-        cut = {n: -(-int(config.select_frac * net.graph.nodes[n]["units"]) // r) * r
+        cut = {n: -(-int(config.select_frac * width(net.graph.nodes[n])) // r) * r
                for n in _shrinkable(net)}
         if joint:  # every layer wide enough to lose select_frac of its units
             groups = [[n for n, k in cut.items() if k >= 1]]
@@ -113,10 +113,11 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
     dev = next(parent.parameters()).device
     with torch.no_grad():
         env = parent.activations(probe)
-    widths0 = {n: parent.graph.nodes[n]["units"] for n in unit_members(parent)}
+    widths0 = {n: width(parent.graph.nodes[n]) for n in unit_members(parent)}
     sums = {n: a["units"] for n, a in parent.graph.nodes(data=True) if a["op"] == "add"}
     graph = supernet.graph if supernet is not None else parent.graph
-    cap = {n: graph.nodes[n]["units"] if n in graph else w
+    cap = {n: (width(graph.nodes[n]) if n in widths0 else graph.nodes[n]["units"])
+           if n in graph else w
            for n, w in {**widths0, **sums}.items()}  # sums: widths tied by a residual add
 
     def build(targets):
@@ -128,7 +129,7 @@ def scale_select(compact: ArchNet, data, config, device, log=print, supernet=Non
         else:
             graph = copy.deepcopy(parent.graph)
             for n, t in targets.items():
-                graph.nodes[n]["units"] = t
+                graph.nodes[n][OPS[graph.nodes[n]["op"]].searched] = t
             try:
                 graph.shapes()
             except (ValueError, KeyError):
@@ -215,8 +216,7 @@ def _tools(data, config, device):
 
     def snapshot(net, stage, **extra):
         metric, se, loss = _scores(net, data, device, config.loader_workers)
-        widths = {n: a["units"] for n, a in net.graph.nodes(data=True)
-                  if OPS[a["op"]].kind == "layer" and a["searchable"]}
+        widths = {n: width(net.graph.nodes[n]) for n in unit_members(net)}
         return {"stage": stage, "widths": widths, "metric": metric, "se": se,
                 "val_loss": loss, "params": _size(net),
                 **extra, "net": net}
@@ -256,7 +256,7 @@ def _size(net) -> int:
 
 
 def _shrinkable(net: ArchNet) -> list[str]:
-    return [n for n in unit_members(net) if net.graph.nodes[n]["units"] > 1]
+    return [n for n in unit_members(net) if width(net.graph.nodes[n]) > 1]
 
 
 @torch.no_grad()
@@ -267,6 +267,12 @@ def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe, limits=None) -> 
     net = _copy(net).eval()
     members, weakest = unit_members(net), {}
     for n, k in cuts.items():
+        if OPS[g.nodes[n]["op"]].kind == "attention":  # a head: its value and output norms
+            layer, dh = net.layers[n], g.nodes[n]["head_dim"]
+            score = layer.qkv_weight[:, 2 * dh:].flatten(1).norm(dim=1) * \
+                layer.out_weight.flatten(1).norm(dim=1)
+            weakest[n] = torch.argsort(score, stable=True)[:k]
+            continue
         end = n  # follow the unit-preserving ops after n (activation, BatchNorm, ...)
         while g.out_degree(end) == 1:
             nxt = next(iter(g.successors(end)))

@@ -15,6 +15,7 @@ import torch
 from archdisc.errors import ConfigError
 from archdisc.extract import extract, extract_graph
 from archdisc.graph.archgraph import count_macs, count_params
+from archdisc.graph.ops import OPS, width
 from archdisc.sparsity.groups import clear_dead_means, unit_members
 
 LATENCY_TRIES = 5  # settles after the search's last, to bring the measured latency in
@@ -67,7 +68,7 @@ def limits_of(config, net) -> dict:
     """The per-layer limits of ``config`` as :func:`archdisc.extract.extract` arguments:
     ``round_to``, and ``min_units`` per searchable node (``min_keep`` of its width; the
     ``keep`` layers whole)."""
-    widths = {n: net.graph.nodes[n]["units"] for n in unit_members(net)}
+    widths = {n: width(net.graph.nodes[n]) for n in unit_members(net)}
     keep = keep_names(config)
     for k in keep:
         if k not in widths:
@@ -89,12 +90,12 @@ def unit_cost(graph, n: dict, measure: str, nodes: dict | None = None) -> dict:
     for name, narrow in nodes.items():
         g = copy.deepcopy(graph)
         for node in narrow:
-            g.nodes[node]["units"] -= 1
+            g.nodes[node][OPS[g.nodes[node]["op"]].searched] -= 1
         try:
             cost[name] = full - count(g)
         except (ValueError, KeyError):
             cost[name] = None
-    units = {name: graph.nodes[narrow[0]]["units"] for name, narrow in nodes.items()}
+    units = {name: width(graph.nodes[narrow[0]]) for name, narrow in nodes.items()}
     known = [x for x in cost if cost[x]]
     if not known:
         return {name: math.sqrt(k) for name, k in n.items()}
@@ -146,8 +147,8 @@ def compact_params(net, measure: str = "params", limits: dict | None = None) -> 
     Dead units' stale BatchNorm means are zeroed first (:func:`clear_dead_means`)."""
     clear_dead_means(net)
     graph, state = extract_graph(net, **(limits or {}))
-    fan_in = {n: (math.prod(state[f"layers.{n}.weight"].shape[1:])
-                  if f"layers.{n}.weight" in state else None) for n in unit_members(net)}
+    fan_in = {n: (math.prod(state[names[0]].shape[1:]) if names[0] in state else None)
+              for n, names in unit_members(net).items()}
     return (count_macs(graph) if measure == "macs" else count_params(graph)), fan_in
 
 
