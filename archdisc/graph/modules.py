@@ -76,8 +76,9 @@ class ChannelLayerNorm(nn.Module):
         shape = self.weight.shape
         if x.dim() == 2:
             return nn.functional.layer_norm(x, shape, self.weight, self.bias, self.eps)
-        x = nn.functional.layer_norm(x.movedim(1, -1), shape, self.weight, self.bias, self.eps)
-        return x.movedim(-1, 1)
+        last, back = ((0, 2, 1), (0, 2, 1)) if x.dim() == 3 else ((0, 2, 3, 1), (0, 3, 1, 2))
+        x = nn.functional.layer_norm(x.permute(last), shape, self.weight, self.bias, self.eps)
+        return x.permute(back)  # (explicit dims: ONNX's Transpose takes no negative ones)
 
 
 class Linear(nn.Linear):
@@ -86,7 +87,7 @@ class Linear(nn.Linear):
     def forward(self, x):
         if x.dim() == 2:
             return super().forward(x)
-        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
 class ChannelSelect(nn.Module):

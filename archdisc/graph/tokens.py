@@ -35,7 +35,7 @@ class Prepend(nn.Module):
         self.weight = nn.Parameter(torch.zeros(channels, tokens))
 
     def forward(self, x):
-        return torch.cat([self.weight.expand(len(x), -1, -1), x], 2)
+        return torch.cat([self.weight.expand(x.shape[0], -1, -1), x], 2)
 
 
 class PosEmbed(nn.Module):
@@ -72,15 +72,14 @@ class SelfAttention(nn.Module):
                          max(1, heads * head_dim) ** -0.5)
 
     def forward(self, x):
-        n, cin, length = x.shape
         h, dh = self.heads, self.head_dim
-        qkv = F.linear(x.transpose(1, 2), self.qkv_weight.reshape(-1, cin),
-                       None if self.qkv_bias is None else self.qkv_bias.reshape(-1))
-        q, k, v = qkv.view(n, length, h, 3, dh).permute(3, 0, 2, 1, 4)
+        qkv = F.linear(x.transpose(1, 2), self.qkv_weight.flatten(0, 1),
+                       None if self.qkv_bias is None else self.qkv_bias.flatten())
+        q, k, v = qkv.unflatten(-1, (h, 3, dh)).permute(3, 0, 2, 1, 4)  # 3 x (N, h, L, dh)
         o = F.scaled_dot_product_attention(q, k, v,
                                            dropout_p=self.dropout if self.training else 0.0)
-        o = o.transpose(1, 2).reshape(n, length, h * dh)
-        return F.linear(o, self.out_weight.reshape(h * dh, -1).t(), self.out_bias).transpose(1, 2)
+        o = o.transpose(1, 2).flatten(2)  # (N, L, h * dh)
+        return F.linear(o, self.out_weight.flatten(0, 1).t(), self.out_bias).transpose(1, 2)
 
 
 def _tokens_in(name):
