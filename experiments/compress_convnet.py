@@ -1,6 +1,6 @@
 """compress.py's benchmark (issue 27) on the Fashion-MNIST ConvNet: conv5x5(64) - pool -
 conv5x5(64) - pool - fc(128) - fc(10) (``--model resnet18``: torchvision's resnet18 with a
-one-channel stem), trained here with Adam for 10 epochs, then compressed to a MACs fraction
+one-channel stem; ``--model vit``: torchvision's VisionTransformer, 4 blocks), trained here with Adam for 10 epochs, then compressed to a MACs fraction
 by each method with 3 more epochs:
 
 * ``archdisc``: ``run_discover`` from the trained weights (``--weights``), ``target_macs``,
@@ -53,7 +53,17 @@ def resnet18() -> nn.Module:
     return model
 
 
-MODELS = {"convnet": convnet, "resnet18": resnet18}
+def vit() -> nn.Module:
+    """torchvision's VisionTransformer for 1 x 28 x 28 inputs: 7 x 7 patches of 4 x 4, 4
+    blocks of width 64 with 4 heads and MLPs of 128 (``--model compress_convnet:vit``)."""
+    import torchvision
+    model = torchvision.models.VisionTransformer(28, 4, num_layers=4, num_heads=4,
+                                                 hidden_dim=64, mlp_dim=128, num_classes=10)
+    model.conv_proj = nn.Conv2d(1, 64, 4, 4)
+    return model
+
+
+MODELS = {"convnet": convnet, "resnet18": resnet18, "vit": vit}
 
 
 def fresh(model, seed) -> nn.Module:
@@ -105,7 +115,7 @@ def tp_prune(dense, how, frac, data):
     return pruned(hi)
 
 
-def run_seed(seed, limit, archdisc_opts: dict, methods, name="convnet"):
+def run_seed(seed, limit, archdisc_opts: dict, methods, name="convnet", fracs=FRACS):
     from safetensors.torch import save_file
 
     from archdisc import Config, run_discover
@@ -128,7 +138,7 @@ def run_seed(seed, limit, archdisc_opts: dict, methods, name="convnet"):
                      "seconds": round(time.perf_counter() - t, 1), **extra})
         print(json.dumps(rows[-1]), flush=True)
 
-    for frac in FRACS:
+    for frac in fracs:
         for how in ("norm", "taylor") if "tp" in methods else ():
             t = time.perf_counter()
             small = tp_prune(dense, how, frac, data)
@@ -184,6 +194,8 @@ def main():
     p.add_argument("--archdisc", default="{}", help="JSON config overrides for archdisc")
     p.add_argument("--methods", nargs="+", default=["tp", "scratch", "archdisc"])
     p.add_argument("--model", choices=sorted(MODELS), default="convnet")
+    p.add_argument("--fracs", nargs="+", type=float, default=list(FRACS),
+                   help="MACs fractions to compress to")
     p.add_argument("--tag", default="", help="part file name suffix (a variant's pilot)")
     p.add_argument("--archdisc-from", help="with --merge: archdisc's rows from this tag")
     p.add_argument("--merge", action="store_true")
@@ -196,7 +208,8 @@ def main():
     PARTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         t0 = time.perf_counter()
-        rows = run_seed(seed, args.limit, json.loads(args.archdisc), args.methods, args.model)
+        rows = run_seed(seed, args.limit, json.loads(args.archdisc), args.methods, args.model,
+                        args.fracs)
         part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "limit": args.limit,
                 "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
         atomic_write_text(PARTS / f"s{seed}{args.tag}.json", json.dumps(part, indent=2) + "\n")

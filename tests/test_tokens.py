@@ -8,6 +8,7 @@ from torchvision.models import VisionTransformer
 
 from archdisc import ArchGraph, compile_graph, extract, from_module
 from archdisc.errors import GraphError, ModelImportError
+from archdisc.deploy.formats import FORMATS, export
 from archdisc.graph.archgraph import count_params
 from archdisc.sparsity.groups import alive, param_groups, sparse_init, unit_members
 
@@ -113,3 +114,12 @@ def test_bad_token_input_and_unsupported_attention_are_named():
 
     with pytest.raises(ModelImportError, match="'attn'.*batch_first=True"):
         from_module(SeqFirst(), torch.randn(2, 8, 4, 4))
+
+
+def test_a_compact_vit_exports_to_every_format(tmp_path):
+    _, net, x = _vit()
+    with torch.no_grad():
+        net.layers["encoder_layers_encoder_layer_0_self_attention"].out_weight[0] = 0
+    graph, compact = extract(net, inputs=x)
+    paths = export(compact, graph, tmp_path, example_input=x)  # each file reloaded, checked
+    assert sorted(paths) == sorted(FORMATS)

@@ -95,7 +95,7 @@ def _searchable(g: ArchGraph, layer_of: dict, searchable) -> set:
                 todo.append(p)
     return {q for n, q in layer_of.items()
             if n not in last and q not in grouped
-            and (g.nodes[n]["op"] == "attention" or not _mixed(g, n))}
+            and (OPS[g.nodes[n]["op"]].kind == "attention" or not _mixed(g, n))}
 
 
 def _mixed(g: ArchGraph, n: str) -> bool:
@@ -108,7 +108,7 @@ def _mixed(g: ArchGraph, n: str) -> bool:
             spec = OPS[g.nodes[v]["op"]]
             if spec.mixes:
                 return True
-            if v not in seen and spec.kind in ("channelwise", "add"):
+            if v not in seen and spec.kind in ("channelwise", "add", "tile"):
                 seen.add(v)
                 todo.append(v)
     return False

@@ -19,13 +19,13 @@ affine tensors). Shapes come from running the traced program on the example inpu
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.import_transformer import TransformerReader, View as _View
 from archdisc.graph.modules import ACTIVATIONS
 
 _ACTS = {cls: name for name, (_, cls, _) in ACTIVATIONS.items() if cls is not None}
@@ -36,27 +36,13 @@ _POOL_FUNCTIONS = {F.max_pool2d: "maxpool2d", F.avg_pool2d: "avgpool2d",
                    F.adaptive_max_pool2d: "adaptive_maxpool2d"}
 _ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
 _MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_")
-@dataclass(eq=False)
-class _View:
-    """A traced value that is not a graph node of its own (see the module docstring).
-
-    ``kind``: ``"nhwc"`` (``node`` permuted to channels-last), ``"nld"`` (``node``'s (D, L)
-    tokens as (L, D), as transformers hold them), ``"pieces"`` (``node`` cut along the
-    channels at ``extra``, the bounds), ``"grouped"`` (a (groups, C / groups) view of
-    ``node``'s channels; ``extra``: the channel at each position), ``"param"`` (``extra``:
-    a tensor) or ``"first"`` (a tuple whose item 0 is ``extra``, the rest unused)."""
-    kind: str
-    node: str | None = None
-    extra: object = None
-
-
 def _size(v):
     """An int for a square size, else [height, width] (JSON-friendly)."""
     v = (v, v) if isinstance(v, int) else tuple(v)
     return v[0] if v[0] == v[1] else list(v)
 
 
-class Importer:
+class Importer(TransformerReader):
     """Builds the ArchGraph ``g``, its state dict ``weights`` and ``layer_of`` (graph node
     -> qualified name of the searchable-candidate Linear / Conv2d) from a traced module."""
 
@@ -112,6 +98,9 @@ class Importer:
         if node.meta.get("type") not in (torch.Tensor, tuple, list) and \
                 node.op != "call_module":
             return None  # a size, an index, arithmetic on them: arguments only
+        folded = self.fold(node)
+        if folded is not None:
+            return folded
         if node.op == "call_module":
             return self.module(node, self.gm.get_submodule(node.target))
         if node.op in ("call_function", "call_method"):
@@ -148,27 +137,6 @@ class Importer:
             self.unsupported(node, self.what(node))
         self.store(n, m.state_dict())
         return _View(view.kind, out)
-
-    def attention(self, node, m, x):
-        """``nn.MultiheadAttention(x, x, x)`` (batch first, no masks) -> an attention node
-        with head-major weights (graph/tokens.py)."""
-        args = node.args + tuple(node.kwargs.get(k) for k in ("key", "value") if k in node.kwargs)
-        extra = {k: v for k, v in node.kwargs.items() if k not in ("key", "value")}
-        if len(set(args)) != 1 or len(args) != 3 or not m.batch_first or \
-                not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn or \
-                any(v is not None for k, v in extra.items() if k != "need_weights"):
-            self.unsupported(node, f"{self.what(node)} other than self-attention (x, x, x) "
-                                   f"with batch_first=True and no masks or bias_k / bias_v")
-        h, e = m.num_heads, m.embed_dim
-        dh, bias = e // h, m.in_proj_bias is not None
-        self.store(node.name, {
-            "qkv_weight": m.in_proj_weight.view(3, h, dh, e).transpose(0, 1).reshape(h, 3 * dh, e),
-            "out_weight": m.out_proj.weight.t().reshape(h, dh, e), **({
-                "qkv_bias": m.in_proj_bias.view(3, h, dh).transpose(0, 1).reshape(h, 3 * dh),
-                "out_bias": m.out_proj.bias} if bias else {})})
-        self.layer_of[node.name] = node.target
-        return self.g.add_op(node.name, "attention", [x], units=e, heads=h, head_dim=dh,
-                             bias=bias, dropout=float(m.dropout))
 
     def conv(self, node, m, x):
         g, n = self.g, node.name
@@ -220,10 +188,9 @@ class Importer:
         # ---- views: channels-last, pieces, channel shuffle
         if t in ("contiguous", "clone") or (t is torch.clone):
             return x
-        if isinstance(x, _View) and x.kind in ("nld", "param", "first"):
-            out = self.tokens(node, x, vals)
-            if out is not None:
-                return out
+        out = self.transformer(node, vals)
+        if out is not None:
+            return out
         if t is torch.cat and isinstance(args[0], (list, tuple)) and any(
                 isinstance(self.val[a.name], _View) and self.val[a.name].kind == "nld"
                 for a in args[0]):
@@ -312,49 +279,6 @@ class Importer:
         if flat:
             return g.add_op(n, "flatten", [x])
         self.unsupported(node, str(name))
-
-    def tokens(self, node, x, vals):
-        """A function of a token view (or a parameter, or a tuple): the views it keeps, a
-        residual add, a position embedding, one token picked; None: not one of these."""
-        t, n, args = node.target, node.name, node.args
-        if x.kind == "first" and t is operator.getitem and args[1] == 0:
-            return x.extra
-        if x.kind == "param" and t == "expand":
-            return x
-        if x.kind != "nld":
-            return None
-        dims = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) \
-            else list(args[1:])
-        if t in ("permute", "transpose") and all(isinstance(d, int) for d in dims) and \
-                [d % 3 for d in dims] in ([0, 2, 1], [1, 2], [2, 1]):
-            return x.node
-        if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
-                args[1][0] == slice(None) and isinstance(args[1][1], int):
-            length = self.shape(node.args[0])[0]
-            return self.g.add_op(n, "token", [x.node], index=args[1][1] % length)
-        if t in _ADD and len(vals) == 2 and not node.kwargs:
-            y = vals[1]
-            if isinstance(y, _View) and y.kind == "nld":
-                return _View("nld", self.g.add_op(n, "add", [x.node, y.node],
-                                                  units=self.shape(node)[-1]))
-            if isinstance(y, _View) and y.kind == "param" and \
-                    tuple(y.extra.shape) == (1, *self.shape(node)):
-                self.store(n, {"weight": y.extra[0].t()})
-                return _View("nld", self.g.add_op(n, "pos_embed", [x.node],
-                                                  tokens=y.extra.shape[1]))
-        return None
-
-    def prepend(self, node, parts):
-        """``torch.cat([token.expand(N, -1, -1), ..., x], dim=1)``: learned tokens (class,
-        distillation) before the tokens of ``x``."""
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        *tokens, x = parts
-        if dim not in (1, -2) or not tokens or any(
-                not (isinstance(p, _View) and p.kind == "param") for p in tokens):
-            self.unsupported(node, "cat of tokens other than learned tokens before them")
-        w = torch.cat([p.extra.reshape(-1, p.extra.shape[-1]) for p in tokens]).t()
-        self.store(node.name, {"weight": w})
-        return _View("nld", self.g.add_op(node.name, "prepend", [x.node], tokens=w.shape[1]))
 
     def mul(self, node, vals):
         """``x * gate`` (both tensors with the same channels; a (C, 1, 1) gate broadcasts)

@@ -15,16 +15,24 @@ The ops here make and read token tensors:
   head h's query, key and value rows (``qkv_weight[h]``, ``qkv_bias[h]``) and its columns
   of the output projection (``out_weight[h]``) are row h of those tensors, so a head is
   one unit group (:mod:`archdisc.sparsity.groups`). A head whose values or output columns
-  are all zero adds exactly nothing, and extraction removes it.
+  are all zero adds exactly nothing, and extraction removes it;
+* ``window_attention``: Swin's (shifted) window attention on a (C, H, W) image, with the
+  same head-major tensors plus, per head, its relative position bias table (``rel_table``)
+  and, for Swin v2's cosine attention, its ``logit_scale``; computed as torchvision's
+  ``shifted_window_attention`` computes it, for any number of heads;
+* ``patch_merge``: Swin's 2 x 2 space-to-depth, (C, H, W) -> (4C, H / 2, W / 2), output
+  unit ``k C + c`` is input unit c (kind ``tile``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from archdisc.errors import ExtractionError, GraphError
 from archdisc.graph.kinds import KINDS, Kind
-from archdisc.graph.ops import OPS, REQUIRED, Op
+from archdisc.graph.ops import OPS, REQUIRED, Op, pair
 
 F = nn.functional
 
@@ -82,6 +90,77 @@ class SelfAttention(nn.Module):
         return F.linear(o, self.out_weight.flatten(0, 1).t(), self.out_bias).transpose(1, 2)
 
 
+class WindowAttention(SelfAttention):
+    """Swin's shifted-window attention on (N, C, H, W) images, head-major parameters."""
+
+    def __init__(self, cin, units, heads, head_dim, window, shift, bias=True, cosine=False,
+                 dropout=0.0):
+        super().__init__(cin, units, heads, head_dim, bias, dropout)
+        self.window, self.shift = list(pair(window)), list(pair(shift))
+        wh, ww = self.window
+        self.rel_table = nn.Parameter(torch.zeros(heads, (2 * wh - 1) * (2 * ww - 1)))
+        self.logit_scale = nn.Parameter(torch.full((heads,), math.log(10.0))) if cosine else None
+        # the table entry of each (query, key) pair of a window: their offset, row-major
+        at = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij"))
+        offset = (at.flatten(1)[:, :, None] - at.flatten(1)[:, None, :]).permute(1, 2, 0)
+        self.register_buffer("index", (offset[..., 0] + wh - 1) * (2 * ww - 1) +
+                             offset[..., 1] + ww - 1, persistent=False)
+
+    def forward(self, x):
+        h, dh = self.heads, self.head_dim
+        (wh, ww), (sh, sw), (height, width) = self.window, self.shift, x.shape[2:]
+        x = F.pad(x, (0, -width % ww, 0, -height % wh))  # zeros up to whole windows
+        ph, pw = x.shape[2], x.shape[3]
+        sh, sw = (sh if wh < ph else 0), (sw if ww < pw else 0)  # one window: no shift
+        if sh or sw:
+            x = torch.roll(x, (-sh, -sw), (2, 3))
+        # (N, C, ph, pw) -> windows (N * windows, wh * ww tokens, C), row-major both
+        t = x.unflatten(2, (ph // wh, wh)).unflatten(4, (pw // ww, ww))
+        t = t.permute(0, 2, 4, 3, 5, 1).flatten(0, 2).flatten(1, 2)
+        b = self.qkv_bias
+        if b is not None and self.logit_scale is not None:  # v2: keys have no bias
+            b = torch.cat([b[:, :dh], torch.zeros_like(b[:, dh:2 * dh]), b[:, 2 * dh:]], 1)
+        qkv = F.linear(t, self.qkv_weight.flatten(0, 1), None if b is None else b.flatten())
+        q, k, v = qkv.unflatten(-1, (h, 3, dh)).permute(3, 0, 2, 1, 4)  # (N', h, n, dh)
+        if self.logit_scale is not None:  # cosine attention
+            scale = self.logit_scale.clamp(max=math.log(100.0)).exp().view(h, 1, 1)
+            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * scale
+        else:
+            attn = (q * dh ** -0.5) @ k.transpose(-2, -1)
+        n = wh * ww
+        attn = attn + self.rel_table[:, self.index.flatten()].view(h, n, n)
+        if sh or sw:  # tokens that the roll brought from another region do not attend
+            attn = (attn.unflatten(0, (-1, (ph // wh) * (pw // ww))) +
+                    self._mask(ph, pw, sh, sw).to(attn)).flatten(0, 1)
+        attn = F.dropout(attn.softmax(-1), self.dropout, self.training)
+        o = (attn @ v).transpose(1, 2).flatten(2)
+        o = F.linear(o, self.out_weight.flatten(0, 1).t(), self.out_bias)  # (N', n, units)
+        o = o.unflatten(0, (-1, ph // wh, pw // ww)).unflatten(3, (wh, ww))
+        o = o.permute(0, 5, 1, 3, 2, 4).flatten(4, 5).flatten(2, 3)  # (N, units, ph, pw)
+        if sh or sw:
+            o = torch.roll(o, (sh, sw), (2, 3))
+        return o[:, :, :height, :width]
+
+    def _mask(self, ph, pw, sh, sw):
+        """(windows, 1, n, n): -100 between tokens of different regions of the rolled map."""
+        (wh, ww) = self.window
+
+        def region(size, w, s):
+            at = torch.arange(size)
+            return (at >= size - w).long() + (at >= size - s).long() if s else at * 0
+        label = region(ph, wh, sh)[:, None] * 3 + region(pw, ww, sw)[None, :]
+        label = label.unflatten(0, (ph // wh, wh)).unflatten(2, (pw // ww, ww))
+        label = label.permute(0, 2, 1, 3).flatten(0, 1).flatten(1, 2)  # (windows, n)
+        return ((label[:, None, :] != label[:, :, None]) * -100.0)[:, None]
+
+
+class PatchMerge(nn.Module):
+    def forward(self, x):
+        x = F.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+        return torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2],
+                          x[:, :, 1::2, 1::2]], 1)
+
+
 def _tokens_in(name):
     def shape(a, s):
         if len(s) != 2:
@@ -112,8 +191,18 @@ def _attention_params(a, cin, shape):
 
 
 def _attention_macs(a, cin, shape):
-    inner, length = a["heads"] * a["head_dim"], shape[1]
-    return length * inner * (3 * cin + a["units"]) + 2 * length * length * inner
+    inner, length = a["heads"] * a["head_dim"], math.prod(shape[1:])
+    keys = math.prod(pair(a["window"])) if "window" in a else length  # each query reads
+    return length * inner * (3 * cin + a["units"]) + 2 * length * keys * inner
+
+
+def _window_params(a, cin, shape):
+    wh, ww = pair(a["window"])
+    return _attention_params(a, cin, shape) + a["heads"] * (
+        (2 * wh - 1) * (2 * ww - 1) + a["cosine"])
+
+
+_HEADS = ("qkv_weight", "qkv_bias", "out_weight")  # a head's unit group (row h of each)
 
 
 OPS.update({op.name: op for op in [
@@ -136,11 +225,29 @@ OPS.update({op.name: op for op in [
                      "dropout": 0.0, "searchable": True}, kind="attention",
        module=lambda a, cin: SelfAttention(cin, a["units"], a["heads"], a["head_dim"],
                                            a["bias"], a["dropout"]),
-       params=_attention_params, macs=_attention_macs, searched="heads",
-       label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
-       check=lambda a: (None if all(isinstance(a[k], int) and a[k] >= 1 for k in (
-           "heads", "head_dim")) else "'heads' and 'head_dim' must be ints >= 1")),
+       params=_attention_params, macs=_attention_macs, searched="heads", grouped=_HEADS,
+       sliced=_HEADS, label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
+       check=lambda a: _heads_check(a)),
+    Op("window_attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED,
+                            "window": REQUIRED, "shift": 0, "bias": True, "cosine": False,
+                            "dropout": 0.0, "searchable": True}, kind="attention",
+       module=lambda a, cin: WindowAttention(cin, a["units"], a["heads"], a["head_dim"],
+                                             a["window"], a["shift"], a["bias"], a["cosine"],
+                                             a["dropout"]),
+       params=_window_params, macs=_attention_macs, searched="heads", spatial=True,
+       grouped=_HEADS, sliced=_HEADS + ("rel_table", "logit_scale"),
+       label=lambda a, w: f"window attention {a['heads']}×{a['head_dim']} {w}",
+       check=lambda a: _heads_check(a)),
+    Op("patch_merge", kind="tile", module=lambda a, cin: PatchMerge(), spatial=True,
+       label=lambda a, w: f"patch merge {w}",
+       out_shape=lambda a, s: (4 * s[0], -(-s[1] // 2), -(-s[2] // 2))),
 ]})
+
+
+def _heads_check(a):
+    if not all(isinstance(a[k], int) and a[k] >= 1 for k in ("heads", "head_dim")):
+        return "'heads' and 'head_dim' must be ints >= 1"
+    return None
 
 
 class Attention(Kind):
@@ -149,10 +256,11 @@ class Attention(Kind):
 
     def shape(self, g, n, ins):
         src, s = ins[0]
-        if len(s) != 2:
-            raise GraphError(f"attention node {n!r} needs a (features, tokens) input, got "
+        if len(s) != (3 if OPS[g.nodes[n]["op"]].spatial else 2):
+            what = "(C, H, W)" if OPS[g.nodes[n]["op"]].spatial else "(features, tokens)"
+            raise GraphError(f"{g.nodes[n]['op']} node {n!r} needs a {what} input, got "
                              f"{s} from {src!r}")
-        return (g.nodes[n]["units"], s[1])
+        return (g.nodes[n]["units"], *s[1:])
 
     def values(self, ex, n, reads):
         a, dh = ex.g.nodes[n], ex.g.nodes[n]["head_dim"]
@@ -194,12 +302,30 @@ class Attention(Kind):
         if bool(qkv[:, :, drop].ne(0).any()):
             raise ExtractionError(f"attention node {n!r} reads an input unit that was "
                                   f"removed; this is a bug in archdisc.extract")
-        out = {f"layers.{n}.qkv_weight": qkv[:, :, cols],
-               f"layers.{n}.out_weight": ex.param(n, "out_weight")[h][:, :, keep[n]]}
+        out = {f"layers.{n}.{k}": ex.param(n, k)[h] for k in OPS[ex.g.nodes[n]["op"]].sliced
+               if ex.param(n, k) is not None}
+        out[f"layers.{n}.qkv_weight"] = qkv[:, :, cols]
+        out[f"layers.{n}.out_weight"] = out[f"layers.{n}.out_weight"][:, :, keep[n]]
         if ex.g.nodes[n]["bias"]:
-            out[f"layers.{n}.qkv_bias"] = ex.param(n, "qkv_bias")[h]
             out[f"layers.{n}.out_bias"] = ex.param(n, "out_bias")[keep[n]]
         return out
 
 
-KINDS["attention"] = Attention()
+class Tile(Kind):
+    """Output unit ``k C + c`` is input unit c (a patch merge: C -> 4C); zero padding of an
+    odd side makes a non-zero constant vary."""
+
+    def values(self, ex, n, reads):
+        var, val = reads[0]
+        if any(d % 2 for d in ex.shapes[ex.ins[n][0]][1:]):
+            var = var | (val != 0)
+        return var.repeat(4), val.repeat(4)
+
+    def kept(self, ex, n, fwd):
+        return fwd[ex.ins[n][0]].repeat(4)
+
+    def demand(self, ex, n, d, fwd, dem):
+        dem[ex.ins[n][0]] |= d.view(4, -1).any(0)
+
+
+KINDS.update({"attention": Attention(), "tile": Tile()})

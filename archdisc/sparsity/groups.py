@@ -53,7 +53,7 @@ def _chains(net: ArchNet) -> dict[str, tuple[list[str], list[str]]]:
     for n in g.order():
         a = g.nodes[n]
         if OPS[a["op"]].kind == "attention" and a["searchable"]:  # unit i: head i
-            out[n] = ([f"layers.{n}.{k}" for k in ("qkv_weight", "qkv_bias", "out_weight")
+            out[n] = ([f"layers.{n}.{k}" for k in OPS[a["op"]].grouped
                        if f"layers.{n}.{k}" in params], [])
         if OPS[a["op"]].kind != "layer" or not a["searchable"]:
             continue

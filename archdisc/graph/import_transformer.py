@@ -1,0 +1,182 @@
+"""The fx importer's reading of transformers (a mixin of :class:`~archdisc.graph.importer.Importer`).
+
+Token tensors (N, L, D) are held as (N, D, L) token nodes (graph/tokens.py) behind an
+``"nld"`` view; Swin's (N, H, W, C) images as NCHW nodes behind an ``"nhwc"`` view. Read
+here: the ops of a view (a residual add of two views, dropout, stochastic depth, the
+permute back), the class token (``torch.cat`` of learned tokens), the position embedding,
+``x[:, i]``, ``nn.MultiheadAttention(x, x, x)``, torchvision's ``shifted_window_attention``
+and ``_patch_merging_pad``; and any call whose every tensor input is a parameter or a
+buffer is computed at import (Swin v2's position-bias MLP over its constant coordinates).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(eq=False)
+class View:
+    """A traced value that is not a graph node of its own (see importer.py).
+
+    ``kind``: ``"nhwc"`` (``node`` permuted to channels-last), ``"nld"`` (``node``'s (D, L)
+    tokens as (L, D), as transformers hold them), ``"pieces"`` (``node`` cut along the
+    channels at ``extra``, the bounds), ``"grouped"`` (a (groups, C / groups) view of
+    ``node``'s channels; ``extra``: the channel at each position), ``"param"`` (``extra``:
+    a tensor), ``"first"`` (a tuple whose item 0 is ``extra``, the rest unused) or
+    ``"relbias"`` (a relative position bias gathered from ``extra``, its (T, heads) table)."""
+    kind: str
+    node: str | None = None
+    extra: object = None
+
+
+def _is(v, *kinds) -> bool:
+    return isinstance(v, View) and v.kind in kinds
+
+
+class TransformerReader:
+    """The transformer part of the importer (it needs ``g``, ``gm``, ``val``, ``shape``,
+    ``store``, ``layer_of``, ``unsupported`` and ``what``)."""
+
+    def fold(self, node):
+        """The value of a call whose every tensor input is a parameter or buffer, computed
+        now (a ``"param"`` view; a relative position bias stays a table), or None."""
+        ins = node.all_input_nodes
+        if node.op not in ("call_function", "call_method", "call_module") or not ins or \
+                not all(_is(self.val[a.name], "param", "relbias") for a in ins):
+            return None
+        name = getattr(node.target, "__name__", node.target)
+        vals = [self.val[a.name] for a in ins]
+        if name == "_get_relative_position_bias":  # table[index]: keep the table
+            return View("relbias", extra=vals[0].extra)
+        if any(_is(v, "relbias") for v in vals):  # an elementwise function of the bias
+            if name in ("sigmoid", "mul") and (name == "sigmoid" or not node.kwargs):
+                table = vals[0].extra
+                other = [a for a in node.args if not isinstance(a, torch.fx.Node)]
+                return View("relbias", extra=torch.sigmoid(table) if name == "sigmoid"
+                            else table * math.prod(other))
+            self.unsupported(node, f"{name} of a relative position bias")
+        sub = torch.fx.node.map_arg
+        args = sub(node.args, lambda a: self.val[a.name].extra)
+        kwargs = sub(node.kwargs, lambda a: self.val[a.name].extra)
+        with torch.no_grad():
+            if node.op == "call_module":
+                out = self.gm.get_submodule(node.target)(*args, **kwargs)
+            elif node.op == "call_method":
+                out = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                out = node.target(*args, **kwargs)
+        return View("param", extra=out) if isinstance(out, torch.Tensor) else None
+
+    def transformer(self, node, vals):
+        """A function reading a view (or a parameter, or a tuple) that this mixin reads: the
+        graph node or view it gives, else None."""
+        t, n, args, g = node.target, node.name, node.args, self.g
+        name = getattr(t, "__name__", t)
+        x = vals[0] if vals else None
+        if name == "shifted_window_attention" and _is(x, "nhwc"):
+            return View("nhwc", self.window_attention(node))
+        if name == "_patch_merging_pad" and _is(x, "nhwc"):
+            return View("nhwc", g.add_op(n, "patch_merge", [x.node]))
+        if _is(x, "first") and t is operator.getitem and args[1] == 0:
+            return x.extra
+        if _is(x, "param") and t == "expand":
+            return x
+        if not _is(x, "nld", "nhwc"):
+            return None
+        if name == "stochastic_depth" and getattr(t, "__module__", "").startswith("torchvision"):
+            return View(x.kind, g.add_op(n, "stochastic_depth", [x.node], p=float(args[1]),
+                                         mode=args[2]))
+        if t in (operator.add, operator.iadd, torch.add) and len(vals) == 2 and \
+                not node.kwargs and _is(vals[1], x.kind):
+            return View(x.kind, g.add_op(n, "add", [x.node, vals[1].node],
+                                         units=self.shape(node)[-1]))
+        if x.kind == "nld":
+            return self.token_function(node, x, vals)
+        return None
+
+    def token_function(self, node, x, vals):
+        t, n, args = node.target, node.name, node.args
+        dims = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) \
+            else list(args[1:])
+        if t in ("permute", "transpose") and all(isinstance(d, int) for d in dims) and \
+                [d % 3 for d in dims] in ([0, 2, 1], [1, 2], [2, 1]):
+            return x.node
+        if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
+                args[1][0] == slice(None) and isinstance(args[1][1], int):
+            length = self.shape(node.args[0])[0]
+            return self.g.add_op(n, "token", [x.node], index=args[1][1] % length)
+        y = vals[1] if len(vals) == 2 else None
+        if t in (operator.add, torch.add) and _is(y, "param") and not node.kwargs and \
+                tuple(y.extra.shape) == (1, *self.shape(node)):
+            self.store(n, {"weight": y.extra[0].t()})
+            return View("nld", self.g.add_op(n, "pos_embed", [x.node], tokens=y.extra.shape[1]))
+        return None
+
+    def prepend(self, node, parts):
+        """``torch.cat([token.expand(N, -1, -1), ..., x], dim=1)``: learned tokens (class,
+        distillation) before the tokens of ``x``."""
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        *tokens, x = parts
+        if dim not in (1, -2) or not tokens or not all(_is(p, "param") for p in tokens):
+            self.unsupported(node, "cat of tokens other than learned tokens before them")
+        w = torch.cat([p.extra.reshape(-1, p.extra.shape[-1]) for p in tokens]).t()
+        self.store(node.name, {"weight": w})
+        return View("nld", self.g.add_op(node.name, "prepend", [x.node], tokens=w.shape[1]))
+
+    def attention(self, node, m: nn.MultiheadAttention, x):
+        """``nn.MultiheadAttention(x, x, x)`` (batch first, no masks) -> an attention node
+        with head-major weights (graph/tokens.py)."""
+        args = node.args + tuple(node.kwargs.get(k) for k in ("key", "value") if k in node.kwargs)
+        extra = {k: v for k, v in node.kwargs.items() if k not in ("key", "value")}
+        if len(set(args)) != 1 or len(args) != 3 or not m.batch_first or \
+                not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn or \
+                any(v is not None for k, v in extra.items() if k != "need_weights"):
+            self.unsupported(node, f"{self.what(node)} other than self-attention (x, x, x) "
+                                   f"with batch_first=True and no masks or bias_k / bias_v")
+        h, e = m.num_heads, m.embed_dim
+        self.store_heads(node.name, h, m.in_proj_weight, m.in_proj_bias, m.out_proj.weight,
+                         m.out_proj.bias)
+        self.layer_of[node.name] = node.target
+        return self.g.add_op(node.name, "attention", [x], units=e, heads=h, head_dim=e // h,
+                             bias=m.in_proj_bias is not None, dropout=float(m.dropout))
+
+    def store_heads(self, n, h, w, b, out_w, out_b, **more):
+        """Head-major q / k / v rows and output-projection columns (graph/tokens.py)."""
+        dh, cin = w.shape[0] // 3 // h, w.shape[1]
+        self.store(n, {"qkv_weight": w.view(3, h, dh, cin).transpose(0, 1).reshape(h, -1, cin),
+                       "out_weight": out_w.t().reshape(h, dh, -1), **more, **({
+                           "qkv_bias": b.view(3, h, dh).transpose(0, 1).reshape(h, -1),
+                           "out_bias": out_b} if b is not None else {})})
+
+    def window_attention(self, node):
+        """torchvision's ``shifted_window_attention`` -> a window_attention node."""
+        from torchvision.models.swin_transformer import shifted_window_attention
+        a = inspect.signature(shifted_window_attention).bind(*node.args, **node.kwargs)
+        a.apply_defaults()
+        a = {k: self.val[v.name] if isinstance(v, torch.fx.Node) else v
+             for k, v in a.arguments.items()}
+        tensors = ("qkv_weight", "proj_weight", "qkv_bias", "proj_bias", "logit_scale")
+        if not _is(a["relative_position_bias"], "relbias") or a["dropout"] or any(
+                a[k] is not None and not _is(a[k], "param") for k in tensors) or \
+                (a["qkv_bias"] is None) != (a["proj_bias"] is None):
+            self.unsupported(node, "shifted_window_attention other than Swin's (weights and "
+                                   "both biases as parameters, its relative position bias "
+                                   "table, no output dropout)")
+        p = {k: a[k].extra if a[k] is not None else None for k in tensors}
+        h, n = a["num_heads"], node.name
+        scale = {} if p["logit_scale"] is None else {"logit_scale": p["logit_scale"].reshape(h)}
+        self.store_heads(n, h, p["qkv_weight"], p["qkv_bias"], p["proj_weight"], p["proj_bias"],
+                         rel_table=a["relative_position_bias"].extra.t(), **scale)
+        w = node.args[1] if len(node.args) > 1 else node.kwargs.get("qkv_weight")
+        self.layer_of[n] = w.target.rsplit(".", 2)[0] if w.op == "get_attr" else n
+        return self.g.add_op(n, "window_attention", [a["input"].node],
+                             units=p["proj_weight"].shape[0], heads=h,
+                             head_dim=p["qkv_weight"].shape[0] // 3 // h,
+                             window=list(a["window_size"]), shift=list(a["shift_size"]),
+                             bias=p["qkv_bias"] is not None, cosine=bool(scale),
+                             dropout=float(a["attention_dropout"]))
