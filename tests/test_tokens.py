@@ -7,9 +7,10 @@ from torch import nn
 from torchvision.models import VisionTransformer
 
 from archdisc import ArchGraph, compile_graph, extract, from_module
-from archdisc.errors import GraphError, ModelImportError
 from archdisc.deploy.formats import FORMATS, export
+from archdisc.errors import GraphError, ModelImportError
 from archdisc.graph.archgraph import count_params
+from archdisc.graph.tokens import WindowAttention
 from archdisc.sparsity.groups import alive, param_groups, sparse_init, unit_members
 
 D, HEADS, MLP = 16, 4, 32
@@ -123,3 +124,55 @@ def test_a_compact_vit_exports_to_every_format(tmp_path):
     graph, compact = extract(net, inputs=x)
     paths = export(compact, graph, tmp_path, example_input=x)  # each file reloaded, checked
     assert sorted(paths) == sorted(FORMATS)
+
+
+# ---------------------------------------------------------------------- Swin
+@pytest.mark.parametrize("cosine", [False, True])
+def test_window_attention_matches_torchvision_shifted_and_padded(cosine):
+    from torchvision.models.swin_transformer import shifted_window_attention
+    torch.manual_seed(0)
+    h, dh, c = 2, 4, 8  # (torchvision needs c = h * dh)
+    att = WindowAttention(c, c, h, dh, window=[4, 4], shift=[2, 2], cosine=cosine).eval()
+    with torch.no_grad():
+        for p in att.parameters():
+            p.normal_()
+    x = torch.randn(2, c, 10, 9)  # padded to 12 x 12: 9 windows, 4 of them masked
+    table = att.rel_table.t()  # torchvision's layout: (entries, heads), gathered by index
+    bias = table[att.index.flatten()].view(16, 16, h).permute(2, 0, 1)[None]
+    b = att.qkv_bias.view(h, 3, dh).transpose(0, 1).flatten()
+    want = shifted_window_attention(
+        x.permute(0, 2, 3, 1), att.qkv_weight.view(h, 3, dh, c).transpose(0, 1).reshape(-1, c),
+        att.out_weight.flatten(0, 1).t(), bias, [4, 4], h, [2, 2], qkv_bias=b,
+        proj_bias=att.out_bias, logit_scale=att.logit_scale.view(h, 1, 1) if cosine else None,
+        training=False)
+    assert torch.allclose(att(x), want.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_imports_and_loses_heads_mlp_units_and_a_block_exactly(v2):
+    from torchvision.models import swin_transformer as sw
+    torch.manual_seed(0)
+    kw = dict(block=sw.SwinTransformerBlockV2, downsample_layer=sw.PatchMergingV2) if v2 else {}
+    m = sw.SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=3, **kw).eval()
+    nn.init.normal_(m.head.weight)
+    x = torch.randn(2, 3, 32, 32)
+    net = from_module(m, x, depth=True)
+    ops = [net.graph.nodes[n]["op"] for n in net.graph]
+    assert ops.count("window_attention") == 4 and ops.count("patch_merge") == 1
+    members = unit_members(net)
+    heads = [n for n in members if net.graph.nodes[n]["op"] == "window_attention"]
+    assert len(heads) == 4 and len(members) == 8  # + the 4 MLPs' hidden layers
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for n, names in members.items():
+            for p in names:
+                params[p][: len(params[names[0]]) // 2] = 0
+        u = "shifted_window_attention_3"  # its branch's gate: down to the residual add
+        while net.graph.nodes[v := next(iter(net.graph.successors(u)))]["op"] != "add":
+            u = v
+        net.gates[f"{u}__{v}"].zero_()
+    graph, compact = extract(net, inputs=x)
+    assert "shifted_window_attention_3" not in graph
+    assert [graph.nodes[n]["heads"] for n in heads[:3]] == [1, 1, 2]
+    assert (compact(x) - net(x)).abs().max() <= 1e-5
+    assert sum(p.numel() for p in compact.parameters()) == count_params(graph)

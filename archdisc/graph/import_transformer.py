@@ -1,4 +1,4 @@
-"""The fx importer's reading of transformers (a mixin of :class:`~archdisc.graph.importer.Importer`).
+"""How the fx importer reads transformers (a mixin of :class:`archdisc.graph.importer.Importer`).
 
 Token tensors (N, L, D) are held as (N, D, L) token nodes (graph/tokens.py) behind an
 ``"nld"`` view; Swin's (N, H, W, C) images as NCHW nodes behind an ``"nhwc"`` view. Read
