@@ -4,6 +4,8 @@ The importer itself is :mod:`archdisc.graph.importer`.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -32,8 +34,10 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     so that the search can remove blocks whole.
     Raises ModelImportError for an op that is not supported (naming the node) or a module
     torch.fx cannot trace."""
-    try:
-        gm = torch.fx.symbolic_trace(module)
+    later = list(inspect.signature(module.forward).parameters.values())[1:]
+    try:  # forward's later arguments (a mask, a flag) are traced at their defaults
+        gm = torch.fx.symbolic_trace(module, concrete_args={
+            p.name: p.default for p in later if p.default is not p.empty} or None)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; report its reason
         raise ModelImportError(
             f"torch.fx cannot trace {type(module).__name__}: {e}. Data-dependent control "

@@ -4,8 +4,8 @@ Token tensors (N, L, D) are held as (N, D, L) token nodes (graph/tokens.py) behi
 ``"nld"`` view; Swin's (N, H, W, C) images as NCHW nodes behind an ``"nhwc"`` view. Read
 here: the ops of a view (a residual add of two views, dropout, stochastic depth, the
 permute back), the class token (``torch.cat`` of learned tokens), the position embedding,
-``x[:, i]``, ``nn.MultiheadAttention(x, x, x)``, torchvision's ``shifted_window_attention``
-and ``_patch_merging_pad``; and any call whose every tensor input is a parameter or a
+``x[:, i]``, ``nn.MultiheadAttention(x, x, x)``, attention written out (below),
+torchvision's ``shifted_window_attention`` and ``_patch_merging_pad``; and any call whose every tensor input is a parameter or a
 buffer is computed at import (Swin v2's position-bias MLP over its constant coordinates).
 """
 from __future__ import annotations
@@ -28,10 +28,19 @@ class View:
     channels at ``extra``, the bounds), ``"grouped"`` (a (groups, C / groups) view of
     ``node``'s channels; ``extra``: the channel at each position), ``"param"`` (``extra``:
     a tensor), ``"first"`` (a tuple whose item 0 is ``extra``, the rest unused) or
-    ``"relbias"`` (a relative position bias gathered from ``extra``, its (T, heads) table)."""
+    ``"relbias"`` (a relative position bias gathered from ``extra``, its (T, heads) table).
+    Attention written out (timm's, Hugging Face's) passes through ``"heads"`` (a Linear's
+    output split into heads: ``extra`` has ``s`` parts (3 for a fused q / k / v) of ``h``
+    heads of ``dh`` features, the ``part`` taken, the ``layout`` of the dims: b(atch),
+    l(ength), s, h, d and the ``scale`` applied), ``"unbound"`` (``extra``: the q, k, v
+    heads), ``"scores"`` (q @ k^T), ``"probs"`` (their softmax), ``"attn"`` (the heads'
+    outputs) and ``"merged"`` (the heads' outputs as (L, h * dh) tokens)."""
     kind: str
     node: str | None = None
     extra: object = None
+
+
+_WRITTEN = ("heads", "unbound", "scores", "probs", "attn")
 
 
 def _is(v, *kinds) -> bool:
@@ -78,6 +87,9 @@ class TransformerReader:
         t, n, args, g = node.target, node.name, node.args, self.g
         name = getattr(t, "__name__", t)
         x = vals[0] if vals else None
+        if name == "scaled_dot_product_attention" or any(
+                _is(v, *_WRITTEN) for v in vals):
+            return self.written(node, vals)
         if name == "shifted_window_attention" and _is(x, "nhwc"):
             return View("nhwc", self.window_attention(node))
         if name == "_patch_merging_pad" and _is(x, "nhwc"):
@@ -110,6 +122,12 @@ class TransformerReader:
                 args[1][0] == slice(None) and isinstance(args[1][1], int):
             length = self.shape(node.args[0])[0]
             return self.g.add_op(n, "token", [x.node], index=args[1][1] % length)
+        shape = self.shape(node)
+        if t in ("view", "reshape") and self.g.op(x.node) == "linear" and \
+                len(shape) in (3, 4) and math.prod(shape[1:]) == self.shape(node.args[0])[1]:
+            s, h, dh = (1, *shape[1:]) if len(shape) == 3 else shape[1:]
+            return View("heads", x.node, {"s": s, "h": h, "dh": dh, "part": 0, "scale": 1.0,
+                                          "layout": "blhd" if len(shape) == 3 else "blshd"})
         y = vals[1] if len(vals) == 2 else None
         if t in (operator.add, torch.add) and _is(y, "param") and not node.kwargs and \
                 tuple(y.extra.shape) == (1, *self.shape(node)):
@@ -144,6 +162,104 @@ class TransformerReader:
         self.layer_of[node.name] = node.target
         return self.g.add_op(node.name, "attention", [x], units=e, heads=h, head_dim=e // h,
                              bias=m.in_proj_bias is not None, dropout=float(m.dropout))
+
+    def written(self, node, vals):
+        """A step of attention written out: q / k / v Linears split into heads, then
+        ``F.scaled_dot_product_attention`` or ``softmax(q @ k^T * scale) @ v``, the heads
+        merged back into tokens (the Linear reading them: :meth:`merge_heads`)."""
+        t, args = node.target, node.args
+        name = getattr(t, "__name__", t)
+        x = vals[0]
+        e = x.extra if _is(x, "heads", "attn") else None
+        numbers = [v for v in vals if isinstance(v, (int, float))]
+        if name == "scaled_dot_product_attention":
+            keys = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+            a = {**dict(zip(keys, vals[3:])), **node.kwargs}
+            q, k, v = vals[:3]
+            if a.get("attn_mask") is not None or a.get("is_causal") or a.get("enable_gqa") or \
+                    not all(_is(p, "heads") and p.extra["layout"] == "bhld" for p in vals[:3]):
+                self.unsupported(node, "scaled_dot_product_attention other than of q / k / v "
+                                       "Linears split into heads, without masks")
+            return self.attn(node, q, k, v, a.get("scale") or q.extra["dh"] ** -0.5,
+                             a.get("dropout_p", 0.0))
+        if _is(x, "unbound") and t is operator.getitem:
+            return x.extra[args[1]]
+        if e is not None and t in ("permute", "transpose"):
+            order, r = list(range(len(e["layout"]))), len(e["layout"])
+            if t == "transpose":
+                i, j = args[1] % r, args[2] % r
+                order[i], order[j] = j, i
+            else:
+                order = [d % r for d in (args[1] if isinstance(args[1], (list, tuple))
+                                         else args[1:])]
+            return View(x.kind, x.node, {**e, "layout": "".join(e["layout"][i] for i in order)})
+        if _is(x, "heads") and e["layout"][0] == "s" and (
+                (t == "unbind" and node.kwargs.get("dim", args[1] if len(args) > 1 else 0) == 0)
+                or (t is operator.getitem and isinstance(args[1], int))):
+            parts = [View("heads", x.node, {**e, "part": i, "layout": e["layout"][1:]})
+                     for i in range(e["s"])]
+            return View("unbound", extra=parts) if t == "unbind" else parts[args[1]]
+        y = next((v for v in vals if _is(v, "heads", "scores")), None)
+        if t in (operator.mul, operator.truediv, "mul", "div") and len(vals) == 2 and \
+                y is not None and len(numbers) == 1 and (t in (operator.mul, "mul") or y is x):
+            c = numbers[0] if t in (operator.mul, "mul") else 1 / numbers[0]
+            return View(y.kind, y.node, {**y.extra, "scale": y.extra["scale"] * c})
+        if t in (operator.matmul, torch.matmul, "matmul") and len(vals) == 2:
+            a, b = vals
+            if _is(a, "heads") and _is(b, "heads") and a.extra["layout"] == "bhld" and \
+                    b.extra["layout"] == "bhdl":
+                return View("scores", extra={"q": a, "k": b, "scale": a.extra["scale"] *
+                                             b.extra["scale"], "dropout": 0.0})
+            if _is(a, "probs") and _is(b, "heads") and b.extra["layout"] == "bhld":
+                return self.attn(node, a.extra["q"], a.extra["k"], b, a.extra["scale"],
+                                 a.extra["dropout"])
+        if _is(x, "scores") and name == "softmax" and \
+                node.kwargs.get("dim", args[1] if len(args) > 1 else None) in (-1, 3):
+            return View("probs", extra=x.extra)
+        if _is(x, "attn") and t in ("reshape", "view") and e["layout"] == "blhd":
+            return View("merged", extra=e)
+        self.unsupported(node, f"{name} in attention written out (supported: q / k / v "
+                               f"Linears split into heads, scaled_dot_product_attention or "
+                               f"softmax(q @ k^T * scale) @ v, the heads merged by a Linear)")
+
+    def attn(self, node, q, k, v, scale, dropout):
+        dh = q.extra["dh"]
+        if any(p.extra["scale"] != 1.0 for p in (k, v)) or \
+                not math.isclose(scale * q.extra["scale"], dh ** -0.5, rel_tol=1e-6):
+            self.unsupported(node, f"attention with the scale {scale * q.extra['scale']:.4g} "
+                                   f"(only 1 / sqrt(head_dim) = {dh ** -0.5:.4g})")
+        return View("attn", extra={"q": q, "k": k, "v": v, "layout": "bhld",
+                                   "dropout": float(dropout)})
+
+    def merge_heads(self, node, m: nn.Linear, e):
+        """The Linear reading the merged heads: with the q / k / v Linears, one attention
+        node (head-major weights, graph/tokens.py) reading their input."""
+        parts = [e[k] for k in "qkv"]
+        lins = list(dict.fromkeys(p.node for p in parts))
+        h, dh = parts[0].extra["h"], parts[0].extra["dh"]
+        src = {tuple(self.g.inputs(n)) for n in lins}
+        if len(src) != 1 or any(self.g.out_degree(n) for n in lins) or \
+                any((p.extra["h"], p.extra["dh"]) != (h, dh) for p in parts):
+            self.unsupported(node, "attention whose q, k and v read different inputs, have "
+                                   "other readers or other head shapes")
+        w = {n: self.weights.pop(f"layers.{n}.weight") for n in lins}
+        b = {n: self.weights.pop(f"layers.{n}.bias", None) for n in lins}
+        bias = m.bias is not None or any(v is not None for v in b.values())
+
+        def rows(p, t, *shape):
+            return t.reshape(p.extra["s"], h * dh, *shape)[p.extra["part"]]
+        n = node.name
+        self.store_heads(n, h, torch.cat([rows(p, w[p.node], -1) for p in parts]), torch.cat([
+            rows(p, b[p.node]) if b[p.node] is not None else torch.zeros(h * dh)
+            for p in parts]) if bias else None, m.weight,
+            m.bias if m.bias is not None or not bias else torch.zeros(m.out_features))
+        names = [self.layer_of.pop(n).split(".") for n in lins] + [node.target.split(".")]
+        prefix = [p[0] for p in zip(*names) if len(set(p)) == 1]
+        self.layer_of[n] = ".".join(prefix) or n  # the attention module's name
+        for x in lins:
+            self.g.remove_node(x)
+        return self.g.add_op(n, "attention", [src.pop()[0]], units=m.out_features, heads=h,
+                             head_dim=dh, bias=bias, dropout=e["dropout"])
 
     def store_heads(self, n, h, w, b, out_w, out_b, **more):
         """Head-major q / k / v rows and output-projection columns (graph/tokens.py)."""

@@ -86,8 +86,8 @@ class Importer(TransformerReader):
     # ---- one traced node
     def visit(self, node):
         g, n = self.g, node.name
-        if node.op == "placeholder":
-            return g.input(n, self.shape(node))
+        if node.op == "placeholder":  # the input; later ones are left at their defaults
+            return g.input(n, self.shape(node)) if "tensor_meta" in node.meta else None
         if node.op == "get_attr":
             t = self.gm
             for part in node.target.split("."):
@@ -109,6 +109,15 @@ class Importer(TransformerReader):
 
     def module(self, node, m):
         x = self.val[node.args[0].name] if node.args else None
+        if isinstance(m, nn.Identity):
+            return x
+        if isinstance(m, nn.Dropout) and isinstance(x, _View) and x.kind == "probs":
+            return _View("probs", extra={**x.extra, "dropout": m.p})  # the attention's own
+        if isinstance(m, nn.Linear) and isinstance(x, _View) and x.kind == "merged":
+            return _View("nld", self.merge_heads(node, m, x.extra))
+        if isinstance(m, nn.Softmax) and isinstance(x, _View) and x.kind == "scores" and \
+                m.dim in (-1, 3):
+            return _View("probs", extra=x.extra)
         if isinstance(x, _View) and x.kind in ("nhwc", "nld"):
             return self.channels_last(node, m, x)
         read = MODULES.get(type(m))
@@ -233,10 +242,10 @@ class Importer(TransformerReader):
             a = self.kwargs(node)
             w, b = (self.val[a[k].name].extra if isinstance(a[k], torch.fx.Node) else a[k]
                     for k in ("weight", "bias"))
-            nhwc = isinstance(x, _View) and x.kind == "nhwc"
-            src = x.node if nhwc else self.tensor(node)
+            last = isinstance(x, _View) and x.kind in ("nhwc", "nld")
+            src = x.node if last else self.tensor(node)
             self.layernorm(node, src, a["normalized_shape"], w, b, a["eps"])
-            return _View("nhwc", n) if nhwc else n
+            return _View(x.kind, n) if last else n
         if isinstance(x, _View) and x.kind == "nhwc" and (t in _ACT_FUNCTIONS or
                                                           t in ("relu", "sigmoid", "tanh")):
             return _View("nhwc", g.act(n, x.node, _ACT_FUNCTIONS.get(t, t)))
@@ -360,4 +369,6 @@ SUPPORTED = sorted(c.__name__ for c in MODULES if c is not nn.LeakyReLU) + [
     "permute to channels-last and back around LayerNorm / Linear",
     "channel shuffle (view, transpose(1, 2), view)", "torchvision's stochastic_depth",
     "tokens: x.flatten(2).transpose(1, 2), class tokens by torch.cat, + a position "
-    "embedding, x[:, i], MultiheadAttention(x, x, x) with batch_first=True"]
+    "embedding, x[:, i], MultiheadAttention(x, x, x) with batch_first=True",
+    "attention written out: q / k / v Linears split into heads, scaled_dot_product_attention "
+    "or softmax(q @ k^T * scale) @ v without masks, the heads merged by a Linear"]

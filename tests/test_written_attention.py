@@ -1,0 +1,126 @@
+"""Attention written out, as timm and Hugging Face write it, imports as one attention node:
+a fused qkv Linear split with reshape / permute / unbind into F.scaled_dot_product_attention,
+and separate q / k / v Linears with softmax(q @ k^T / sqrt(d)) @ v; the heads merged by the
+output Linear. Heads are unit groups whose removal is exact."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archdisc import extract, from_module
+from archdisc.errors import ModelImportError
+from archdisc.graph.archgraph import count_params
+from archdisc.sparsity.groups import unit_members
+
+D, HEADS = 16, 4
+DH = D // HEADS
+
+
+class Fused(nn.Module):  # timm's Attention
+    def __init__(self, scale=DH ** -0.5):
+        super().__init__()
+        self.qkv, self.proj, self.scale = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D), scale
+
+    def forward(self, x):
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, L, 3, HEADS, DH).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(x.transpose(1, 2).reshape(B, L, C))
+
+
+class Split(nn.Module):  # Hugging Face's eager attention
+    def __init__(self):
+        super().__init__()
+        self.query, self.key, self.value = (nn.Linear(D, D) for _ in range(3))
+        self.dropout, self.out = nn.Dropout(0.1), nn.Linear(D, D)
+
+    def forward(self, x, mask=None):
+        B, L, _ = x.shape
+        q, k, v = (f(x).view(B, L, HEADS, DH).transpose(1, 2)
+                   for f in (self.query, self.key, self.value))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(DH)
+        if mask is not None:
+            scores = scores + mask
+        probs = self.dropout(scores.softmax(dim=-1))
+        return self.out(torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, attn):
+        super().__init__()
+        self.norm1, self.attn, self.norm2 = nn.LayerNorm(D), attn, nn.LayerNorm(D)
+        self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Tiny(nn.Module):
+    def __init__(self, attns):
+        super().__init__()
+        self.patch = nn.Conv2d(3, D, 4, 4)
+        self.cls, self.pos = nn.Parameter(torch.randn(1, 1, D)), nn.Parameter(torch.randn(1, 5, D))
+        self.blocks = nn.Sequential(*(Block(a) for a in attns))
+        self.head = nn.Linear(D, 3)
+
+    def forward(self, x, mask=None):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        return self.head(F.layer_norm(self.blocks(t), (D,))[:, 0])
+
+
+def _tiny(*attns):
+    torch.manual_seed(0)
+    m = Tiny(attns or (Fused(), Split())).eval()
+    x = torch.randn(3, 3, 8, 8)
+    return m, from_module(m, x), x
+
+
+def test_both_forms_import_as_attention_nodes_with_heads():
+    m, net, x = _tiny()
+    g = net.graph
+    att = [n for n in g if g.nodes[n]["op"] == "attention"]
+    assert len(att) == 2 and all(g.nodes[n]["heads"] == HEADS for n in att)
+    assert not any(g.nodes[n]["op"] == "linear" and g.nodes[n]["units"] == 3 * D for n in g)
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+    torch_params = sum(p.numel() for p in m.parameters())
+    # the fused qkv's missing bias as zeros, the last layer norm's missing affine as 1 and 0
+    assert count_params(g) == torch_params + 3 * D + 2 * D
+    assert sorted(unit_members(net)) == sorted(att + ["blocks_0_mlp_0", "blocks_1_mlp_0"])
+
+
+def test_dead_heads_of_both_forms_are_removed_exactly():
+    m, net, x = _tiny()
+    params = dict(net.named_parameters())
+    att = sorted(n for n in net.graph if net.graph.nodes[n]["op"] == "attention")
+    with torch.no_grad():
+        for n in att:
+            for p in unit_members(net)[n]:
+                params[p][0] = 0
+    graph, compact = extract(net, inputs=x)
+    assert [graph.nodes[n]["heads"] for n in att] == [HEADS - 1] * 2
+    assert torch.allclose(compact(x), net(x), atol=1e-5)
+    assert count_params(graph) == count_params(net.graph) - 2 * (3 * DH * (D + 1) + DH * D)
+
+
+def test_depth_gates_cover_the_attention_blocks():
+    m, _, x = _tiny()
+    net = from_module(m, x, depth=True)
+    assert len(net.gates) == 4  # the attention and MLP branch of both blocks
+
+
+def test_unsupported_attention_is_named():
+    m = Tiny((Fused(scale=0.3),)).eval()
+    with pytest.raises(ModelImportError, match="scaled_dot_product_attention.*scale 0.3"):
+        from_module(m, torch.randn(2, 3, 8, 8))
+
+    class Masked(Tiny):
+        def forward(self, x):
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            return self.blocks[0].attn(t, torch.zeros(4, 4)).mean()
+
+    with pytest.raises(ModelImportError, match="'add'.*in attention written out"):
+        from_module(Masked((Split(),)), torch.randn(2, 3, 8, 8))
