@@ -19,13 +19,16 @@ pessimistic size, since training drives a dead channel's running mean to 0).
 
 ``--all``: every torchvision classification model (``torchvision.models.list_models``), the
 smallest input its family allows (224 for the attention models), torchvision's BatchNorms
-(-> results/fx_coverage_all.json, written after each model).
+(-> results/fx_coverage_all.json, written after each model). ``--timm``: the 40 timm
+architectures of ``TIMM`` (``timm.create_model(name, pretrained=False)``, each at its own input
+size; -> results/fx_coverage_timm.json).
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import sys
 import time
 import traceback
 
@@ -58,6 +61,25 @@ MODELS = {
     "inception_v3": (tvm.inception_v3, {"aux_logits": False, "init_weights": False}, 75),
     "convnext_tiny": (tvm.convnext_tiny, {}, 32),
 }
+
+# 40 popular timm architectures: 28 CNNs, 12 transformers / MLPs / hybrids
+TIMM = """resnet18 resnet50 seresnet50 resnext50_32x4d wide_resnet50_2 res2net50_26w_4s resnest14d
+densenet121 vgg11 inception_v3 dla34 cspresnet50 hrnet_w18_small regnetx_002 regnety_002 repvgg_a0
+ese_vovnet19b_dw efficientnet_b0 tf_efficientnetv2_b0 mobilenetv2_100 mobilenetv3_large_100
+mobilenetv4_conv_small mnasnet_100 mixnet_s ghostnet_100 rexnet_100 lcnet_050 convnext_atto
+convnextv2_atto vit_tiny_patch16_224 deit_tiny_distilled_patch16_224 vit_small_patch16_224
+swin_tiny_patch4_window7_224 beit_base_patch16_224 levit_128s mobilevit_xs poolformer_s12
+mixer_b16_224 efficientformer_l1 edgenext_xx_small""".split()
+
+
+def timm_models() -> dict:
+    """The ``TIMM`` architectures as ``MODELS`` entries (random weights, their input size)."""
+    import timm
+
+    def build(name, weights=None):
+        return timm.create_model(name, pretrained=False)
+    return {name: (functools.partial(build, name), {},
+                   timm.get_pretrained_cfg(name).input_size[-1]) for name in TIMM}
 
 
 @torch.no_grad()
@@ -145,20 +167,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--all", action="store_true", help="every torchvision classification model")
+    ap.add_argument("--timm", action="store_true", help="the 40 timm architectures of TIMM")
     ap.add_argument("--bn", choices=("default", "random", "both"), default="both")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "fx_coverage.json"))
     args = ap.parse_args()
     command = "OMP_NUM_THREADS=1 .venv/bin/python experiments/fx_coverage.py " + (
-        "--all" if args.all else (f"--bn {args.bn} " if args.bn != "both" else "")
+        "--all" if args.all else "--timm" if args.timm else (f"--bn {args.bn} " if args.bn != "both" else "")
         + ("--models " + " ".join(args.models) if args.models != list(MODELS) else ""))
-    if args.all:
-        every = every_model()
+    if args.all or args.timm:
+        every = every_model() if args.all else timm_models()
         MODELS.update(every)
         args.models, args.bn = list(every), "default"
         if args.out == str(RESULTS / "fx_coverage.json"):
-            args.out = str(RESULTS / "fx_coverage_all.json")
+            args.out = str(RESULTS / f"fx_coverage_{'all' if args.all else 'timm'}.json")
     set_threads(args.threads)
     modes = ("default", "random") if args.bn == "both" else (args.bn,)
     rows, t0 = [], time.perf_counter()
@@ -180,7 +203,8 @@ def main():
                       f"{row.get('error', 'max |diff| %.3g' % row.get('max_abs_diff', 0))}",
                       flush=True)
         out = {"command": command, "torch": torch.__version__,
-               "torchvision": torchvision.__version__, "threads": args.threads, "bn": args.bn,
+               "torchvision": torchvision.__version__,
+               "timm": getattr(sys.modules.get("timm"), "__version__", None), "threads": args.threads, "bn": args.bn,
                "seed": args.seed, "wall_s": time.perf_counter() - t0, "rows": rows}
         atomic_write_text(args.out, json.dumps(out, indent=1))  # after each model
     print(f"{sum(r['exact'] for r in rows)}/{len(rows)} runs exact, "

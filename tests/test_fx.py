@@ -396,3 +396,41 @@ def test_unsupported_permute_and_layernorm_are_clear_errors():
 
     with pytest.raises(ArchdiscError, match=r"node 'permute' .*permute \[0, 1, 3, 2\]"):
         from_module(Transposed(), torch.randn(2, 3, 6, 6))
+
+
+class FunctionalForms(nn.Module):
+    """timm's way: BatchNorm subclasses calling F.batch_norm, a Linear subclass calling
+    F.linear, a layer scale of shape (1, C, 1, 1), a training-only branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.gamma = nn.Parameter(torch.rand(8))
+        self.fc1, self.fc2 = nn.Linear(8, 6), nn.Linear(6, 2)
+
+    def forward(self, x, scale=None):
+        b = self.bn
+        x = nn.functional.batch_norm(self.conv(x), b.running_mean, b.running_var, b.weight,
+                                     b.bias, self.training, 0.1, b.eps)
+        x = torch.relu(x.mul(self.gamma.reshape(1, -1, 1, 1))).mean((2, 3))
+        if self.training:  # traced in eval mode: not part of the function
+            x = x * 0
+        return self.fc2(nn.functional.relu(nn.functional.linear(x, self.fc1.weight,
+                                                                 self.fc1.bias)))
+
+
+def test_functional_batchnorm_and_linear_import_and_extract_exactly():
+    torch.manual_seed(0)
+    m = _trained_bn(FunctionalForms()).train()  # a module in training mode is traced in eval
+    x = torch.randn(4, 3, 6, 6)
+    net = from_module(m, x)
+    assert m.training and [net.graph.nodes[n]["op"] for n in net.graph].count("batchnorm2d") == 1
+    assert torch.allclose(net(x), m.eval()(x), atol=1e-6)
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        params["layers.linear.weight"][:3] = 0
+        params["layers.linear.bias"][:3] = 0
+    graph, compact = extract(net, inputs=x)
+    assert graph.nodes["linear"]["units"] == 3
+    assert torch.allclose(compact(x), net(x), atol=1e-6)
+    assert from_module(m, x, searchable=["fc1"]).graph.nodes["linear"]["searchable"]

@@ -34,6 +34,15 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     so that the search can remove blocks whole.
     Raises ModelImportError for an op that is not supported (naming the node) or a module
     torch.fx cannot trace."""
+    was_training = module.training
+    module.eval()  # traced in eval mode: a `self.training` branch is read when tracing
+    try:
+        return _import(module, example_input, searchable, depth, atol)
+    finally:
+        module.train(was_training)
+
+
+def _import(module, example_input, searchable, depth, atol) -> ArchNet:
     later = list(inspect.signature(module.forward).parameters.values())[1:]
     try:  # forward's later arguments (a mask, a flag) are traced at their defaults
         gm = torch.fx.symbolic_trace(module, concrete_args={
@@ -44,8 +53,6 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
             f"flow (if / for on tensor values) cannot be traced; move it out of forward or "
             f"wrap it in a leaf module") from None
     gm.graph.eliminate_dead_code()
-    was_training = module.training
-    module.eval()
     try:
         with torch.no_grad():
             ShapeProp(gm.eval()).propagate(example_input)
@@ -67,7 +74,6 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     if not diff <= atol * max(1.0, float(want.abs().max())):
         raise ModelImportError(f"the imported graph differs from {type(module).__name__} by "
                             f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
-    module.train(was_training)
     return net
 
 

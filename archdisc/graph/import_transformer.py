@@ -121,7 +121,7 @@ class TransformerReader:
         if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
                 args[1][0] == slice(None) and isinstance(args[1][1], int):
             length = self.shape(node.args[0])[0]
-            return self.g.add_op(n, "token", [x.node], index=args[1][1] % length)
+            return self.g.add_op(n, "token", [x.node], at=args[1][1] % length)
         shape = self.shape(node)
         if t in ("view", "reshape") and self.g.op(x.node) == "linear" and \
                 len(shape) in (3, 4) and math.prod(shape[1:]) == self.shape(node.args[0])[1]:

@@ -183,6 +183,39 @@ class Importer(TransformerReader):
                                "bias": bias if bias is not None else torch.zeros(c)})
         return self.g.add_op(node.name, "layernorm", [src], eps=float(eps))
 
+    def linear(self, node, x):
+        """``F.linear(x, weight, bias)`` with parameters (timm's Linear): a linear node."""
+        a = {**dict(zip(("input", "weight", "bias"), node.args)), **node.kwargs}
+        w, b = (self.val[a[k].name] if isinstance(a.get(k), torch.fx.Node) else a.get(k)
+                for k in ("weight", "bias"))
+        if not isinstance(w, _View) or w.kind != "param" or not (
+                b is None or isinstance(b, _View) and b.kind == "param"):
+            self.unsupported(node, "linear with a weight or bias that is not a parameter")
+        self.store(node.name, {"weight": w.extra, **({"bias": b.extra} if b else {})})
+        wn = a["weight"]  # the Linear module's name, as a searchable layer
+        self.layer_of[node.name] = wn.target.rsplit(".", 1)[0] if wn.op == "get_attr" \
+            else node.name
+        w = w.extra
+        out = self.g.linear(node.name, getattr(x, "node", x), w.shape[0], bias=b is not None)
+        return _View("nld", out) if isinstance(x, _View) else out
+
+    def batchnorm(self, node):
+        """``F.batch_norm`` with running statistics (in eval mode, as traced)."""
+        a = self.kwargs(node)
+        t = {k: self.val[a[k].name].extra if isinstance(a[k], torch.fx.Node) else a[k]
+             for k in ("running_mean", "running_var", "weight", "bias")}
+        if a["training"] or t["running_mean"] is None or t["running_var"] is None:
+            self.unsupported(node, "batch_norm with batch statistics (no running statistics)")
+        c = self.shape(node)[0]
+        self.store(node.name, {"weight": t["weight"] if t["weight"] is not None else
+                               torch.ones(c), "bias": t["bias"] if t["bias"] is not None else
+                               torch.zeros(c), "running_mean": t["running_mean"],
+                               "running_var": t["running_var"],
+                               "num_batches_tracked": torch.tensor(0)})
+        op = "batchnorm2d" if len(self.shape(node)) == 3 else "batchnorm1d"
+        return self.g.add_op(node.name, op, [self.tensor(node)], eps=float(a["eps"]),
+                             momentum=float(a["momentum"] or 0.1))
+
     def select(self, n, x, channels, width):
         """Channels ``channels`` of node ``x`` (of ``width`` channels)."""
         if torch.equal(channels, torch.arange(width)):
@@ -238,6 +271,10 @@ class Importer(TransformerReader):
         if name in ("view", "reshape", "flatten") and isinstance(x, _View) and \
                 x.kind == "grouped" and len(self.shape(node)) == 3:
             return self.select(n, x.node, x.extra.reshape(-1), x.extra.numel())
+        if name == "batch_norm" and isinstance(x, str):  # timm's BatchNormAct2d
+            return self.batchnorm(node)
+        if t is F.linear and (isinstance(x, str) or (isinstance(x, _View) and x.kind == "nld")):
+            return self.linear(node, x)
         if name == "layer_norm" and isinstance(x, (str, _View)):
             a = self.kwargs(node)
             w, b = (self.val[a[k].name].extra if isinstance(a[k], torch.fx.Node) else a[k]
@@ -298,6 +335,8 @@ class Importer(TransformerReader):
             i = 1 if vals[0] is params[0] else 0
             x, gamma = self.tensor(node, i), params[0].extra
             c = self.shape(node.args[i])[0]
+            if gamma.dim() == len(self.shape(node)) + 1 and gamma.shape[0] == 1:
+                gamma = gamma[0]  # (1, C, 1, 1): the batch dim
             if gamma.numel() != c or gamma.dim() > len(self.shape(node)) or \
                     (gamma.dim() > 1 and gamma.shape[0] != c):
                 self.unsupported(node, f"mul by a parameter of shape {tuple(gamma.shape)}: "

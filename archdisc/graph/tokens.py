@@ -9,7 +9,7 @@ The ops here make and read token tensors:
 * ``prepend``: learned tokens (a class token) before the others, one column per token
   in its ``weight`` (D, k);
 * ``pos_embed``: plus a learned (D, L) position embedding;
-* ``token``: token ``index`` alone, ``(D, L) -> (D,)`` (the class token read by a head);
+* ``token``: token ``at`` alone, ``(D, L) -> (D,)`` (the class token read by a head);
 * ``attention``: multi-head self-attention. Its ``units`` are its output features (the
   output projection's rows, kept all or none); its searchable groups are its **heads**:
   head h's query, key and value rows (``qkv_weight[h]``, ``qkv_bias[h]``) and its columns
@@ -167,9 +167,9 @@ def _tokens_in(name):
             raise GraphError(f"{name} needs a (features, tokens) input, got {s}")
         if name == "prepend":
             return (s[0], s[1] + a["tokens"])
-        if (name == "token" and a["index"] >= s[1]) or (name == "pos_embed"
+        if (name == "token" and a["at"] >= s[1]) or (name == "pos_embed"
                                                          and a["tokens"] != s[1]):
-            raise GraphError(f"{name} {a.get('index', a['tokens'])} does not fit an input "
+            raise GraphError(f"{name} {a.get('at', a.get('tokens'))} does not fit an input "
                              f"of {s[1]} tokens")
         return (s[0],) if name == "token" else s
     return shape
@@ -216,11 +216,11 @@ OPS.update({op.name: op for op in [
        params=lambda a, cin, shape: cin * a["tokens"], label=lambda a, w: f"+ position {w}",
        out_shape=_tokens_in("pos_embed"), constant=_pos_constant, sliced=("weight",),
        grouped=("weight",), keeps_zero=lambda a: True),
-    Op("token", {"index": 0}, module=lambda a, cin: Token(a["index"]),
-       label=lambda a, w: f"token {a['index']} {w}", out_shape=_tokens_in("token"),
+    Op("token", {"at": 0}, module=lambda a, cin: Token(a["at"]),
+       label=lambda a, w: f"token {a['at']} {w}", out_shape=_tokens_in("token"),
        keeps_zero=lambda a: True,
-       check=lambda a: (None if isinstance(a["index"], int) and a["index"] >= 0
-                        else f"'index' must be an int >= 0, got {a['index']!r}")),
+       check=lambda a: (None if isinstance(a["at"], int) and a["at"] >= 0
+                        else f"'at' must be an int >= 0, got {a['at']!r}")),
     Op("attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED, "bias": True,
                      "dropout": 0.0, "searchable": True}, kind="attention",
        module=lambda a, cin: SelfAttention(cin, a["units"], a["heads"], a["head_dim"],
