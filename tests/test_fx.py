@@ -434,3 +434,33 @@ def test_functional_batchnorm_and_linear_import_and_extract_exactly():
     assert graph.nodes["linear"]["units"] == 3
     assert torch.allclose(compact(x), net(x), atol=1e-6)
     assert from_module(m, x, searchable=["fc1"]).graph.nodes["linear"]["searchable"]
+
+
+class SliceUpsample(nn.Module):
+    """GhostNet's channel slice (``x[:, :n]``) and HRNet's nearest upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up, self.head = nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x)[:, :6], self.up(self.b(x))], 1)
+        return self.head(torch.relu(y)).mean((2, 3))
+
+
+def test_channel_slice_and_upsample_extract_exactly():
+    torch.manual_seed(0)
+    m, x = SliceUpsample().eval(), torch.randn(2, 3, 8, 8)
+    net = from_module(m, x)
+    ops = [net.graph.nodes[n]["op"] for n in net.graph]
+    assert "upsample" in ops and "select" in ops and torch.allclose(net(x), m(x), atol=1e-6)
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for conv in ("a", "b"):
+            params[f"layers.{conv}.weight"][1] = 0
+            params[f"layers.{conv}.bias"][1] = 0
+        params["layers.a.weight"][7] = 1e3  # a channel the slice drops: not read
+    graph, compact = extract(net, inputs=x)
+    assert (graph.nodes["a"]["units"], graph.nodes["b"]["units"]) == (5, 3)
+    assert torch.allclose(compact(x), net(x), atol=1e-5)

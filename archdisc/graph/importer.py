@@ -42,6 +42,14 @@ def _size(v):
     return v[0] if v[0] == v[1] else list(v)
 
 
+def _channel_slice(key) -> bool:
+    """Whether ``x[key]`` takes a range of channels: ``x[:, a:b]`` (``, :`` / ``...`` after)."""
+    every = slice(None)
+    return isinstance(key, tuple) and len(key) >= 2 and key[0] == every and \
+        isinstance(key[1], slice) and key[1].step in (None, 1) and \
+        all(k == every or k is Ellipsis for k in key[2:])
+
+
 class Importer(TransformerReader):
     """Builds the ArchGraph ``g``, its state dict ``weights`` and ``layer_of`` (graph node
     -> qualified name of the searchable-candidate Linear / Conv2d) from a traced module."""
@@ -256,6 +264,9 @@ class Importer(TransformerReader):
         if t is operator.getitem and isinstance(x, _View) and x.kind == "pieces":
             lo, hi = x.extra[args[1]], x.extra[args[1] + 1]
             return self.select(n, x.node, torch.arange(lo, hi), x.extra[-1])
+        if t is operator.getitem and isinstance(x, str) and _channel_slice(args[1]):
+            c = self.shape(node.args[0])[0]
+            return self.select(n, x, torch.arange(c)[args[1][1]], c)
         if name in ("view", "reshape", "flatten") and isinstance(x, str):
             s0, s1 = self.shape(node.args[0]), self.shape(node)
             if len(s0) == 3 and s1 == (s0[0], s0[1] * s0[2]):
@@ -382,6 +393,12 @@ def _channel_shuffle(imp, node, m, x):
     return imp.select(node.name, x, torch.arange(c).view(m.groups, -1).t().reshape(-1), c)
 
 
+def _upsample(imp, node, m, x):
+    (c, h, w), (_, oh, ow) = imp.shape(node.args[0]), imp.shape(node)
+    if m.mode == "nearest" and oh % h == 0 and oh // h == ow / w:
+        return imp.g.add_op(node.name, "upsample", [x], scale=oh // h)
+
+
 # A module type -> how it is imported: (importer, fx node, module, input graph node) -> the
 # new graph node, or None when this module's settings are not supported.
 MODULES = {
@@ -399,8 +416,10 @@ MODULES = {
     nn.LayerNorm: lambda imp, node, m, x: imp.layernorm(node, x, m.normalized_shape, m.weight,
                                                         m.bias, m.eps),
     nn.ChannelShuffle: _channel_shuffle,
+    nn.Upsample: _upsample,
 }
-SUPPORTED = sorted(c.__name__ for c in MODULES if c is not nn.LeakyReLU) + [
+SUPPORTED = sorted(c.__name__ for c in MODULES if c not in (nn.LeakyReLU, nn.Upsample)) + [
+    "Upsample(mode='nearest', integer scale)",
     "LeakyReLU(0.01)", "Conv2d with groups (depthwise or grouped), dilation, non-square "
     "kernels", "+ / torch.add", "* (a squeeze-excitation gate, a layer scale)",
     "torch.cat(dim=1)", "chunk / split(dim=1)", "torch.flatten(x, 1)", "x.view(x.size(0), -1)",

@@ -289,6 +289,12 @@ OPS: dict[str, Op] = {op.name: op for op in [
        label=lambda a, w: "scale", sliced=("weight",), keeps_zero=lambda a: True,
        constant=lambda a, param, var, val: (var & (param("weight") != 0),
                                             val * param("weight").double())),
+    Op("upsample", {"scale": REQUIRED},  # nearest: each pixel repeated scale x scale
+       module=lambda a, cin: nn.Upsample(scale_factor=a["scale"], mode="nearest"),
+       label=lambda a, w: f"upsample x{a['scale']}", spatial=True, keeps_zero=lambda a: True,
+       out_shape=lambda a, s: (s[0], s[1] * a["scale"], s[2] * a["scale"]),
+       check=lambda a: (None if isinstance(a["scale"], int) and a["scale"] >= 1
+                        else f"'scale' must be an int >= 1, got {a['scale']!r}")),
     Op("gap", module=lambda a, cin: GlobalAvgPool(), spatial=True,
        out_shape=lambda a, s: (s[0],), keeps_zero=lambda a: True),
     Op("flatten", kind="flatten", module=lambda a, cin: nn.Flatten(),
