@@ -464,3 +464,19 @@ def test_channel_slice_and_upsample_extract_exactly():
     graph, compact = extract(net, inputs=x)
     assert (graph.nodes["a"]["units"], graph.nodes["b"]["units"]) == (5, 3)
     assert torch.allclose(compact(x), net(x), atol=1e-5)
+
+
+def test_multiplying_or_dividing_by_a_number_is_exact():
+    class Heads(nn.Module):  # DeiT's distilled heads: their average
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return (self.a(x) + 0.5 * self.b(x)) / 2
+
+    torch.manual_seed(0)
+    m, x = Heads().eval(), torch.randn(5, 4)
+    net = from_module(m, x)
+    assert [net.graph.nodes[n]["op"] for n in net.graph].count("mulconst") == 2
+    assert torch.allclose(net(x), m(x), atol=1e-6)

@@ -297,6 +297,12 @@ class Importer(TransformerReader):
         if isinstance(x, _View) and x.kind == "nhwc" and (t in _ACT_FUNCTIONS or
                                                           t in ("relu", "sigmoid", "tanh")):
             return _View("nhwc", g.act(n, x.node, _ACT_FUNCTIONS.get(t, t)))
+        numbers = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(vals) == 2 and len(numbers) == 1 and not node.kwargs and (t in _MUL or (
+                t in (operator.truediv, torch.div, "div") and vals[1] is numbers[0])):
+            factor = float(numbers[0]) if t in _MUL else 1.0 / numbers[0]
+            return g.add_op(n, "mulconst", [self.tensor(node, vals.index(numbers[0]) ^ 1)],
+                            factor=factor)
         # ---- two tensors
         if t in _MUL and len(vals) == 2 and not node.kwargs:
             return self.mul(node, vals)
@@ -394,7 +400,7 @@ def _channel_shuffle(imp, node, m, x):
 
 
 def _upsample(imp, node, m, x):
-    (c, h, w), (_, oh, ow) = imp.shape(node.args[0]), imp.shape(node)
+    (_, h, w), (_, oh, ow) = imp.shape(node.args[0]), imp.shape(node)
     if m.mode == "nearest" and oh % h == 0 and oh // h == ow / w:
         return imp.g.add_op(node.name, "upsample", [x], scale=oh // h)
 

@@ -62,6 +62,17 @@ class ChannelScale(nn.Module):
         return x * self.weight.view(-1, *([1] * (x.dim() - 2)))
 
 
+class MulConst(nn.Module):
+    """``x * factor``, a number (an average of two heads: ``(a + b) / 2``)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channels (dim 1) of (N, C), (N, C, L) tokens or (N, C, H, W)
     tensors; computed as ConvNeXt and ViT compute it (channels last, layer_norm, back)."""

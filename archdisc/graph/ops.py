@@ -31,7 +31,7 @@ from torch import nn
 
 from archdisc.errors import GraphError
 from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelScale, ChannelSelect,
-                                    GlobalAvgPool, Linear, StochasticDepth)
+                                    GlobalAvgPool, Linear, MulConst, StochasticDepth)
 
 REQUIRED = object()  # an attribute without a default
 
@@ -289,6 +289,12 @@ OPS: dict[str, Op] = {op.name: op for op in [
        label=lambda a, w: "scale", sliced=("weight",), keeps_zero=lambda a: True,
        constant=lambda a, param, var, val: (var & (param("weight") != 0),
                                             val * param("weight").double())),
+    Op("mulconst", {"factor": REQUIRED}, module=lambda a, cin: MulConst(a["factor"]),
+       label=lambda a, w: f"x {a['factor']:.3g}", keeps_zero=lambda a: True,
+       constant=lambda a, param, var, val: (var, val * a["factor"]),
+       check=lambda a: (None if isinstance(a["factor"], (int, float)) and not isinstance(
+           a["factor"], bool) and math.isfinite(a["factor"])
+           else f"'factor' must be a finite number, got {a['factor']!r}")),
     Op("upsample", {"scale": REQUIRED},  # nearest: each pixel repeated scale x scale
        module=lambda a, cin: nn.Upsample(scale_factor=a["scale"], mode="nearest"),
        label=lambda a, w: f"upsample x{a['scale']}", spatial=True, keeps_zero=lambda a: True,
