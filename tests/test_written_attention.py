@@ -1,7 +1,8 @@
 """Attention written out, as timm and Hugging Face write it, imports as one attention node:
 a fused qkv Linear split with reshape / permute / unbind into F.scaled_dot_product_attention,
 and separate q / k / v Linears with softmax(q @ k^T / sqrt(d)) @ v; the heads merged by the
-output Linear. Heads are unit groups whose removal is exact."""
+output Linear. Heads are unit groups whose removal is exact. A nanoGPT-style language model
+(token and position embeddings, causal attention, logits for every token) too."""
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archdisc import extract, from_module
+from archdisc.deploy.formats import FORMATS, export
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import count_params
 from archdisc.sparsity.groups import unit_members
@@ -124,3 +126,66 @@ def test_unsupported_attention_is_named():
 
     with pytest.raises(ModelImportError, match="'add'.*in attention written out"):
         from_module(Masked((Split(),)), torch.randn(2, 3, 8, 8))
+
+
+class CausalAttention(nn.Module):  # nanoGPT's
+    def __init__(self):
+        super().__init__()
+        self.c_attn, self.c_proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (p.view(B, T, HEADS, C // HEADS).transpose(1, 2) for p in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab=40, block=16):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, D), nn.Embedding(block, D)
+        self.blocks = nn.Sequential(Block(CausalAttention()), Block(CausalAttention()))
+        self.ln_f, self.lm_head = nn.LayerNorm(D), nn.Linear(D, vocab, bias=False)
+        self.wte.weight = self.lm_head.weight  # tied
+
+    def forward(self, idx):
+        b, t = idx.size()
+        x = self.wte(idx) + self.wpe(torch.arange(0, t, dtype=torch.long, device=idx.device))
+        return self.lm_head(self.ln_f(self.blocks(x)))
+
+
+def test_a_gpt_imports_and_loses_heads_mlp_units_and_a_block_exactly():
+    torch.manual_seed(0)
+    m, ids = GPT().eval(), torch.randint(0, 40, (3, 10))
+    net = from_module(m, ids, depth=True)
+    g = net.graph
+    assert [g.nodes[n]["op"] for n in g.order()][:3] == ["input", "embed", "pos_embed"]
+    assert net(ids).shape == (3, 10, 40) and torch.allclose(net(ids), m(ids), atol=1e-5)
+    other = ids.clone()
+    other[:, 6:] = (ids[:, 6:] + 1) % 40  # causal: the first 6 tokens do not see the rest
+    assert torch.allclose(net(other)[:, :6], net(ids)[:, :6], atol=1e-6)
+    assert not torch.allclose(net(other)[:, 6:], net(ids)[:, 6:], atol=1e-3)
+    params = dict(net.named_parameters())
+    att = "blocks_0_attn_c_proj"
+    with torch.no_grad():
+        for p in unit_members(net)[att]:
+            params[p][2] = 0
+        for p in unit_members(net)["blocks_1_mlp_0"]:
+            params[p][:5] = 0
+        net.gates["blocks_1_attn_c_proj__add_3"].zero_()  # block 1's attention branch
+    graph, compact = extract(net, inputs=ids)
+    assert graph.nodes[att]["heads"] == HEADS - 1 and "blocks_1_attn_c_proj" not in graph
+    assert graph.nodes["blocks_1_mlp_0"]["units"] == 2 * D - 5
+    assert torch.allclose(compact(ids), net(ids), atol=1e-5)
+
+
+def test_a_compact_gpt_exports_to_every_format(tmp_path):
+    torch.manual_seed(0)
+    m, ids = GPT().eval(), torch.randint(0, 40, (2, 10))
+    net = from_module(m, ids)
+    with torch.no_grad():
+        net.layers["blocks_1_attn_c_proj"].out_weight[1] = 0
+    graph, compact = extract(net, inputs=ids)
+    paths = export(compact, graph, tmp_path)  # token ids sampled; each file reloaded, checked
+    assert sorted(paths) == sorted(FORMATS)

@@ -110,9 +110,7 @@ def save(net: ArchNet, path, graph: ArchGraph | None = None) -> tuple[Path, Path
 
 # ---------------------------------------------------------------------- inputs
 def _inputs(graph: ArchGraph, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(batch, *graph.nodes[n]["shape"], generator=gen)
-                 for n in graph.input_nodes())
+    return graph.sample_inputs(batch, torch.Generator().manual_seed(seed))
 
 
 def _as_tuple(x) -> tuple:

@@ -23,9 +23,10 @@ def verify_equivalent(net: ArchNet, compact: ArchNet, inputs=None, atol: float =
     """
     xs = _inputs(net, inputs)
     worst, failure = _compare(net, compact, xs, atol, mapping)
-    if failure is not None and xs[0].dtype == torch.float32:  # rounding, or a real error?
+    if failure is not None and xs[0].dtype in (torch.float32, torch.long):  # rounding?
         double = [copy.deepcopy(m).double() for m in (net, compact)]
-        worst, failure = _compare(*double, [x.double() for x in xs], atol, mapping)
+        worst, failure = _compare(*double, [x.double() if x.is_floating_point() else x
+                                            for x in xs], atol, mapping)
     if failure is not None:
         raise ExtractionError(failure)
     return worst
@@ -68,7 +69,5 @@ def _inputs(net: ArchNet, inputs, batch: int = 4) -> tuple:
         return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     param = next(iter(net.parameters()), None)
     kw = {"device": param.device, "dtype": param.dtype} if param is not None else {}
-    gen = torch.Generator().manual_seed(0)
-    shapes = net.graph.shapes()
-    return tuple(torch.randn((batch, *shapes[n]), generator=gen).to(**kw)
-                 for n in net.input_names)
+    return tuple(x.to(**kw) if x.is_floating_point() else x.to(kw.get("device"))
+                 for x in net.graph.sample_inputs(batch, torch.Generator().manual_seed(0)))

@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 import networkx as nx
+import torch
 
 from archdisc.errors import GraphError
 from archdisc.graph.kinds import kind
@@ -115,6 +116,17 @@ class ArchGraph(nx.DiGraph):
 
     def output_nodes(self) -> list[str]:
         return [n for n in self if self.nodes[n]["op"] == "output"]
+
+    def sample_inputs(self, batch: int, gen: torch.Generator) -> tuple:
+        """One random batch per input node: token ids below the smallest vocabulary of the
+        embeddings reading it, else standard normal values."""
+        out, shapes = [], self.shapes()
+        for n in self.input_nodes():
+            vocab = [self.nodes[r]["vocab"] for r in self.successors(n)
+                     if self.nodes[r]["op"] == "embed"]
+            out.append(torch.randint(0, min(vocab), (batch, *shapes[n]), generator=gen)
+                       if vocab else torch.randn((batch, *shapes[n]), generator=gen))
+        return tuple(out)
 
     def candidate_edges(self) -> list[tuple[str, str]]:
         return [(u, v) for u, v, g in self.edges(data="gate") if g is not None]

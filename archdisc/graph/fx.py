@@ -55,7 +55,7 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
     gm.graph.eliminate_dead_code()
     try:
         with torch.no_grad():
-            ShapeProp(gm.eval()).propagate(example_input)
+            _Values(gm.eval()).propagate(example_input)
     except Exception as e:  # noqa: BLE001 - the user's module failed on the input
         raise ModelImportError(f"{type(module).__name__} fails on example_input of shape "
                             f"{list(example_input.shape)}: {e.__cause__ or e}") from None
@@ -75,6 +75,16 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
         raise ModelImportError(f"the imported graph differs from {type(module).__name__} by "
                             f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
     return net
+
+
+class _Values(ShapeProp):
+    """ShapeProp that also keeps each size, index or other non-tensor value (``"value"``)."""
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if not isinstance(out, (torch.Tensor, tuple, list)) or isinstance(out, torch.Size):
+            n.meta["value"] = out
+        return out
 
 
 def _searchable(g: ArchGraph, layer_of: dict, searchable) -> set:

@@ -29,6 +29,8 @@ class View:
     ``node``'s channels; ``extra``: the channel at each position), ``"param"`` (``extra``:
     a tensor), ``"first"`` (a tuple whose item 0 is ``extra``, the rest unused) or
     ``"relbias"`` (a relative position bias gathered from ``extra``, its (T, heads) table).
+    ``"qkv"``: part ``part`` of ``s`` equal parts of a Linear's tokens (nanoGPT's
+    ``c_attn(x).split(D, dim=2)``).
     Attention written out (timm's, Hugging Face's) passes through ``"heads"`` (a Linear's
     output split into heads: ``extra`` has ``s`` parts (3 for a fused q / k / v) of ``h``
     heads of ``dh`` features, the ``part`` taken, the ``layout`` of the dims: b(atch),
@@ -40,7 +42,7 @@ class View:
     extra: object = None
 
 
-_WRITTEN = ("heads", "unbound", "scores", "probs", "attn")
+_WRITTEN = ("heads", "unbound", "qkv", "scores", "probs", "attn")
 
 
 def _is(v, *kinds) -> bool:
@@ -51,15 +53,37 @@ class TransformerReader:
     """The transformer part of the importer (it needs ``g``, ``gm``, ``val``, ``shape``,
     ``store``, ``layer_of``, ``unsupported`` and ``what``)."""
 
+    def sizes(self, node):
+        """Note in ``batchy`` a size that holds the batch size: ``x.shape`` / ``x.size()`` of
+        a traced tensor (``"whole"``), their item 0 and what is computed from them (True).
+        The other sizes (a length, a width) are constants that :meth:`fold` may use."""
+        t, args, ins = node.target, node.args, node.all_input_nodes
+        data = bool(ins) and not _is(self.val.get(ins[0].name), "param", "relbias") and \
+            self.val.get(ins[0].name) is not None
+        if data and ((t == "size" and len(args) == 1 and not node.kwargs) or (
+                t is getattr and args[1] == "shape")):
+            self.batchy[node.name] = "whole"
+        elif t is operator.getitem and self.batchy.get(ins[0].name) == "whole":
+            if args[1] == 0:
+                self.batchy[node.name] = True
+        elif (data and t == "size" and 0 in (args[1:2] or (node.kwargs.get("dim"),))) or \
+                any(a.name in self.batchy for a in ins):
+            self.batchy[node.name] = True
+
     def fold(self, node):
-        """The value of a call whose every tensor input is a parameter or buffer, computed
-        now (a ``"param"`` view; a relative position bias stays a table), or None."""
+        """The value of a call whose every tensor input is a parameter or buffer and whose
+        other inputs are sizes without the batch size, computed now (a ``"param"`` view; a
+        relative position bias stays a table), or None."""
         ins = node.all_input_nodes
-        if node.op not in ("call_function", "call_method", "call_module") or not ins or \
-                not all(_is(self.val[a.name], "param", "relbias") for a in ins):
+        tensors = [a for a in ins if self.val[a.name] is not None]
+        if node.op not in ("call_function", "call_method", "call_module") or \
+                node.meta.get("type") is not torch.Tensor and not tensors or \
+                not all(_is(self.val[a.name], "param", "relbias") for a in tensors) or \
+                any(a.name in self.batchy or "value" not in a.meta for a in ins
+                    if a not in tensors):
             return None
         name = getattr(node.target, "__name__", node.target)
-        vals = [self.val[a.name] for a in ins]
+        vals = [self.val[a.name] for a in tensors]
         if name == "_get_relative_position_bias":  # table[index]: keep the table
             return View("relbias", extra=vals[0].extra)
         if any(_is(v, "relbias") for v in vals):  # an elementwise function of the bias
@@ -69,9 +93,10 @@ class TransformerReader:
                 return View("relbias", extra=torch.sigmoid(table) if name == "sigmoid"
                             else table * math.prod(other))
             self.unsupported(node, f"{name} of a relative position bias")
-        sub = torch.fx.node.map_arg
-        args = sub(node.args, lambda a: self.val[a.name].extra)
-        kwargs = sub(node.kwargs, lambda a: self.val[a.name].extra)
+        def value(a):
+            return self.val[a.name].extra if a in tensors else a.meta["value"]
+        args = torch.fx.node.map_arg(node.args, value)
+        kwargs = torch.fx.node.map_arg(node.kwargs, value)
         with torch.no_grad():
             if node.op == "call_module":
                 out = self.gm.get_submodule(node.target)(*args, **kwargs)
@@ -122,6 +147,12 @@ class TransformerReader:
                 args[1][0] == slice(None) and isinstance(args[1][1], int):
             length = self.shape(node.args[0])[0]
             return self.g.add_op(n, "token", [x.node], at=args[1][1] % length)
+        if t in ("split", "chunk") and self.g.op(x.node) == "linear" and \
+                node.kwargs.get("dim", args[2] if len(args) > 2 else 0) in (2, -1):
+            parts = [m.shape[-1] for m in node.meta["tensor_meta"]]
+            if len(set(parts)) == 1:  # q, k, v of one Linear
+                return View("unbound", extra=[View("qkv", x.node, {"s": len(parts), "part": i})
+                                              for i in range(len(parts))])
         shape = self.shape(node)
         if t in ("view", "reshape") and self.g.op(x.node) == "linear" and \
                 len(shape) in (3, 4) and math.prod(shape[1:]) == self.shape(node.args[0])[1]:
@@ -130,9 +161,9 @@ class TransformerReader:
                                           "layout": "blhd" if len(shape) == 3 else "blshd"})
         y = vals[1] if len(vals) == 2 else None
         if t in (operator.add, torch.add) and _is(y, "param") and not node.kwargs and \
-                tuple(y.extra.shape) == (1, *self.shape(node)):
-            self.store(n, {"weight": y.extra[0].t()})
-            return View("nld", self.g.add_op(n, "pos_embed", [x.node], tokens=y.extra.shape[1]))
+                tuple(y.extra.shape) in (shape, (1, *shape)):
+            self.store(n, {"weight": y.extra.reshape(shape).t()})
+            return View("nld", self.g.add_op(n, "pos_embed", [x.node], tokens=shape[0]))
         return None
 
     def prepend(self, node, parts):
@@ -176,14 +207,18 @@ class TransformerReader:
             keys = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
             a = {**dict(zip(keys, vals[3:])), **node.kwargs}
             q, k, v = vals[:3]
-            if a.get("attn_mask") is not None or a.get("is_causal") or a.get("enable_gqa") or \
+            if a.get("attn_mask") is not None or a.get("enable_gqa") or \
                     not all(_is(p, "heads") and p.extra["layout"] == "bhld" for p in vals[:3]):
                 self.unsupported(node, "scaled_dot_product_attention other than of q / k / v "
                                        "Linears split into heads, without masks")
             return self.attn(node, q, k, v, a.get("scale") or q.extra["dh"] ** -0.5,
-                             a.get("dropout_p", 0.0))
+                             a.get("dropout_p", 0.0), bool(a.get("is_causal")))
         if _is(x, "unbound") and t is operator.getitem:
             return x.extra[args[1]]
+        if _is(x, "qkv") and t in ("view", "reshape") and len(self.shape(node)) == 3:
+            h, dh = self.shape(node)[1:]
+            return View("heads", x.node, {**x.extra, "h": h, "dh": dh, "scale": 1.0,
+                                          "layout": "blhd"})
         if e is not None and t in ("permute", "transpose"):
             order, r = list(range(len(e["layout"]))), len(e["layout"])
             if t == "transpose":
@@ -222,14 +257,14 @@ class TransformerReader:
                                f"Linears split into heads, scaled_dot_product_attention or "
                                f"softmax(q @ k^T * scale) @ v, the heads merged by a Linear)")
 
-    def attn(self, node, q, k, v, scale, dropout):
+    def attn(self, node, q, k, v, scale, dropout, causal=False):
         dh = q.extra["dh"]
         if any(p.extra["scale"] != 1.0 for p in (k, v)) or \
                 not math.isclose(scale * q.extra["scale"], dh ** -0.5, rel_tol=1e-6):
             self.unsupported(node, f"attention with the scale {scale * q.extra['scale']:.4g} "
                                    f"(only 1 / sqrt(head_dim) = {dh ** -0.5:.4g})")
         return View("attn", extra={"q": q, "k": k, "v": v, "layout": "bhld",
-                                   "dropout": float(dropout)})
+                                   "dropout": float(dropout), "causal": causal})
 
     def merge_heads(self, node, m: nn.Linear, e):
         """The Linear reading the merged heads: with the q / k / v Linears, one attention
@@ -259,7 +294,7 @@ class TransformerReader:
         for x in lins:
             self.g.remove_node(x)
         return self.g.add_op(n, "attention", [src.pop()[0]], units=m.out_features, heads=h,
-                             head_dim=dh, bias=bias, dropout=e["dropout"])
+                             head_dim=dh, bias=bias, dropout=e["dropout"], causal=e["causal"])
 
     def store_heads(self, n, h, w, b, out_w, out_b, **more):
         """Head-major q / k / v rows and output-projection columns (graph/tokens.py)."""

@@ -56,7 +56,7 @@ class Importer(TransformerReader):
 
     def __init__(self, gm):
         self.gm, self.g = gm, ArchGraph(name=type(gm).__name__)
-        self.weights, self.layer_of, self.val = {}, {}, {}
+        self.weights, self.layer_of, self.val, self.batchy = {}, {}, {}, {}
         for node in gm.graph.nodes:
             self.val[node.name] = self.visit(node)
 
@@ -102,9 +102,13 @@ class Importer(TransformerReader):
                 t = getattr(t, part)
             return _View("param", extra=t)
         if node.op == "output":
+            x = self.val[node.args[0].name] if isinstance(node.args[0], torch.fx.Node) else None
+            if isinstance(x, _View) and x.kind == "nld":  # a language model's (N, L, V)
+                return g.add_op(n, "output", [x.node], tokens_last=True)
             return g.output(n, self.tensor(node))
         if node.meta.get("type") not in (torch.Tensor, tuple, list) and \
                 node.op != "call_module":
+            self.sizes(node)
             return None  # a size, an index, arithmetic on them: arguments only
         folded = self.fold(node)
         if folded is not None:
@@ -366,6 +370,12 @@ class Importer(TransformerReader):
         return g.add_op(n, "mul", [x, y])
 
 
+def _embedding(imp, node, m, x):
+    if m.max_norm is None and len(imp.shape(node)) == 2:
+        n = imp.g.add_op(node.name, "embed", [x], units=m.embedding_dim, vocab=m.num_embeddings)
+        return _View("nld", n)
+
+
 def _linear(imp, node, m, x):
     imp.layer_of[node.name] = node.target
     return imp.g.linear(node.name, x, m.out_features, bias=m.bias is not None)
@@ -423,6 +433,7 @@ MODULES = {
                                                         m.bias, m.eps),
     nn.ChannelShuffle: _channel_shuffle,
     nn.Upsample: _upsample,
+    nn.Embedding: _embedding,
 }
 SUPPORTED = sorted(c.__name__ for c in MODULES if c not in (nn.LeakyReLU, nn.Upsample)) + [
     "Upsample(mode='nearest', integer scale)",

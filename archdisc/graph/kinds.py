@@ -110,8 +110,26 @@ class Input(Kind):
 class Output(Kind):
     fixed = True
 
+    def shape(self, g, n, ins):
+        src, s = ins[0]
+        if g.nodes[n]["tokens_last"] and len(s) != 2:
+            raise GraphError(f"output node {n!r} with tokens_last needs a (features, tokens) "
+                             f"input, got {s} from {src!r}")
+        return (s[1], s[0]) if g.nodes[n]["tokens_last"] else s
+
     def forward(self, net, n, vals, srcs):
-        return vals[0]
+        return vals[0].transpose(1, 2) if net.graph.nodes[n]["tokens_last"] else vals[0]
+
+    def kept(self, ex, n, fwd):
+        if ex.g.nodes[n]["tokens_last"]:  # its units are tokens: all of them
+            return torch.ones(ex.units[n], dtype=torch.bool)
+        return super().kept(ex, n, fwd)
+
+    def demand(self, ex, n, d, fwd, dem):
+        if ex.g.nodes[n]["tokens_last"]:  # (L, D): every feature of every token
+            dem[ex.ins[n][0]][:] = True
+        else:
+            super().demand(ex, n, d, fwd, dem)
 
     def values(self, ex, n, reads):
         return reads[0]

@@ -314,7 +314,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        check=lambda a: (None if isinstance(a["channels"], list) and a["channels"] and all(
            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in a["channels"])
            else "'channels' must be a non-empty list of channel indices")),
-    Op("output", kind="output"),
+    Op("output", {"tokens_last": False}, kind="output"),  # (N, D, L) tokens as (N, L, D)
 ]}
 
 

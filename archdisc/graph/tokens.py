@@ -10,12 +10,16 @@ The ops here make and read token tensors:
   in its ``weight`` (D, k);
 * ``pos_embed``: plus a learned (D, L) position embedding;
 * ``token``: token ``at`` alone, ``(D, L) -> (D,)`` (the class token read by a head);
+* ``embed``: token ids ``(L,)`` -> their learned embeddings ``(D, L)`` (``weight``
+  (vocab, D)), all D units kept (kind ``embed``); an output node with ``tokens_last``
+  gives (N, L, D), as language models return their logits;
 * ``attention``: multi-head self-attention. Its ``units`` are its output features (the
   output projection's rows, kept all or none); its searchable groups are its **heads**:
   head h's query, key and value rows (``qkv_weight[h]``, ``qkv_bias[h]``) and its columns
   of the output projection (``out_weight[h]``) are row h of those tensors, so a head is
   one unit group (:mod:`archdisc.sparsity.groups`). A head whose values or output columns
-  are all zero adds exactly nothing, and extraction removes it;
+  are all zero adds exactly nothing, and extraction removes it; ``causal``: each token
+  attends to itself and the tokens before it (a language model);
 * ``window_attention``: Swin's (shifted) window attention on a (C, H, W) image, with the
   same head-major tensors plus, per head, its relative position bias table (``rel_table``)
   and, for Swin v2's cosine attention, its ``logit_scale``; computed as torchvision's
@@ -68,9 +72,9 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention on (N, D, L) tokens, head-major parameters (see above)."""
 
     def __init__(self, cin: int, units: int, heads: int, head_dim: int, bias: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, causal: bool = False):
         super().__init__()
-        self.heads, self.head_dim, self.dropout = heads, head_dim, dropout
+        self.heads, self.head_dim, self.dropout, self.causal = heads, head_dim, dropout, causal
         self.qkv_weight = nn.Parameter(torch.empty(heads, 3 * head_dim, cin))
         self.out_weight = nn.Parameter(torch.empty(heads, head_dim, units))
         self.qkv_bias = nn.Parameter(torch.zeros(heads, 3 * head_dim)) if bias else None
@@ -84,7 +88,7 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x.transpose(1, 2), self.qkv_weight.flatten(0, 1),
                        None if self.qkv_bias is None else self.qkv_bias.flatten())
         q, k, v = qkv.unflatten(-1, (h, 3, dh)).permute(3, 0, 2, 1, 4)  # 3 x (N, h, L, dh)
-        o = F.scaled_dot_product_attention(q, k, v,
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         o = o.transpose(1, 2).flatten(2)  # (N, L, h * dh)
         return F.linear(o, self.out_weight.flatten(0, 1).t(), self.out_bias).transpose(1, 2)
@@ -154,6 +158,15 @@ class WindowAttention(SelfAttention):
         return ((label[:, None, :] != label[:, :, None]) * -100.0)[:, None]
 
 
+class TokenEmbed(nn.Module):
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(vocab, dim))
+
+    def forward(self, ids):
+        return F.embedding(ids, self.weight).transpose(1, 2)
+
+
 class PatchMerge(nn.Module):
     def forward(self, x):
         x = F.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
@@ -221,10 +234,16 @@ OPS.update({op.name: op for op in [
        keeps_zero=lambda a: True,
        check=lambda a: (None if isinstance(a["at"], int) and a["at"] >= 0
                         else f"'at' must be an int >= 0, got {a['at']!r}")),
+    Op("embed", {"units": REQUIRED, "vocab": REQUIRED}, kind="embed",
+       module=lambda a, cin: TokenEmbed(a["vocab"], a["units"]), copied=("weight",),
+       params=lambda a, cin, shape: a["vocab"] * a["units"],
+       out_shape=lambda a, s: (a["units"], s[0]), label=lambda a, w: f"embed {a['vocab']} {w}",
+       check=lambda a: (None if all(isinstance(a[k], int) and a[k] >= 1 for k in (
+           "units", "vocab")) else "'units' and 'vocab' must be ints >= 1")),
     Op("attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED, "bias": True,
-                     "dropout": 0.0, "searchable": True}, kind="attention",
+                     "dropout": 0.0, "causal": False, "searchable": True}, kind="attention",
        module=lambda a, cin: SelfAttention(cin, a["units"], a["heads"], a["head_dim"],
-                                           a["bias"], a["dropout"]),
+                                           a["bias"], a["dropout"], a["causal"]),
        params=_attention_params, macs=_attention_macs, searched="heads", grouped=_HEADS,
        sliced=_HEADS, label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
        check=lambda a: _heads_check(a)),
@@ -311,6 +330,21 @@ class Attention(Kind):
         return out
 
 
+class Embed(Kind):
+    """Token ids -> embeddings: every unit kept and varying, every id read."""
+    fixed = True
+
+    def values(self, ex, n, reads):
+        return (torch.ones(ex.units[n], dtype=torch.bool),
+                torch.zeros(ex.units[n], dtype=torch.float64))
+
+    def kept(self, ex, n, fwd):
+        return torch.ones(ex.units[n], dtype=torch.bool)
+
+    def demand(self, ex, n, d, fwd, dem):
+        dem[ex.ins[n][0]][:] = True
+
+
 class Tile(Kind):
     """Output unit ``k C + c`` is input unit c (a patch merge: C -> 4C); zero padding of an
     odd side makes a non-zero constant vary."""
@@ -328,4 +362,4 @@ class Tile(Kind):
         dem[ex.ins[n][0]] |= d.view(4, -1).any(0)
 
 
-KINDS.update({"attention": Attention(), "tile": Tile()})
+KINDS.update({"attention": Attention(), "tile": Tile(), "embed": Embed()})
