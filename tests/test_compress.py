@@ -128,7 +128,7 @@ def test_a_latency_target_is_met_by_its_measurement(tmp_path, trained, monkeypat
     from archdisc.deploy import latency
     from archdisc.graph.archgraph import count_macs
 
-    def fake(model, shapes, batch):
+    def fake(model, graph, batch):
         macs = count_macs(model.graph)
         return 0.05 + 1e-3 * macs + 5e-7 * macs ** 2
     monkeypatch.setattr(latency, "eager_ms", fake)

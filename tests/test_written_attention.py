@@ -189,3 +189,22 @@ def test_a_compact_gpt_exports_to_every_format(tmp_path):
     graph, compact = extract(net, inputs=ids)
     paths = export(compact, graph, tmp_path)  # token ids sampled; each file reloaded, checked
     assert sorted(paths) == sorted(FORMATS)
+
+
+def test_a_language_model_runs_through_run_discover(tmp_path):
+    """Next-byte prediction on this file's own text: a label per token, token ids in."""
+    from archdisc.deploy.formats import load
+    from archdisc.recipe.config import Config
+    from archdisc.recipe.discover import run_discover
+    text = torch.tensor(list(open(__file__, "rb").read()[:20000]), dtype=torch.long)
+    n, L = (len(text) - 1) // 16, 16
+    data = torch.utils.data.TensorDataset(text[:n * L].view(n, L), text[1:n * L + 1].view(n, L))
+    data.classes = list(range(128))  # every ASCII byte, seen or not
+    torch.manual_seed(0)
+    rep = run_discover(Config(epochs=1, finetune=1, target_params=6000), tmp_path, data=data,
+                       model=GPT(vocab=128, block=L), progress=False)
+    assert 0.9 * 6000 <= rep["params"]["compact"] <= 6000
+    assert min(rep["units"][f"blocks_{i}_attn_c_proj"]["alive"] for i in (0, 1)) < HEADS
+    compact = load(tmp_path / "compact")
+    ids = text[:2 * L].view(2, L)
+    assert compact(ids).shape == (2, L, 128) and 0 < rep["test"]["compact"] < 100

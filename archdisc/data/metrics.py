@@ -51,7 +51,7 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, metric: 
             out = model(x)
             if metric == "accuracy":
                 total += (out.argmax(-1) == y).sum().item()
-                count += len(y)
+                count += y.numel()  # a label per sample, or per token
             else:
                 total += ((out.double() - y.double().reshape(out.shape)) ** 2).sum().item()
                 count += out.numel()

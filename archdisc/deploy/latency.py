@@ -30,24 +30,23 @@ def median_ms(fn, seconds: float = 0.3, least: int = 5, most: int = 50) -> float
     return statistics.median(times)
 
 
-def _inputs(shapes, batch: int) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(batch, *s, generator=gen) for s in shapes)
+def _inputs(graph, batch: int) -> tuple[torch.Tensor, ...]:
+    return graph.sample_inputs(batch, torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()
-def eager_ms(model: torch.nn.Module, shapes, batch: int) -> float:
-    """``model``'s eager latency (eval mode, CPU) on ``batch`` samples of ``shapes`` (one
-    per input, without the batch dim)."""
+def eager_ms(model: torch.nn.Module, graph, batch: int) -> float:
+    """``model``'s eager latency (eval mode, CPU) on ``batch`` random inputs of ``graph``
+    (an ArchGraph: its input shapes; token ids for an embedding)."""
     model = model.eval()
-    xs = _inputs(shapes, batch)
+    xs = _inputs(graph, batch)
     return median_ms(lambda: model(*xs))
 
 
-def file_ms(fmt: str, path: Path, shapes, batch: int) -> float:
-    """The latency of an exported ``torchscript`` or ``onnx`` file (onnxruntime on CPU, as
-    many intra-op threads as torch uses)."""
-    xs = _inputs(shapes, batch)
+def file_ms(fmt: str, path: Path, graph, batch: int) -> float:
+    """The latency of an exported ``torchscript`` or ``onnx`` file of ``graph`` (onnxruntime
+    on CPU, as many intra-op threads as torch uses)."""
+    xs = _inputs(graph, batch)
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
@@ -69,8 +68,7 @@ def eager_table(models: dict) -> dict:
     (ArchNets, copied to CPU when they are elsewhere)."""
     rows = {}
     for name, m in models.items():
-        shapes = [m.graph.shapes()[n] for n in m.graph.input_nodes()]
         cpu = m if all(p.device.type == "cpu" for p in m.parameters()) else \
             copy.deepcopy(m).cpu()
-        rows[name] = [round(eager_ms(cpu, shapes, b), 3) for b in BATCHES]
+        rows[name] = [round(eager_ms(cpu, m.graph, b), 3) for b in BATCHES]
     return {"threads": torch.get_num_threads(), "batches": list(BATCHES), "eager": rows}

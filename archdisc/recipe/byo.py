@@ -148,6 +148,9 @@ def model_net(config: Config, data, module=None):
     if config.weights is not None:
         _load_weights(module, config)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(config.seed))
+    first = data.train[0][0]
+    if first.dtype == torch.int64:  # token ids: two real samples
+        example = torch.stack([data.train[i][0] for i in range(min(2, len(data.train)))])
     try:
         net = from_module(module, example, depth=config.depth)
     except ArchdiscError as e:
@@ -156,7 +159,8 @@ def model_net(config: Config, data, module=None):
     shapes = graph.shapes()
     out = shapes[graph.output_nodes()[0]]
     want = data.out_dim
-    if data.task == "classification" and list(out) != [want]:
+    if data.task == "classification" and list(out) != [*data.meta.get("label_shape", []),
+                                                          want]:
         raise ConfigError(f"config field 'model_options': {spec} gives {list(out)} outputs "
                           f"per sample, but dataset {data.name!r} has {want} classes; pass "
                           f"the model's option for it, e.g. --model-option num_classes={want}")
@@ -196,7 +200,9 @@ def graph_file(path) -> ArchGraph:
 
 # ---------------------------------------------------------------------- data=Dataset
 def _item(dataset, i: int, where: str, shape=None):
-    """Item ``i`` of ``dataset`` as (float tensor, int label), or a DataError naming it."""
+    """Item ``i`` of ``dataset`` as (input, label), or a DataError naming it. The input is a
+    float tensor, or int64 token ids as they are; the label an int, or a 1-D int tensor of
+    one label per token (a language model's next tokens)."""
     item = dataset[i]
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise DataError(f"{where}: item {i} is {type(item).__name__}, not a pair "
@@ -215,6 +221,10 @@ def _item(dataset, i: int, where: str, shape=None):
         raise DataError(f"{where}: item {i}'s input has shape {list(x.shape)}, item 0's "
                         f"{list(shape)}; all inputs must have one shape (resize or crop "
                         f"them in the dataset's transform)")
+    x = x if x.dtype == torch.int64 else x.float()
+    if isinstance(y, torch.Tensor) and y.dim() == 1 and y.numel() > 1 and \
+            not y.is_floating_point():
+        return x, y.long()
     if isinstance(y, torch.Tensor) and y.numel() == 1:
         y = y.item() if not y.is_floating_point() else y
     if isinstance(y, np.generic) and np.issubdtype(y.dtype, np.integer):
@@ -222,7 +232,7 @@ def _item(dataset, i: int, where: str, shape=None):
     if isinstance(y, bool) or not isinstance(y, int):
         raise DataError(f"{where}: item {i}'s label is {y!r} ({type(y).__name__}); "
                         f"classification needs integer class labels")
-    return x.float(), y
+    return x, y
 
 
 class _Checked(torch.utils.data.Dataset):
@@ -249,10 +259,12 @@ def _scan(dataset, where: str):
     if n == 0:
         raise DataError(f"{where}: the dataset is empty")
     shape = tuple(_item(dataset, 0, where)[0].shape)
-    labels = np.asarray([_item(dataset, i, where, shape)[1] for i in range(n)], np.int64)
+    labels = np.asarray([np.asarray(_item(dataset, i, where, shape)[1]) for i in range(n)],
+                        np.int64)
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         x, y = dataset.tensors
-        return TensorDataset(x.float(), torch.from_numpy(labels)), shape, labels
+        x = x if x.dtype == torch.int64 else x.float()
+        return TensorDataset(x, torch.from_numpy(labels)), shape, labels
     return _Checked(dataset, where, shape), shape, labels
 
 
@@ -313,4 +325,4 @@ def python_data(data, config: Config):
                 out_dim=classes, task="classification", metric="accuracy",
                 name=f"{PYTHON_DATA}{name}",
                 meta={"seed": config.seed, "source": f"{PYTHON_DATA}{name}",
-                      "standardised": False})
+                      "standardised": False, "label_shape": list(labels.shape[1:])})

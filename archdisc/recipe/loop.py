@@ -19,7 +19,7 @@ __all__ = ["tensors", "batches", "train_epoch", "loss_fn", "epoch_order", "cosin
 
 def loss_fn(out, y, task):
     if task == "classification":
-        return F.cross_entropy(out, y)
+        return F.cross_entropy(out.flatten(0, -2), y.flatten())  # (N, C) or per token
     return F.mse_loss(out.reshape(y.shape), y)
 
 
@@ -221,7 +221,7 @@ def distill_loss(teacher, weight: float, task: str, temperature: float = 4.0):
         with torch.no_grad():
             t = teacher(xb)
         if task == "classification":
-            t, s = (F.log_softmax(o / temperature, 1) for o in (t, out))
+            t, s = (F.log_softmax(o.flatten(0, -2) / temperature, -1) for o in (t, out))
             soft = F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
         else:
             soft = F.mse_loss(out, t)

@@ -179,8 +179,7 @@ def add_export_latency(out: Path, written: dict) -> dict:
     report); returns {format: [ms per batch size]}."""
     from archdisc.deploy.latency import BATCHES, file_ms
     graph = ArchGraph.from_json(out / "compact.json")
-    shapes = [graph.shapes()[n] for n in graph.input_nodes()]
-    timed = {f: [round(file_ms(f, p, shapes, b), 3) for b in BATCHES]
+    timed = {f: [round(file_ms(f, p, graph, b), 3) for b in BATCHES]
              for f, p in written.items() if f in ("torchscript", "onnx")}
     path = out / "report.json"
     if timed and path.exists():

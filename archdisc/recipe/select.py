@@ -241,7 +241,8 @@ def _scores(net, data, device, workers=0):
     out, yv = torch.cat(outs), torch.cat(ys)
     loss = float(loss_fn(out, yv, data.task))
     if data.metric == "accuracy":
-        per = (out.argmax(-1) == yv).double() * 100
+        per = (out.argmax(-1) == yv).double().flatten(1).mean(1) * 100 if yv.dim() > 1 \
+            else (out.argmax(-1) == yv).double() * 100  # per sample (of its tokens)
         metric = float(per.mean())
     else:
         mse = (out.double() - yv.double().reshape(out.shape)).pow(2).flatten(1).mean(1)

@@ -134,7 +134,8 @@ def _check_supernet(graph: ArchGraph, config: Config, data) -> ArchGraph:
     shapes = graph.shapes()
     x_shape = tuple(shapes[graph.input_nodes()[0]])
     out_numel = math.prod(shapes[graph.output_nodes()[0]])
-    want = data.out_dim if data.task == "classification" else math.prod(data.in_shape)
+    want = data.out_dim * math.prod(data.meta.get("label_shape", [])) \
+        if data.task == "classification" else math.prod(data.in_shape)
     if x_shape != tuple(data.in_shape) or out_numel != want:
         raise ConfigError(
             f"config field {name!r}: search space {config.space!r} maps {list(x_shape)} "

@@ -39,8 +39,7 @@ class LatencyLine:
     def __init__(self, net, config):
         from archdisc.deploy.latency import eager_ms
         self.batch = config.latency_batch
-        shapes = [net.graph.shapes()[n] for n in net.graph.input_nodes()]
-        self.ms = lambda m: eager_ms(copy.deepcopy(m).cpu(), shapes, self.batch)
+        self.ms = lambda m: eager_ms(copy.deepcopy(m).cpu(), m.graph, self.batch)
         small = extract(_all_dead(net), verify=False, **limits_of(config, net))[1]
         self.low = (count_macs(small.graph), self.ms(small))
         self.high = (count_macs(net.graph), max(self.ms(net), self.low[1] * 1.001))
