@@ -176,3 +176,19 @@ def test_swin_imports_and_loses_heads_mlp_units_and_a_block_exactly(v2):
     assert [graph.nodes[n]["heads"] for n in heads[:3]] == [1, 1, 2]
     assert (compact(x) - net(x)).abs().max() <= 1e-5
     assert sum(p.numel() for p in compact.parameters()) == count_params(graph)
+
+
+def test_a_silent_head_kept_for_a_minimum_can_train_again():
+    m, net, x = _vit()
+    att = "encoder_layers_encoder_layer_0_self_attention"
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for p in unit_members(net)[att]:
+            params[p].zero_()  # every head dead; --min-keep asks for one (silent) head
+    graph, compact = extract(net, inputs=x, min_units={att: 1})
+    layer = compact.layers[att]
+    assert graph.nodes[att]["heads"] == 1 and not layer.out_weight.any()
+    assert layer.qkv_weight[:, 2 * (D // HEADS):].ne(0).all()  # values: no saddle at zero
+    assert torch.allclose(compact(x), net(x), atol=1e-5)  # the output is still exactly zero
+    compact(x).square().sum().backward()
+    assert layer.out_weight.grad.ne(0).any()

@@ -294,7 +294,9 @@ class Attention(Kind):
             heads[(~heads).nonzero()[:short, 0]] = True  # silent heads: exact
         bias = ex.param(n, "out_bias")
         val = bias.double() if bias is not None else torch.zeros(a["units"], dtype=torch.float64)
-        return writes[alive].any(0), val  # (varying, conservatively, if any head writes it)
+        # varying, conservatively, if any head writes it; all of them under a minimum of
+        # heads (``min_units``: the node stays, its silent heads trainable; see weights)
+        return writes[alive].any(0) | (ex.min_units.get(n, 0) > 0), val
 
     def kept(self, ex, n, fwd):
         return ex.keep[n].clone()
@@ -323,7 +325,16 @@ class Attention(Kind):
                                   f"removed; this is a bug in archdisc.extract")
         out = {f"layers.{n}.{k}": ex.param(n, k)[h] for k in OPS[ex.g.nodes[n]["op"]].sliced
                if ex.param(n, k) is not None}
-        out[f"layers.{n}.qkv_weight"] = qkv[:, :, cols]
+        qkv = qkv[:, :, cols].clone()
+        dh = ex.g.nodes[n]["head_dim"]
+        silent = ~out[f"layers.{n}.out_weight"].flatten(1).ne(0).any(1) & \
+            ~qkv[:, 2 * dh:].flatten(1).ne(0).any(1)
+        if silent.any():  # a head kept for a minimum: values and output all zero, a saddle
+            gen = torch.Generator().manual_seed(0)  # the fine-tune could not leave;
+            bound = qkv.shape[-1] ** -0.5           # random values, output still zero
+            qkv[silent, 2 * dh:] = (torch.rand(qkv[silent, 2 * dh:].shape, generator=gen,
+                                               dtype=qkv.dtype) * 2 - 1) * bound
+        out[f"layers.{n}.qkv_weight"] = qkv
         out[f"layers.{n}.out_weight"] = out[f"layers.{n}.out_weight"][:, :, keep[n]]
         if ex.g.nodes[n]["bias"]:
             out[f"layers.{n}.out_bias"] = ex.param(n, "out_bias")[keep[n]]
