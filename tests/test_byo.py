@@ -118,6 +118,10 @@ def test_run_discover_takes_a_dataset(tmp_path):
     rep = run_discover(Config(**CONFIG), tmp_path / "three", progress=False, data=parts)
     assert rep["data"]["sizes"] == [30, 9, 6] and rep["data"]["name"] == "python:TensorDataset"
     assert (tmp_path / "three" / "compact.safetensors").exists()
+    # int64 features (not token ids: no embedding reads them) are used as floats
+    rep = run_discover(Config(**CONFIG), tmp_path / "ints", progress=False,
+                       data=TensorDataset((x * 3).round().long(), y))
+    assert rep["data"]["sizes"] == [24, 3, 3] and rep["test"]["compact"] >= 0
 
 
 class Counted(Pairs):

@@ -108,6 +108,22 @@ def test_dead_heads_of_both_forms_are_removed_exactly():
     assert count_params(graph) == count_params(net.graph) - 2 * (3 * DH * (D + 1) + DH * D)
 
 
+class Unfused(Fused):  # timm's Attention without fused_attn; F.dropout on the weights
+    def forward(self, x):
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, L, 3, HEADS, DH).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = F.dropout((q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1), 0.1,
+                         self.training)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, L, C))
+
+
+def test_the_unfused_form_scaled_on_q_imports():
+    m, net, x = _tiny(Unfused())
+    g = net.graph
+    assert [g.nodes[n]["op"] for n in g].count("attention") == 1
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+
+
 def test_depth_gates_cover_the_attention_blocks():
     m, _, x = _tiny()
     net = from_module(m, x, depth=True)

@@ -240,6 +240,8 @@ class ArchGraph(nx.DiGraph):
                 raise GraphError(f"nodes[{i}]: node name {nd['name']!r}: use a non-empty "
                                  f"string without '.'")
             attrs = {k: v for k, v in nd.items() if k != "name"}
+            if attrs.get("op") == "token" and "index" in attrs:  # its name before 2026-12-03
+                attrs["at"] = attrs.pop("index")
             if isinstance(attrs.get("op"), str) and attrs["op"] in OPS:  # newer attributes
                 for key, default in OPS[attrs["op"]].attrs.items():
                     if default is not REQUIRED:

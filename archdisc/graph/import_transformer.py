@@ -60,14 +60,18 @@ class TransformerReader:
         t, args, ins = node.target, node.args, node.all_input_nodes
         data = bool(ins) and not _is(self.val.get(ins[0].name), "param", "relbias") and \
             self.val.get(ins[0].name) is not None
+        ndim = len(ins[0].meta["tensor_meta"].shape) if data and \
+            "tensor_meta" in ins[0].meta else 0
         if data and ((t == "size" and len(args) == 1 and not node.kwargs) or (
                 t is getattr and args[1] == "shape")):
             self.batchy[node.name] = "whole"
         elif t is operator.getitem and self.batchy.get(ins[0].name) == "whole":
-            if args[1] == 0:
-                self.batchy[node.name] = True
-        elif (data and t == "size" and 0 in (args[1:2] or (node.kwargs.get("dim"),))) or \
-                any(a.name in self.batchy for a in ins):
+            ndim, i = len(ins[0].meta.get("value", ())), args[1]
+            if (isinstance(i, int) and i in (0, -ndim)) or (isinstance(i, slice) and (
+                    i.start in (None, 0, -ndim)) and i.stop != 0):
+                self.batchy[node.name] = True  # the batch size, or a shape holding it
+        elif (data and t == "size" and (args[1:2] or (node.kwargs.get("dim"),))[0] in (
+                0, -ndim)) or (data and t == "numel") or any(a.name in self.batchy for a in ins):
             self.batchy[node.name] = True
 
     def fold(self, node):
@@ -204,15 +208,18 @@ class TransformerReader:
         e = x.extra if _is(x, "heads", "attn") else None
         numbers = [v for v in vals if isinstance(v, (int, float))]
         if name == "scaled_dot_product_attention":
-            keys = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-            a = {**dict(zip(keys, vals[3:])), **node.kwargs}
-            q, k, v = vals[:3]
+            keys = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+                    "enable_gqa")
+            a = {**dict(zip(keys, vals)), **{k: self.val[v.name] if isinstance(
+                v, torch.fx.Node) else v for k, v in node.kwargs.items()}}
+            q, k, v = (a.get(key) for key in keys[:3])
             if a.get("attn_mask") is not None or a.get("enable_gqa") or \
-                    not all(_is(p, "heads") and p.extra["layout"] == "bhld" for p in vals[:3]):
+                    not all(_is(p, "heads") and p.extra["layout"] == "bhld" for p in (q, k, v)):
                 self.unsupported(node, "scaled_dot_product_attention other than of q / k / v "
                                        "Linears split into heads, without masks")
-            return self.attn(node, q, k, v, a.get("scale") or q.extra["dh"] ** -0.5,
-                             a.get("dropout_p", 0.0), bool(a.get("is_causal")))
+            return self.attn(node, q, k, v, (a.get("scale") or q.extra["dh"] ** -0.5) *
+                             q.extra["scale"] * k.extra["scale"], a.get("dropout_p", 0.0),
+                             bool(a.get("is_causal")))
         if _is(x, "unbound") and t is operator.getitem:
             return x.extra[args[1]]
         if _is(x, "qkv") and t in ("view", "reshape") and len(self.shape(node)) == 3:
@@ -236,7 +243,8 @@ class TransformerReader:
             return View("unbound", extra=parts) if t == "unbind" else parts[args[1]]
         y = next((v for v in vals if _is(v, "heads", "scores")), None)
         if t in (operator.mul, operator.truediv, "mul", "div") and len(vals) == 2 and \
-                y is not None and len(numbers) == 1 and (t in (operator.mul, "mul") or y is x):
+                y is not None and len(numbers) == 1 and (t in (operator.mul, "mul") or (
+                    y is x and numbers[0] != 0)):
             c = numbers[0] if t in (operator.mul, "mul") else 1 / numbers[0]
             return View(y.kind, y.node, {**y.extra, "scale": y.extra["scale"] * c})
         if t in (operator.matmul, torch.matmul, "matmul") and len(vals) == 2:
@@ -251,6 +259,9 @@ class TransformerReader:
         if _is(x, "scores") and name == "softmax" and \
                 node.kwargs.get("dim", args[1] if len(args) > 1 else None) in (-1, 3):
             return View("probs", extra=x.extra)
+        if _is(x, "probs") and name == "dropout":  # F.dropout: the attention's own
+            p = node.kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            return View("probs", extra={**x.extra, "dropout": float(p)})
         if _is(x, "attn") and t in ("reshape", "view") and e["layout"] == "blhd":
             return View("merged", extra=e)
         self.unsupported(node, f"{name} in attention written out (supported: q / k / v "
@@ -258,11 +269,11 @@ class TransformerReader:
                                f"softmax(q @ k^T * scale) @ v, the heads merged by a Linear)")
 
     def attn(self, node, q, k, v, scale, dropout, causal=False):
+        """``scale``: the whole factor on q @ k^T (q's and k's own included)."""
         dh = q.extra["dh"]
-        if any(p.extra["scale"] != 1.0 for p in (k, v)) or \
-                not math.isclose(scale * q.extra["scale"], dh ** -0.5, rel_tol=1e-6):
-            self.unsupported(node, f"attention with the scale {scale * q.extra['scale']:.4g} "
-                                   f"(only 1 / sqrt(head_dim) = {dh ** -0.5:.4g})")
+        if v.extra["scale"] != 1.0 or not math.isclose(scale, dh ** -0.5, rel_tol=1e-6):
+            self.unsupported(node, f"attention with the scale {scale:.4g} (only 1 / "
+                                   f"sqrt(head_dim) = {dh ** -0.5:.4g}) or scaled values")
         return View("attn", extra={"q": q, "k": k, "v": v, "layout": "bhld",
                                    "dropout": float(dropout), "causal": causal})
 

@@ -44,9 +44,10 @@ def _size(v):
 
 def _channel_slice(key) -> bool:
     """Whether ``x[key]`` takes a range of channels: ``x[:, a:b]`` (``, :`` / ``...`` after)."""
-    every = slice(None)
+    every, known = slice(None), (int, type(None))
     return isinstance(key, tuple) and len(key) >= 2 and key[0] == every and \
         isinstance(key[1], slice) and key[1].step in (None, 1) and \
+        isinstance(key[1].start, known) and isinstance(key[1].stop, known) and \
         all(k == every or k is Ellipsis for k in key[2:])
 
 
@@ -303,7 +304,8 @@ class Importer(TransformerReader):
             return _View("nhwc", g.act(n, x.node, _ACT_FUNCTIONS.get(t, t)))
         numbers = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if len(vals) == 2 and len(numbers) == 1 and not node.kwargs and (t in _MUL or (
-                t in (operator.truediv, torch.div, "div") and vals[1] is numbers[0])):
+                t in (operator.truediv, torch.div, "div") and vals[1] is numbers[0]
+                and numbers[0] != 0)):
             factor = float(numbers[0]) if t in _MUL else 1.0 / numbers[0]
             return g.add_op(n, "mulconst", [self.tensor(node, vals.index(numbers[0]) ^ 1)],
                             factor=factor)

@@ -148,8 +148,7 @@ def model_net(config: Config, data, module=None):
     if config.weights is not None:
         _load_weights(module, config)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(config.seed))
-    first = data.train[0][0]
-    if first.dtype == torch.int64:  # token ids: two real samples
+    if token_ids(data) and any(isinstance(m, torch.nn.Embedding) for m in module.modules()):
         example = torch.stack([data.train[i][0] for i in range(min(2, len(data.train)))])
     try:
         net = from_module(module, example, depth=config.depth)
@@ -235,6 +234,34 @@ def _item(dataset, i: int, where: str, shape=None):
     return x, y
 
 
+def token_ids(data) -> bool:
+    """Whether ``data``'s inputs are int64 (token ids, for a model reading them with an
+    embedding; any other model gets them as floats: :func:`float_inputs`)."""
+    return data.train[0][0].dtype == torch.int64
+
+
+class _Floats(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return x.float(), y
+
+
+def float_inputs(data):
+    """``data`` with float inputs (for a supernet whose input no embedding reads)."""
+    def cast(split):
+        if isinstance(split, TensorDataset):
+            return TensorDataset(split.tensors[0].float(), *split.tensors[1:])
+        return _Floats(split)
+    return dataclasses.replace(data, train=cast(data.train), val=cast(data.val),
+                               test=cast(data.test))
+
+
 class _Checked(torch.utils.data.Dataset):
     """A user's Dataset whose items are (float tensor, int label), read on access: the
     training loop streams it through a DataLoader, so memory does not grow with it."""
@@ -259,8 +286,11 @@ def _scan(dataset, where: str):
     if n == 0:
         raise DataError(f"{where}: the dataset is empty")
     shape = tuple(_item(dataset, 0, where)[0].shape)
-    labels = np.asarray([np.asarray(_item(dataset, i, where, shape)[1]) for i in range(n)],
-                        np.int64)
+    labels = [np.asarray(_item(dataset, i, where, shape)[1]) for i in range(n)]
+    if len({y.shape for y in labels}) > 1:
+        raise DataError(f"{where}: labels of different shapes ({sorted({y.shape for y in labels})}"
+                        f"); give one class per item, or one per token in every item")
+    labels = np.asarray(labels, np.int64)
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         x, y = dataset.tensors
         x = x if x.dtype == torch.int64 else x.float()

@@ -36,7 +36,7 @@ from archdisc.graph.archgraph import ArchGraph, count_macs, count_params
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.io import atomic_write_text, save_tensors
 from archdisc.recipe import diagnose, rundir
-from archdisc.recipe.byo import python_data, python_model
+from archdisc.recipe.byo import float_inputs, python_data, python_model, token_ids
 from archdisc.recipe.config import BREGMAN, BUDGETS, Config
 from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
 from archdisc.recipe.select import shrink_select
@@ -124,6 +124,9 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
     device = resolve_device(config.device)
     data = data if data is not None else load_dataset(config)
     graph, weights = load_supernet(config, data, model)
+    if token_ids(data) and not any(graph.nodes[r]["op"] == "embed" for n in graph.input_nodes()
+                                   for r in graph.successors(n)):
+        data = float_inputs(data)  # int64 features, not token ids
     dist = distributed.start(config.device)
     if dist.world > 1:
         device = dist.device
