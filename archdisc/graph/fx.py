@@ -43,10 +43,14 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
 
 
 def _import(module, example_input, searchable, depth, atol) -> ArchNet:
-    later = list(inspect.signature(module.forward).parameters.values())[1:]
+    first, *later = inspect.signature(module.forward).parameters.values()
     try:  # forward's later arguments (a mask, a flag) are traced at their defaults
-        gm = torch.fx.symbolic_trace(module, concrete_args={
-            p.name: p.default for p in later if p.default is not p.empty} or None)
+        if type(module).__module__.startswith("transformers."):  # Hugging Face's tracer
+            from transformers.utils.fx import symbolic_trace as hf_trace
+            gm = hf_trace(module, input_names=[first.name])
+        else:
+            gm = torch.fx.symbolic_trace(module, concrete_args={
+                p.name: p.default for p in later if p.default is not p.empty} or None)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; report its reason
         raise ModelImportError(
             f"torch.fx cannot trace {type(module).__name__}: {e}. Data-dependent control "
@@ -69,12 +73,20 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
     net = compile_graph(g.validate(), weights)
     net.eval()
     with torch.no_grad():
-        want, got = module(example_input), net(example_input)
+        want, got = _main_output(module(example_input)), net(example_input)
     diff = float((want - got).abs().max())
     if not diff <= atol * max(1.0, float(want.abs().max())):
         raise ModelImportError(f"the imported graph differs from {type(module).__name__} by "
                             f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
     return net
+
+
+def _main_output(out):
+    """A model's output tensor: itself, Hugging Face's ``logits`` (or first field), or a
+    tuple's first item."""
+    if isinstance(out, dict):
+        return out["logits"] if "logits" in out else next(iter(out.values()))
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class _Values(ShapeProp):

@@ -76,18 +76,22 @@ class TransformerReader:
 
     def fold(self, node):
         """The value of a call whose every tensor input is a parameter or buffer and whose
-        other inputs are sizes without the batch size, computed now (a ``"param"`` view; a
-        relative position bias stays a table), or None."""
+        other inputs are sizes, computed now: a ``"param"`` view, or ``"bconst"`` when the
+        example's batch size went into it (a Hugging Face attention mask of ones); a
+        relative position bias stays a table. None for any other call."""
         ins = node.all_input_nodes
         tensors = [a for a in ins if self.val[a.name] is not None]
+        kinds = ("param", "relbias", "bconst")
         if node.op not in ("call_function", "call_method", "call_module") or \
                 node.meta.get("type") is not torch.Tensor and not tensors or \
-                not all(_is(self.val[a.name], "param", "relbias") for a in tensors) or \
-                any(a.name in self.batchy or "value" not in a.meta for a in ins
-                    if a not in tensors):
+                not all(_is(self.val[a.name], *kinds) for a in tensors) or \
+                any("value" not in a.meta for a in ins if a not in tensors):
             return None
         name = getattr(node.target, "__name__", node.target)
         vals = [self.val[a.name] for a in tensors]
+        batch = any(a.name in self.batchy for a in ins) or any(_is(v, "bconst") for v in vals)
+        if name == "expand" and not any(_is(v, "bconst") for v in vals):
+            return None  # a learned token expanded to the batch: read by prepend
         if name == "_get_relative_position_bias":  # table[index]: keep the table
             return View("relbias", extra=vals[0].extra)
         if any(_is(v, "relbias") for v in vals):  # an elementwise function of the bias
@@ -108,7 +112,8 @@ class TransformerReader:
                 out = getattr(args[0], node.target)(*args[1:], **kwargs)
             else:
                 out = node.target(*args, **kwargs)
-        return View("param", extra=out) if isinstance(out, torch.Tensor) else None
+        return View("bconst" if batch else "param", extra=out) \
+            if isinstance(out, torch.Tensor) else None
 
     def transformer(self, node, vals):
         """A function reading a view (or a parameter, or a tuple) that this mixin reads: the
@@ -164,6 +169,9 @@ class TransformerReader:
             return View("heads", x.node, {"s": s, "h": h, "dh": dh, "part": 0, "scale": 1.0,
                                           "layout": "blhd" if len(shape) == 3 else "blshd"})
         y = vals[1] if len(vals) == 2 else None
+        if t in (operator.add, torch.add) and _is(y, "bconst") and y.extra.dim() == 3 and \
+                (y.extra == y.extra[:1]).all():
+            y = View("param", extra=y.extra[:1])  # the same for every sample (token types)
         if t in (operator.add, torch.add) and _is(y, "param") and not node.kwargs and \
                 tuple(y.extra.shape) in (shape, (1, *shape)):
             self.store(n, {"weight": y.extra.reshape(shape).t()})
@@ -213,7 +221,10 @@ class TransformerReader:
             a = {**dict(zip(keys, vals)), **{k: self.val[v.name] if isinstance(
                 v, torch.fx.Node) else v for k, v in node.kwargs.items()}}
             q, k, v = (a.get(key) for key in keys[:3])
-            if a.get("attn_mask") is not None or a.get("enable_gqa") or \
+            mask = a.get("attn_mask")
+            if mask is not None and _is(mask, "param", "bconst") and not mask.extra.any():
+                mask = None  # no padding: Hugging Face's mask of zeros
+            if mask is not None or a.get("enable_gqa") or \
                     not all(_is(p, "heads") and p.extra["layout"] == "bhld" for p in (q, k, v)):
                 self.unsupported(node, "scaled_dot_product_attention other than of q / k / v "
                                        "Linears split into heads, without masks")

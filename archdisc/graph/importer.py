@@ -103,7 +103,11 @@ class Importer(TransformerReader):
                 t = getattr(t, part)
             return _View("param", extra=t)
         if node.op == "output":
-            x = self.val[node.args[0].name] if isinstance(node.args[0], torch.fx.Node) else None
+            out = node.args[0]  # a dict (Hugging Face's outputs) or a tuple: the main tensor
+            out = (out["logits"] if "logits" in out else next(iter(out.values()))) \
+                if isinstance(out, dict) else out[0] if isinstance(out, (tuple, list)) else out
+            node.args = (out,)
+            x = self.val[out.name] if isinstance(out, torch.fx.Node) else None
             if isinstance(x, _View) and x.kind == "nld":  # a language model's (N, L, V)
                 return g.add_op(n, "output", [x.node], tokens_last=True)
             return g.output(n, self.tensor(node))
@@ -299,9 +303,9 @@ class Importer(TransformerReader):
             src = x.node if last else self.tensor(node)
             self.layernorm(node, src, a["normalized_shape"], w, b, a["eps"])
             return _View(x.kind, n) if last else n
-        if isinstance(x, _View) and x.kind == "nhwc" and (t in _ACT_FUNCTIONS or
-                                                          t in ("relu", "sigmoid", "tanh")):
-            return _View("nhwc", g.act(n, x.node, _ACT_FUNCTIONS.get(t, t)))
+        if isinstance(x, _View) and x.kind in ("nhwc", "nld") and (
+                t in _ACT_FUNCTIONS or t in ("relu", "sigmoid", "tanh")):
+            return _View(x.kind, g.act(n, x.node, _ACT_FUNCTIONS.get(t, t)))
         numbers = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if len(vals) == 2 and len(numbers) == 1 and not node.kwargs and (t in _MUL or (
                 t in (operator.truediv, torch.div, "div") and vals[1] is numbers[0]

@@ -1,0 +1,53 @@
+"""timm and Hugging Face models (the optional extras ``.[timm]``, ``.[hf]``; skipped when
+absent): imported exactly, and with a random half of every unit group zeroed, extracted
+exactly."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from archdisc import count_params, extract, from_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+from fx_coverage import zero_half  # noqa: E402
+
+
+def _half_dead_is_exact(net, x):
+    groups, zeroed = zero_half(net, torch.Generator().manual_seed(0))
+    graph, compact = extract(net.eval(), inputs=x)
+    assert groups > 0 and count_params(graph) < count_params(net.graph)
+    assert torch.allclose(compact(x), net(x), atol=1e-5)
+    return graph
+
+
+def _heads(graph):
+    return [graph.nodes[n]["heads"] for n in graph.order() if graph.nodes[n]["op"] == "attention"]
+
+
+@pytest.mark.parametrize("name, side", [("vit_tiny_patch16_224", 32), ("efficientnet_b0", 64),
+                                         ("deit_tiny_distilled_patch16_224", 32)])
+def test_timm_models(name, side):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    kw = {"img_size": side, "patch_size": 8, "depth": 2} if "patch" in name else {}
+    m = timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
+    x = torch.randn(2, 3, side, side)
+    net = from_module(m, x)
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+    graph = _half_dead_is_exact(net, x)
+    if "patch" in name:  # timm's written-out attention: 3 heads a block, 1 of them zeroed
+        assert _heads(net.graph) == [3, 3] and _heads(graph) == [2, 2]
+
+
+def test_hugging_face_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    m = transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=100, max_position_embeddings=32, num_labels=3)).eval()
+    ids = torch.randint(0, 100, (2, 12))
+    net = from_module(m, ids)  # traced with Hugging Face's fx tracer; the mask of ones folds
+    assert torch.allclose(net(ids), m(ids).logits, atol=1e-5)
+    graph = _half_dead_is_exact(net, ids)
+    assert _heads(net.graph) == [4, 4] and _heads(graph) == [2, 2]
