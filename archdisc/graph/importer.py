@@ -25,10 +25,10 @@ from torch import nn
 
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
+from archdisc.graph.import_modules import ACTS, MODULES, SUPPORTED, size
 from archdisc.graph.import_transformer import TransformerReader, View as _View
 from archdisc.graph.modules import ACTIVATIONS
 
-_ACTS = {cls: name for name, (_, cls, _) in ACTIVATIONS.items() if cls is not None}
 _ACT_FUNCTIONS = {f: name for name, (_, _, fns) in ACTIVATIONS.items() for f in fns}
 F = nn.functional
 _POOL_FUNCTIONS = {F.max_pool2d: "maxpool2d", F.avg_pool2d: "avgpool2d",
@@ -36,10 +36,6 @@ _POOL_FUNCTIONS = {F.max_pool2d: "maxpool2d", F.avg_pool2d: "avgpool2d",
                    F.adaptive_max_pool2d: "adaptive_maxpool2d"}
 _ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
 _MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_")
-def _size(v):
-    """An int for a square size, else [height, width] (JSON-friendly)."""
-    v = (v, v) if isinstance(v, int) else tuple(v)
-    return v[0] if v[0] == v[1] else list(v)
 
 
 def _channel_slice(key) -> bool:
@@ -156,7 +152,7 @@ class Importer(TransformerReader):
                                         bias=m.bias is not None))
         if kind is nn.MultiheadAttention and view.kind == "nld":
             return _View("first", extra=_View("nld", self.attention(node, m, x)))
-        if kind not in (nn.LayerNorm, nn.Dropout, nn.Linear) and kind not in _ACTS:
+        if kind not in (nn.LayerNorm, nn.Dropout, nn.Linear) and kind not in ACTS:
             self.unsupported(node, f"{self.what(node)} on a channels-last view")
         out = MODULES[kind](self, node, m, x)
         if out is None:
@@ -169,7 +165,7 @@ class Importer(TransformerReader):
         if isinstance(m.padding, str) or m.padding_mode != "zeros":
             self.unsupported(node, f"{self.what(node)} with padding {m.padding!r} / "
                                    f"padding_mode {m.padding_mode!r}")
-        sizes = {k: _size(getattr(m, k)) for k in ("kernel_size", "stride", "padding",
+        sizes = {k: size(getattr(m, k)) for k in ("kernel_size", "stride", "padding",
                                                     "dilation")}
         if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
             return g.add_op(n, "dwconv2d", [x], bias=m.bias is not None, **sizes)
@@ -182,10 +178,10 @@ class Importer(TransformerReader):
                 or a.get("divisor_override") or a.get("return_indices"):
             self.unsupported(node, f"{self.what(node)} with dilation / count_include_pad="
                                    f"False / divisor_override / return_indices")
-        k = _size(a["kernel_size"])
+        k = size(a["kernel_size"])
         return self.g.add_op(node.name, op, [x], kernel_size=k,
-                             stride=_size(a["stride"] if a["stride"] else k),
-                             padding=_size(a["padding"]), ceil_mode=bool(a["ceil_mode"]))
+                             stride=size(a["stride"] if a["stride"] else k),
+                             padding=size(a["padding"]), ceil_mode=bool(a["ceil_mode"]))
 
     def layernorm(self, node, src, shape, weight, bias, eps):
         """A LayerNorm over the channels: of a channels-last view, or of features."""
@@ -334,7 +330,7 @@ class Importer(TransformerReader):
             a = self.kwargs(node)
             if _POOL_FUNCTIONS[t].startswith("adaptive"):
                 return g.add_op(n, _POOL_FUNCTIONS[t], [x],
-                                output_size=_size(self.shape(node)[1:]))
+                                output_size=size(self.shape(node)[1:]))
             return self.pool(node, _POOL_FUNCTIONS[t], x, a)
         if t is F.dropout:
             return g.add_op(n, "dropout", [x], p=self.kwargs(node)["p"])
@@ -374,82 +370,3 @@ class Importer(TransformerReader):
         if x == y:
             self.unsupported(node, "mul of a tensor with itself")
         return g.add_op(n, "mul", [x, y])
-
-
-def _embedding(imp, node, m, x):
-    if m.max_norm is None and len(imp.shape(node)) == 2:
-        n = imp.g.add_op(node.name, "embed", [x], units=m.embedding_dim, vocab=m.num_embeddings)
-        return _View("nld", n)
-
-
-def _linear(imp, node, m, x):
-    imp.layer_of[node.name] = node.target
-    return imp.g.linear(node.name, x, m.out_features, bias=m.bias is not None)
-
-
-def _batchnorm(imp, node, m, x):
-    if m.affine and m.track_running_stats:
-        op = "batchnorm2d" if isinstance(m, nn.BatchNorm2d) else "batchnorm1d"
-        return imp.g.add_op(node.name, op, [x], eps=m.eps, momentum=m.momentum or 0.1)
-
-
-def _activation(imp, node, m, x):
-    if not (isinstance(m, nn.GELU) and m.approximate != "none"):
-        return imp.g.act(node.name, x, _ACTS[type(m)])
-
-
-def _pool(imp, node, m, x):
-    return imp.pool(node, "maxpool2d" if isinstance(m, nn.MaxPool2d) else "avgpool2d", x,
-                    {k: getattr(m, k, None) for k in (
-                        "kernel_size", "stride", "padding", "dilation", "ceil_mode",
-                        "count_include_pad", "divisor_override")})
-
-
-def _adaptive_pool(imp, node, m, x):
-    op = "adaptive_avgpool2d" if isinstance(m, nn.AdaptiveAvgPool2d) else "adaptive_maxpool2d"
-    return imp.g.add_op(node.name, op, [x], output_size=_size(imp.shape(node)[1:]))
-
-
-def _channel_shuffle(imp, node, m, x):
-    c = imp.shape(node)[0]
-    return imp.select(node.name, x, torch.arange(c).view(m.groups, -1).t().reshape(-1), c)
-
-
-def _upsample(imp, node, m, x):
-    (_, h, w), (_, oh, ow) = imp.shape(node.args[0]), imp.shape(node)
-    if m.mode == "nearest" and oh % h == 0 and oh // h == ow / w:
-        return imp.g.add_op(node.name, "upsample", [x], scale=oh // h)
-
-
-# A module type -> how it is imported: (importer, fx node, module, input graph node) -> the
-# new graph node, or None when this module's settings are not supported.
-MODULES = {
-    nn.Linear: _linear,
-    nn.Conv2d: lambda imp, node, m, x: imp.conv(node, m, x),
-    nn.BatchNorm2d: _batchnorm, nn.BatchNorm1d: _batchnorm,
-    **{cls: _activation for cls in _ACTS},
-    nn.LeakyReLU: lambda imp, node, m, x: (imp.g.act(node.name, x, "leaky_relu")
-                                           if m.negative_slope == 0.01 else None),
-    nn.MaxPool2d: _pool, nn.AvgPool2d: _pool,
-    nn.AdaptiveAvgPool2d: _adaptive_pool, nn.AdaptiveMaxPool2d: _adaptive_pool,
-    nn.Flatten: lambda imp, node, m, x: (imp.g.add_op(node.name, "flatten", [x])
-                                         if (m.start_dim, m.end_dim) == (1, -1) else None),
-    nn.Dropout: lambda imp, node, m, x: imp.g.add_op(node.name, "dropout", [x], p=m.p),
-    nn.LayerNorm: lambda imp, node, m, x: imp.layernorm(node, x, m.normalized_shape, m.weight,
-                                                        m.bias, m.eps),
-    nn.ChannelShuffle: _channel_shuffle,
-    nn.Upsample: _upsample,
-    nn.Embedding: _embedding,
-}
-SUPPORTED = sorted(c.__name__ for c in MODULES if c not in (nn.LeakyReLU, nn.Upsample)) + [
-    "Upsample(mode='nearest', integer scale)",
-    "LeakyReLU(0.01)", "Conv2d with groups (depthwise or grouped), dilation, non-square "
-    "kernels", "+ / torch.add", "* (a squeeze-excitation gate, a layer scale)",
-    "torch.cat(dim=1)", "chunk / split(dim=1)", "torch.flatten(x, 1)", "x.view(x.size(0), -1)",
-    "x.mean((2, 3))", "the functional forms of the activations and pools",
-    "permute to channels-last and back around LayerNorm / Linear",
-    "channel shuffle (view, transpose(1, 2), view)", "torchvision's stochastic_depth",
-    "tokens: x.flatten(2).transpose(1, 2), class tokens by torch.cat, + a position "
-    "embedding, x[:, i], MultiheadAttention(x, x, x) with batch_first=True",
-    "attention written out: q / k / v Linears split into heads, scaled_dot_product_attention "
-    "or softmax(q @ k^T * scale) @ v without masks, the heads merged by a Linear"]
