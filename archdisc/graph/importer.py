@@ -1,5 +1,5 @@
 """The fx importer: each traced call becomes an op of the registry, through a table
-from module type (and torch function) to the op it is read as.
+from module type (graph/import_modules.py) and torch function to the op it is read as.
 
 The module is traced with ``torch.fx.symbolic_trace``; every call is mapped to an op of
 the registry (:mod:`archdisc.graph.ops`), the weights are copied, and the compiled ArchNet is
