@@ -5,8 +5,10 @@ Token tensors (N, L, D) are held as (N, D, L) token nodes (graph/tokens.py) behi
 here: the ops of a view (a residual add of two views, dropout, stochastic depth, the
 permute back), the class token (``torch.cat`` of learned tokens), the position embedding,
 ``x[:, i]``, ``nn.MultiheadAttention(x, x, x)``, attention written out (below),
-torchvision's ``shifted_window_attention`` and ``_patch_merging_pad``; and any call whose every tensor input is a parameter or a
-buffer is computed at import (Swin v2's position-bias MLP over its constant coordinates).
+torchvision's ``shifted_window_attention`` and ``_patch_merging_pad``. A call whose every
+tensor input is a parameter or a buffer, its other inputs sizes, is computed at import (Swin
+v2's position-bias MLP over its constant coordinates, ``torch.arange(T)`` positions); with the
+batch size in it, it is a batch constant (Hugging Face's attention mask of ones).
 """
 from __future__ import annotations
 
