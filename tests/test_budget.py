@@ -238,3 +238,25 @@ def test_a_missed_target_is_said():
     rep = {"target_params": None, "target_macs": None, "params": {"compact": 5},
            "macs": {"compact": 9}, "target_latency_ms": 2.0, "latency_ms_searched": 2.5}
     assert "ran in 2.5 ms, over the target 2 ms" in over_budget(rep)[0]
+
+
+def test_a_cut_never_leaves_an_attention_layer_without_heads():
+    """Heads of a layer are alike: a lam that cuts one cuts them all, and a transformer
+    whose attention all died reads nothing across tokens. The controller keeps each
+    attention layer's lam below its strongest head's norm: one head stays."""
+    from torchvision.models import VisionTransformer
+    from archdisc import alive, from_module
+    torch.manual_seed(0)
+    m = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=4,
+                          hidden_dim=16, mlp_dim=32, num_classes=5)
+    x = torch.randn(8, 3, 16, 16)
+    net = from_module(m, x)
+    control, opt = _control(net, target_params=100, lam=0.05)
+    net.train()
+    torch.nn.functional.cross_entropy(net(x), torch.arange(8) % 5).backward()
+    opt.step()  # v exists
+    control.set(2)
+    control.settle(net, target=100)  # far below what any net with heads can be
+    heads = {n: k for n, k in alive(net)["units"].items() if "self_attention" in n}
+    assert len(heads) == 2 and all(k >= 1 for k in heads.values()), heads
+    assert alive(net)["units"]["encoder_layers_encoder_layer_0_mlp_0"] == 0  # the rest is cut

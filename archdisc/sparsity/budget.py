@@ -216,8 +216,11 @@ class LamControl:
         # from trained weights, each group's lam scales with its mean unit norm at the start:
         # units are ranked against their own layer's (BatchNorm leaves a conv's scale free)
         self.scale = _norm_scale(self.groups) if anchor else {}
+        # attention layers: lam stays below the strongest head's (anchored) norm, so that a
+        # cut never leaves a layer without heads (all of them alike, they die together)
+        self.heads = {n for n in net.graph if OPS[net.graph.nodes[n]["op"]].kind == "attention"}
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
-                           or self.keep or self.gw != "sqrt_n" or self.scale)
+                           or self.keep or self.gw != "sqrt_n" or self.scale or self.heads)
 
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights}
@@ -270,6 +273,17 @@ class LamControl:
             layer = 0.0 if self.keep.intersection(g.get("nodes", [g.get("name")])) else \
                 self.config.lam_layers.get(g.get("name"), 1.0)
             g["reg"].lam = self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
+            if g.get("name") in self.heads:
+                g["reg"].lam = min(g["reg"].lam, self.floor(g))
+
+    def floor(self, g) -> float:
+        """The largest lam at which the strongest head of attention group ``g`` survives the
+        prox of delta v (Bregman: ||v_h|| > lam w), a hair below; inf without v."""
+        v = [self.opt.state[p].get("v") for p in g["params"]]
+        if any(x is None for x in v):
+            return math.inf
+        top = float(g["reg"].group_norms(v).max())
+        return 0.999 * top / g["reg"].group_weight(g["params"]) if top > 0 else math.inf
 
     def lam(self, step: int) -> float:
         """The scalar lam (without per-layer factors) in force at ``step``."""
