@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from archdisc.errors import ExtractionError, GraphError
-from archdisc.graph.kinds import KINDS, Kind
+from archdisc.graph.kinds import KINDS, Input, Kind
 from archdisc.graph.ops import OPS, REQUIRED, Op, pair
 
 F = nn.functional
@@ -341,16 +341,9 @@ class Attention(Kind):
         return out
 
 
-class Embed(Kind):
-    """Token ids -> embeddings: every unit kept and varying, every id read."""
-    fixed = True
-
-    def values(self, ex, n, reads):
-        return (torch.ones(ex.units[n], dtype=torch.bool),
-                torch.zeros(ex.units[n], dtype=torch.float64))
-
-    def kept(self, ex, n, fwd):
-        return torch.ones(ex.units[n], dtype=torch.bool)
+class Embed(Input):
+    """Token ids -> embeddings: every unit kept and varying (as an input), every id read."""
+    shape = Kind.shape
 
     def demand(self, ex, n, d, fwd, dem):
         dem[ex.ins[n][0]][:] = True
