@@ -260,3 +260,58 @@ def test_a_cut_never_leaves_an_attention_layer_without_heads():
     heads = {n: k for n, k in alive(net)["units"].items() if "self_attention" in n}
     assert len(heads) == 2 and all(k >= 1 for k in heads.values()), heads
     assert alive(net)["units"]["encoder_layers_encoder_layer_0_mlp_0"] == 0  # the rest is cut
+
+
+# ---------------------------------------------------------------------- dense epochs
+def test_dense_epochs_are_adam_then_the_cuts_start_from_those_weights():
+    """Through dense_epochs lam is 0 and AdaBreg is Adam: the same parameters as
+    torch.optim.Adam from the same init on the same batches. At the first step after them
+    v is re-anchored under the new lam: prox(delta v) is still the trained weights."""
+    from archdisc.graph.compile import ArchNet
+    from archdisc.spaces import build_space
+    torch.manual_seed(0)
+    net = ArchNet(build_space("mlp", widths=[20, 64, 64, 4], in_shape=[20]))
+    ref = ArchNet(net.graph)
+    ref.load_state_dict(net.state_dict())
+    control, opt = _control(net, dense_epochs=1, epochs=3, target_params=1500, lr=1e-3)
+    adam = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    for step in range(1, 11):
+        control.set(step)
+        x, y = torch.randn(32, 20), torch.randint(0, 4, (32,))
+        for model, o in ((net, opt), (ref, adam)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            o.step()
+    assert all(float(g["reg"].lam) == 0 for g in control.groups)
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        # the same float32 Adam formula, two code paths (foreach vs torch's): a few ulps
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), name
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    control.set(11)
+    assert all(g["reg"].lam > 0 for g in control.groups)
+    assert control.start_size == sum(p.numel() for p in net.parameters())
+    for g in control.groups:
+        v = [opt.state[p]["v"].clone() for p in g["params"]]
+        g["reg"].prox_into(v, v, g["delta"], g["delta"])
+        for p, w in zip(g["params"], v):
+            assert torch.allclose(w, p, rtol=1e-5, atol=1e-7)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+def test_dense_epochs_keep_every_unit_then_land_on_the_target(tmp_path):
+    report = run_discover(cfg(dense_epochs=3, lam=0.05, target_params=1500), tmp_path / "r",
+                          progress=False)
+    metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    full = report["params"]["supernet"]
+    assert [m["lam"] for m in metrics[:3]] == [0.0] * 3
+    assert [m["params"] for m in metrics[:3]] == [full] * 3
+    assert 0.9 * 1500 <= report["params"]["compact"] <= 1500
+    assert report["stages"][1]["stage"] == "search start (3 dense epochs)"
+
+
+@pytest.mark.parametrize("kw", [dict(dense_epochs=6), dict(dense_epochs=-1),
+                                dict(dense_epochs=2, start="sparse"),
+                                dict(dense_epochs=2, optimizer="adam")])
+def test_bad_dense_epochs(kw):
+    with pytest.raises(ConfigError, match="'dense_epochs'"):
+        cfg(**kw).validate()

@@ -88,6 +88,9 @@ class Config:
     optimizer: str = _field("adabreg", "Bregman, proximal (proxsgd) or dense (sgd, adam)")
     lr: float = _field(1e-3, "learning rate of the search")
     lr_schedule: str = _field("constant", "learning-rate schedule of the search (per epoch)")
+    dense_epochs: int = _field(0, "the first this many of the search's epochs train every "
+                                  "unit with lam 0 (adabreg: Adam); then units are cut to the "
+                                  "target from those weights, as from --weights")
     lam: float = _field(0.05, "regularization strength of unit / kernel / element groups")
     density: float = _field(0.2, "initial fraction of alive units (kernels, elements)")
     target_params: int | None = _field(None, "steer lam until the compact model has <= this "
@@ -203,6 +206,11 @@ class Config:
         ``weights`` is given, or the model is an instance given to run_discover)."""
         given = self.weights is not None or (self.model or "").startswith(PYTHON_DATA)
         return self.start == "weights" or (self.start == "auto" and given)
+
+    def anchored(self) -> bool:
+        """Whether the search cuts units from trained weights with every unit alive: from
+        the model's weights, or after ``dense_epochs`` of dense training."""
+        return self.from_weights() or self.dense_epochs > 0
 
     # ---------------------------------------------------------------- output
     def to_dict(self) -> dict:
@@ -344,6 +352,10 @@ def _check_numbers(c: Config):
              "unset without --model (weights belong to a model; a space starts sparse)")
     _require(c.start != "weights" or c.model is not None, "start",
              '"sparse" or "auto" for a built-in space (it has no trained weights)')
+    _require(0 <= c.dense_epochs < c.epochs, "dense_epochs",
+             f"an integer in 0..{c.epochs - 1} (epochs - 1: the cuts need an epoch after it)")
+    _require(not c.dense_epochs or (c.start != "sparse" and c.optimizer in BREGMAN),
+             "dense_epochs", "0 with start = \"sparse\" or a dense optimizer (sgd, adam)")
     _require(0 < c.target_tol < 1, "target_tol", "a number in (0, 1)")
     _require(c.control_every >= 1, "control_every", "an integer >= 1 (steps)")
     for k, v in c.lam_layers.items():

@@ -181,7 +181,8 @@ def search(run: Run, on_epoch=None):
         _log(run, f"kept epoch {s.best[1]}'s supernet: the best within the budget (val "
                   f"{run.data.metric} {s.best[0]:.2f})")
     run.net, run.alive0 = s.net, s.alive0
-    start = "weights" if config.from_weights() else "sparse init"
+    start = ("weights" if config.from_weights() else
+             f"{config.dense_epochs} dense epochs" if config.dense_epochs else "sparse init")
     run.stages = [diagnose.stage(f"search start ({start})", s.params0)]
 
 

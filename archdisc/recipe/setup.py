@@ -197,14 +197,14 @@ def start_search(run) -> SearchState:
     net = ArchNet(run.graph)
     if config.from_weights():
         net.load_state_dict(run.weights)
-    else:
+    elif not config.dense_epochs:  # dense epochs train every unit of the default init
         sparse_init(net, density=config.density, mode=config.group_mode, seed=config.seed)
     net = net.to(device)
     opt = make_optimizer(net, config)
     model = run.dist.wrap(net)
     x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
     steps = math.ceil(len(data.train) / config.batch_size)
-    control = LamControl(net, opt, config, steps, anchor=config.from_weights())
+    control = LamControl(net, opt, config, steps, anchor=config.anchored())
     initial = _initial_loss(net, data.train, data.task, device)
     s = SearchState(net, opt, model, control, x, y, steps, initial, alive0=alive(net)["units"],
                     params0=compact_params(net)[0])

@@ -177,6 +177,8 @@ class LamControl:
     (the optimizer's ``cut_``: the survivors keep their weights), and its target falls
     from the starting size to the budget along a cubic over the first half of the
     search (at least one epoch), so units are removed gradually while training goes on.
+    With ``dense_epochs`` lam is 0 for those epochs (every unit trains) and the cuts then
+    start from the weights trained so far, as from trained weights.
     """
 
     def __init__(self, net, opt, config, steps_per_epoch: int, anchor: bool = False):
@@ -204,8 +206,12 @@ class LamControl:
         if config.target_latency_ms is not None:
             self.line = LatencyLine(net, config)
             self.target = self.line.macs_for(config.target_latency_ms)
-        self.start_size = compact_params(net, self.measure, self.limits)[0] if anchor else 0
-        self.ramp_steps = max(1, config.epochs // 2) * steps_per_epoch if anchor else 0
+        # dense_epochs: lam 0 for that many steps, then the cuts start as from trained weights
+        self.net, self.dense = net, config.dense_epochs * steps_per_epoch
+        cut = anchor and not self.dense  # the cuts start now
+        self.start_size = compact_params(net, self.measure, self.limits)[0] if cut else 0
+        self.ramp_steps = (max(1, (config.epochs - config.dense_epochs) // 2) * steps_per_epoch
+                           if anchor else 0)
         self.mult, self.weights = 1.0, {}
         self.gw = config.group_weight
         if self.gw == "auto":
@@ -215,19 +221,23 @@ class LamControl:
                                   {g["name"]: g["nodes"] for g in self.groups if "nodes" in g})
         # from trained weights, each group's lam scales with its mean unit norm at the start:
         # units are ranked against their own layer's (BatchNorm leaves a conv's scale free)
-        self.scale = _norm_scale(self.groups) if anchor else {}
+        self.scale = _norm_scale(self.groups) if cut else {}
         # attention layers: lam stays below the strongest head's (anchored) norm, so that a
         # cut never leaves a layer without heads (all of them alike, they die together)
         self.heads = {n for n in net.graph if OPS[net.graph.nodes[n]["op"]].kind == "attention"}
         self.active = bool(self.target or config.lam_warmup or config.lam_layers
-                           or self.keep or self.gw != "sqrt_n" or self.scale or self.heads)
+                           or self.keep or self.gw != "sqrt_n" or self.scale or self.heads
+                           or self.dense)
 
     def state(self) -> dict:
-        return {"mult": self.mult, "weights": self.weights}
+        return {"mult": self.mult, "weights": self.weights, "scale": self.scale,
+                "start_size": self.start_size}
 
     def load_state(self, state: dict | None):
         if state:
             self.mult, self.weights = state["mult"], state["weights"]
+            self.scale = state.get("scale", self.scale)
+            self.start_size = state.get("start_size", self.start_size)
 
     def weight(self, g) -> float:
         name = g.get("name")
@@ -243,12 +253,14 @@ class LamControl:
     def target_at(self, step: int) -> int:
         """The budget in force at ``step``: the target, or on the way down to it from the
         starting size (``anchor``)."""
-        left = max(0.0, 1 - step / self.ramp_steps) if self.ramp_steps else 0.0
+        left = max(0.0, 1 - (step - self.dense) / self.ramp_steps) if self.ramp_steps else 0.0
         return round(self.target + (self.start_size - self.target) * left ** 3) \
             if self.start_size > self.target else self.target
 
     def look(self, net, step: int | None = None):
         """Measure the compact size; adjust ``mult`` (budget) and the alive-fan-in weights."""
+        if step is not None and step <= self.dense:
+            return None
         P, fan = compact_params(net, self.measure, self.limits)
         if self.config.group_weight == "sqrt_alive":
             # sqrt(n_alive / n): n_alive counts only the fan-in that is still alive
@@ -267,7 +279,16 @@ class LamControl:
         return min(1.0, step / (w * self.spe)) if w else 1.0
 
     def set(self, step: int):
-        """Write lam into the optimizer for global ``step`` (1-based)."""
+        """Write lam into the optimizer for global ``step`` (1-based): 0 in the dense epochs;
+        at their end the cuts start from the weights trained so far."""
+        if step <= self.dense:
+            for g in self.groups:
+                g["reg"].lam = 0.0
+            return
+        start = self.dense and not self.start_size
+        if start:
+            self.scale = _norm_scale(self.groups)
+            self.start_size = compact_params(self.net, self.measure, self.limits)[0]
         ramp = self.ramp(step)
         for g in self.groups:
             layer = 0.0 if self.keep.intersection(g.get("nodes", [g.get("name")])) else \
@@ -275,6 +296,8 @@ class LamControl:
             g["reg"].lam = self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
             if g.get("name") in self.heads:
                 g["reg"].lam = min(g["reg"].lam, self.floor(g))
+            if start:  # v re-anchored under this lam: the trained weights stay as they are
+                self.opt.cut_(g, 0.0)
 
     def floor(self, g) -> float:
         """The largest lam at which the strongest head of attention group ``g`` survives the
@@ -287,7 +310,7 @@ class LamControl:
 
     def lam(self, step: int) -> float:
         """The scalar lam (without per-layer factors) in force at ``step``."""
-        return self.config.lam * self.ramp(step) * self.mult
+        return self.config.lam * self.ramp(step) * self.mult if step > self.dense else 0.0
 
     def holds(self, size: int) -> bool:
         """Whether ``size`` is in the budget's band [(1 - target_tol) target, target]; under
