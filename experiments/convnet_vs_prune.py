@@ -142,8 +142,8 @@ def run_seed(seed, overrides, base):
     return rows
 
 
-def merge(started):
-    found = read_parts(PARTS)
+def merge(started, out=RESULTS):
+    found = read_parts(out / PARTS.name)
     rows = [r for part in found for r in part["rows"]]
     commands = [part["command"] for part in found]
     seconds = sum(part["seconds"] for part in found)
@@ -168,12 +168,12 @@ def merge(started):
         notes=f"Fashion-MNIST, training subset {LIMIT} (val/test {LIMIT // 5}, first 4,000 "
               "test images), ConvNet supernet 236,618 params; equal compact params and 13 "
               "epochs per method; 1 CPU thread, one process at a time on a shared 2-core "
-              "machine.")
-    plot(summary)
+              "machine.", out_dir=out)
+    plot(summary, out)
     return path, summary
 
 
-def plot(summary):
+def plot(summary, out=RESULTS):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -191,7 +191,7 @@ def plot(summary):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "convnet_vs_prune.png", dpi=120)
+    fig.savefig(out / "convnet_vs_prune.png", dpi=120)
 
 
 def main():
@@ -201,17 +201,20 @@ def main():
     p.add_argument("--tag", help="run only archdisc (with --archdisc overrides), rows "
                    "named TAG, part file TAG_s<seed>.json")
     p.add_argument("--merge", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help=f"folder of the part files and results (default {RESULTS})")
     args = p.parse_args()
+    parts = args.out / PARTS.name
     set_threads(1)
     started = time.perf_counter()
     if args.merge:
-        path, summary = merge(started)
+        path, summary = merge(started, args.out)
         for s in summary:
             print(f"{s['method']:<15} {s['budget']:>6} params {s['params']['mean']:>8.0f} "
                   f"test {s['test']['mean']:.2f} ± {s['test']['std']:.2f} (n={s['test']['n']})")
         print(path)
         return
-    PARTS.mkdir(parents=True, exist_ok=True)
+    parts.mkdir(parents=True, exist_ok=True)
     base = workdir()
     for seed in args.seeds:
         t0 = time.perf_counter()
@@ -224,7 +227,7 @@ def main():
             rows = run_seed(seed, json.loads(args.archdisc), base)
         part = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1),
                 "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
-        atomic_write_text(PARTS / f"{args.tag + '_' if args.tag else ''}s{seed}.json",
+        atomic_write_text(parts / f"{args.tag + '_' if args.tag else ''}s{seed}.json",
                           json.dumps(part, indent=2) + "\n")
 
 

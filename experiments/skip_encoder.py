@@ -57,6 +57,9 @@ def main(argv=None):
     ap.add_argument("--density", type=float, default=0.05)
     ap.add_argument("--target-density", type=float,
                     help="size budget as a fraction of the supernet: lam is steered to it")
+    ap.add_argument("--dense-epochs", type=int, default=0,
+                    help="the search's first epochs with every unit alive, lam 0; then cut "
+                         "to --target-density from those weights")
     ap.add_argument("--noise-sigma", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", help="folder for run folders (default: a temp dir)")
@@ -87,7 +90,8 @@ def main(argv=None):
         for variant, lam_edge in variants.items():
             cfg = Config(select=args.select, space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
                          lam=args.lam, lam_edge=lam_edge, density=args.density,
-                         target_density=args.target_density, **common)
+                         target_density=args.target_density, dense_epochs=args.dense_epochs,
+                         **common)
             tag = "skip" if lam_edge else "noskip"
             run = work / f"skip_encoder_{tag}_s{seed}"
             rep, metrics, _ = discover(cfg, run)

@@ -203,8 +203,8 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
             control.look(s.net, g)
         control.set(g)
 
-    if control.active and epoch == s.start + 1:
-        control.set((epoch - 1) * steps + 1)
+    if control.active and epoch == s.start + 1:  # as the last step before it set it
+        control.set(max(1, (epoch - 1) * steps))
     n = len(run.data.train)
     try:
         loss = train_epoch(s.model, opt, s.x, s.y, run.data.task, config.batch_size,
