@@ -23,7 +23,8 @@ def cfg(**kw) -> Config:
 
 @pytest.mark.parametrize("target", [600, 1500])
 def test_target_params_is_met_and_extraction_is_exact(tmp_path, target):
-    report = run_discover(cfg(target_params=target), tmp_path / "r", progress=False)
+    report = run_discover(cfg(target_params=target, start="sparse"), tmp_path / "r",
+                          progress=False)
     kept = report["params"]["compact"]
     assert kept <= target * 1.15, (kept, target)
     assert kept >= target * 0.5, (kept, target)  # the controller did not overshoot to nothing
@@ -45,7 +46,8 @@ def test_target_params_is_met_and_extraction_is_exact(tmp_path, target):
 
 def test_target_density_lowers_lam_when_too_small(tmp_path):
     # lam 5 alone would keep the net at its few initial units; the budget asks for more
-    report = run_discover(cfg(lam=5.0, target_density=0.3), tmp_path / "r", progress=False)
+    report = run_discover(cfg(lam=5.0, target_density=0.3, start="sparse"), tmp_path / "r",
+                          progress=False)
     target = report["target_params"]
     assert target == round(0.3 * report["params"]["supernet"])
     assert 0.6 * target <= report["params"]["compact"] <= 1.15 * target
@@ -336,3 +338,15 @@ def test_dense_epochs_resume_is_bit_identical(tmp_path, stop_at):
     a, _ = load_tensors(tmp_path / "full" / "supernet.safetensors")
     b, _ = load_tensors(tmp_path / "cut" / "supernet.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kw, dense", [
+    (dict(target_params=1500, epochs=10), 7),   # a budget: 70% of the epochs dense
+    (dict(target_macs=0.5, epochs=2), 1),
+    (dict(target_params=1500, epochs=1), 0),    # no epoch would be left for the cuts
+    (dict(epochs=10), 0),                       # no budget: the sparse start
+    (dict(target_params=1500, start="sparse"), 0),
+    (dict(target_params=1500, dense_epochs=2), 2),
+])
+def test_dense_epochs_default(kw, dense):
+    assert cfg(**kw).validate().dense() == dense

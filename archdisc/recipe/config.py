@@ -40,6 +40,7 @@ CHOICES = {
     "start": ("auto", "sparse", "weights"),
 }
 BREGMAN = ("adabreg", "linbreg", "proxsgd")
+DENSE_SHARE = 0.7  # of the search's epochs dense by default under a budget (RESULTS.md 15)
 BUDGETS = ("target_params", "target_density", "target_macs", "target_latency_ms")  # one at most
 
 
@@ -68,7 +69,8 @@ class Config:
     start: str = _field("auto", "where the search starts: a sparse random init, or the "
                                 "model's weights with every unit alive, cut down to the "
                                 "target (auto: weights when --weights is given, or a "
-                                "module to run_discover(model=...))")
+                                "module to run_discover(model=...); else dense_epochs "
+                                "first under a budget)")
     depth: bool = _field(False, "a gate on each residual block x + f(x) of the model, so "
                                 "that the search can remove blocks whole")
     input_shape: str | None = _field(None, "the model's input shape C,H,W (or D); unset: "
@@ -88,9 +90,11 @@ class Config:
     optimizer: str = _field("adabreg", "Bregman, proximal (proxsgd) or dense (sgd, adam)")
     lr: float = _field(1e-3, "learning rate of the search")
     lr_schedule: str = _field("constant", "learning-rate schedule of the search (per epoch)")
-    dense_epochs: int = _field(0, "the first this many of the search's epochs train every "
-                                  "unit with lam 0 (adabreg: Adam); then units are cut to the "
-                                  "target from those weights, as from --weights")
+    dense_epochs: int | None = _field(None, "the first this many of the search's epochs train "
+                                            "every unit with lam 0 (adabreg: Adam); then units "
+                                            "are cut to the target from those weights (unset: "
+                                            f"{DENSE_SHARE:.0%} of epochs under a budget without "
+                                            "weights, unless start = sparse; else 0)")
     lam: float = _field(0.05, "regularization strength of unit / kernel / element groups")
     density: float = _field(0.2, "initial fraction of alive units (kernels, elements)")
     target_params: int | None = _field(None, "steer lam until the compact model has <= this "
@@ -207,10 +211,21 @@ class Config:
         given = self.weights is not None or (self.model or "").startswith(PYTHON_DATA)
         return self.start == "weights" or (self.start == "auto" and given)
 
+    def dense(self) -> int:
+        """The search's dense epochs: ``dense_epochs``; unset, ``DENSE_SHARE`` of the epochs
+        (at least one left for the cuts) under a budget when the search starts neither from
+        weights nor sparse (``start``), else 0."""
+        if self.dense_epochs is not None:
+            return self.dense_epochs
+        budget = any(getattr(self, n) is not None for n in BUDGETS)
+        auto = (budget and self.start == "auto" and not self.from_weights()
+                and self.optimizer in BREGMAN)
+        return max(0, min(self.epochs - 1, round(DENSE_SHARE * self.epochs))) if auto else 0
+
     def anchored(self) -> bool:
         """Whether the search cuts units from trained weights with every unit alive: from
-        the model's weights, or after ``dense_epochs`` of dense training."""
-        return self.from_weights() or self.dense_epochs > 0
+        the model's weights, or after dense epochs (:meth:`dense`)."""
+        return self.from_weights() or self.dense() > 0
 
     # ---------------------------------------------------------------- output
     def to_dict(self) -> dict:
@@ -352,7 +367,7 @@ def _check_numbers(c: Config):
              "unset without --model (weights belong to a model; a space starts sparse)")
     _require(c.start != "weights" or c.model is not None, "start",
              '"sparse" or "auto" for a built-in space (it has no trained weights)')
-    _require(0 <= c.dense_epochs < c.epochs, "dense_epochs",
+    _require(c.dense_epochs is None or 0 <= c.dense_epochs < c.epochs, "dense_epochs",
              f"an integer in 0..{c.epochs - 1} (epochs - 1: the cuts need an epoch after it)")
     _require(not c.dense_epochs or (c.start != "sparse" and c.optimizer in BREGMAN),
              "dense_epochs", "0 with start = \"sparse\" or a dense optimizer (sgd, adam)")

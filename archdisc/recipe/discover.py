@@ -182,7 +182,7 @@ def search(run: Run, on_epoch=None):
                   f"{run.data.metric} {s.best[0]:.2f})")
     run.net, run.alive0 = s.net, s.alive0
     start = ("weights" if config.from_weights() else
-             f"{config.dense_epochs} dense epochs" if config.dense_epochs else "sparse init")
+             f"{config.dense()} dense epochs" if config.dense() else "sparse init")
     run.stages = [diagnose.stage(f"search start ({start})", s.params0)]
 
 

@@ -197,7 +197,7 @@ def start_search(run) -> SearchState:
     net = ArchNet(run.graph)
     if config.from_weights():
         net.load_state_dict(run.weights)
-    elif not config.dense_epochs:  # dense epochs train every unit of the default init
+    elif not config.dense():  # dense epochs train every unit of the default init
         sparse_init(net, density=config.density, mode=config.group_mode, seed=config.seed)
     net = net.to(device)
     opt = make_optimizer(net, config)

@@ -207,11 +207,11 @@ class LamControl:
             self.line = LatencyLine(net, config)
             self.target = self.line.macs_for(config.target_latency_ms)
         # dense_epochs: lam 0 for that many steps, then the cuts start as from trained weights
-        self.net, self.dense = net, config.dense_epochs * steps_per_epoch
+        dense = config.dense()
+        self.net, self.dense = net, dense * steps_per_epoch
         cut = anchor and not self.dense  # the cuts start now
         self.start_size = compact_params(net, self.measure, self.limits)[0] if cut else 0
-        self.ramp_steps = (max(1, (config.epochs - config.dense_epochs) // 2) * steps_per_epoch
-                           if anchor else 0)
+        self.ramp_steps = max(1, (config.epochs - dense) // 2) * steps_per_epoch if anchor else 0
         self.mult, self.weights = 1.0, {}
         self.gw = config.group_weight
         if self.gw == "auto":
