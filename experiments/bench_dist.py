@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT = ["--config", "examples/fmnist_mlp.toml", "--epochs", "4", "--finetune", "0",
+DEFAULT = ["--config", "examples/fmnist_mlp_sparse.toml", "--epochs", "4", "--finetune", "0",
            "--select", "none"]
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 JOBS = {
-    "mlp (demo config)": ["--config", str(HERE / "examples/fmnist_mlp.toml"),
+    "mlp (demo config)": ["--config", str(HERE / "examples/fmnist_mlp_sparse.toml"),
                           "--epochs", "3", "--finetune", "0"],
     "convnet": ["--space", "convnet", "--data", "fashion-mnist", "--limit", "10000",
                 "--epochs", "2", "--finetune", "0", "--lam", "0.1", "--lr", "1e-3"],
@@ -60,7 +60,7 @@ def epoch_seconds(tree: Path, args: list[str]) -> list[float]:
 
 # the same jobs as config overrides, for the in-process comparison with a plain Adam loop
 CONFIGS = {
-    "mlp (demo config)": (HERE / "examples/fmnist_mlp.toml", {}),
+    "mlp (demo config)": (HERE / "examples/fmnist_mlp_sparse.toml", {}),
     "convnet": (None, {"space": "convnet", "data": "fashion-mnist", "limit": 10000,
                        "lam": 0.1, "lr": 1e-3}),
 }

@@ -1,4 +1,4 @@
-"""Issue 15, target B/C: the demo's config (examples/fmnist_mlp.toml) with only the initial
+"""Issue 15, target B/C: the sparse-start demo config (examples/fmnist_mlp_sparse.toml) with only the initial
 density, lam or the length changed. Does the discovered size stay put?
 
     python experiments/discovery_demo.py                         # densities and lam x0.5, x2
@@ -36,7 +36,7 @@ def main():
     for name, over in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        config = load_config(ROOT / "examples" / "fmnist_mlp.toml",
+        config = load_config(ROOT / "examples" / "fmnist_mlp_sparse.toml",
                              {**parse_set(args.set), **over, "select": args.select})
         with tempfile.TemporaryDirectory() as tmp:
             rep = run_discover(config, tmp, progress=False)

@@ -57,9 +57,9 @@ def main(argv=None):
     ap.add_argument("--density", type=float, default=0.05)
     ap.add_argument("--target-density", type=float,
                     help="size budget as a fraction of the supernet: lam is steered to it")
-    ap.add_argument("--dense-epochs", type=int, default=0,
+    ap.add_argument("--dense-epochs", type=int,
                     help="the search's first epochs with every unit alive, lam 0; then cut "
-                         "to --target-density from those weights")
+                         "to --target-density from those weights (unset: discover's default)")
     ap.add_argument("--noise-sigma", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", help="folder for run folders (default: a temp dir)")

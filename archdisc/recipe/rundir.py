@@ -246,7 +246,7 @@ def headline(report: dict) -> str:
     unit = "%" if metric == "accuracy" else " dB"
     kept, total = report["params"]["compact"], report["params"]["supernet"]
     c = report["config"]
-    tuned = ", selected on validation" if c.get("select", "none") != "none" else ""
+    tuned = ", selected on validation" if report.get("select", {}).get("path") else ""
     if c["finetune"]:
         tuned += f", fine-tuned {c['finetune']} epochs"
     return (f"compact model{tuned}: test {metric} {test['compact']:.2f}{unit} (supernet "
