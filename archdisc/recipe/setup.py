@@ -27,7 +27,7 @@ from archdisc.recipe.loop import batches, loss_fn, tensors
 from archdisc.spaces import build_space, spaces
 from archdisc.sparsity.budget import (LamControl, LatencyLine, compact_params, limits_of,
                                       measure_of, smallest, target_of)
-from archdisc.sparsity.groups import alive, param_groups, sparse_init
+from archdisc.sparsity.groups import alive, init_gates, param_groups, sparse_init
 
 __all__ = ["resolve_device", "load_dataset", "build_supernet", "load_supernet", "make_optimizer",
            "SearchState", "start_search"]
@@ -197,8 +197,10 @@ def start_search(run) -> SearchState:
     net = ArchNet(run.graph)
     if config.from_weights():
         net.load_state_dict(run.weights)
-    elif not config.dense():  # dense epochs train every unit of the default init
+    elif not config.dense():
         sparse_init(net, density=config.density, mode=config.group_mode, seed=config.seed)
+    else:  # every unit of the default init; candidate edges closed, as at the sparse start
+        init_gates(net)
     net = net.to(device)
     opt = make_optimizer(net, config)
     model = run.dist.wrap(net)

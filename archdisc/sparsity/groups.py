@@ -221,10 +221,16 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
                 params[p].zero_()     # outputs exactly 0
             else:                     # a depthwise filter: zero for the dead channels
                 params[p][~alive] = 0
+    return init_gates(net, gate_init)
+
+
+@torch.no_grad()
+def init_gates(net: ArchNet, gate_init: float = 0.0) -> ArchNet:
+    """Candidate-edge gates to ``gate_init`` (0: every candidate edge off), block gates to 1."""
     g = net.graph
     blocks = {f"gates.{gate_name(u, v)}" for u, v in g.candidate_edges()
               if g.edges[u, v]["gate"] == "block"}
-    for k, p in params.items():
+    for k, p in net.named_parameters():
         if k.startswith("gates."):
             p.fill_(1.0 if k in blocks else gate_init)
     return net
