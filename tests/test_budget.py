@@ -350,3 +350,17 @@ def test_dense_epochs_resume_is_bit_identical(tmp_path, stop_at):
 ])
 def test_dense_epochs_default(kw, dense):
     assert cfg(**kw).validate().dense() == dense
+
+
+def test_the_dense_start_keeps_every_unit_and_closes_the_candidate_edges(tmp_path):
+    """As at the sparse start the skip gates start at 0 (the search opens them); every unit
+    keeps its initial weights."""
+    from archdisc.recipe.discover import setup
+    from archdisc.recipe.setup import start_search
+    c = cfg(space="skip_mlp", space_options={"blocks": 3, "width": 20, "in_shape": [20],
+                                             "task": "classification", "classes": 4},
+            target_params=800, epochs=2)
+    s = start_search(setup(c, tmp_path / "r", progress=False))
+    gates = {k: float(p.detach()) for k, p in s.net.named_parameters() if k.startswith("gates.")}
+    assert gates and set(gates.values()) == {0.0}
+    assert all(n == 20 for n in s.alive0.values())
