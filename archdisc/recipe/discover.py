@@ -138,8 +138,10 @@ def setup(config: Config, out, resume=False, force=False, progress=True, data=No
     run = Run(config, out, device, data, graph, resume_from, progress and dist.main, dist,
               weights=weights)
     if config.model is not None and not config.from_weights():
-        _log(run, f"the search starts from a sparse random init: {config.model}'s own "
-                  f"weights are not used (--start weights starts from them)")
+        init = (f"a random init, {config.dense()} dense epochs first" if config.dense()
+                else "a sparse random init")
+        _log(run, f"the search starts from {init}: {config.model}'s own weights are not "
+                  f"used (--start weights starts from them)")
     if "target" in data.meta and "target" not in config.data_options:
         _log(run, f"{config.data}: the label is column {data.meta['target']!r}, the last "
                   f"(--data-option target=COLUMN takes another)")
