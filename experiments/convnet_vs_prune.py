@@ -38,7 +38,7 @@ SUPERNET = 236_618
 BUDGETS = [23_662, 59_155]  # 10% and 25% of the supernet
 LIMIT, BATCH, DENSE_EPOCHS, FT_EPOCHS = 20_000, 128, 10, 3  # baselines: Adam lr 1e-3 (common.fit)
 PARTS = RESULTS / "convnet_vs_prune_parts"
-ARCHDISC = dict(select="none", space="convnet", data="fashion-mnist", limit=LIMIT, optimizer="adabreg",
+ARCHDISC = dict(select="none", dense_epochs=0, space="convnet", data="fashion-mnist", limit=LIMIT, optimizer="adabreg",
                 group_mode="unit", lr=3e-3, lam=0.05, density=0.2, epochs=5, finetune=8,
                 finetune_lr=1e-3, finetune_schedule="cosine", batch_size=BATCH, device="cpu")
 LAYERS = ("conv1", "conv2", "fc1")

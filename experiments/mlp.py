@@ -40,7 +40,7 @@ from torch import nn  # noqa: E402
 SIZES = {112925: (132, 65), 82935: (98, 55), 46727: (57, 29)}
 EPOCHS, FINETUNE, LR, BATCH = 10, 3, 1e-3, 128
 LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
-ARCHDISC = dict(select="none", space="mlp", data="fashion-mnist", epochs=EPOCHS, finetune=FINETUNE,
+ARCHDISC = dict(select="none", dense_epochs=0, space="mlp", data="fashion-mnist", epochs=EPOCHS, finetune=FINETUNE,
                 finetune_lr=LR, optimizer="adabreg", lr=1e-3, lam=0.05, density=0.2,
                 batch_size=BATCH, device="cpu")
 
