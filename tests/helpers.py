@@ -59,3 +59,24 @@ def small_mlp(classes: int = 4, features: int = 20, hidden: int = 32):
     from torch import nn
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                          nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def assert_resume_is_bit_identical(config, folder, stop_at: int = 1) -> None:
+    """run_discover stopped after epoch ``stop_at`` and resumed ends with the same supernet,
+    bit for bit, as the uninterrupted run."""
+    import pytest
+    import torch
+    from archdisc import run_discover
+    from archdisc.io import load_tensors
+
+    def stop(epoch, record, net):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+
+    run_discover(config, folder / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_discover(config, folder / "cut", progress=False, on_epoch=stop)
+    run_discover(config, folder / "cut", resume=True, progress=False)
+    a, _ = load_tensors(folder / "full" / "supernet.safetensors")
+    b, _ = load_tensors(folder / "cut" / "supernet.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+import helpers
+
 from archdisc.extract import extract, verify_equivalent
 from archdisc import load
 from archdisc import Config, ConfigError, run_discover
@@ -324,20 +326,8 @@ def test_dense_epochs_resume_is_bit_identical(tmp_path, stop_at):
     """Stopped at the end of the dense epochs (the cuts not started) or after the first cut
     epoch (the anchored start and its size in the checkpoint), the resumed run is the
     uninterrupted one."""
-    from archdisc.io import load_tensors
-    c = cfg(dense_epochs=2, epochs=4, finetune=0, lam=0.05, target_params=1500)
-
-    def stop(epoch, record, net):
-        if epoch == stop_at:
-            raise KeyboardInterrupt
-
-    run_discover(c, tmp_path / "full", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        run_discover(c, tmp_path / "cut", progress=False, on_epoch=stop)
-    run_discover(c, tmp_path / "cut", resume=True, progress=False)
-    a, _ = load_tensors(tmp_path / "full" / "supernet.safetensors")
-    b, _ = load_tensors(tmp_path / "cut" / "supernet.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    helpers.assert_resume_is_bit_identical(
+        cfg(dense_epochs=2, epochs=4, finetune=0, lam=0.05, target_params=1500), tmp_path, stop_at)
 
 
 @pytest.mark.parametrize("kw, dense", [

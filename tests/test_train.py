@@ -15,7 +15,7 @@ import archdisc
 from archdisc.io import load_tensors
 from archdisc import Config, ConfigError, RunError, TrainingError, load_config, run_discover
 from archdisc.recipe.rundir import CHECKPOINT
-from helpers import assert_same_accuracy
+from helpers import assert_resume_is_bit_identical, assert_same_accuracy
 
 
 def small(**kw) -> Config:
@@ -114,18 +114,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
 
 
 def test_linbreg_resume_is_bit_identical(tmp_path):
-    cfg = small(epochs=2, optimizer="linbreg", lr=0.1)
-
-    def stop(epoch, record, net):
-        raise KeyboardInterrupt
-
-    run_discover(cfg, tmp_path / "full", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        run_discover(cfg, tmp_path / "cut", progress=False, on_epoch=stop)
-    run_discover(cfg, tmp_path / "cut", resume=True, progress=False)
-    a, _ = load_tensors(tmp_path / "full" / "supernet.safetensors")
-    b, _ = load_tensors(tmp_path / "cut" / "supernet.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_bit_identical(small(epochs=2, optimizer="linbreg", lr=0.1), tmp_path)
 
 
 # ---------------------------------------------------------------------- planted
