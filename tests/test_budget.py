@@ -1,4 +1,5 @@
-"""Steering lam to a size: the budget controller, the lam warm-up and the fine-tune default.
+"""Steering lam to a size: the budget controller, the dense start, the lam warm-up and the
+fine-tune default.
 
 Teacher data (20 features, 4 classes), supernet 20-64-64-4 (5,764 parameters): fast.
 """
