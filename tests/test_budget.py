@@ -355,3 +355,35 @@ def test_the_dense_start_keeps_every_unit_and_closes_the_candidate_edges(tmp_pat
     gates = {k: float(p.detach()) for k, p in s.net.named_parameters() if k.startswith("gates.")}
     assert gates and set(gates.values()) == {0.0}
     assert all(n == 20 for n in s.alive0.values())
+
+
+def test_from_trained_weights_gates_are_scaled_by_their_size_as_units_are():
+    """Anchored: a unit group's lam weight is its mean unit norm over the mean of all units'
+    norms (over sqrt(n), group_weight one), the gates' their mean |gate| over the same mean,
+    so a small gate is not cut before every unit (RESULTS.md 15, the skip encoder)."""
+    from archdisc.graph.compile import ArchNet
+    from archdisc.recipe.setup import make_optimizer
+    from archdisc.spaces import build_space
+    from archdisc.sparsity.budget import LamControl
+    torch.manual_seed(0)
+    net = ArchNet(build_space("skip_mlp", blocks=3, width=12, in_shape=[12],
+                              task="classification", classes=4))
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            if k.startswith("gates."):
+                p.uniform_(0.05, 0.15)
+    config = cfg(space="skip_mlp", target_params=500, dense_epochs=0)
+    control = LamControl(net, make_optimizer(net, config), config, 10, anchor=True)
+    params = {k: p.detach() for k, p in net.named_parameters()}
+    norms = {g["name"]: torch.cat([params[f"layers.{g['name']}.weight"],
+                                   params[f"layers.{g['name']}.bias"][:, None]], 1).norm(dim=1)
+             for g in control.groups if g["kind"] == "unit"}
+    mean = torch.cat(list(norms.values())).mean()
+    gates = torch.stack([p for k, p in params.items() if k.startswith("gates.")])
+    for g in control.groups:
+        if g["kind"] == "edge":
+            assert control.weight(g) == pytest.approx(float(gates.mean() / mean), rel=1e-5)
+        else:
+            n = g["reg"].group_weight(g["params"]) ** 2
+            assert control.weight(g) == pytest.approx(
+                float(norms[g["name"]].mean() / mean) / n ** 0.5, rel=1e-5)

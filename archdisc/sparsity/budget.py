@@ -105,10 +105,13 @@ def unit_cost(graph, n: dict, measure: str, nodes: dict | None = None) -> dict:
 
 @torch.no_grad()
 def _norm_scale(groups) -> dict:
-    """Each unit group's mean unit norm over the mean of all units' norms."""
+    """Each unit group's mean unit norm (the gates': mean |gate|) over the mean of all units'
+    norms."""
     norms = {g["name"]: g["reg"].group_norms(g["params"]) for g in groups
-             if g.get("kind") == "unit" and hasattr(g["reg"], "group_norms")}
-    mean = torch.cat(list(norms.values())).mean() if norms else 0.0
+             if g.get("kind") in ("unit", "edge") and hasattr(g["reg"], "group_norms")}
+    units = [n for g in groups if g.get("kind") == "unit" for n in [norms.get(g["name"])]
+             if n is not None]
+    mean = torch.cat(units).mean() if units else 0.0
     if not mean > 0:
         return {}
     return {name: float(n.mean() / mean) or 1.0 for name, n in norms.items()}
@@ -241,6 +244,8 @@ class LamControl:
 
     def weight(self, g) -> float:
         name = g.get("name")
+        if g.get("kind") == "edge":  # from trained weights: scaled by the gates' size
+            return self.scale.get(name, 1.0)
         if g.get("kind") != "unit" or name not in self.n:
             return 1.0
         scale = self.scale.get(name, 1.0)
