@@ -105,10 +105,12 @@ def unit_cost(graph, n: dict, measure: str, nodes: dict | None = None) -> dict:
 
 @torch.no_grad()
 def _norm_scale(groups) -> dict:
-    """Each unit group's mean unit norm (the gates': mean |gate|) over the mean of all units'
-    norms."""
+    """Each unit group's mean unit norm (the candidate edges' gates: mean |gate|) over the
+    mean of all units' norms. (Block gates, 1 in a trained model, keep their lam: scaled,
+    resnet18's blocks were cut later and worse, HISTORY.md 15.)"""
     norms = {g["name"]: g["reg"].group_norms(g["params"]) for g in groups
-             if g.get("kind") in ("unit", "edge") and hasattr(g["reg"], "group_norms")}
+             if (g.get("kind") == "unit" or g.get("name") == "gates")
+             and hasattr(g["reg"], "group_norms")}
     units = [n for g in groups if g.get("kind") == "unit" for n in [norms.get(g["name"])]
              if n is not None]
     mean = torch.cat(units).mean() if units else 0.0

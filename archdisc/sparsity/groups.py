@@ -136,7 +136,8 @@ def param_groups(net: ArchNet, lam: float = 0.1, lam_edge: float | None = None,
     ``nodes`` also list the space's adds);
     ``"kernel"``: conv weights under KernelL2(lam) (each (out, in) kernel), linear
     nodes still by unit; ``"element"``: plain L1(lam) on searchable weights.
-    Gates of candidate edges get TensorL2(lam_edge) (default: ``lam``).
+    Gates of candidate edges get TensorL2(lam_edge) (default: ``lam``), group "gates"; gates
+    of residual blocks (``depth``) the same, group "blocks".
     Everything else (the output head, for instance) is unregularized.
     """
     if mode not in MODES:
@@ -163,11 +164,13 @@ def param_groups(net: ArchNet, lam: float = 0.1, lam_edge: float | None = None,
             groups.append({"params": [params[names[0]]], "reg": reg, "name": n,
                            "nodes": [n], "kind": mode})
             taken.add(names[0])
-    gates = [p for k, p in params.items() if k.startswith("gates.")]
-    if gates:
-        groups.append({"params": gates, "reg": TensorL2(lam_edge), "name": "gates",
-                       "kind": "edge"})
-        taken.update(k for k in params if k.startswith("gates."))
+    blocks = block_gates(net)
+    for name, keys in (("gates", [k for k in params if k.startswith("gates.") and k not in blocks]),
+                       ("blocks", [k for k in params if k in blocks])):
+        if keys:  # candidate edges, and residual blocks (depth): one group each
+            groups.append({"params": [params[k] for k in keys], "reg": TensorL2(lam_edge),
+                           "name": name, "kind": "edge"})
+            taken.update(keys)
     rest = [p for k, p in params.items() if k not in taken]
     if rest:
         groups.append({"params": rest, "reg": None, "name": "rest", "kind": "dense"})
@@ -224,12 +227,17 @@ def sparse_init(net: ArchNet, density: float = 0.1, mode: str = "unit", damping:
     return init_gates(net, gate_init)
 
 
+def block_gates(net: ArchNet) -> set[str]:
+    """The parameter names of the gates on residual blocks (``depth``), not on candidate edges."""
+    g = net.graph
+    return {f"gates.{gate_name(u, v)}" for u, v in g.candidate_edges()
+            if g.edges[u, v]["gate"] == "block"}
+
+
 @torch.no_grad()
 def init_gates(net: ArchNet, gate_init: float = 0.0) -> ArchNet:
     """Candidate-edge gates to ``gate_init`` (0: every candidate edge off), block gates to 1."""
-    g = net.graph
-    blocks = {f"gates.{gate_name(u, v)}" for u, v in g.candidate_edges()
-              if g.edges[u, v]["gate"] == "block"}
+    blocks = block_gates(net)
     for k, p in net.named_parameters():
         if k.startswith("gates."):
             p.fill_(1.0 if k in blocks else gate_init)
