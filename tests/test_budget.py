@@ -57,6 +57,14 @@ def test_target_density_lowers_lam_when_too_small(tmp_path):
     assert report["lam_final"] < 5.0
 
 
+def test_lam_warmup_ramps_after_the_dense_epochs():
+    from archdisc.graph.compile import ArchNet
+    from archdisc.spaces import build_space
+    net = ArchNet(build_space("mlp", widths=[20, 64, 64, 4], in_shape=[20]))
+    control, _ = _control(net, dense_epochs=1, lam_warmup=1, lam=0.4, target_params=1500)
+    assert [control.lam(s) for s in (10, 15, 20, 30)] == pytest.approx([0, 0.2, 0.4, 0.4])
+
+
 def test_lam_warmup_ramps(tmp_path):
     run_discover(cfg(epochs=3, lam_warmup=2, finetune=0), tmp_path / "r", progress=False)
     lams = [json.loads(x)["lam"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]

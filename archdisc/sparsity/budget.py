@@ -282,8 +282,9 @@ class LamControl:
         return P
 
     def ramp(self, step: int) -> float:
+        """lam_warmup's factor at ``step``: from 0 to 1 over its epochs after the dense ones."""
         w = self.config.lam_warmup
-        return min(1.0, step / (w * self.spe)) if w else 1.0
+        return min(1.0, (step - self.dense) / (w * self.spe)) if w else 1.0
 
     def set(self, step: int):
         """Write lam into the optimizer for global ``step`` (1-based): 0 in the dense epochs;
