@@ -541,3 +541,26 @@ def test_a_csv_without_target_says_which_column_is_the_label(tmp_path, capsys):
                         space_options={"widths": [2, 8, 2]}, epochs=1, finetune=0,
                         select="none", device="cpu"), tmp_path / "r")
     assert "the label is column 'label', the last" in capsys.readouterr().err
+
+
+def test_recalibrate_bn_estimates_the_statistics_of_the_network_as_it_is():
+    """After a cut the running statistics describe the old network; re-estimated they are
+    the mean of the batch means and of the batch (unbiased) variances of the first
+    samples, computed here independently; the momentum and the mode are restored."""
+    from archdisc.recipe.loop import recalibrate_bn
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3)
+    net = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(3)).eval()
+    bn = net[1]
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(9.0)
+    x = torch.randn(40, 1, 6, 6)
+    split = torch.utils.data.TensorDataset(x, torch.zeros(40, dtype=torch.long))
+    recalibrate_bn(net, split, 10, "cpu", samples=30)  # 3 batches of 10
+    with torch.no_grad():
+        h = [conv(x[i:i + 10]).transpose(0, 1).flatten(1) for i in (0, 10, 20)]
+    mean = torch.stack([b.mean(1) for b in h]).mean(0)
+    var = torch.stack([b.var(1) for b in h]).mean(0)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, var, rtol=1e-5)
+    assert bn.momentum == 0.1 and not net.training

@@ -38,7 +38,8 @@ from archdisc.io import atomic_write_text, save_tensors
 from archdisc.recipe import diagnose, rundir
 from archdisc.recipe.byo import float_inputs, python_data, python_model, token_ids
 from archdisc.recipe.config import BREGMAN, BUDGETS, Config
-from archdisc.recipe.loop import augmenter, batches, epoch_order, finetune, set_lr, train_epoch
+from archdisc.recipe.loop import (augmenter, batches, epoch_order, finetune, recalibrate_bn, set_lr,
+                                  train_epoch)
 from archdisc.recipe.select import shrink_select
 from archdisc.recipe.setup import (SearchState, load_dataset, load_supernet, resolve_device,
                                    start_search)
@@ -214,7 +215,8 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
                            augmenter(config, config.seed, epoch, run.device), run.dist,
                            config.loader_workers)
         if control.target and epoch == config.epochs:
-            control.finish(s.net)
+            control.finish(s.net)  # the last cut: no step after it updates BatchNorm's stats
+            recalibrate_bn(s.net, run.data.train, config.batch_size, run.device)
         if not all(torch.isfinite(p).all() for p in s.net.parameters()):
             raise TrainingError("parameters are not finite")
         if loss > DIVERGED * s.initial:

@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from archdisc.errors import ConfigError, TrainingError
 
@@ -190,6 +191,31 @@ def train_epoch(net, opt, x, y, task, batch_size, order, bar=None, on_step=None,
     if not math.isfinite(mean):
         raise TrainingError(f"the mean training loss of the epoch is {mean}")
     return mean
+
+
+@torch.no_grad()
+def recalibrate_bn(net, split, batch_size: int, device, samples: int = 2048) -> None:
+    """BatchNorm running statistics re-estimated (train mode, the plain mean over batches)
+    on the first ``samples`` training samples, in order: after a cut they describe the
+    network before it. A no-op without BatchNorm."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momentum = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    was_training = net.training
+    net.train()
+    seen = 0
+    for xb, _ in batches(split, batch_size, device):
+        if seen >= samples:
+            break
+        net(xb)
+        seen += len(xb)
+    for m, mo in zip(norms, momentum):
+        m.momentum = mo
+    net.train(was_training)
 
 
 def masked_adam(net, config, lr: float, total: int, cosine: bool, weight_decay: float = 0.0):
