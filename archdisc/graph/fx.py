@@ -13,7 +13,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph, gate_blocks
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
-from archdisc.graph.importer import Importer
+from archdisc.graph.importer import Importer, main_output
 from archdisc.graph.ops import OPS
 
 __all__ = ["from_module"]
@@ -73,20 +73,12 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
     net = compile_graph(g.validate(), weights)
     net.eval()
     with torch.no_grad():
-        want, got = _main_output(module(example_input)), net(example_input)
+        want, got = main_output(module(example_input)), net(example_input)
     diff = float((want - got).abs().max())
     if not diff <= atol * max(1.0, float(want.abs().max())):
         raise ModelImportError(f"the imported graph differs from {type(module).__name__} by "
                             f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
     return net
-
-
-def _main_output(out):
-    """A model's output tensor: itself, Hugging Face's ``logits`` (or first field), or a
-    tuple's first item."""
-    if isinstance(out, dict):
-        return out["logits"] if "logits" in out else next(iter(out.values()))
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class _Values(ShapeProp):

@@ -38,6 +38,14 @@ _ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
 _MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_")
 
 
+def main_output(out):
+    """A model's main output: itself, Hugging Face's ``logits`` (or the first field of its
+    output dict), or a tuple's first item."""
+    if isinstance(out, dict):
+        return out["logits"] if "logits" in out else next(iter(out.values()))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _channel_slice(key) -> bool:
     """Whether ``x[key]`` takes a range of channels: ``x[:, a:b]`` (``, :`` / ``...`` after)."""
     every, known = slice(None), (int, type(None))
@@ -99,9 +107,7 @@ class Importer(TransformerReader):
                 t = getattr(t, part)
             return _View("param", extra=t)
         if node.op == "output":
-            out = node.args[0]  # a dict (Hugging Face's outputs) or a tuple: the main tensor
-            out = (out["logits"] if "logits" in out else next(iter(out.values()))) \
-                if isinstance(out, dict) else out[0] if isinstance(out, (tuple, list)) else out
+            out = main_output(node.args[0])  # of a dict (Hugging Face's outputs) or a tuple
             node.args = (out,)
             x = self.val[out.name] if isinstance(out, torch.fx.Node) else None
             if isinstance(x, _View) and x.kind == "nld":  # a language model's (N, L, V)
