@@ -111,8 +111,7 @@ def _norm_scale(groups) -> dict:
     norms = {g["name"]: g["reg"].group_norms(g["params"]) for g in groups
              if (g.get("kind") == "unit" or g.get("name") == "gates")
              and hasattr(g["reg"], "group_norms")}
-    units = [n for g in groups if g.get("kind") == "unit" for n in [norms.get(g["name"])]
-             if n is not None]
+    units = [n for name, n in norms.items() if name != "gates"]
     mean = torch.cat(units).mean() if units else 0.0
     if not mean > 0:
         return {}
