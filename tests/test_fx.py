@@ -7,6 +7,8 @@ from torch import nn
 import archdisc
 from archdisc import ArchdiscError, extract, from_module, sparse_init
 
+import helpers
+
 
 class SmallCNN(nn.Module):
     def __init__(self):
@@ -480,3 +482,44 @@ def test_multiplying_or_dividing_by_a_number_is_exact():
     net = from_module(m, x)
     assert [net.graph.nodes[n]["op"] for n in net.graph].count("mulconst") == 2
     assert torch.allclose(net(x), m(x), atol=1e-6)
+
+
+class SamePadConv(nn.Conv2d):
+    """TensorFlow's "same" padding, as timm's Conv2dSame: the padding computed from the
+    input's size (an ``if`` on it), then ``F.conv2d`` with the module's own weight."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        ph = max((-(-h // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - h, 0)
+        pw = max((-(-w // self.stride[1]) - 1) * self.stride[1] + self.kernel_size[1] - w, 0)
+        if ph > 0 or pw > 0:
+            x = nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0)
+
+
+class PoolMixer(nn.Module):
+    """A same-padded strided stem, then PoolFormer's token mixer ``pool(x) - x`` with an
+    average over the real pixels only (``count_include_pad=False``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = SamePadConv(3, 8, 3, stride=2)
+        self.bn, self.pool = nn.BatchNorm2d(8), nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.bn(self.stem(x))
+        x = x + (self.pool(x) - x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_shape_branch_same_padding_and_pool_mixer_extract_exactly():
+    x = torch.randn(2, 3, 9, 10)  # 9 x 10, stride 2, kernel 3: pad 1 + 1 rows, 0 + 1 columns
+    net, small, _ = _half_dead_extracts_exactly(PoolMixer(), x)
+    assert _ops(net.graph).count("pad2d") == 1 and net.graph.nodes["pad"]["pads"] == [0, 1, 1, 1]
+    assert net.graph.nodes["pool"]["count_include_pad"] is False
+    assert small.nodes["conv2d"]["units"] == 4  # the functional conv's units are cut
+    net = from_module(PoolMixer(), x, searchable=["stem"])  # named by its module
+    assert net.graph.nodes["conv2d"]["searchable"]
+    with pytest.raises(ArchdiscError, match="cannot trace Branchy.*control flow"):
+        from_module(helpers.untraceable(), torch.randn(2, 64))  # an if on values stays refused

@@ -4,10 +4,12 @@ The importer itself is :mod:`archdisc.graph.importer`.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
 from torch import nn
+from torch.fx.node import map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 
 from archdisc.errors import ModelImportError
@@ -49,8 +51,10 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
             from transformers.utils.fx import symbolic_trace as hf_trace
             gm = hf_trace(module, input_names=[first.name])
         else:
-            gm = torch.fx.symbolic_trace(module, concrete_args={
+            tracer = _Tracer(example_input)
+            graph = tracer.trace(module, concrete_args={
                 p.name: p.default for p in later if p.default is not p.empty} or None)
+            gm = torch.fx.GraphModule(tracer.root, graph, type(module).__name__)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; report its reason
         raise ModelImportError(
             f"torch.fx cannot trace {type(module).__name__}: {e}. Data-dependent control "
@@ -79,6 +83,71 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
         raise ModelImportError(f"the imported graph differs from {type(module).__name__} by "
                             f"{diff:.3g} on the example input; this is a bug in archdisc.graph.fx")
     return net
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, except that an ``if`` or ``for`` on the input's shape (a padding
+    computed from the input size, a check of it) takes the branch it takes on the example
+    input: the graph so far is run on it, once per node. On the input's values it stays
+    an error."""
+
+    def __init__(self, example_input):
+        super().__init__()
+        self.example_input, self.values, self.running = example_input, {}, False
+
+    def _value(self, node):
+        self.running = True
+        try:
+            with torch.no_grad():
+                for n in self.graph.nodes:
+                    if n not in self.values and n.op != "output":
+                        self.values[n] = self._run(n, *map_arg((n.args, n.kwargs),
+                                                               self.values.__getitem__))
+        finally:
+            self.running = False
+        return self.values[node]
+
+    def _run(self, n, args, kwargs):
+        if n.op == "placeholder":  # the input, then forward's later arguments at their defaults
+            return args[0] if self.values else self.example_input
+        if n.op == "get_attr":
+            return functools.reduce(getattr, n.target.split("."), self.root)
+        if n.op == "call_module":
+            return self.root.get_submodule(n.target)(*args, **kwargs)
+        if n.op == "call_method":
+            return getattr(args[0], n.target)(*args[1:], **kwargs)
+        return n.target(*args, **kwargs)
+
+    def call_module(self, m, forward, args, kwargs):  # while running: the module itself
+        return forward(*args, **kwargs) if self.running else super().call_module(
+            m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self.running else super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def to_bool(self, obj):
+        return bool(self._value(_shape_only(obj.node)))
+
+    def iter(self, obj):
+        return iter(self._value(_shape_only(obj.node)))
+
+
+def _shape_only(node):
+    """``node``, if it reads the input's shape but not its values (else fx's error)."""
+    todo, seen = [node], {node}
+    while todo:
+        n = todo.pop()
+        if n.op == "placeholder":
+            raise torch.fx.proxy.TraceError(
+                "symbolically traced variables cannot be used as inputs to control flow")
+        if n.target in _SHAPE_READS or (n.target is getattr and n.args[1] in _SHAPE_READS):
+            continue
+        todo += [a for a in n.all_input_nodes if a not in seen]
+        seen.update(n.all_input_nodes)
+    return node
+
+
+_SHAPE_READS = ("size", "dim", "numel", "shape", "ndim", "dtype", "device")
 
 
 class _Values(ShapeProp):

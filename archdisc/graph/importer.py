@@ -35,6 +35,7 @@ _POOL_FUNCTIONS = {F.max_pool2d: "maxpool2d", F.avg_pool2d: "avgpool2d",
                    F.adaptive_avg_pool2d: "adaptive_avgpool2d",
                    F.adaptive_max_pool2d: "adaptive_maxpool2d"}
 _ADD = (operator.add, operator.iadd, torch.add, "add", "add_")
+_SUB = (operator.sub, operator.isub, torch.sub, "sub")
 _MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_")
 
 
@@ -166,28 +167,53 @@ class Importer(TransformerReader):
         self.store(n, m.state_dict())
         return _View(view.kind, out)
 
-    def conv(self, node, m, x):
+    def conv(self, node, m, x, qualname=None):
+        """A Conv2d module, or ``m``: the arguments of ``F.conv2d`` by name (timm's
+        Conv2dSame pads, then calls it with its own weight; ``qualname``: its module)."""
         g, n = self.g, node.name
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            self.unsupported(node, f"{self.what(node)} with padding {m.padding!r} / "
-                                   f"padding_mode {m.padding_mode!r}")
-        sizes = {k: size(getattr(m, k)) for k in ("kernel_size", "stride", "padding",
-                                                    "dilation")}
-        if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
-            return g.add_op(n, "dwconv2d", [x], bias=m.bias is not None, **sizes)
-        self.layer_of[n] = node.target
-        return g.add_op(n, "conv2d", [x], units=m.out_channels, groups=m.groups,
-                        bias=m.bias is not None, searchable=m.groups == 1, **sizes)
+        if isinstance(m, dict):
+            w = m["weight"]
+            m = dict(m, in_channels=w.shape[1] * m["groups"], out_channels=w.shape[0],
+                     kernel_size=tuple(w.shape[2:]), padding_mode="zeros")
+        else:
+            m, qualname = vars(m) | {"bias": m.bias}, node.target
+        if isinstance(m["padding"], str) or m["padding_mode"] != "zeros":
+            self.unsupported(node, f"{self.what(node)} with padding {m['padding']!r} / "
+                                   f"padding_mode {m['padding_mode']!r}")
+        sizes = {k: size(m[k]) for k in ("kernel_size", "stride", "padding", "dilation")}
+        bias, groups = m["bias"] is not None, m["groups"]
+        if groups > 1 and groups == m["in_channels"] == m["out_channels"]:
+            return g.add_op(n, "dwconv2d", [x], bias=bias, **sizes)
+        self.layer_of[n] = qualname
+        return g.add_op(n, "conv2d", [x], units=m["out_channels"], groups=groups,
+                        bias=bias, searchable=groups == 1, **sizes)
+
+    def functional_conv(self, node, x):
+        """``F.conv2d(x, weight, bias, ...)`` with parameters: a conv node."""
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        a = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1,
+             **dict(zip(names, node.args)), **node.kwargs}
+        w, b = (self.val[a[k].name] if isinstance(a[k], torch.fx.Node) else a[k]
+                for k in ("weight", "bias"))
+        if not isinstance(w, _View) or w.kind != "param" or not (
+                b is None or isinstance(b, _View) and b.kind == "param"):
+            self.unsupported(node, "conv2d with a weight or bias that is not a parameter")
+        self.store(node.name, {"weight": w.extra, **({"bias": b.extra} if b else {})})
+        wn = a["weight"]
+        return self.conv(node, {**a, "weight": w.extra, "bias": b}, x,
+                         wn.target.rsplit(".", 1)[0] if wn.op == "get_attr" else node.name)
 
     def pool(self, node, op, x, a):
-        if a.get("dilation") not in (None, 1, (1, 1)) or a.get("count_include_pad") is False \
-                or a.get("divisor_override") or a.get("return_indices"):
-            self.unsupported(node, f"{self.what(node)} with dilation / count_include_pad="
-                                   f"False / divisor_override / return_indices")
+        if a.get("dilation") not in (None, 1, (1, 1)) or a.get("divisor_override") \
+                or a.get("return_indices"):
+            self.unsupported(node, f"{self.what(node)} with dilation / divisor_override / "
+                                   f"return_indices")
         k = size(a["kernel_size"])
+        extra = {"count_include_pad": bool(a.get("count_include_pad", True))} \
+            if op == "avgpool2d" else {}
         return self.g.add_op(node.name, op, [x], kernel_size=k,
                              stride=size(a["stride"] if a["stride"] else k),
-                             padding=size(a["padding"]), ceil_mode=bool(a["ceil_mode"]))
+                             padding=size(a["padding"]), ceil_mode=bool(a["ceil_mode"]), **extra)
 
     def layernorm(self, node, src, shape, weight, bias, eps):
         """A LayerNorm over the channels: of a channels-last view, or of features."""
@@ -295,6 +321,8 @@ class Importer(TransformerReader):
             return self.select(n, x.node, x.extra.reshape(-1), x.extra.numel())
         if name == "batch_norm" and isinstance(x, str):  # timm's BatchNormAct2d
             return self.batchnorm(node)
+        if t is F.conv2d and isinstance(x, str):
+            return self.functional_conv(node, x)
         if t is F.linear and (isinstance(x, str) or (isinstance(x, _View) and x.kind == "nld")):
             return self.linear(node, x)
         if name == "layer_norm" and isinstance(x, (str, _View)):
@@ -326,6 +354,10 @@ class Importer(TransformerReader):
             if self.shape(node.all_input_nodes[0]) != self.shape(node.all_input_nodes[1]):
                 self.unsupported(node, "add of tensors of different shapes (broadcasting)")
             return g.add_op(n, "add", ins, units=self.shape(node)[0])
+        if t in _SUB and len(ins) == 2 and not node.kwargs and \
+                self.shape(node.all_input_nodes[0]) == self.shape(node.all_input_nodes[1]):
+            negated = g.add_op(f"{n}_negated", "mulconst", [ins[1]], factor=-1.0)
+            return g.add_op(n, "add", [ins[0], negated], units=self.shape(node)[0])
         if t is torch.cat and (args[1:] == (1,) or node.kwargs.get("dim") == 1):
             return g.add_op(n, "concat", [self.val[a.name] for a in node.all_input_nodes])
         x = self.tensor(node)
@@ -338,6 +370,17 @@ class Importer(TransformerReader):
                 return g.add_op(n, _POOL_FUNCTIONS[t], [x],
                                 output_size=size(self.shape(node)[1:]))
             return self.pool(node, _POOL_FUNCTIONS[t], x, a)
+        if t is F.pad and isinstance(x, str) and len(self.shape(node)) == 3:
+            a = self.kwargs(node)
+            if any(v.name in self.batchy for v in node.all_input_nodes):
+                self.unsupported(node, "pad by an amount computed from the batch size")
+            pads = list(torch.fx.node.map_arg(a["pad"], lambda v: v.meta["value"]))
+            if a.get("mode", "constant") != "constant" or a.get("value") not in (None, 0) or \
+                    len(pads) not in (2, 4) or min(pads) < 0:
+                self.unsupported(node, f"pad {pads} mode {a.get('mode')!r} value "
+                                       f"{a.get('value')!r}: only zeros around the image")
+            pads += [0] * (4 - len(pads))
+            return g.add_op(n, "pad2d", [x], pads=pads) if any(pads) else x
         if t is F.dropout:
             return g.add_op(n, "dropout", [x], p=self.kwargs(node)["p"])
         if name == "stochastic_depth" and getattr(t, "__module__", "").startswith("torchvision"):

@@ -184,18 +184,33 @@ def _select_shape(a, s):
 
 
 def _pool(kind):
-    modules = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+    """Max or average pooling; an average over the window's input pixels only
+    (``count_include_pad`` false, PoolFormer's token mixer) is ``avgpool2d`` with that
+    attribute."""
+    extra = {"count_include_pad": True} if kind == "avg" else {}
+
+    def module(a, cin):
+        if kind == "max":
+            return nn.MaxPool2d(a["kernel_size"], a["stride"], a["padding"],
+                                ceil_mode=a["ceil_mode"])
+        return nn.AvgPool2d(a["kernel_size"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"],
+                            count_include_pad=a["count_include_pad"])
 
     def constant(a, param, var, val):  # avg padding counts zeros; max pads with -inf
-        return (var | (val != 0) if kind == "avg" and padded(a) else var), val
+        counted = kind == "avg" and padded(a) and a["count_include_pad"]
+        return (var | (val != 0) if counted else var), val
     return Op(f"{kind}pool2d", {"kernel_size": REQUIRED, "stride": None, "padding": 0,
-                                "ceil_mode": False},
-              module=lambda a, cin: modules[kind](a["kernel_size"], a["stride"], a["padding"],
-                                                  ceil_mode=a["ceil_mode"]),
-              label=lambda a, w: f"{kind}pool {a['kernel_size']}", spatial=True,
+                                "ceil_mode": False, **extra},
+              module=module, label=lambda a, w: f"{kind}pool {a['kernel_size']}", spatial=True,
               out_shape=_window, constant=constant, keeps_zero=lambda a: True,
-              check=lambda a: (None if isinstance(a["ceil_mode"], bool)
-                               else "'ceil_mode' must be true or false"))
+              check=lambda a: (None if isinstance(a["ceil_mode"], bool) and isinstance(
+                  a.get("count_include_pad", True), bool)
+                  else "'ceil_mode' and 'count_include_pad' must be true or false"))
+
+
+def _pad_shape(a, s):
+    left, right, top, bottom = a["pads"]
+    return (s[0], s[1] + top + bottom, s[2] + left + right)
 
 
 def _adaptive_pool(kind):
@@ -301,6 +316,15 @@ OPS: dict[str, Op] = {op.name: op for op in [
        out_shape=lambda a, s: (s[0], s[1] * a["scale"], s[2] * a["scale"]),
        check=lambda a: (None if isinstance(a["scale"], int) and a["scale"] >= 1
                         else f"'scale' must be an int >= 1, got {a['scale']!r}")),
+    # zero padding (left, right, top, bottom) of the image: a conv's asymmetric "same"
+    # padding (TensorFlow's, timm's pad_same); a non-zero constant then varies at the borders
+    Op("pad2d", {"pads": REQUIRED}, module=lambda a, cin: nn.ZeroPad2d(tuple(a["pads"])),
+       label=lambda a, w: "pad " + " ".join(map(str, a["pads"])), spatial=True,
+       out_shape=_pad_shape, keeps_zero=lambda a: True,
+       constant=lambda a, param, var, val: (var | (val != 0), val),
+       check=lambda a: (None if isinstance(a["pads"], list) and len(a["pads"]) == 4 and all(
+           isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in a["pads"])
+           else f"'pads' must be [left, right, top, bottom] of ints >= 0, got {a['pads']!r}")),
     Op("gap", module=lambda a, cin: GlobalAvgPool(), spatial=True,
        out_shape=lambda a, s: (s[0],), keeps_zero=lambda a: True),
     Op("flatten", kind="flatten", module=lambda a, cin: nn.Flatten(),
