@@ -523,3 +523,18 @@ def test_shape_branch_same_padding_and_pool_mixer_extract_exactly():
     assert net.graph.nodes["conv2d"]["searchable"]
     with pytest.raises(ArchdiscError, match="cannot trace Branchy.*control flow"):
         from_module(helpers.untraceable(), torch.randn(2, 64))  # an if on values stays refused
+
+
+def test_group_norm_keeps_its_channels_and_extracts_exactly():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 6, 1),
+                      nn.GroupNorm(1, 6), nn.Conv2d(6, 4, 1), nn.ReLU(), nn.Conv2d(4, 3, 1),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        for gn in (m[1], m[4]):
+            gn.weight.uniform_(0.5, 1.5)
+            gn.bias.uniform_(-0.5, 0.5)
+    net, small, _ = _half_dead_extracts_exactly(m, torch.randn(2, 3, 7, 7))
+    assert _ops(net.graph).count("groupnorm") == 2
+    # the norms read every channel: the convs feeding them keep all theirs
+    assert [net.graph.nodes[n]["searchable"] for n in ("_0", "_3", "_5")] == [False, False, True]
+    assert small.nodes["_5"]["units"] == 2 and small.nodes["_0"]["units"] == 8

@@ -25,12 +25,19 @@ def _heads(graph):
     return [graph.nodes[n]["heads"] for n in graph.order() if graph.nodes[n]["op"] == "attention"]
 
 
+SMALL = {"res2net50_26w_4s": {"layers": [1, 1, 1, 1]}}  # its split pieces read as spx[-1]
+
+
+# tf_efficientnetv2: the padding computed from the input's size (an if on it), F.pad, F.conv2d;
+# convnextv2: its global response norm; poolformer: GroupNorm(1), pool(x) - x without pads
 @pytest.mark.parametrize("name, side", [("vit_tiny_patch16_224", 32), ("efficientnet_b0", 64),
-                                         ("deit_tiny_distilled_patch16_224", 32)])
+                                         ("deit_tiny_distilled_patch16_224", 32),
+                                         ("tf_efficientnetv2_b0", 64), ("convnextv2_atto", 32),
+                                         ("poolformer_s12", 32), ("res2net50_26w_4s", 32)])
 def test_timm_models(name, side):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    kw = {"img_size": side, "patch_size": 8, "depth": 2} if "patch" in name else {}
+    kw = {"img_size": side, "patch_size": 8, "depth": 2} if "patch" in name else SMALL.get(name, {})
     m = timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
     x = torch.randn(2, 3, side, side)
     net = from_module(m, x)

@@ -15,6 +15,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph, gate_blocks
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
+from archdisc.graph.import_modules import NAMED, qualified
 from archdisc.graph.importer import Importer, main_output
 from archdisc.graph.ops import OPS
 
@@ -117,6 +118,9 @@ class _Tracer(torch.fx.Tracer):
         if n.op == "call_method":
             return getattr(args[0], n.target)(*args[1:], **kwargs)
         return n.target(*args, **kwargs)
+
+    def is_leaf_module(self, m, qualname):
+        return qualified(m) in NAMED or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):  # while running: the module itself
         return forward(*args, **kwargs) if self.running else super().call_module(

@@ -78,12 +78,32 @@ MODULES = {
     nn.Dropout: lambda imp, node, m, x: imp.g.add_op(node.name, "dropout", [x], p=m.p),
     nn.LayerNorm: lambda imp, node, m, x: imp.layernorm(node, x, m.normalized_shape, m.weight,
                                                         m.bias, m.eps),
+    nn.GroupNorm: lambda imp, node, m, x: imp.groupnorm(node, x, m.num_groups, m.weight, m.bias,
+                                                        m.eps),
     nn.ChannelShuffle: _channel_shuffle,
     nn.Upsample: _upsample,
     nn.Embedding: _embedding,
 }
+def _grn(imp, node, m, x):
+    last = isinstance(x, View) and x.kind == "nhwc"
+    if m.channel_dim == (-1 if last else 1) and (last or isinstance(x, str)):
+        out = imp.g.add_op(node.name, "grn", [x.node if last else x], count=m.weight.numel(),
+                           eps=float(m.eps))
+        return View("nhwc", out) if last else out
+
+
+# modules of other libraries, by their class's qualified name, read whole (traced as
+# leaves); ``x`` may be a view (channels-last)
+NAMED = {"timm.layers.grn.GlobalResponseNorm": _grn}
+
+
+def qualified(m) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
+
+
 SUPPORTED = sorted(c.__name__ for c in MODULES if c not in (nn.LeakyReLU, nn.Upsample)) + [
-    "Upsample(mode='nearest', integer scale)",
+    "Upsample(mode='nearest', integer scale)", "timm's GlobalResponseNorm",
+    "F.pad with zeros", "F.conv2d with a module's weight", "a - b",
     "LeakyReLU(0.01)", "Conv2d with groups (depthwise or grouped), dilation, non-square "
     "kernels", "+ / torch.add", "* (a squeeze-excitation gate, a layer scale)",
     "torch.cat(dim=1)", "chunk / split(dim=1)", "torch.flatten(x, 1)", "x.view(x.size(0), -1)",

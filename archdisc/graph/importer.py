@@ -25,7 +25,7 @@ from torch import nn
 
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
-from archdisc.graph.import_modules import ACTS, MODULES, SUPPORTED, size
+from archdisc.graph.import_modules import ACTS, MODULES, NAMED, SUPPORTED, qualified, size
 from archdisc.graph.import_transformer import TransformerReader, View as _View
 from archdisc.graph.modules import ACTIVATIONS
 
@@ -138,6 +138,12 @@ class Importer(TransformerReader):
         if isinstance(m, nn.Softmax) and isinstance(x, _View) and x.kind == "scores" and \
                 m.dim in (-1, 3):
             return _View("probs", extra=x.extra)
+        if qualified(m) in NAMED:
+            out = NAMED[qualified(m)](self, node, m, x)
+            if out is None:
+                self.unsupported(node, f"{self.what(node)} with these options or this input")
+            self.store(node.name, m.state_dict())
+            return out
         if isinstance(x, _View) and x.kind in ("nhwc", "nld"):
             return self.channels_last(node, m, x)
         read = MODULES.get(type(m))
@@ -228,6 +234,12 @@ class Importer(TransformerReader):
                                "bias": bias if bias is not None else torch.zeros(c)})
         return self.g.add_op(node.name, "layernorm", [src], eps=float(eps))
 
+    def groupnorm(self, node, x, groups, weight, bias, eps):
+        c = self.shape(node)[0]
+        self.store(node.name, {"weight": weight if weight is not None else torch.ones(c),
+                               "bias": bias if bias is not None else torch.zeros(c)})
+        return self.g.add_op(node.name, "groupnorm", [x], groups=int(groups), eps=float(eps))
+
     def linear(self, node, x):
         """``F.linear(x, weight, bias)`` with parameters (timm's Linear): a linear node."""
         a = {**dict(zip(("input", "weight", "bias"), node.args)), **node.kwargs}
@@ -299,7 +311,8 @@ class Importer(TransformerReader):
             sizes = [m.shape[1] for m in node.meta["tensor_meta"]]
             return _View("pieces", x, [sum(sizes[:i]) for i in range(len(sizes) + 1)])
         if t is operator.getitem and isinstance(x, _View) and x.kind == "pieces":
-            lo, hi = x.extra[args[1]], x.extra[args[1] + 1]
+            i = args[1] % (len(x.extra) - 1)  # spx[-1]: the last piece (Res2Net)
+            lo, hi = x.extra[i], x.extra[i + 1]
             return self.select(n, x.node, torch.arange(lo, hi), x.extra[-1])
         if t is operator.getitem and isinstance(x, str) and _channel_slice(args[1]):
             c = self.shape(node.args[0])[0]
@@ -319,6 +332,13 @@ class Importer(TransformerReader):
         if name in ("view", "reshape", "flatten") and isinstance(x, _View) and \
                 x.kind == "grouped" and len(self.shape(node)) == 3:
             return self.select(n, x.node, x.extra.reshape(-1), x.extra.numel())
+        if name == "group_norm" and isinstance(x, str):  # timm's GroupNorm1
+            a = {"weight": None, "bias": None, "eps": 1e-5,
+                 **dict(zip(("input", "num_groups", "weight", "bias", "eps"), args)),
+                 **node.kwargs}
+            w, b = (self.val[a[k].name].extra if isinstance(a[k], torch.fx.Node) else a[k]
+                    for k in ("weight", "bias"))
+            return self.groupnorm(node, x, a["num_groups"], w, b, a["eps"])
         if name == "batch_norm" and isinstance(x, str):  # timm's BatchNormAct2d
             return self.batchnorm(node)
         if t is F.conv2d and isinstance(x, str):

@@ -51,6 +51,24 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class ResponseNorm(nn.Module):
+    """ConvNeXt-V2's global response norm over (N, C, H, W): ``x + bias + weight * x *
+    n`` with ``n`` a channel's L2 norm over the image divided by the mean of those norms,
+    a mean over ``count`` channels (the supernet's: a removed channel was exactly 0, so
+    the compact model divides by the same count)."""
+
+    def __init__(self, channels: int, count: int, eps: float):
+        super().__init__()
+        self.count, self.eps = count, eps
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        g = x.norm(p=2, dim=(2, 3), keepdim=True)
+        n = g / (g.sum(1, keepdim=True) / self.count + self.eps)
+        return x + torch.addcmul(self.bias[:, None, None], self.weight[:, None, None], x * n)
+
+
 class ChannelScale(nn.Module):
     """``x * weight`` per channel (dim 1): a layer scale."""
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from archdisc.errors import GraphError
 from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelScale, ChannelSelect,
+                                    ResponseNorm,
                                     GlobalAvgPool, Linear, MulConst, StochasticDepth)
 
 REQUIRED = object()  # an attribute without a default
@@ -141,6 +142,16 @@ def _ln_constant(a, param, var, val):
         return w != 0, torch.where(w != 0, 0.0, b)
     mean = val.mean()
     return var, (val - mean) / torch.sqrt(((val - mean) ** 2).mean() + a["eps"]) * w + b
+
+
+def _gn_constant(a, param, var, val):
+    """Group norm: per group, as a layer norm over its channels (a spatially constant
+    group is its bias; an exact zero-variance group normalises to 0)."""
+    out_var, out_val = var.clone(), val.clone()
+    for grp in torch.arange(len(val)).chunk(a["groups"]):
+        sub = {k: param(k)[grp] for k in ("weight", "bias")}
+        out_var[grp], out_val[grp] = _ln_constant(a, sub.__getitem__, var[grp], val[grp])
+    return out_var, out_val
 
 
 def kernel_sums(w, groups: int = 1):
@@ -278,6 +289,24 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("layernorm", {"eps": 1e-5}, module=lambda a, cin: ChannelLayerNorm(cin, a["eps"]),
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "layernorm",
        constant=_ln_constant, sliced=("weight", "bias"), mixes=True),
+    # group norm (PoolFormer's, over all channels with 1 group): as a layer norm, its
+    # channels are kept all or none
+    Op("groupnorm", {"groups": REQUIRED, "eps": 1e-5},
+       module=lambda a, cin: nn.GroupNorm(a["groups"], cin, a["eps"]),
+       params=lambda a, cin, shape: 2 * cin, label=lambda a, w: f"groupnorm {a['groups']}",
+       constant=_gn_constant, sliced=("weight", "bias"), mixes=True,
+       check=lambda a: (None if isinstance(a["groups"], int) and a["groups"] >= 1
+                        else f"'groups' must be an int >= 1, got {a['groups']!r}")),
+    # ConvNeXt-V2's global response norm: a zero channel becomes its bias (joining the
+    # unit group, as a BatchNorm's shift); the mean over channels keeps the original count
+    Op("grn", {"count": REQUIRED, "eps": 1e-6},
+       module=lambda a, cin: ResponseNorm(cin, a["count"], a["eps"]),
+       params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "grn", spatial=True,
+       constant=lambda a, param, var, val: (var | (val != 0), torch.where(
+           val == 0, param("bias").double(), val)),
+       sliced=("weight", "bias"), grouped=("bias",), keeps_zero=lambda a: True,
+       check=lambda a: (None if isinstance(a["count"], int) and a["count"] >= 1
+                        else f"'count' must be an int >= 1, got {a['count']!r}")),
     Op("activation", {"fn": "relu"}, module=lambda a, cin: ACT_MODULES[a["fn"]](),
        label=lambda a, w: a["fn"],
        constant=lambda a, param, var, val: (var, ACT_MODULES[a["fn"]]()(val)),
