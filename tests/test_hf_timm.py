@@ -58,3 +58,17 @@ def test_hugging_face_bert():
     assert torch.allclose(net(ids), m(ids).logits, atol=1e-5)
     graph = _half_dead_is_exact(net, ids)
     assert _heads(net.graph) == [4, 4] and _heads(graph) == [2, 2]
+
+
+def test_timm_mlp_mixer_token_mlp_and_mean_token():
+    pytest.importorskip("timm")
+    from timm.models.mlp_mixer import MlpMixer
+    torch.manual_seed(0)  # 16 tokens, 24 features: the token MLP maps across the 16
+    m = MlpMixer(num_classes=5, img_size=32, patch_size=8, num_blocks=2, embed_dim=24).eval()
+    x = torch.randn(2, 3, 32, 32)
+    net = from_module(m, x)
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+    ops = [net.graph.nodes[n]["op"] for n in net.graph.order()]
+    assert ops.count("token_mix") == 4 and ops.count("token_mean") == 1
+    graph = _half_dead_is_exact(net, x)  # the channel MLPs' hidden units: 96 -> 48
+    assert [graph.nodes[n]["units"] for n in graph.order() if n.endswith("channels_fc1")] == [48, 48]

@@ -24,6 +24,10 @@ def _embedding(imp, node, m, x):
 
 
 def _linear(imp, node, m, x):
+    if isinstance(imp.val[node.args[0].name], str) and len(imp.shape(node.args[0])) == 2:
+        # (N, D, L) tokens as torch holds them (not a view): a map across the tokens
+        return imp.g.add_op(node.name, "token_mix", [x], tokens=m.out_features,
+                            tokens_in=m.in_features)
     imp.layer_of[node.name] = node.target
     return imp.g.linear(node.name, x, m.out_features, bias=m.bias is not None)
 

@@ -170,6 +170,9 @@ class TransformerReader:
             s, h, dh = (1, *shape[1:]) if len(shape) == 3 else shape[1:]
             return View("heads", x.node, {"s": s, "h": h, "dh": dh, "part": 0, "scale": 1.0,
                                           "layout": "blhd" if len(shape) == 3 else "blshd"})
+        if t in ("mean", torch.mean) and not node.kwargs.get("keepdim") and \
+                (node.kwargs.get("dim", args[1] if len(args) > 1 else None)) in (1, -2):
+            return self.g.add_op(n, "token_mean", [x.node])
         y = vals[1] if len(vals) == 2 else None
         if t in (operator.add, torch.add) and _is(y, "bconst") and y.extra.dim() == 3 and \
                 (y.extra == y.extra[:1]).all():

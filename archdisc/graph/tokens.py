@@ -10,6 +10,9 @@ The ops here make and read token tensors:
   in its ``weight`` (D, k);
 * ``pos_embed``: plus a learned (D, L) position embedding;
 * ``token``: token ``at`` alone, ``(D, L) -> (D,)`` (the class token read by a head);
+  ``token_mean``: the mean token;
+* ``token_mix``: a linear map across the tokens, ``(D, L) -> (D, L')``, the same for
+  every unit (``weight`` (L', L): MLP-Mixer's token MLP);
 * ``embed``: token ids ``(L,)`` -> their learned embeddings ``(D, L)`` (``weight``
   (vocab, D)), all D units kept (kind ``embed``); an output node with ``tokens_last``
   gives (N, L, D), as language models return their logits;
@@ -57,6 +60,11 @@ class PosEmbed(nn.Module):
 
     def forward(self, x):
         return x + self.weight
+
+
+class TokenMean(nn.Module):
+    def forward(self, x):
+        return x.mean(2)
 
 
 class Token(nn.Module):
@@ -188,6 +196,19 @@ def _tokens_in(name):
     return shape
 
 
+def _mix_shape(a, s):
+    if len(s) != 2 or s[1] != a["tokens_in"]:
+        raise GraphError(f"token_mix needs a (features, {a['tokens_in']}) input, got {s}")
+    return (s[0], a["tokens"])
+
+
+def _mix_constant(a, param, var, val):
+    """A constant unit c becomes ``c * row sums + bias`` over the new tokens: a constant
+    only if that is."""
+    out = val[:, None] * param("weight").double().sum(1) + param("bias").double()
+    return var | (out != out[:, :1]).any(1), out[:, 0]
+
+
 def _prepend_constant(a, param, var, val):  # a constant unit stays one if its tokens equal it
     w = param("weight").double()
     return var | (w != val[:, None]).any(1), val
@@ -229,6 +250,18 @@ OPS.update({op.name: op for op in [
        params=lambda a, cin, shape: cin * a["tokens"], label=lambda a, w: f"+ position {w}",
        out_shape=_tokens_in("pos_embed"), constant=_pos_constant, sliced=("weight",),
        grouped=("weight",), keeps_zero=lambda a: True),
+    Op("token_mean", module=lambda a, cin: TokenMean(), label=lambda a, w: f"mean {w}",
+       out_shape=lambda a, s: (s[0],) if len(s) == 2 else _tokens_in("token_mean")(a, s),
+       keeps_zero=lambda a: True),
+    # a linear map across the tokens, the same for every unit (MLP-Mixer's token MLP)
+    Op("token_mix", {"tokens": REQUIRED, "tokens_in": REQUIRED},
+       module=lambda a, cin: nn.Linear(a["tokens_in"], a["tokens"]),
+       params=lambda a, cin, shape: (a["tokens_in"] + 1) * a["tokens"],
+       macs=lambda a, cin, shape: cin * a["tokens_in"] * a["tokens"],
+       label=lambda a, w: f"token mix {a['tokens_in']}→{a['tokens']} {w}", out_shape=_mix_shape,
+       constant=_mix_constant, copied=("weight", "bias"),
+       check=lambda a: (None if all(isinstance(a[k], int) and a[k] >= 1 for k in (
+           "tokens", "tokens_in")) else "'tokens' and 'tokens_in' must be ints >= 1")),
     Op("token", {"at": 0}, module=lambda a, cin: Token(a["at"]),
        label=lambda a, w: f"token {a['at']} {w}", out_shape=_tokens_in("token"),
        keeps_zero=lambda a: True,
