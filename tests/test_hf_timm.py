@@ -72,3 +72,22 @@ def test_timm_mlp_mixer_token_mlp_and_mean_token():
     assert ops.count("token_mix") == 4 and ops.count("token_mean") == 1
     graph = _half_dead_is_exact(net, x)  # the channel MLPs' hidden units: 96 -> 48
     assert [graph.nodes[n]["units"] for n in graph.order() if n.endswith("channels_fc1")] == [48, 48]
+
+
+def test_timm_beit_relative_position_bias_layer_scale_and_mean_of_later_tokens():
+    pytest.importorskip("timm")
+    from timm.models.beit import Beit
+    torch.manual_seed(0)
+    m = Beit(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5,
+             use_rel_pos_bias=True, init_values=0.1, global_pool="avg").eval()
+    for mod in m.modules():  # as trained: a bias that is not zero
+        if hasattr(mod, "relative_position_bias_table"):
+            torch.nn.init.normal_(mod.relative_position_bias_table, std=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    net = from_module(m, x)
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+    nodes = [net.graph.nodes[n] for n in net.graph.order()]
+    assert [a["score_bias"] for a in nodes if a["op"] == "attention"] == [17, 17]  # 16 + class
+    assert [a["op"] for a in nodes].count("scale") == 4 and "later_tokens" in [a["op"] for a in nodes]
+    graph = _half_dead_is_exact(net, x)
+    assert _heads(graph) == [2, 2]

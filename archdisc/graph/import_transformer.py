@@ -158,6 +158,12 @@ class TransformerReader:
                 args[1][0] == slice(None) and isinstance(args[1][1], int):
             length = self.shape(node.args[0])[0]
             return self.g.add_op(n, "token", [x.node], at=args[1][1] % length)
+        if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
+                args[1][0] == slice(None) and isinstance(args[1][1], slice) and \
+                args[1][1].stop is None and args[1][1].step in (None, 1) and \
+                isinstance(args[1][1].start, int) and args[1][1].start > 0:
+            return View("nld", self.g.add_op(n, "later_tokens", [x.node],
+                                             start=args[1][1].start))
         if t in ("split", "chunk") and self.g.op(x.node) == "linear" and \
                 node.kwargs.get("dim", args[2] if len(args) > 2 else 0) in (2, -1):
             parts = [m.shape[-1] for m in node.meta["tensor_meta"]]
@@ -229,13 +235,15 @@ class TransformerReader:
             mask = a.get("attn_mask")
             if mask is not None and _is(mask, "param", "bconst") and not mask.extra.any():
                 mask = None  # no padding: Hugging Face's mask of zeros
-            if mask is not None or a.get("enable_gqa") or \
+            bias = self.score_bias(mask, q) if _is(mask, "param") else None
+            if (mask is not None and bias is None) or a.get("enable_gqa") or \
                     not all(_is(p, "heads") and p.extra["layout"] == "bhld" for p in (q, k, v)):
                 self.unsupported(node, "scaled_dot_product_attention other than of q / k / v "
-                                       "Linears split into heads, without masks")
+                                       "Linears split into heads, without masks other than a "
+                                       "fixed (heads, L, L) bias")
             return self.attn(node, q, k, v, (a.get("scale") or q.extra["dh"] ** -0.5) *
                              q.extra["scale"] * k.extra["scale"], a.get("dropout_p", 0.0),
-                             bool(a.get("is_causal")))
+                             bool(a.get("is_causal")), bias)
         if _is(x, "unbound") and t is operator.getitem:
             return x.extra[args[1]]
         if _is(x, "qkv") and t in ("view", "reshape") and len(self.shape(node)) == 3:
@@ -271,7 +279,12 @@ class TransformerReader:
                                              b.extra["scale"], "dropout": 0.0})
             if _is(a, "probs") and _is(b, "heads") and b.extra["layout"] == "bhld":
                 return self.attn(node, a.extra["q"], a.extra["k"], b, a.extra["scale"],
-                                 a.extra["dropout"])
+                                 a.extra["dropout"], bias=a.extra.get("bias"))
+        if _is(x, "scores") and t in (operator.add, operator.iadd, torch.add) and \
+                len(vals) == 2 and _is(vals[1], "param") and "bias" not in x.extra:
+            bias = self.score_bias(vals[1], x.extra["q"])
+            if bias is not None:
+                return View("scores", extra={**x.extra, "bias": bias})
         if _is(x, "scores") and name == "softmax" and \
                 node.kwargs.get("dim", args[1] if len(args) > 1 else None) in (-1, 3):
             return View("probs", extra=x.extra)
@@ -284,14 +297,27 @@ class TransformerReader:
                                f"Linears split into heads, scaled_dot_product_attention or "
                                f"softmax(q @ k^T * scale) @ v, the heads merged by a Linear)")
 
-    def attn(self, node, q, k, v, scale, dropout, causal=False):
-        """``scale``: the whole factor on q @ k^T (q's and k's own included)."""
+    def score_bias(self, mask, q):
+        """A fixed bias added to the scores, (heads, L, L) (BEiT's relative position bias
+        for its tokens), or None if ``mask`` is not one."""
+        t, h = mask.extra, q.extra["h"]
+        if t.dim() == 4 and t.shape[0] == 1:
+            t = t[0]
+        L = t.shape[-1]  # the import's check compares with the module's own attention
+        return t.expand(h, L, L).clone() if t.dim() == 3 and t.is_floating_point() and \
+            t.shape[1:] == (L, L) and t.shape[0] in (1, h) else None
+
+    def attn(self, node, q, k, v, scale, dropout, causal=False, bias=None):
+        """``scale``: the whole factor on q @ k^T (q's and k's own included); ``bias``: a
+        fixed (heads, L, L) bias added to the scores."""
         dh = q.extra["dh"]
         if v.extra["scale"] != 1.0 or not math.isclose(scale, dh ** -0.5, rel_tol=1e-6):
             self.unsupported(node, f"attention with the scale {scale:.4g} (only 1 / "
                                    f"sqrt(head_dim) = {dh ** -0.5:.4g}) or scaled values")
+        if bias is not None and causal:
+            self.unsupported(node, "causal attention with a bias on its scores")
         return View("attn", extra={"q": q, "k": k, "v": v, "layout": "bhld",
-                                   "dropout": float(dropout), "causal": causal})
+                                   "dropout": float(dropout), "causal": causal, "bias": bias})
 
     def merge_heads(self, node, m: nn.Linear, e):
         """The Linear reading the merged heads: with the q / k / v Linears, one attention
@@ -311,17 +337,19 @@ class TransformerReader:
         def rows(p, t, *shape):
             return t.reshape(p.extra["s"], h * dh, *shape)[p.extra["part"]]
         n = node.name
+        score = {"score_bias": e["bias"]} if e.get("bias") is not None else {}
         self.store_heads(n, h, torch.cat([rows(p, w[p.node], -1) for p in parts]), torch.cat([
             rows(p, b[p.node]) if b[p.node] is not None else torch.zeros(h * dh)
             for p in parts]) if bias else None, m.weight,
-            m.bias if m.bias is not None or not bias else torch.zeros(m.out_features))
+            m.bias if m.bias is not None or not bias else torch.zeros(m.out_features), **score)
         names = [self.layer_of.pop(n).split(".") for n in lins] + [node.target.split(".")]
         prefix = [p[0] for p in zip(*names) if len(set(p)) == 1]
         self.layer_of[n] = ".".join(prefix) or n  # the attention module's name
         for x in lins:
             self.g.remove_node(x)
         return self.g.add_op(n, "attention", [src.pop()[0]], units=m.out_features, heads=h,
-                             head_dim=dh, bias=bias, dropout=e["dropout"], causal=e["causal"])
+                             head_dim=dh, bias=bias, dropout=e["dropout"], causal=e["causal"],
+                             score_bias=score["score_bias"].shape[-1] if score else 0)
 
     def store_heads(self, n, h, w, b, out_w, out_b, **more):
         """Head-major q / k / v rows and output-projection columns (graph/tokens.py)."""

@@ -425,7 +425,12 @@ class Importer(TransformerReader):
         params = [v for v in vals if isinstance(v, _View) and v.kind == "param"]
         if len(params) == 1:
             i = 1 if vals[0] is params[0] else 0
-            x, gamma = self.tensor(node, i), params[0].extra
+            view, gamma = vals[i], params[0].extra
+            if isinstance(view, _View) and view.kind in ("nhwc", "nld") and \
+                    gamma.numel() == gamma.shape[-1] == self.shape(node)[-1]:
+                self.store(n, {"weight": gamma.reshape(-1)})  # channels last: per channel
+                return _View(view.kind, g.add_op(n, "scale", [view.node]))
+            x = self.tensor(node, i)
             c = self.shape(node.args[i])[0]
             if gamma.dim() == len(self.shape(node)) + 1 and gamma.shape[0] == 1:
                 gamma = gamma[0]  # (1, C, 1, 1): the batch dim

@@ -10,7 +10,8 @@ The ops here make and read token tensors:
   in its ``weight`` (D, k);
 * ``pos_embed``: plus a learned (D, L) position embedding;
 * ``token``: token ``at`` alone, ``(D, L) -> (D,)`` (the class token read by a head);
-  ``token_mean``: the mean token;
+  ``token_mean``: the mean token; ``later_tokens``: the tokens from ``start`` on (those
+  after the class token);
 * ``token_mix``: a linear map across the tokens, ``(D, L) -> (D, L')``, the same for
   every unit (``weight`` (L', L): MLP-Mixer's token MLP);
 * ``embed``: token ids ``(L,)`` -> their learned embeddings ``(D, L)`` (``weight``
@@ -67,6 +68,15 @@ class TokenMean(nn.Module):
         return x.mean(2)
 
 
+class LaterTokens(nn.Module):
+    def __init__(self, start: int):
+        super().__init__()
+        self.start = start
+
+    def forward(self, x):
+        return x[:, :, self.start:]
+
+
 class Token(nn.Module):
     def __init__(self, index: int):
         super().__init__()
@@ -80,9 +90,13 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention on (N, D, L) tokens, head-major parameters (see above)."""
 
     def __init__(self, cin: int, units: int, heads: int, head_dim: int, bias: bool = True,
-                 dropout: float = 0.0, causal: bool = False):
+                 dropout: float = 0.0, causal: bool = False, score_bias: int = 0):
         super().__init__()
         self.heads, self.head_dim, self.dropout, self.causal = heads, head_dim, dropout, causal
+        # added to each head's scores, (heads, L, L), held fixed: BEiT's relative position
+        # bias as it reads for its L tokens
+        self.register_buffer("score_bias", torch.zeros(heads, score_bias, score_bias)
+                             if score_bias else None)
         self.qkv_weight = nn.Parameter(torch.empty(heads, 3 * head_dim, cin))
         self.out_weight = nn.Parameter(torch.empty(heads, head_dim, units))
         self.qkv_bias = nn.Parameter(torch.zeros(heads, 3 * head_dim)) if bias else None
@@ -96,7 +110,7 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x.transpose(1, 2), self.qkv_weight.flatten(0, 1),
                        None if self.qkv_bias is None else self.qkv_bias.flatten())
         q, k, v = qkv.unflatten(-1, (h, 3, dh)).permute(3, 0, 2, 1, 4)  # 3 x (N, h, L, dh)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+        o = F.scaled_dot_product_attention(q, k, v, self.score_bias, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         o = o.transpose(1, 2).flatten(2)  # (N, L, h * dh)
         return F.linear(o, self.out_weight.flatten(0, 1).t(), self.out_bias).transpose(1, 2)
@@ -250,6 +264,12 @@ OPS.update({op.name: op for op in [
        params=lambda a, cin, shape: cin * a["tokens"], label=lambda a, w: f"+ position {w}",
        out_shape=_tokens_in("pos_embed"), constant=_pos_constant, sliced=("weight",),
        grouped=("weight",), keeps_zero=lambda a: True),
+    Op("later_tokens", {"start": REQUIRED}, module=lambda a, cin: LaterTokens(a["start"]),
+       label=lambda a, w: f"tokens {a['start']}: {w}", keeps_zero=lambda a: True,
+       out_shape=lambda a, s: (s[0], s[1] - a["start"]) if len(s) == 2 and s[1] > a["start"]
+       else _tokens_in("later_tokens")(a, (0,)),
+       check=lambda a: (None if isinstance(a["start"], int) and a["start"] >= 1
+                        else f"'start' must be an int >= 1, got {a['start']!r}")),
     Op("token_mean", module=lambda a, cin: TokenMean(), label=lambda a, w: f"mean {w}",
        out_shape=lambda a, s: (s[0],) if len(s) == 2 else _tokens_in("token_mean")(a, s),
        keeps_zero=lambda a: True),
@@ -274,11 +294,13 @@ OPS.update({op.name: op for op in [
        check=lambda a: (None if all(isinstance(a[k], int) and a[k] >= 1 for k in (
            "units", "vocab")) else "'units' and 'vocab' must be ints >= 1")),
     Op("attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED, "bias": True,
-                     "dropout": 0.0, "causal": False, "searchable": True}, kind="attention",
+                     "dropout": 0.0, "causal": False, "score_bias": 0, "searchable": True},
+       kind="attention",
        module=lambda a, cin: SelfAttention(cin, a["units"], a["heads"], a["head_dim"],
-                                           a["bias"], a["dropout"], a["causal"]),
+                                           a["bias"], a["dropout"], a["causal"],
+                                           a["score_bias"]),
        params=_attention_params, macs=_attention_macs, searched="heads", grouped=_HEADS,
-       sliced=_HEADS, label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
+       sliced=_HEADS + ("score_bias",), label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
        check=lambda a: _heads_check(a)),
     Op("window_attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED,
                             "window": REQUIRED, "shift": 0, "bias": True, "cosine": False,
