@@ -91,3 +91,21 @@ def test_timm_beit_relative_position_bias_layer_scale_and_mean_of_later_tokens()
     assert [a["op"] for a in nodes].count("scale") == 4 and "later_tokens" in [a["op"] for a in nodes]
     graph = _half_dead_is_exact(net, x)
     assert _heads(graph) == [2, 2]
+
+
+def test_timm_swin_shifted_windows_and_patch_merging():
+    pytest.importorskip("timm")
+    from timm.models.swin_transformer import SwinTransformer
+    torch.manual_seed(0)
+    m = SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=24, depths=(2, 2),
+                        num_heads=(2, 4), num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    net = from_module(m, x)
+    assert torch.allclose(net(x), m(x), atol=1e-5)
+    assert not hasattr(m.layers[0].blocks[0], "window_attention")  # the module as it was
+    nodes = [net.graph.nodes[n] for n in net.graph.order()]
+    assert [a["shift"] for a in nodes if a["op"] == "window_attention"] == [[0, 0], [2, 2]] * 2
+    assert [a["op"] for a in nodes].count("patch_merge") == 1
+    graph = _half_dead_is_exact(net, x)
+    assert [graph.nodes[n]["heads"] for n in graph.order()
+            if graph.nodes[n]["op"] == "window_attention"] == [1, 1, 2, 2]

@@ -16,6 +16,7 @@ from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph, gate_blocks
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
 from archdisc.graph.import_modules import NAMED, qualified
+from archdisc.graph.import_timm import leaf_blocks
 from archdisc.graph.importer import Importer, main_output
 from archdisc.graph.ops import OPS
 
@@ -53,9 +54,10 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
             gm = hf_trace(module, input_names=[first.name])
         else:
             tracer = _Tracer(example_input)
-            graph = tracer.trace(module, concrete_args={
-                p.name: p.default for p in later if p.default is not p.empty} or None)
-            gm = torch.fx.GraphModule(tracer.root, graph, type(module).__name__)
+            with leaf_blocks(module):
+                graph = tracer.trace(module, concrete_args={
+                    p.name: p.default for p in later if p.default is not p.empty} or None)
+                gm = torch.fx.GraphModule(tracer.root, graph, type(module).__name__)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; report its reason
         raise ModelImportError(
             f"torch.fx cannot trace {type(module).__name__}: {e}. Data-dependent control "

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from archdisc.graph import import_timm
 from archdisc.graph.import_transformer import View
 from archdisc.graph.modules import ACTIVATIONS
 
+qualified = import_timm.qualified
 ACTS = {cls: name for name, (_, cls, _) in ACTIVATIONS.items() if cls is not None}
 
 
@@ -91,6 +93,7 @@ MODULES = {
 def _grn(imp, node, m, x):
     last = isinstance(x, View) and x.kind == "nhwc"
     if m.channel_dim == (-1 if last else 1) and (last or isinstance(x, str)):
+        imp.store(node.name, m.state_dict())
         out = imp.g.add_op(node.name, "grn", [x.node if last else x], count=m.weight.numel(),
                            eps=float(m.eps))
         return View("nhwc", out) if last else out
@@ -98,11 +101,7 @@ def _grn(imp, node, m, x):
 
 # modules of other libraries, by their class's qualified name, read whole (traced as
 # leaves); ``x`` may be a view (channels-last)
-NAMED = {"timm.layers.grn.GlobalResponseNorm": _grn}
-
-
-def qualified(m) -> str:
-    return f"{type(m).__module__}.{type(m).__qualname__}"
+NAMED = {"timm.layers.grn.GlobalResponseNorm": _grn, **import_timm.HANDLERS}
 
 
 SUPPORTED = sorted(c.__name__ for c in MODULES if c not in (nn.LeakyReLU, nn.Upsample)) + [

@@ -18,6 +18,7 @@ affine tensors). Shapes come from running the traced program on the example inpu
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -139,10 +140,9 @@ class Importer(TransformerReader):
                 m.dim in (-1, 3):
             return _View("probs", extra=x.extra)
         if qualified(m) in NAMED:
-            out = NAMED[qualified(m)](self, node, m, x)
+            out = NAMED[qualified(m)](self, node, m, x)  # stores its weights
             if out is None:
                 self.unsupported(node, f"{self.what(node)} with these options or this input")
-            self.store(node.name, m.state_dict())
             return out
         if isinstance(x, _View) and x.kind in ("nhwc", "nld"):
             return self.channels_last(node, m, x)
@@ -304,6 +304,15 @@ class Importer(TransformerReader):
             if isinstance(x, str) and len(self.shape(node)) == 2 and dims == [0, 2, 1]:
                 return _View("nld", x)
             self.unsupported(node, f"permute {dims} (only NCHW -> NHWC and back)")
+        if t in (torch.mean, "mean") and isinstance(x, _View) and x.kind == "nhwc" and \
+                (args[1:2] or (node.kwargs.get("dim"),))[0] in ((1, 2), [1, 2]) and \
+                not node.kwargs.get("keepdim", args[2] if len(args) > 2 else False):
+            return g.add_op(n, "gap", [x.node])  # channels-last global average (timm)
+        if name in ("view", "reshape") and isinstance(x, _View) and x.kind == "nhwc" and \
+                len(self.shape(node)) in (2, 3) and self.shape(node)[-1] == \
+                self.shape(node.args[0])[-1] and math.prod(self.shape(node)) == \
+                math.prod(self.shape(node.args[0])):  # positions flattened or back (timm's
+            return x  # Swin blocks): the per-position ops that follow read it unchanged
         if name in ("chunk", "split"):
             dim = node.kwargs.get("dim", args[2] if len(args) > 2 else 0)
             if not isinstance(x, str) or dim != 1:
