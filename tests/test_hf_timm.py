@@ -109,3 +109,21 @@ def test_timm_swin_shifted_windows_and_patch_merging():
     graph = _half_dead_is_exact(net, x)
     assert [graph.nodes[n]["heads"] for n in graph.order()
             if graph.nodes[n]["op"] == "window_attention"] == [1, 1, 2, 2]
+
+
+def test_timm_efficientformer_wider_values_and_attention_biases():
+    pytest.importorskip("timm")
+    from timm.models.efficientformer import EfficientFormer
+    torch.manual_seed(0)  # its last stage: 7 x 7 tokens, 8 heads of keys 32 and values 128
+    m = EfficientFormer(depths=(1, 1, 1, 2), embed_dims=(8, 16, 24, 32), num_vit=1,
+                        num_classes=5).eval()
+    for mod in m.modules():
+        if hasattr(mod, "attention_biases"):
+            torch.nn.init.normal_(mod.attention_biases, std=0.5)
+    x = torch.randn(2, 3, 224, 224)
+    net = from_module(m, x)
+    assert torch.allclose(net(x), m(x), atol=1e-5) and m(x).abs().max() > 1e-3
+    (a,) = [net.graph.nodes[n] for n in net.graph.order() if net.graph.nodes[n]["op"] == "attention"]
+    assert (a["heads"], a["head_dim"], a["value_dim"], a["score_bias"]) == (8, 32, 128, 49)
+    graph = _half_dead_is_exact(net, x)
+    assert _heads(graph) == [4]

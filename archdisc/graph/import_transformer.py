@@ -244,6 +244,13 @@ class TransformerReader:
             return self.attn(node, q, k, v, (a.get("scale") or q.extra["dh"] ** -0.5) *
                              q.extra["scale"] * k.extra["scale"], a.get("dropout_p", 0.0),
                              bool(a.get("is_causal")), bias)
+        if _is(x, "heads") and t == "split" and e["s"] == 1 and e["layout"] == "bhld" and \
+                node.kwargs.get("dim", args[2] if len(args) > 2 else 0) in (3, -1) and \
+                isinstance(args[1], (list, tuple)) and len(args[1]) == 3:
+            ends = [sum(args[1][:i]) for i in range(4)]  # each head's rows: its q, k, v
+            return View("unbound", extra=[View("heads", x.node, {
+                **e, "dh": ends[i + 1] - ends[i], "rows": (ends[i], ends[i + 1], e["dh"])})
+                for i in range(3)])
         if _is(x, "unbound") and t is operator.getitem:
             return x.extra[args[1]]
         if _is(x, "qkv") and t in ("view", "reshape") and len(self.shape(node)) == 3:
@@ -324,10 +331,10 @@ class TransformerReader:
         node (head-major weights, graph/tokens.py) reading their input."""
         parts = [e[k] for k in "qkv"]
         lins = list(dict.fromkeys(p.node for p in parts))
-        h, dh = parts[0].extra["h"], parts[0].extra["dh"]
+        h, dh, dv = parts[0].extra["h"], parts[0].extra["dh"], parts[2].extra["dh"]
         src = {tuple(self.g.inputs(n)) for n in lins}
         if len(src) != 1 or any(self.g.out_degree(n) for n in lins) or \
-                any((p.extra["h"], p.extra["dh"]) != (h, dh) for p in parts):
+                any(p.extra["h"] != h for p in parts) or parts[1].extra["dh"] != dh:
             self.unsupported(node, "attention whose q, k and v read different inputs, have "
                                    "other readers or other head shapes")
         w = {n: self.weights.pop(f"layers.{n}.weight") for n in lins}
@@ -335,13 +342,17 @@ class TransformerReader:
         bias = m.bias is not None or any(v is not None for v in b.values())
 
         def rows(p, t, *shape):
-            return t.reshape(p.extra["s"], h * dh, *shape)[p.extra["part"]]
+            if "rows" in p.extra:  # each head's q, k, v rows one after the other
+                lo, hi, per = p.extra["rows"]
+                return t.reshape(h, per, *shape)[:, lo:hi].reshape(h * (hi - lo), *shape)
+            return t.reshape(p.extra["s"], h * p.extra["dh"], *shape)[p.extra["part"]]
         n = node.name
         score = {"score_bias": e["bias"]} if e.get("bias") is not None else {}
         self.store_heads(n, h, torch.cat([rows(p, w[p.node], -1) for p in parts]), torch.cat([
-            rows(p, b[p.node]) if b[p.node] is not None else torch.zeros(h * dh)
+            rows(p, b[p.node]) if b[p.node] is not None else torch.zeros(h * p.extra["dh"])
             for p in parts]) if bias else None, m.weight,
-            m.bias if m.bias is not None or not bias else torch.zeros(m.out_features), **score)
+            m.bias if m.bias is not None or not bias else torch.zeros(m.out_features),
+            value_dim=dv, **score)
         names = [self.layer_of.pop(n).split(".") for n in lins] + [node.target.split(".")]
         prefix = [p[0] for p in zip(*names) if len(set(p)) == 1]
         self.layer_of[n] = ".".join(prefix) or n  # the attention module's name
@@ -349,15 +360,22 @@ class TransformerReader:
             self.g.remove_node(x)
         return self.g.add_op(n, "attention", [src.pop()[0]], units=m.out_features, heads=h,
                              head_dim=dh, bias=bias, dropout=e["dropout"], causal=e["causal"],
-                             score_bias=score["score_bias"].shape[-1] if score else 0)
+                             score_bias=score["score_bias"].shape[-1] if score else 0,
+                             value_dim=dv if dv != dh else 0)
 
-    def store_heads(self, n, h, w, b, out_w, out_b, **more):
-        """Head-major q / k / v rows and output-projection columns (graph/tokens.py)."""
-        dh, cin = w.shape[0] // 3 // h, w.shape[1]
-        self.store(n, {"qkv_weight": w.view(3, h, dh, cin).transpose(0, 1).reshape(h, -1, cin),
-                       "out_weight": out_w.t().reshape(h, dh, -1), **more, **({
-                           "qkv_bias": b.view(3, h, dh).transpose(0, 1).reshape(h, -1),
-                           "out_bias": out_b} if b is not None else {})})
+    def store_heads(self, n, h, w, b, out_w, out_b, value_dim=None, **more):
+        """Head-major q / k / v rows and output-projection columns (graph/tokens.py); ``w``:
+        all heads' q rows, then their k rows, then their v rows (``value_dim`` each)."""
+        dv = value_dim or w.shape[0] // 3 // h
+        dh = (w.shape[0] - h * dv) // 2 // h
+
+        def per_head(t):  # (q, k, v) rows -> (h, 2 dh + dv, ...)
+            q, k, v = t.split([h * dh, h * dh, h * dv])
+            return torch.cat([q.unflatten(0, (h, dh)), k.unflatten(0, (h, dh)),
+                              v.unflatten(0, (h, dv))], 1)
+        self.store(n, {"qkv_weight": per_head(w), "out_weight": out_w.t().reshape(h, dv, -1),
+                       **more, **({"qkv_bias": per_head(b), "out_bias": out_b}
+                                  if b is not None else {})})
 
     def window_attention(self, node):
         """torchvision's ``shifted_window_attention`` -> a window_attention node."""

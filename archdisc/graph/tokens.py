@@ -90,29 +90,32 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention on (N, D, L) tokens, head-major parameters (see above)."""
 
     def __init__(self, cin: int, units: int, heads: int, head_dim: int, bias: bool = True,
-                 dropout: float = 0.0, causal: bool = False, score_bias: int = 0):
+                 dropout: float = 0.0, causal: bool = False, score_bias: int = 0,
+                 value_dim: int = 0):
         super().__init__()
         self.heads, self.head_dim, self.dropout, self.causal = heads, head_dim, dropout, causal
+        # a head's value width when not head_dim (EfficientFormer's: 4 x its key width)
+        self.value_dim = dv = value_dim or head_dim
         # added to each head's scores, (heads, L, L), held fixed: BEiT's relative position
         # bias as it reads for its L tokens
         self.register_buffer("score_bias", torch.zeros(heads, score_bias, score_bias)
                              if score_bias else None)
-        self.qkv_weight = nn.Parameter(torch.empty(heads, 3 * head_dim, cin))
-        self.out_weight = nn.Parameter(torch.empty(heads, head_dim, units))
-        self.qkv_bias = nn.Parameter(torch.zeros(heads, 3 * head_dim)) if bias else None
+        self.qkv_weight = nn.Parameter(torch.empty(heads, 2 * head_dim + dv, cin))
+        self.out_weight = nn.Parameter(torch.empty(heads, dv, units))
+        self.qkv_bias = nn.Parameter(torch.zeros(heads, 2 * head_dim + dv)) if bias else None
         self.out_bias = nn.Parameter(torch.zeros(units)) if bias else None
         nn.init.uniform_(self.qkv_weight, -cin ** -0.5, cin ** -0.5)
-        nn.init.uniform_(self.out_weight, -max(1, heads * head_dim) ** -0.5,
-                         max(1, heads * head_dim) ** -0.5)
+        nn.init.uniform_(self.out_weight, -max(1, heads * dv) ** -0.5, max(1, heads * dv) ** -0.5)
 
     def forward(self, x):
         h, dh = self.heads, self.head_dim
         qkv = F.linear(x.transpose(1, 2), self.qkv_weight.flatten(0, 1),
                        None if self.qkv_bias is None else self.qkv_bias.flatten())
-        q, k, v = qkv.unflatten(-1, (h, 3, dh)).permute(3, 0, 2, 1, 4)  # 3 x (N, h, L, dh)
+        q, k, v = qkv.unflatten(-1, (h, -1)).transpose(1, 2).split(  # 3 x (N, h, L, d)
+            [dh, dh, self.value_dim], -1)
         o = F.scaled_dot_product_attention(q, k, v, self.score_bias, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
-        o = o.transpose(1, 2).flatten(2)  # (N, L, h * dh)
+        o = o.transpose(1, 2).flatten(2)  # (N, L, h * value_dim)
         return F.linear(o, self.out_weight.flatten(0, 1).t(), self.out_bias).transpose(1, 2)
 
 
@@ -233,15 +236,20 @@ def _pos_constant(a, param, var, val):
     return var | (w != w[:, :1]).any(1), val + w[:, 0]
 
 
+def _inner(a):
+    """The widths of all heads' queries (as of their keys) and of their values."""
+    return a["heads"] * a["head_dim"], a["heads"] * (a.get("value_dim") or a["head_dim"])
+
+
 def _attention_params(a, cin, shape):
-    inner = a["heads"] * a["head_dim"]
-    return 3 * inner * (cin + a["bias"]) + inner * a["units"] + a["bias"] * a["units"]
+    qk, v = _inner(a)
+    return (2 * qk + v) * (cin + a["bias"]) + v * a["units"] + a["bias"] * a["units"]
 
 
 def _attention_macs(a, cin, shape):
-    inner, length = a["heads"] * a["head_dim"], math.prod(shape[1:])
+    (qk, v), length = _inner(a), math.prod(shape[1:])
     keys = math.prod(pair(a["window"])) if "window" in a else length  # each query reads
-    return length * inner * (3 * cin + a["units"]) + 2 * length * keys * inner
+    return length * ((2 * qk + v) * cin + v * a["units"]) + length * keys * (qk + v)
 
 
 def _window_params(a, cin, shape):
@@ -294,11 +302,12 @@ OPS.update({op.name: op for op in [
        check=lambda a: (None if all(isinstance(a[k], int) and a[k] >= 1 for k in (
            "units", "vocab")) else "'units' and 'vocab' must be ints >= 1")),
     Op("attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED, "bias": True,
-                     "dropout": 0.0, "causal": False, "score_bias": 0, "searchable": True},
+                     "dropout": 0.0, "causal": False, "score_bias": 0, "value_dim": 0,
+                     "searchable": True},
        kind="attention",
        module=lambda a, cin: SelfAttention(cin, a["units"], a["heads"], a["head_dim"],
                                            a["bias"], a["dropout"], a["causal"],
-                                           a["score_bias"]),
+                                           a["score_bias"], a["value_dim"]),
        params=_attention_params, macs=_attention_macs, searched="heads", grouped=_HEADS,
        sliced=_HEADS + ("score_bias",), label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
        check=lambda a: _heads_check(a)),
