@@ -127,3 +127,19 @@ def test_timm_efficientformer_wider_values_and_attention_biases():
     assert (a["heads"], a["head_dim"], a["value_dim"], a["score_bias"]) == (8, 32, 128, 49)
     graph = _half_dead_is_exact(net, x)
     assert _heads(graph) == [4]
+
+
+def test_hugging_face_vit():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)  # its forward takes **kwargs: traced as called with the input alone
+    m = transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        image_size=32, patch_size=8, num_labels=5)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    net = from_module(m, x)
+    assert torch.allclose(net(x), m(x).logits, atol=1e-5)
+    graph = _half_dead_is_exact(net, x)
+    assert _heads(net.graph) == [4, 4] and _heads(graph) == [2, 2]
+    one = from_module(m, x, searchable=["vit.encoder.layer.0.attention"])  # named as in m
+    assert [one.graph.nodes[n]["searchable"] for n in one.graph.order()
+            if one.graph.nodes[n]["op"] == "attention"] == [True, False]

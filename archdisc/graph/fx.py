@@ -49,9 +49,12 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
 def _import(module, example_input, searchable, depth, atol) -> ArchNet:
     first, *later = inspect.signature(module.forward).parameters.values()
     try:  # forward's later arguments (a mask, a flag) are traced at their defaults
-        if type(module).__module__.startswith("transformers."):  # Hugging Face's tracer
-            from transformers.utils.fx import symbolic_trace as hf_trace
-            gm = hf_trace(module, input_names=[first.name])
+        if type(module).__module__.startswith("transformers."):  # Hugging Face's model
+            try:
+                gm = _trace_called(module, example_input)
+            except Exception:  # noqa: BLE001 - then with Hugging Face's own tracer
+                from transformers.utils.fx import symbolic_trace as hf_trace
+                gm = hf_trace(module, input_names=[first.name])
         else:
             tracer = _Tracer(example_input)
             with leaf_blocks(module):
@@ -88,11 +91,36 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
     return net
 
 
+class _Called(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.m = module
+
+    def forward(self, x):  # not a language model's cache of keys and values
+        return main_output(self.m(x))
+
+
+def _trace_called(module, example_input):
+    """``module(x)`` traced (a forward taking ``**kwargs`` through a decorator, as Hugging
+    Face's models: fx cannot trace such a forward as the root), named as ``module``'s."""
+    tracer = _Tracer(example_input)
+    graph = tracer.trace(_Called(module))
+    for n in graph.nodes:
+        if n.op in ("call_module", "get_attr"):
+            n.target = n.target.removeprefix("m.")
+        if n.name.startswith("m_"):
+            n._rename(n.name[2:])
+    return torch.fx.GraphModule(module, graph, type(module).__name__)
+
+
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, except that an ``if`` or ``for`` on the input's shape (a padding
-    computed from the input size, a check of it) takes the branch it takes on the example
-    input: the graph so far is run on it, once per node. On the input's values it stays
-    an error."""
+    """torch.fx's tracer, except that an ``if``, a ``for`` or a ``len`` on the input's shape
+    (a padding computed from the input size, a check of it, ``(*x.shape[:-1], -1)``) reads
+    its value on the example input: the graph so far is run on it, once per node. On the
+    input's values it stays an error."""
+
+    proxy_buffer_attributes = True  # a buffer is traced as a parameter is (Llama's rotary
+    #                                  frequencies expanded to a traced batch size)
 
     def __init__(self, example_input):
         super().__init__()
@@ -112,7 +140,7 @@ class _Tracer(torch.fx.Tracer):
 
     def _run(self, n, args, kwargs):
         if n.op == "placeholder":  # the input, then forward's later arguments at their defaults
-            return args[0] if self.values else self.example_input
+            return (args[0] if args else None) if self.values else self.example_input
         if n.op == "get_attr":
             return functools.reduce(getattr, n.target.split("."), self.root)
         if n.op == "call_module":
@@ -131,11 +159,24 @@ class _Tracer(torch.fx.Tracer):
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         return attr_val if self.running else super().getattr(attr, attr_val, parameter_proxy_cache)
 
+    def trace(self, root, concrete_args=None):
+        length = torch.fx.Proxy.__len__  # len() of a shape: its length on the example
+
+        def shape_length(proxy):
+            if proxy.tracer is not self:
+                return length(proxy)
+            return len(self._value(_shape_only(proxy.node)))
+        torch.fx.Proxy.__len__ = shape_length
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            torch.fx.Proxy.__len__ = length
+
     def to_bool(self, obj):
         return bool(self._value(_shape_only(obj.node)))
 
-    def iter(self, obj):
-        return iter(self._value(_shape_only(obj.node)))
+    def iter(self, obj):  # a shape's items, each traced
+        return iter([obj[i] for i in range(len(self._value(_shape_only(obj.node))))])
 
 
 def _shape_only(node):

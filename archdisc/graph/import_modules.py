@@ -99,9 +99,20 @@ def _grn(imp, node, m, x):
         return View("nhwc", out) if last else out
 
 
+def _conv1d(imp, node, m, x):
+    """Hugging Face's Conv1D (GPT-2's): a Linear whose weight is stored transposed."""
+    tokens = isinstance(x, View) and x.kind == "nld"
+    if tokens or isinstance(x, str) and len(imp.shape(node.args[0])) == 1:
+        imp.layer_of[node.name] = node.target
+        imp.store(node.name, {"weight": m.weight.t(), "bias": m.bias})
+        out = imp.g.linear(node.name, x.node if tokens else x, m.nf, bias=True)
+        return View("nld", out) if tokens else out
+
+
 # modules of other libraries, by their class's qualified name, read whole (traced as
 # leaves); ``x`` may be a view (channels-last)
-NAMED = {"timm.layers.grn.GlobalResponseNorm": _grn, **import_timm.HANDLERS}
+NAMED = {"timm.layers.grn.GlobalResponseNorm": _grn, "transformers.pytorch_utils.Conv1D": _conv1d,
+         **import_timm.HANDLERS}
 
 
 SUPPORTED = sorted(c.__name__ for c in MODULES if c not in (nn.LeakyReLU, nn.Upsample)) + [

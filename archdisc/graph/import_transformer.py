@@ -154,8 +154,9 @@ class TransformerReader:
         if t in ("permute", "transpose") and all(isinstance(d, int) for d in dims) and \
                 [d % 3 for d in dims] in ([0, 2, 1], [1, 2], [2, 1]):
             return x.node
-        if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
-                args[1][0] == slice(None) and isinstance(args[1][1], int):
+        if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) in (2, 3) and \
+                args[1][0] == slice(None) and isinstance(args[1][1], int) and \
+                args[1][2:] in ((), (slice(None),), (Ellipsis,)):  # x[:, i] or x[:, i, :]
             length = self.shape(node.args[0])[0]
             return self.g.add_op(n, "token", [x.node], at=args[1][1] % length)
         if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
