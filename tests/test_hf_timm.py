@@ -143,3 +143,18 @@ def test_hugging_face_vit():
     one = from_module(m, x, searchable=["vit.encoder.layer.0.attention"])  # named as in m
     assert [one.graph.nodes[n]["searchable"] for n in one.graph.order()
             if one.graph.nodes[n]["op"] == "attention"] == [True, False]
+
+
+def test_hugging_face_gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)  # Conv1D layers, the tanh GELU, a causal mask left to sdpa
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=32,
+        attn_implementation="sdpa")).eval()
+    ids = torch.randint(0, 100, (2, 12))
+    net = from_module(m, ids)
+    assert torch.allclose(net(ids), m(ids).logits, atol=1e-5)
+    assert [net.graph.nodes[n]["causal"] for n in net.graph.order()
+            if net.graph.nodes[n]["op"] == "attention"] == [True, True]
+    graph = _half_dead_is_exact(net, ids)
+    assert _heads(net.graph) == [4, 4] and _heads(graph) == [2, 2]

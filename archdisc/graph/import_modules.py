@@ -2,6 +2,8 @@
 what is supported, for the error naming an unsupported node)."""
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 
@@ -41,8 +43,15 @@ def _batchnorm(imp, node, m, x):
 
 
 def _activation(imp, node, m, x):
-    if not (isinstance(m, nn.GELU) and m.approximate != "none"):
-        return imp.g.act(node.name, x, ACTS[type(m)])
+    if isinstance(m, nn.GELU):
+        return imp.g.act(node.name, x, {"none": "gelu", "tanh": "gelu_tanh"}[m.approximate])
+    return imp.g.act(node.name, x, ACTS[type(m)])
+
+
+def _gelu_tanh(imp, node, m, x):  # Hugging Face's NewGELUActivation: the tanh formula
+    tokens = isinstance(x, View) and x.kind == "nld"
+    out = imp.g.act(node.name, x.node if tokens else x, "gelu_tanh")
+    return View("nld", out) if tokens else out
 
 
 def _pool(imp, node, m, x):
@@ -101,10 +110,13 @@ def _grn(imp, node, m, x):
 
 def _conv1d(imp, node, m, x):
     """Hugging Face's Conv1D (GPT-2's): a Linear whose weight is stored transposed."""
+    linear = types.SimpleNamespace(weight=m.weight.t(), bias=m.bias, out_features=m.nf)
+    if isinstance(x, View) and x.kind == "merged":  # the output projection of attention
+        return View("nld", imp.merge_heads(node, linear, x.extra))
     tokens = isinstance(x, View) and x.kind == "nld"
     if tokens or isinstance(x, str) and len(imp.shape(node.args[0])) == 1:
         imp.layer_of[node.name] = node.target
-        imp.store(node.name, {"weight": m.weight.t(), "bias": m.bias})
+        imp.store(node.name, {"weight": linear.weight, "bias": m.bias})
         out = imp.g.linear(node.name, x.node if tokens else x, m.nf, bias=True)
         return View("nld", out) if tokens else out
 
@@ -112,6 +124,7 @@ def _conv1d(imp, node, m, x):
 # modules of other libraries, by their class's qualified name, read whole (traced as
 # leaves); ``x`` may be a view (channels-last)
 NAMED = {"timm.layers.grn.GlobalResponseNorm": _grn, "transformers.pytorch_utils.Conv1D": _conv1d,
+         "transformers.activations.NewGELUActivation": _gelu_tanh,
          **import_timm.HANDLERS}
 
 

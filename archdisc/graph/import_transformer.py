@@ -51,6 +51,16 @@ def _is(v, *kinds) -> bool:
     return isinstance(v, View) and v.kind in kinds
 
 
+def _later(key):
+    """``i`` for ``x[:, i:]`` or ``x[:, i:, :]`` (the tokens from ``i`` on), else None."""
+    if not (isinstance(key, tuple) and len(key) in (2, 3) and key[0] == slice(None)
+            and isinstance(key[1], slice) and key[1].stop is None and key[1].step in (None, 1)
+            and key[2:] in ((), (slice(None),))):
+        return None
+    start = key[1].start or 0
+    return start if isinstance(start, int) and start >= 0 else None
+
+
 class TransformerReader:
     """The transformer part of the importer (it needs ``g``, ``gm``, ``val``, ``shape``,
     ``store``, ``layer_of``, ``unsupported`` and ``what``)."""
@@ -159,12 +169,11 @@ class TransformerReader:
                 args[1][2:] in ((), (slice(None),), (Ellipsis,)):  # x[:, i] or x[:, i, :]
             length = self.shape(node.args[0])[0]
             return self.g.add_op(n, "token", [x.node], at=args[1][1] % length)
-        if t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
-                args[1][0] == slice(None) and isinstance(args[1][1], slice) and \
-                args[1][1].stop is None and args[1][1].step in (None, 1) and \
-                isinstance(args[1][1].start, int) and args[1][1].start > 0:
-            return View("nld", self.g.add_op(n, "later_tokens", [x.node],
-                                             start=args[1][1].start))
+        start = _later(args[1]) if t is operator.getitem else None
+        if start == 0:
+            return x  # x[:, 0:] (a language model's logits for every token)
+        if start is not None:
+            return View("nld", self.g.add_op(n, "later_tokens", [x.node], start=start))
         if t in ("split", "chunk") and self.g.op(x.node) == "linear" and \
                 node.kwargs.get("dim", args[2] if len(args) > 2 else 0) in (2, -1):
             parts = [m.shape[-1] for m in node.meta["tensor_meta"]]

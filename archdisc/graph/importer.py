@@ -285,8 +285,16 @@ class Importer(TransformerReader):
         vals = [self.val[a.name] if isinstance(a, torch.fx.Node) else a for a in args]
         x = vals[0] if vals else None
         # ---- views: channels-last, pieces, channel shuffle
-        if t in ("contiguous", "clone") or (t is torch.clone):
+        if t in ("contiguous", "clone") or (t is torch.clone) or (
+                name in ("view", "reshape") and "tensor_meta" in node.args[0].meta and
+                self.shape(node) == self.shape(node.args[0])):
             return x
+        if t is torch.cat and isinstance(args[0], (list, tuple)):  # a cache's empty start
+            parts = [self.val[a.name] for a in args[0] if not (isinstance(
+                self.val[a.name], _View) and self.val[a.name].kind in ("param", "bconst")
+                and self.val[a.name].extra.numel() == 0)]
+            if len(parts) == 1:
+                return parts[0]
         out = self.transformer(node, vals)
         if out is not None:
             return out

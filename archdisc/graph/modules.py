@@ -28,12 +28,20 @@ class ReLU6(nn.Module):
         return nn.functional.relu6(x)
 
 
+class GELUTanh(nn.GELU):
+    """GELU by its tanh approximation (GPT-2's)."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+
 F = nn.functional
 # The activations, declared once: name -> (the module it compiles to, torch's module class
 # and functions that the fx importer reads as it). leaky_relu: torch's slope 0.01 only.
 ACTIVATIONS = {
     "relu": (ReLU, nn.ReLU, (torch.relu, F.relu)),
     "gelu": (nn.GELU, nn.GELU, (F.gelu,)),
+    "gelu_tanh": (GELUTanh, None, ()),
     "tanh": (nn.Tanh, nn.Tanh, (torch.tanh, F.tanh)),
     "sigmoid": (nn.Sigmoid, nn.Sigmoid, (torch.sigmoid, F.sigmoid)),
     "identity": (nn.Identity, nn.Identity, ()),
