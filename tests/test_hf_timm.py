@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from archdisc import count_params, extract, from_module
+from archdisc.deploy.formats import FORMATS, export
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from fx_coverage import zero_half  # noqa: E402
@@ -158,3 +159,25 @@ def test_hugging_face_gpt2():
             if net.graph.nodes[n]["op"] == "attention"] == [True, True]
     graph = _half_dead_is_exact(net, ids)
     assert _heads(net.graph) == [4, 4] and _heads(graph) == [2, 2]
+
+
+def test_hugging_face_llama_grouped_query_rotary_rmsnorm_gated_mlp(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)  # 4 query heads in 2 groups, each group sharing one key / value head
+    m = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=100, max_position_embeddings=32,
+        attn_implementation="sdpa")).eval()
+    ids = torch.randint(0, 100, (2, 12))
+    net = from_module(m, ids)
+    assert torch.allclose(net(ids), m(ids).logits, atol=1e-5)
+    att = [net.graph.nodes[n] for n in net.graph.order() if net.graph.nodes[n]["op"] == "attention"]
+    assert [(a["heads"], a["group"], a["rotary"], a["causal"]) for a in att] == [(2, 2, 12, True)] * 2
+    graph = _half_dead_is_exact(net, ids)  # a group: its 2 query heads, key and value together
+    assert _heads(graph) == [1, 1]
+    units = {n: graph.nodes[n]["units"] for n in graph.order() if "_mlp_" in n}
+    for i in (0, 1):  # gate * up: a unit lives where both halves left it (<= 32 of 64)
+        gate, up = (units[f"model_layers_{i}_mlp_{k}_proj"] for k in ("gate", "up"))
+        assert gate == up <= 32
+    compact = extract(net, inputs=ids)[1]  # exported, each format reloaded and checked
+    assert sorted(export(compact, graph, tmp_path)) == sorted(FORMATS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph, gate_blocks
 from archdisc.graph.compile import ArchNet, compile_graph, gate_name
-from archdisc.graph.import_modules import NAMED, qualified
+from archdisc.graph.import_modules import named
 from archdisc.graph.import_timm import leaf_blocks
 from archdisc.graph.importer import Importer, main_output
 from archdisc.graph.ops import OPS
@@ -103,7 +104,9 @@ class _Called(nn.Module):
 def _trace_called(module, example_input):
     """``module(x)`` traced (a forward taking ``**kwargs`` through a decorator, as Hugging
     Face's models: fx cannot trace such a forward as the root), named as ``module``'s."""
-    tracer = _Tracer(example_input)
+    code = sys.modules.get(type(module).__module__)  # its rotary embedding: one call
+    rope = getattr(code, "apply_rotary_pos_emb", None)
+    tracer = _Tracer(example_input, autowrap_functions=(rope,) if callable(rope) else ())
     graph = tracer.trace(_Called(module))
     for n in graph.nodes:
         if n.op in ("call_module", "get_attr"):
@@ -122,8 +125,8 @@ class _Tracer(torch.fx.Tracer):
     proxy_buffer_attributes = True  # a buffer is traced as a parameter is (Llama's rotary
     #                                  frequencies expanded to a traced batch size)
 
-    def __init__(self, example_input):
-        super().__init__()
+    def __init__(self, example_input, autowrap_functions=()):
+        super().__init__(autowrap_functions=autowrap_functions)
         self.example_input, self.values, self.running = example_input, {}, False
 
     def _value(self, node):
@@ -150,7 +153,7 @@ class _Tracer(torch.fx.Tracer):
         return n.target(*args, **kwargs)
 
     def is_leaf_module(self, m, qualname):
-        return qualified(m) in NAMED or super().is_leaf_module(m, qualname)
+        return named(m) is not None or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):  # while running: the module itself
         return forward(*args, **kwargs) if self.running else super().call_module(

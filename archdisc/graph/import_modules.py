@@ -121,6 +121,25 @@ def _conv1d(imp, node, m, x):
         return View("nld", out) if tokens else out
 
 
+def _rmsnorm(imp, node, m, x):
+    """Hugging Face's RMS norms (Llama's): over the features of tokens."""
+    tokens = isinstance(x, View) and x.kind == "nld"
+    if tokens or isinstance(x, str) and len(imp.shape(node.args[0])) == 1:
+        imp.store(node.name, {"weight": m.weight})
+        out = imp.g.add_op(node.name, "rmsnorm", [x.node if tokens else x],
+                           eps=float(m.variance_epsilon))
+        return View("nld", out) if tokens else out
+
+
+def named(m):
+    """The reader of a module of another library, or None."""
+    name = qualified(m)
+    if name.startswith("transformers.models.") and name.endswith("RMSNorm") and \
+            hasattr(m, "variance_epsilon") and "weight" in m._parameters:
+        return _rmsnorm  # (_parameters: while tracing, m.weight is a proxy)
+    return NAMED.get(name)
+
+
 # modules of other libraries, by their class's qualified name, read whole (traced as
 # leaves); ``x`` may be a view (channels-last)
 NAMED = {"timm.layers.grn.GlobalResponseNorm": _grn, "transformers.pytorch_utils.Conv1D": _conv1d,

@@ -246,11 +246,15 @@ class TransformerReader:
             if mask is not None and _is(mask, "param", "bconst") and not mask.extra.any():
                 mask = None  # no padding: Hugging Face's mask of zeros
             bias = self.score_bias(mask, q) if _is(mask, "param") else None
-            if (mask is not None and bias is None) or a.get("enable_gqa") or \
+            if (mask is not None and bias is None) or \
                     not all(_is(p, "heads") and p.extra["layout"] == "bhld" for p in (q, k, v)):
                 self.unsupported(node, "scaled_dot_product_attention other than of q / k / v "
                                        "Linears split into heads, without masks other than a "
                                        "fixed (heads, L, L) bias")
+            if a.get("enable_gqa") and k.extra["h"] == v.extra["h"] and \
+                    q.extra["h"] % k.extra["h"] == 0:  # each key head read by a query group
+                k, v = (View("heads", p.node, {**p.extra, "rep": q.extra["h"] // p.extra["h"]})
+                        for p in (k, v))
             return self.attn(node, q, k, v, (a.get("scale") or q.extra["dh"] ** -0.5) *
                              q.extra["scale"] * k.extra["scale"], a.get("dropout_p", 0.0),
                              bool(a.get("is_causal")), bias)
@@ -261,6 +265,25 @@ class TransformerReader:
             return View("unbound", extra=[View("heads", x.node, {
                 **e, "dh": ends[i + 1] - ends[i], "rows": (ends[i], ends[i + 1], e["dh"])})
                 for i in range(3)])
+        if _is(x, "heads") and e["layout"] == "bhld" and t is operator.getitem and \
+                args[1] == (slice(None), slice(None), None, slice(None), slice(None)):
+            return View("heads", x.node, {**e, "layout": "bhrld"})  # repeat_kv's, Llama's
+        if _is(x, "heads") and e["layout"] == "bhrld" and t == "expand":
+            return View("heads", x.node, {**e, "rep": self.shape(node)[1]})
+        if _is(x, "heads") and e["layout"] == "bhrld" and t == "reshape" and \
+                len(self.shape(node)) == 3:
+            return View("heads", x.node, {**e, "layout": "bhld"})  # read by groups of queries
+        if name == "apply_rotary_pos_emb":  # Hugging Face's: (q, k, cos, sin) -> (q, k)
+            a = {**dict(zip(("q", "k", "cos", "sin"), vals)), **{
+                k: self.val[v.name] if isinstance(v, torch.fx.Node) else v
+                for k, v in node.kwargs.items()}}
+            rope = [self.rope_table(a[k], e["dh"]) for k in ("cos", "sin")]
+            if a.get("unsqueeze_dim", 1) != 1 or None in rope or \
+                    not all(_is(a[k], "heads") and "rope" not in a[k].extra for k in "qk"):
+                self.unsupported(node, "apply_rotary_pos_emb other than of q / k heads by one "
+                                       "table for every sample")
+            return View("unbound", extra=[View("heads", a[k].node, {**a[k].extra, "rope": rope})
+                                          for k in "qk"])
         if _is(x, "unbound") and t is operator.getitem:
             return x.extra[args[1]]
         if _is(x, "qkv") and t in ("view", "reshape") and len(self.shape(node)) == 3:
@@ -314,6 +337,13 @@ class TransformerReader:
                                f"Linears split into heads, scaled_dot_product_attention or "
                                f"softmax(q @ k^T * scale) @ v, the heads merged by a Linear)")
 
+    def rope_table(self, v, dh):
+        """A rotary embedding's cos or sin, (L, dh), the same for every sample; else None."""
+        if not _is(v, "param", "bconst") or v.extra.shape[-1] != dh:
+            return None
+        t = v.extra.reshape(-1, *v.extra.shape[-2:])
+        return t[0].clone() if (t == t[:1]).all() else None
+
     def score_bias(self, mask, q):
         """A fixed bias added to the scores, (heads, L, L) (BEiT's relative position bias
         for its tokens), or None if ``mask`` is not one."""
@@ -333,6 +363,11 @@ class TransformerReader:
                                    f"sqrt(head_dim) = {dh ** -0.5:.4g}) or scaled values")
         if bias is not None and causal:
             self.unsupported(node, "causal attention with a bias on its scores")
+        group = k.extra.get("rep", 1)
+        if v.extra.get("rep", 1) != group or q.extra["h"] != k.extra["h"] * group or \
+                (group > 1 and bias is not None) or "rope" in v.extra:
+            self.unsupported(node, "attention whose keys and values are shared by other groups "
+                                   "of queries, or with a bias and shared keys")
         return View("attn", extra={"q": q, "k": k, "v": v, "layout": "bhld",
                                    "dropout": float(dropout), "causal": causal, "bias": bias})
 
@@ -342,9 +377,12 @@ class TransformerReader:
         parts = [e[k] for k in "qkv"]
         lins = list(dict.fromkeys(p.node for p in parts))
         h, dh, dv = parts[0].extra["h"], parts[0].extra["dh"], parts[2].extra["dh"]
+        group = parts[1].extra.get("rep", 1)  # query heads per key / value head
+        rope = parts[0].extra.get("rope")
         src = {tuple(self.g.inputs(n)) for n in lins}
         if len(src) != 1 or any(self.g.out_degree(n) for n in lins) or \
-                any(p.extra["h"] != h for p in parts) or parts[1].extra["dh"] != dh:
+                parts[1].extra["h"] * group != h or parts[2].extra["h"] != parts[1].extra["h"] \
+                or parts[1].extra["dh"] != dh or rope is None and "rope" in parts[1].extra:
             self.unsupported(node, "attention whose q, k and v read different inputs, have "
                                    "other readers or other head shapes")
         w = {n: self.weights.pop(f"layers.{n}.weight") for n in lins}
@@ -355,35 +393,41 @@ class TransformerReader:
             if "rows" in p.extra:  # each head's q, k, v rows one after the other
                 lo, hi, per = p.extra["rows"]
                 return t.reshape(h, per, *shape)[:, lo:hi].reshape(h * (hi - lo), *shape)
-            return t.reshape(p.extra["s"], h * p.extra["dh"], *shape)[p.extra["part"]]
+            return t.reshape(p.extra["s"], p.extra["h"] * p.extra["dh"], *shape)[p.extra["part"]]
         n = node.name
         score = {"score_bias": e["bias"]} if e.get("bias") is not None else {}
+        if rope is not None:
+            score.update(rope_cos=rope[0], rope_sin=rope[1])
         self.store_heads(n, h, torch.cat([rows(p, w[p.node], -1) for p in parts]), torch.cat([
-            rows(p, b[p.node]) if b[p.node] is not None else torch.zeros(h * p.extra["dh"])
-            for p in parts]) if bias else None, m.weight,
+            rows(p, b[p.node]) if b[p.node] is not None else torch.zeros(
+                p.extra["h"] * p.extra["dh"]) for p in parts]) if bias else None, m.weight,
             m.bias if m.bias is not None or not bias else torch.zeros(m.out_features),
-            value_dim=dv, **score)
+            value_dim=dv, group=group, **score)
         names = [self.layer_of.pop(n).split(".") for n in lins] + [node.target.split(".")]
         prefix = [p[0] for p in zip(*names) if len(set(p)) == 1]
         self.layer_of[n] = ".".join(prefix) or n  # the attention module's name
         for x in lins:
             self.g.remove_node(x)
-        return self.g.add_op(n, "attention", [src.pop()[0]], units=m.out_features, heads=h,
-                             head_dim=dh, bias=bias, dropout=e["dropout"], causal=e["causal"],
-                             score_bias=score["score_bias"].shape[-1] if score else 0,
-                             value_dim=dv if dv != dh else 0)
+        return self.g.add_op(n, "attention", [src.pop()[0]], units=m.out_features,
+                             heads=h // group, head_dim=dh, bias=bias, dropout=e["dropout"],
+                             causal=e["causal"], value_dim=dv if dv != dh else 0, group=group,
+                             score_bias=e["bias"].shape[-1] if e.get("bias") is not None else 0,
+                             rotary=rope[0].shape[0] if rope is not None else 0)
 
-    def store_heads(self, n, h, w, b, out_w, out_b, value_dim=None, **more):
+    def store_heads(self, n, h, w, b, out_w, out_b, value_dim=None, group=1, **more):
         """Head-major q / k / v rows and output-projection columns (graph/tokens.py); ``w``:
-        all heads' q rows, then their k rows, then their v rows (``value_dim`` each)."""
-        dv = value_dim or w.shape[0] // 3 // h
-        dh = (w.shape[0] - h * dv) // 2 // h
+        the ``h`` query heads' rows, then the key heads' rows, then the value heads' rows
+        (``value_dim`` each); one key and value head for each ``group`` of query heads."""
+        kv = h // group
+        dh = (w.shape[0] - kv * value_dim) // (h + kv) if value_dim else w.shape[0] // (h + 2 * kv)
+        dv = value_dim or dh
 
-        def per_head(t):  # (q, k, v) rows -> (h, 2 dh + dv, ...)
-            q, k, v = t.split([h * dh, h * dh, h * dv])
-            return torch.cat([q.unflatten(0, (h, dh)), k.unflatten(0, (h, dh)),
-                              v.unflatten(0, (h, dv))], 1)
-        self.store(n, {"qkv_weight": per_head(w), "out_weight": out_w.t().reshape(h, dv, -1),
+        def per_head(t):  # (q, k, v) rows -> (kv, group dh + dh + dv, ...)
+            q, k, v = t.split([h * dh, kv * dh, kv * dv])
+            return torch.cat([q.unflatten(0, (kv, group * dh)), k.unflatten(0, (kv, dh)),
+                              v.unflatten(0, (kv, dv))], 1)
+        self.store(n, {"qkv_weight": per_head(w),
+                       "out_weight": out_w.t().reshape(kv, group * dv, -1),
                        **more, **({"qkv_bias": per_head(b), "out_bias": out_b}
                                   if b is not None else {})})
 

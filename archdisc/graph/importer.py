@@ -26,7 +26,7 @@ from torch import nn
 
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
-from archdisc.graph.import_modules import ACTS, MODULES, NAMED, SUPPORTED, qualified, size
+from archdisc.graph.import_modules import ACTS, MODULES, SUPPORTED, named, size
 from archdisc.graph.import_transformer import TransformerReader, View as _View
 from archdisc.graph.modules import ACTIVATIONS
 
@@ -139,8 +139,8 @@ class Importer(TransformerReader):
         if isinstance(m, nn.Softmax) and isinstance(x, _View) and x.kind == "scores" and \
                 m.dim in (-1, 3):
             return _View("probs", extra=x.extra)
-        if qualified(m) in NAMED:
-            out = NAMED[qualified(m)](self, node, m, x)  # stores its weights
+        if named(m) is not None:
+            out = named(m)(self, node, m, x)  # stores its weights
             if out is None:
                 self.unsupported(node, f"{self.what(node)} with these options or this input")
             return out
@@ -285,7 +285,9 @@ class Importer(TransformerReader):
         vals = [self.val[a.name] if isinstance(a, torch.fx.Node) else a for a in args]
         x = vals[0] if vals else None
         # ---- views: channels-last, pieces, channel shuffle
-        if t in ("contiguous", "clone") or (t is torch.clone) or (
+        if t in ("contiguous", "clone") or (t is torch.clone) or (t == "to" and node.meta[
+                "tensor_meta"].dtype == node.args[0].meta.get("tensor_meta", node.meta[
+                    "tensor_meta"]).dtype) or (
                 name in ("view", "reshape") and "tensor_meta" in node.args[0].meta and
                 self.shape(node) == self.shape(node.args[0])):
             return x
@@ -457,6 +459,9 @@ class Importer(TransformerReader):
                                        f"only one entry per channel ({c})")
             self.store(n, {"weight": gamma.reshape(-1)})
             return g.add_op(n, "scale", [x])
+        if all(isinstance(v, _View) and v.kind in ("nhwc", "nld") for v in vals) and \
+                vals[0].kind == vals[1].kind and vals[0].node != vals[1].node:  # a gated MLP
+            return _View(vals[0].kind, g.add_op(n, "mul", [vals[0].node, vals[1].node]))
         x, y = self.tensor(node, 0), self.tensor(node, 1)
         if x == y:
             self.unsupported(node, "mul of a tensor with itself")

@@ -118,6 +118,22 @@ class ChannelLayerNorm(nn.Module):
         return x.permute(back)  # (explicit dims: ONNX's Transpose takes no negative ones)
 
 
+class ChannelRMSNorm(nn.Module):
+    """RMS norm over the channels (dim 1), as Llama computes it: ``x / sqrt(mean(x^2) +
+    eps) * weight`` (in float32)."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(1, keepdim=True) + self.eps)
+        w = self.weight.reshape(-1, *[1] * (x.dim() - 2))
+        return w * x32.to(x.dtype)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` on the features (dim 1) of (N, D) or of (N, D, L) tokens."""
 

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from archdisc.errors import GraphError
-from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelScale, ChannelSelect,
-                                    ResponseNorm,
+from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelRMSNorm, ChannelScale,
+                                    ChannelSelect, ResponseNorm,
                                     GlobalAvgPool, Linear, MulConst, StochasticDepth)
 
 REQUIRED = object()  # an attribute without a default
@@ -142,6 +142,15 @@ def _ln_constant(a, param, var, val):
         return w != 0, torch.where(w != 0, 0.0, b)
     mean = val.mean()
     return var, (val - mean) / torch.sqrt(((val - mean) ** 2).mean() + a["eps"]) * w + b
+
+
+def _rms_constant(a, param, var, val):
+    """RMS norm over the units: a unit with zero weight is 0; with no varying input every
+    unit is a constant, computed here."""
+    w = param("weight").double()
+    if var.any():
+        return w != 0, torch.zeros_like(w)
+    return var, val / torch.sqrt((val ** 2).mean() + a["eps"]) * w
 
 
 def _gn_constant(a, param, var, val):
@@ -289,6 +298,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("layernorm", {"eps": 1e-5}, module=lambda a, cin: ChannelLayerNorm(cin, a["eps"]),
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "layernorm",
        constant=_ln_constant, sliced=("weight", "bias"), mixes=True),
+    # RMS norm over the channels (Llama's): as a layer norm, all its units or none
+    Op("rmsnorm", {"eps": 1e-6}, module=lambda a, cin: ChannelRMSNorm(cin, a["eps"]),
+       params=lambda a, cin, shape: cin, label=lambda a, w: "rmsnorm",
+       constant=_rms_constant, sliced=("weight",), mixes=True),
     # group norm (PoolFormer's, over all channels with 1 group): as a layer norm, its
     # channels are kept all or none
     Op("groupnorm", {"groups": REQUIRED, "eps": 1e-5},

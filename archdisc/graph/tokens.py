@@ -91,32 +91,57 @@ class SelfAttention(nn.Module):
 
     def __init__(self, cin: int, units: int, heads: int, head_dim: int, bias: bool = True,
                  dropout: float = 0.0, causal: bool = False, score_bias: int = 0,
-                 value_dim: int = 0):
+                 value_dim: int = 0, group: int = 1, rotary: int = 0):
         super().__init__()
         self.heads, self.head_dim, self.dropout, self.causal = heads, head_dim, dropout, causal
         # a head's value width when not head_dim (EfficientFormer's: 4 x its key width)
         self.value_dim = dv = value_dim or head_dim
+        # grouped-query attention: each of the ``heads`` unit groups is ``group`` query
+        # heads sharing one key and one value head (Llama's)
+        self.group = group
         # added to each head's scores, (heads, L, L), held fixed: BEiT's relative position
         # bias as it reads for its L tokens
         self.register_buffer("score_bias", torch.zeros(heads, score_bias, score_bias)
                              if score_bias else None)
-        self.qkv_weight = nn.Parameter(torch.empty(heads, 2 * head_dim + dv, cin))
-        self.out_weight = nn.Parameter(torch.empty(heads, dv, units))
-        self.qkv_bias = nn.Parameter(torch.zeros(heads, 2 * head_dim + dv)) if bias else None
+        # rotary position embedding of queries and keys, (L, head_dim) each, held fixed
+        for name in ("rope_cos", "rope_sin"):
+            self.register_buffer(name, torch.zeros(rotary, head_dim) if rotary else None)
+        rows = group * head_dim + head_dim + dv
+        self.qkv_weight = nn.Parameter(torch.empty(heads, rows, cin))
+        self.out_weight = nn.Parameter(torch.empty(heads, group * dv, units))
+        self.qkv_bias = nn.Parameter(torch.zeros(heads, rows)) if bias else None
         self.out_bias = nn.Parameter(torch.zeros(units)) if bias else None
         nn.init.uniform_(self.qkv_weight, -cin ** -0.5, cin ** -0.5)
-        nn.init.uniform_(self.out_weight, -max(1, heads * dv) ** -0.5, max(1, heads * dv) ** -0.5)
+        bound = max(1, heads * group * dv) ** -0.5
+        nn.init.uniform_(self.out_weight, -bound, bound)
 
     def forward(self, x):
-        h, dh = self.heads, self.head_dim
+        h, dh, g = self.heads, self.head_dim, self.group
         qkv = F.linear(x.transpose(1, 2), self.qkv_weight.flatten(0, 1),
                        None if self.qkv_bias is None else self.qkv_bias.flatten())
         q, k, v = qkv.unflatten(-1, (h, -1)).transpose(1, 2).split(  # 3 x (N, h, L, d)
-            [dh, dh, self.value_dim], -1)
+            [g * dh, dh, self.value_dim], -1)
+        if g > 1:  # query head i * g + r reads key / value head i
+            q = q.unflatten(-1, (g, dh)).transpose(2, 3).flatten(1, 2)
+        if self.rope_cos is not None:
+            q, k = (t * self.rope_cos + rotate_half(t) * self.rope_sin for t in (q, k))
+        if g > 1:  # (repeated: ONNX's export has no grouped-query attention)
+            k, v = (t[:, :, None].expand(-1, -1, g, -1, -1).flatten(1, 2) for t in (k, v))
         o = F.scaled_dot_product_attention(q, k, v, self.score_bias, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
-        o = o.transpose(1, 2).flatten(2)  # (N, L, h * value_dim)
+        o = o.transpose(1, 2).flatten(2)  # (N, L, h * group * value_dim)
         return F.linear(o, self.out_weight.flatten(0, 1).t(), self.out_bias).transpose(1, 2)
+
+
+def rotate_half(x):
+    """The rotary embedding's rotation: (x1, x2) -> (-x2, x1) on the last dimension's halves."""
+    x1, x2 = x.chunk(2, -1)
+    return torch.cat((-x2, x1), -1)
+
+
+def value_start(a) -> int:
+    """Where a head's value rows start in ``qkv_weight[h]`` (after its queries and key)."""
+    return (a.get("group", 1) + 1) * a["head_dim"]
 
 
 class WindowAttention(SelfAttention):
@@ -237,19 +262,21 @@ def _pos_constant(a, param, var, val):
 
 
 def _inner(a):
-    """The widths of all heads' queries (as of their keys) and of their values."""
-    return a["heads"] * a["head_dim"], a["heads"] * (a.get("value_dim") or a["head_dim"])
+    """The widths of all queries, keys, values and of what the output projection reads."""
+    h, dh, g = a["heads"], a["head_dim"], a.get("group", 1)
+    dv = a.get("value_dim") or dh
+    return h * g * dh, h * dh, h * dv, h * g * dv
 
 
 def _attention_params(a, cin, shape):
-    qk, v = _inner(a)
-    return (2 * qk + v) * (cin + a["bias"]) + v * a["units"] + a["bias"] * a["units"]
+    q, k, v, o = _inner(a)
+    return (q + k + v) * (cin + a["bias"]) + o * a["units"] + a["bias"] * a["units"]
 
 
 def _attention_macs(a, cin, shape):
-    (qk, v), length = _inner(a), math.prod(shape[1:])
+    (q, k, v, o), length = _inner(a), math.prod(shape[1:])
     keys = math.prod(pair(a["window"])) if "window" in a else length  # each query reads
-    return length * ((2 * qk + v) * cin + v * a["units"]) + length * keys * (qk + v)
+    return length * ((q + k + v) * cin + o * a["units"]) + length * keys * (q + o)
 
 
 def _window_params(a, cin, shape):
@@ -303,13 +330,14 @@ OPS.update({op.name: op for op in [
            "units", "vocab")) else "'units' and 'vocab' must be ints >= 1")),
     Op("attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED, "bias": True,
                      "dropout": 0.0, "causal": False, "score_bias": 0, "value_dim": 0,
-                     "searchable": True},
+                     "group": 1, "rotary": 0, "searchable": True},
        kind="attention",
        module=lambda a, cin: SelfAttention(cin, a["units"], a["heads"], a["head_dim"],
                                            a["bias"], a["dropout"], a["causal"],
-                                           a["score_bias"], a["value_dim"]),
+                                           a["score_bias"], a["value_dim"], a["group"],
+                                           a["rotary"]),
        params=_attention_params, macs=_attention_macs, searched="heads", grouped=_HEADS,
-       sliced=_HEADS + ("score_bias",), label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
+       sliced=_HEADS + ("score_bias",), copied=("rope_cos", "rope_sin"), label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
        check=lambda a: _heads_check(a)),
     Op("window_attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED,
                             "window": REQUIRED, "shift": 0, "bias": True, "cosine": False,
@@ -346,10 +374,11 @@ class Attention(Kind):
         return (g.nodes[n]["units"], *s[1:])
 
     def values(self, ex, n, reads):
-        a, dh = ex.g.nodes[n], ex.g.nodes[n]["head_dim"]
-        values = ex.param(n, "qkv_weight")[:, 2 * dh:].flatten(1).ne(0).any(1)
+        a = ex.g.nodes[n]
+        v0 = value_start(a)
+        values = ex.param(n, "qkv_weight")[:, v0:].flatten(1).ne(0).any(1)
         if a["bias"]:
-            values |= ex.param(n, "qkv_bias")[:, 2 * dh:].ne(0).any(1)
+            values |= ex.param(n, "qkv_bias")[:, v0:].ne(0).any(1)
         writes = ex.param(n, "out_weight").ne(0).any(1)  # (heads, units)
         alive = values & writes.any(1)
         ex.heads[n] = heads = alive.clone()
@@ -387,17 +416,18 @@ class Attention(Kind):
         if bool(qkv[:, :, drop].ne(0).any()):
             raise ExtractionError(f"attention node {n!r} reads an input unit that was "
                                   f"removed; this is a bug in archdisc.extract")
-        out = {f"layers.{n}.{k}": ex.param(n, k)[h] for k in OPS[ex.g.nodes[n]["op"]].sliced
-               if ex.param(n, k) is not None}
+        spec = OPS[ex.g.nodes[n]["op"]]
+        out = {f"layers.{n}.{k}": ex.param(n, k)[h] if k in spec.sliced else ex.param(n, k)
+               for k in spec.sliced + spec.copied if ex.param(n, k) is not None}
         qkv = qkv[:, :, cols].clone()
-        dh = ex.g.nodes[n]["head_dim"]
+        v0 = value_start(ex.g.nodes[n])
         silent = ~out[f"layers.{n}.out_weight"].flatten(1).ne(0).any(1) & \
-            ~qkv[:, 2 * dh:].flatten(1).ne(0).any(1)
+            ~qkv[:, v0:].flatten(1).ne(0).any(1)
         if silent.any():  # a head kept for a minimum: values and output all zero, a saddle
             gen = torch.Generator().manual_seed(0)  # the fine-tune could not leave;
             bound = qkv.shape[-1] ** -0.5           # random values, output still zero
-            qkv[silent, 2 * dh:] = (torch.rand(qkv[silent, 2 * dh:].shape, generator=gen,
-                                               dtype=qkv.dtype) * 2 - 1) * bound
+            qkv[silent, v0:] = (torch.rand(qkv[silent, v0:].shape, generator=gen,
+                                           dtype=qkv.dtype) * 2 - 1) * bound
         out[f"layers.{n}.qkv_weight"] = qkv
         out[f"layers.{n}.out_weight"] = out[f"layers.{n}.out_weight"][:, :, keep[n]]
         if ex.g.nodes[n]["bias"]:

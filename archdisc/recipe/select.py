@@ -34,6 +34,7 @@ import torch
 from archdisc.extract import extract
 from archdisc.graph.compile import ArchNet, compile_graph
 from archdisc.graph.ops import OPS, width
+from archdisc.graph.tokens import value_start
 from archdisc.recipe.loop import batches, epoch_order, loss_fn, masked_adam, tensors, train_epoch
 from archdisc.sparsity.groups import unit_members
 
@@ -269,8 +270,8 @@ def _remove_weakest(net: ArchNet, cuts: dict, env: dict, probe, limits=None) -> 
     members, weakest = unit_members(net), {}
     for n, k in cuts.items():
         if OPS[g.nodes[n]["op"]].kind == "attention":  # a head: its value and output norms
-            layer, dh = net.layers[n], g.nodes[n]["head_dim"]
-            score = layer.qkv_weight[:, 2 * dh:].flatten(1).norm(dim=1) * \
+            layer = net.layers[n]
+            score = layer.qkv_weight[:, value_start(g.nodes[n]):].flatten(1).norm(dim=1) * \
                 layer.out_weight.flatten(1).norm(dim=1)
             weakest[n] = torch.argsort(score, stable=True)[:k]
             continue
