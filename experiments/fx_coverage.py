@@ -82,6 +82,26 @@ def timm_models() -> dict:
                    timm.get_pretrained_cfg(name).input_size[-1]) for name in TIMM}
 
 
+def hf_models() -> dict:
+    """Hugging Face ViT, BERT, GPT-2 and Llama (grouped-query attention) built from small
+    configs (nothing downloaded): name -> (model, example input)."""
+    import transformers as T
+    small = {"num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    return {
+        "hf_vit": (lambda: T.ViTForImageClassification(T.ViTConfig(
+            hidden_size=64, image_size=32, patch_size=8, num_labels=10, **small)),
+            torch.randn(2, 3, 32, 32)),
+        "hf_bert": (lambda: T.BertForSequenceClassification(T.BertConfig(
+            hidden_size=64, vocab_size=100, max_position_embeddings=32, num_labels=3, **small)),
+            ids),
+        "hf_gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(
+            n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32)), ids),
+        "hf_llama": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
+            hidden_size=64, num_key_value_heads=2, vocab_size=100, max_position_embeddings=32,
+            **small)), ids)}
+
+
 @torch.no_grad()
 def randomize_bn(model, gen):
     for m in model.modules():
@@ -123,8 +143,11 @@ def run(name: str, bn: str, seed: int) -> dict:
     ctor, kwargs, side = MODELS[name]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    row = {"model": name, "input": [3, side, side], "imported": False, "exact": False}
-    model = ctor(weights=None, **kwargs).eval()
+    example = side if isinstance(side, torch.Tensor) else None  # a Hugging Face model's
+    side = example.shape[-1] if example is not None else side
+    row = {"model": name, "input": list(example.shape[1:]) if example is not None else
+           [3, side, side], "imported": False, "exact": False}
+    model = ctor(weights=None, **kwargs).eval() if example is None else ctor().eval()
     with torch.no_grad():  # a head initialised to zero (ViT's) would hide every difference
         for m in model.modules():
             if isinstance(m, torch.nn.Linear) and not m.weight.any():
@@ -132,7 +155,7 @@ def run(name: str, bn: str, seed: int) -> dict:
     if bn == "random":
         randomize_bn(model, gen)
     row["params_torch"] = sum(p.numel() for p in model.parameters())
-    x = torch.randn(2, 3, side, side, generator=gen)
+    x = torch.randn(2, 3, side, side, generator=gen) if example is None else example
     t0 = time.perf_counter()
     try:
         net = from_module(model, x)
@@ -145,7 +168,8 @@ def run(name: str, bn: str, seed: int) -> dict:
     row["nodes"] = net.graph.number_of_nodes()
     row["ops"] = sorted({a["op"] for _, a in net.graph.nodes(data=True)})
     row["groups"], row["units_zeroed"] = zero_half(net, gen)
-    xs = torch.randn(4, 3, side, side, generator=gen)
+    xs = torch.randn(4, 3, side, side, generator=gen) if example is None or \
+        example.is_floating_point() else example
     t0 = time.perf_counter()
     try:
         graph, compact = extract(net.eval(), inputs=xs)
@@ -168,20 +192,24 @@ def main():
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--all", action="store_true", help="every torchvision classification model")
     ap.add_argument("--timm", action="store_true", help="the 40 timm architectures of TIMM")
+    ap.add_argument("--hf", action="store_true", help="Hugging Face ViT, BERT, GPT-2, Llama")
     ap.add_argument("--bn", choices=("default", "random", "both"), default="both")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "fx_coverage.json"))
     args = ap.parse_args()
     command = "OMP_NUM_THREADS=1 .venv/bin/python experiments/fx_coverage.py " + (
-        "--all" if args.all else "--timm" if args.timm else (f"--bn {args.bn} " if args.bn != "both" else "")
+        "--all" if args.all else "--timm" if args.timm else "--hf" if args.hf else (
+            f"--bn {args.bn} " if args.bn != "both" else "")
         + ("--models " + " ".join(args.models) if args.models != list(MODELS) else ""))
-    if args.all or args.timm:
-        every = every_model() if args.all else timm_models()
+    if args.all or args.timm or args.hf:
+        kind = "all" if args.all else "timm" if args.timm else "hf"
+        every = every_model() if args.all else timm_models() if args.timm else {
+            name: (build, {}, x) for name, (build, x) in hf_models().items()}
         MODELS.update(every)
         args.models, args.bn = list(every), "default"
         if args.out == str(RESULTS / "fx_coverage.json"):
-            args.out = str(RESULTS / f"fx_coverage_{'all' if args.all else 'timm'}.json")
+            args.out = str(RESULTS / f"fx_coverage_{kind}.json")
     set_threads(args.threads)
     modes = ("default", "random") if args.bn == "both" else (args.bn,)
     rows, t0 = [], time.perf_counter()
@@ -204,7 +232,9 @@ def main():
                       flush=True)
         out = {"command": command, "torch": torch.__version__,
                "torchvision": torchvision.__version__,
-               "timm": getattr(sys.modules.get("timm"), "__version__", None), "threads": args.threads, "bn": args.bn,
+               "timm": getattr(sys.modules.get("timm"), "__version__", None),
+               "transformers": getattr(sys.modules.get("transformers"), "__version__", None),
+               "threads": args.threads, "bn": args.bn,
                "seed": args.seed, "wall_s": time.perf_counter() - t0, "rows": rows}
         atomic_write_text(args.out, json.dumps(out, indent=1))  # after each model
     print(f"{sum(r['exact'] for r in rows)}/{len(rows)} runs exact, "

@@ -181,3 +181,10 @@ def test_hugging_face_llama_grouped_query_rotary_rmsnorm_gated_mlp(tmp_path):
         assert gate == up <= 32
     compact = extract(net, inputs=ids)[1]  # exported, each format reloaded and checked
     assert sorted(export(compact, graph, tmp_path)) == sorted(FORMATS)
+    deep = from_module(m, ids, depth=True)  # a decoder layer's attention branch, gated
+    assert len(deep.gates) == 4
+    gate = next(k for k in deep.gates if k.startswith("model_layers_1_self_attn"))
+    with torch.no_grad():
+        deep.gates[gate].zero_()
+    graph, compact = extract(deep, inputs=ids)
+    assert _heads(graph) == [2] and torch.allclose(compact(ids), deep(ids), atol=1e-5)
