@@ -188,3 +188,20 @@ def test_hugging_face_llama_grouped_query_rotary_rmsnorm_gated_mlp(tmp_path):
         deep.gates[gate].zero_()
     graph, compact = extract(deep, inputs=ids)
     assert _heads(graph) == [2] and torch.allclose(compact(ids), deep(ids), atol=1e-5)
+
+
+def test_a_response_norm_keeps_every_channel_its_mean_reads():
+    pytest.importorskip("timm")
+    from timm.layers.grn import GlobalResponseNorm
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), GlobalResponseNorm(8, channels_last=False),
+                            torch.nn.Conv2d(8, 4, 1)).eval()
+    torch.nn.init.normal_(m[1].weight), torch.nn.init.normal_(m[1].bias)
+    x = torch.randn(2, 3, 5, 5)
+    net = from_module(m, x)
+    with torch.no_grad():
+        net.layers["_2"].weight[:, 2] = 0  # channel 2's output read by nothing: its norm
+        net.layers["_0"].weight[5] = 0     # still counts in the mean; channel 5 is zero
+        net.layers["_0"].bias[5] = 0
+    graph, compact = extract(net, inputs=x)
+    assert graph.nodes["_0"]["units"] == 7 and torch.allclose(compact(x), net(x), atol=1e-5)

@@ -53,9 +53,13 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
         if type(module).__module__.startswith("transformers."):  # Hugging Face's model
             try:
                 gm = _trace_called(module, example_input)
-            except Exception:  # noqa: BLE001 - then with Hugging Face's own tracer
+            except Exception as ours:  # noqa: BLE001 - then with Hugging Face's own tracer
                 from transformers.utils.fx import symbolic_trace as hf_trace
-                gm = hf_trace(module, input_names=[first.name])
+                try:
+                    gm = hf_trace(module, input_names=[first.name])
+                except Exception as theirs:  # noqa: BLE001
+                    raise RuntimeError(f"{ours} (and with Hugging Face's tracer: {theirs})") \
+                        from None
         else:
             tracer = _Tracer(example_input)
             with leaf_blocks(module):
@@ -107,43 +111,55 @@ def _trace_called(module, example_input):
     code = sys.modules.get(type(module).__module__)  # its rotary embedding: one call
     rope = getattr(code, "apply_rotary_pos_emb", None)
     tracer = _Tracer(example_input, autowrap_functions=(rope,) if callable(rope) else ())
-    graph = tracer.trace(_Called(module))
+    root = _Called(module)
+    graph, owned = tracer.trace(root), {}
     for n in graph.nodes:
-        if n.op in ("call_module", "get_attr"):
+        if n.op in ("call_module", "get_attr"):  # module's, or a constant the tracer made
+            obj = functools.reduce(getattr, n.target.split("."), root)
             n.target = n.target.removeprefix("m.")
+            owned[n.target] = obj
         if n.name.startswith("m_"):
             n._rename(n.name[2:])
-    return torch.fx.GraphModule(module, graph, type(module).__name__)
+    return torch.fx.GraphModule(owned, graph, type(module).__name__)
 
 
 class _Tracer(torch.fx.Tracer):
     """torch.fx's tracer, except that an ``if``, a ``for`` or a ``len`` on the input's shape
     (a padding computed from the input size, a check of it, ``(*x.shape[:-1], -1)``) reads
-    its value on the example input: the graph so far is run on it, once per node. On the
-    input's values it stays an error."""
+    its value on the example input: the graph so far is run on it, once per node. A value
+    that reads parameters, or that differs on a probe input of another batch size and other
+    values, stays an error."""
 
     proxy_buffer_attributes = True  # a buffer is traced as a parameter is (Llama's rotary
     #                                  frequencies expanded to a traced batch size)
 
     def __init__(self, example_input, autowrap_functions=()):
         super().__init__(autowrap_functions=autowrap_functions)
-        self.example_input, self.values, self.running = example_input, {}, False
+        self.inputs = {"example": example_input, "probe": _probe(example_input)}
+        self.values, self.running = {"example": {}, "probe": {}}, False
 
     def _value(self, node):
-        self.running = True
-        try:
-            with torch.no_grad():
-                for n in self.graph.nodes:
-                    if n not in self.values and n.op != "output":
-                        self.values[n] = self._run(n, *map_arg((n.args, n.kwargs),
-                                                               self.values.__getitem__))
-        finally:
-            self.running = False
-        return self.values[node]
+        """The value of ``node`` on the example input, if the same on the probe."""
+        out = {}
+        for which, values in self.values.items():
+            self.running = True
+            try:
+                with torch.no_grad():
+                    for n in self.graph.nodes:
+                        if n not in values and n.op != "output":
+                            values[n] = self._run(n, self.inputs[which], values, *map_arg(
+                                (n.args, n.kwargs), values.__getitem__))
+            finally:
+                self.running = False
+            out[which] = values[node]
+        if _length(out["example"]) != _length(out["probe"]):
+            raise torch.fx.proxy.TraceError(f"control flow on {node.name}, which depends on the "
+                                            f"batch size or on the input's values")
+        return out["example"]
 
-    def _run(self, n, args, kwargs):
+    def _run(self, n, x, values, args, kwargs):
         if n.op == "placeholder":  # the input, then forward's later arguments at their defaults
-            return (args[0] if args else None) if self.values else self.example_input
+            return (args[0] if args else None) if values else x
         if n.op == "get_attr":
             return functools.reduce(getattr, n.target.split("."), self.root)
         if n.op == "call_module":
@@ -182,12 +198,28 @@ class _Tracer(torch.fx.Tracer):
         return iter([obj[i] for i in range(len(self._value(_shape_only(obj.node))))])
 
 
+def _probe(x):
+    """An input of another batch size (1, or 2 if the example's is 1) and other values."""
+    gen = torch.Generator().manual_seed(1)
+    shape = (1 if x.shape[0] != 1 else 2, *x.shape[1:])
+    if x.is_floating_point():
+        return torch.randn(shape, generator=gen, dtype=x.dtype)
+    lo, hi = (int(x.min()), int(x.max()) + 1) if x.numel() else (0, 1)
+    return torch.randint(lo, hi, shape, generator=gen, dtype=x.dtype)
+
+
+def _length(v):
+    """What control flow reads of a value: itself, a sequence's length (``iter``)."""
+    return len(v) if isinstance(v, (tuple, list, torch.Size)) else v
+
+
 def _shape_only(node):
-    """``node``, if it reads the input's shape but not its values (else fx's error)."""
+    """``node``, if it reads tensors' shapes and not their values, the input's or a
+    parameter's (else fx's error)."""
     todo, seen = [node], {node}
     while todo:
         n = todo.pop()
-        if n.op == "placeholder":
+        if n.op in ("placeholder", "get_attr"):
             raise torch.fx.proxy.TraceError(
                 "symbolically traced variables cannot be used as inputs to control flow")
         if n.target in _SHAPE_READS or (n.target is getattr and n.args[1] in _SHAPE_READS):

@@ -31,7 +31,7 @@ def _linear(imp, node, m, x):
     if isinstance(imp.val[node.args[0].name], str) and len(imp.shape(node.args[0])) == 2:
         # (N, D, L) tokens as torch holds them (not a view): a map across the tokens
         return imp.g.add_op(node.name, "token_mix", [x], tokens=m.out_features,
-                            tokens_in=m.in_features)
+                            tokens_in=m.in_features, bias=m.bias is not None)
     imp.layer_of[node.name] = node.target
     return imp.g.linear(node.name, x, m.out_features, bias=m.bias is not None)
 
@@ -46,12 +46,6 @@ def _activation(imp, node, m, x):
     if isinstance(m, nn.GELU):
         return imp.g.act(node.name, x, {"none": "gelu", "tanh": "gelu_tanh"}[m.approximate])
     return imp.g.act(node.name, x, ACTS[type(m)])
-
-
-def _gelu_tanh(imp, node, m, x):  # Hugging Face's NewGELUActivation: the tanh formula
-    tokens = isinstance(x, View) and x.kind == "nld"
-    out = imp.g.act(node.name, x.node if tokens else x, "gelu_tanh")
-    return View("nld", out) if tokens else out
 
 
 def _pool(imp, node, m, x):
@@ -99,13 +93,22 @@ MODULES = {
     nn.Upsample: _upsample,
     nn.Embedding: _embedding,
 }
+def per_unit(imp, node, x, kinds, build):
+    """``build(graph node)`` on ``x``: a plain node of features, or a view of one of
+    ``kinds`` (tokens, channels last), the result wrapped back into that view; None for
+    another input."""
+    if isinstance(x, View) and x.kind in kinds:
+        return View(x.kind, build(x.node))
+    if isinstance(x, str) and (len(imp.shape(node.args[0])) == 1 or "nchw" in kinds):
+        return build(x)
+
+
 def _grn(imp, node, m, x):
     last = isinstance(x, View) and x.kind == "nhwc"
-    if m.channel_dim == (-1 if last else 1) and (last or isinstance(x, str)):
+    if m.channel_dim == (-1 if last else 1):
         imp.store(node.name, m.state_dict())
-        out = imp.g.add_op(node.name, "grn", [x.node if last else x], count=m.weight.numel(),
-                           eps=float(m.eps))
-        return View("nhwc", out) if last else out
+        return per_unit(imp, node, x, ("nhwc", "nchw"), lambda v: imp.g.add_op(
+            node.name, "grn", [v], count=m.weight.numel(), eps=float(m.eps)))
 
 
 def _conv1d(imp, node, m, x):
@@ -113,22 +116,21 @@ def _conv1d(imp, node, m, x):
     linear = types.SimpleNamespace(weight=m.weight.t(), bias=m.bias, out_features=m.nf)
     if isinstance(x, View) and x.kind == "merged":  # the output projection of attention
         return View("nld", imp.merge_heads(node, linear, x.extra))
-    tokens = isinstance(x, View) and x.kind == "nld"
-    if tokens or isinstance(x, str) and len(imp.shape(node.args[0])) == 1:
-        imp.layer_of[node.name] = node.target
-        imp.store(node.name, {"weight": linear.weight, "bias": m.bias})
-        out = imp.g.linear(node.name, x.node if tokens else x, m.nf, bias=True)
-        return View("nld", out) if tokens else out
+    imp.layer_of[node.name] = node.target
+    imp.store(node.name, {"weight": linear.weight, "bias": m.bias})
+    return per_unit(imp, node, x, ("nld",), lambda v: imp.g.linear(node.name, v, m.nf))
 
 
 def _rmsnorm(imp, node, m, x):
     """Hugging Face's RMS norms (Llama's): over the features of tokens."""
-    tokens = isinstance(x, View) and x.kind == "nld"
-    if tokens or isinstance(x, str) and len(imp.shape(node.args[0])) == 1:
-        imp.store(node.name, {"weight": m.weight})
-        out = imp.g.add_op(node.name, "rmsnorm", [x.node if tokens else x],
-                           eps=float(m.variance_epsilon))
-        return View("nld", out) if tokens else out
+    imp.store(node.name, {"weight": m.weight})
+    return per_unit(imp, node, x, ("nld",), lambda v: imp.g.add_op(
+        node.name, "rmsnorm", [v], eps=float(m.variance_epsilon)))
+
+
+def _gelu_tanh(imp, node, m, x):  # Hugging Face's NewGELUActivation: the tanh formula
+    return per_unit(imp, node, x, ("nld", "nhwc", "nchw"),
+                    lambda v: imp.g.act(node.name, v, "gelu_tanh"))
 
 
 def named(m):

@@ -51,6 +51,14 @@ def _is(v, *kinds) -> bool:
     return isinstance(v, View) and v.kind in kinds
 
 
+def mean_dims(node):
+    """``(dims, keepdim)`` of a ``mean`` call, the dims as a tuple."""
+    args, kw = node.args, node.kwargs
+    dim = kw.get("dim", args[1] if len(args) > 1 else None)
+    return (tuple(dim) if isinstance(dim, (list, tuple)) else (dim,),
+            bool(kw.get("keepdim", args[2] if len(args) > 2 else False)))
+
+
 def _later(key):
     """``i`` for ``x[:, i:]`` or ``x[:, i:, :]`` (the tokens from ``i`` on), else None."""
     if not (isinstance(key, tuple) and len(key) in (2, 3) and key[0] == slice(None)
@@ -186,8 +194,7 @@ class TransformerReader:
             s, h, dh = (1, *shape[1:]) if len(shape) == 3 else shape[1:]
             return View("heads", x.node, {"s": s, "h": h, "dh": dh, "part": 0, "scale": 1.0,
                                           "layout": "blhd" if len(shape) == 3 else "blshd"})
-        if t in ("mean", torch.mean) and not node.kwargs.get("keepdim") and \
-                (node.kwargs.get("dim", args[1] if len(args) > 1 else None)) in (1, -2):
+        if t in ("mean", torch.mean) and mean_dims(node) in (((1,), False), ((-2,), False)):
             return self.g.add_op(n, "token_mean", [x.node])
         y = vals[1] if len(vals) == 2 else None
         if t in (operator.add, torch.add) and _is(y, "bconst") and y.extra.dim() == 3 and \

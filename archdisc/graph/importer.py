@@ -27,7 +27,8 @@ from torch import nn
 from archdisc.errors import ModelImportError
 from archdisc.graph.archgraph import ArchGraph
 from archdisc.graph.import_modules import ACTS, MODULES, SUPPORTED, named, size
-from archdisc.graph.import_transformer import TransformerReader, View as _View
+from archdisc.graph.import_transformer import TransformerReader, mean_dims
+from archdisc.graph.import_transformer import View as _View
 from archdisc.graph.modules import ACTIVATIONS
 
 _ACT_FUNCTIONS = {f: name for name, (_, _, fns) in ACTIVATIONS.items() for f in fns}
@@ -201,13 +202,13 @@ class Importer(TransformerReader):
              **dict(zip(names, node.args)), **node.kwargs}
         w, b = (self.val[a[k].name] if isinstance(a[k], torch.fx.Node) else a[k]
                 for k in ("weight", "bias"))
-        if not isinstance(w, _View) or w.kind != "param" or not (
-                b is None or isinstance(b, _View) and b.kind == "param"):
-            self.unsupported(node, "conv2d with a weight or bias that is not a parameter")
+        if not isinstance(w, _View) or w.kind != "param" or a["weight"].op != "get_attr" or \
+                not (b is None or isinstance(b, _View) and b.kind == "param"):
+            self.unsupported(node, "conv2d with a weight that is not a parameter (computed in "
+                                   "forward: weight standardisation, weight norm)")
         self.store(node.name, {"weight": w.extra, **({"bias": b.extra} if b else {})})
-        wn = a["weight"]
         return self.conv(node, {**a, "weight": w.extra, "bias": b}, x,
-                         wn.target.rsplit(".", 1)[0] if wn.op == "get_attr" else node.name)
+                         a["weight"].target.rsplit(".", 1)[0])
 
     def pool(self, node, op, x, a):
         if a.get("dilation") not in (None, 1, (1, 1)) or a.get("divisor_override") \
@@ -315,8 +316,7 @@ class Importer(TransformerReader):
                 return _View("nld", x)
             self.unsupported(node, f"permute {dims} (only NCHW -> NHWC and back)")
         if t in (torch.mean, "mean") and isinstance(x, _View) and x.kind == "nhwc" and \
-                (args[1:2] or (node.kwargs.get("dim"),))[0] in ((1, 2), [1, 2]) and \
-                not node.kwargs.get("keepdim", args[2] if len(args) > 2 else False):
+                mean_dims(node) == ((1, 2), False):
             return g.add_op(n, "gap", [x.node])  # channels-last global average (timm)
         if name in ("view", "reshape") and isinstance(x, _View) and x.kind == "nhwc" and \
                 len(self.shape(node)) in (2, 3) and self.shape(node)[-1] == \
@@ -425,9 +425,8 @@ class Importer(TransformerReader):
         if name == "stochastic_depth" and getattr(t, "__module__", "").startswith("torchvision"):
             return g.add_op(n, "stochastic_depth", [x], p=float(args[1]), mode=args[2])
         if t in (torch.mean, "mean"):
-            dim = args[1] if len(args) > 1 else node.kwargs.get("dim")
-            keep = node.kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-            if dim in ((2, 3), [2, 3], (-2, -1), [-2, -1]) and len(self.shape(node.args[0])) == 3:
+            dim, keep = mean_dims(node)
+            if dim in ((2, 3), (-2, -1)) and len(self.shape(node.args[0])) == 3:
                 if keep:
                     return g.add_op(n, "adaptive_avgpool2d", [x], output_size=1)
                 return g.add_op(n, "gap", [x])

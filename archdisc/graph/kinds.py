@@ -66,8 +66,11 @@ class Kind:
 
     def demand(self, ex, n, d, fwd, dem):
         s = ex.ins[n][0]
-        if OPS[ex.g.nodes[n]["op"]].mixes and (d.any() or fwd[n].any()):
+        spec, read = OPS[ex.g.nodes[n]["op"]], d.any() or fwd[n].any()
+        if spec.mixes and read:
             dem[s][:] = True  # all units or none (a layer norm reads them all)
+        elif spec.pools and read:
+            dem[s] |= d | ex.var[s] | (ex.val[s] != 0)
         else:
             dem[s] |= d
 

@@ -62,6 +62,9 @@ class Op:
     #                                          grouped tensors zero): unit groups go on
     mixes: bool = False                      # each output reads every input unit (layer
     #                                          norm): extraction keeps all units or none
+    pools: bool = False                      # each output reads a statistic of the input
+    #                                          units that are not exactly zero (GRN's mean
+    #                                          norm): they are kept while any output is
     folds_into: tuple = ()                   # eval mode, it folds into a layer of these ops
     #                                          before it (BatchNorm into a conv)
     searched: str = "units"                  # the attribute counting its unit groups
@@ -317,7 +320,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        params=lambda a, cin, shape: 2 * cin, label=lambda a, w: "grn", spatial=True,
        constant=lambda a, param, var, val: (var | (val != 0), torch.where(
            val == 0, param("bias").double(), val)),
-       sliced=("weight", "bias"), grouped=("bias",), keeps_zero=lambda a: True,
+       sliced=("weight", "bias"), grouped=("bias",), keeps_zero=lambda a: True, pools=True,
        check=lambda a: (None if isinstance(a["count"], int) and a["count"] >= 1
                         else f"'count' must be an int >= 1, got {a['count']!r}")),
     Op("activation", {"fn": "relu"}, module=lambda a, cin: ACT_MODULES[a["fn"]](),

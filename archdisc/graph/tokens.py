@@ -247,7 +247,9 @@ def _mix_shape(a, s):
 def _mix_constant(a, param, var, val):
     """A constant unit c becomes ``c * row sums + bias`` over the new tokens: a constant
     only if that is."""
-    out = val[:, None] * param("weight").double().sum(1) + param("bias").double()
+    out = val[:, None] * param("weight").double().sum(1)
+    if a["bias"]:
+        out = out + param("bias").double()
     return var | (out != out[:, :1]).any(1), out[:, 0]
 
 
@@ -309,9 +311,9 @@ OPS.update({op.name: op for op in [
        out_shape=lambda a, s: (s[0],) if len(s) == 2 else _tokens_in("token_mean")(a, s),
        keeps_zero=lambda a: True),
     # a linear map across the tokens, the same for every unit (MLP-Mixer's token MLP)
-    Op("token_mix", {"tokens": REQUIRED, "tokens_in": REQUIRED},
-       module=lambda a, cin: nn.Linear(a["tokens_in"], a["tokens"]),
-       params=lambda a, cin, shape: (a["tokens_in"] + 1) * a["tokens"],
+    Op("token_mix", {"tokens": REQUIRED, "tokens_in": REQUIRED, "bias": True},
+       module=lambda a, cin: nn.Linear(a["tokens_in"], a["tokens"], bias=a["bias"]),
+       params=lambda a, cin, shape: (a["tokens_in"] + a["bias"]) * a["tokens"],
        macs=lambda a, cin, shape: cin * a["tokens_in"] * a["tokens"],
        label=lambda a, w: f"token mix {a['tokens_in']}→{a['tokens']} {w}", out_shape=_mix_shape,
        constant=_mix_constant, copied=("weight", "bias"),
@@ -358,6 +360,12 @@ OPS.update({op.name: op for op in [
 def _heads_check(a):
     if not all(isinstance(a[k], int) and a[k] >= 1 for k in ("heads", "head_dim")):
         return "'heads' and 'head_dim' must be ints >= 1"
+    if not all(isinstance(a.get(k, 0), int) and a.get(k, 0) >= 0 for k in (
+            "value_dim", "score_bias", "rotary")) or not (
+            isinstance(a.get("group", 1), int) and a.get("group", 1) >= 1):
+        return "'value_dim', 'score_bias', 'rotary' must be ints >= 0 and 'group' >= 1"
+    if a.get("rotary") and a["head_dim"] % 2:
+        return "rotary embeddings need an even 'head_dim'"
     return None
 
 
@@ -371,6 +379,10 @@ class Attention(Kind):
             what = "(C, H, W)" if OPS[g.nodes[n]["op"]].spatial else "(features, tokens)"
             raise GraphError(f"{g.nodes[n]['op']} node {n!r} needs a {what} input, got "
                              f"{s} from {src!r}")
+        fixed = {g.nodes[n].get(k, 0) for k in ("score_bias", "rotary")} - {0}
+        if fixed and fixed != {s[1]}:
+            raise GraphError(f"attention node {n!r}: its score bias / rotary tables are for "
+                             f"{sorted(fixed)} tokens, its input has {s[1]}")
         return (g.nodes[n]["units"], *s[1:])
 
     def values(self, ex, n, reads):
