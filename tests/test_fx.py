@@ -524,6 +524,18 @@ def test_shape_branch_same_padding_and_pool_mixer_extract_exactly():
     with pytest.raises(ArchdiscError, match="cannot trace Branchy.*control flow"):
         from_module(helpers.untraceable(), torch.randn(2, 64))  # an if on values stays refused
 
+    class Batchy(nn.Module):  # a shape that is the batch size, or that values decide
+        def __init__(self, rule):
+            super().__init__()
+            self.rule, self.fc = rule, nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x * 2 if self.rule(x) else x)
+
+    for rule in (lambda x: x.shape[0] > 1, lambda x: x[x > 0].numel() > 4):
+        with pytest.raises(ArchdiscError, match="batch size or on the input's values"):
+            from_module(Batchy(rule), torch.ones(2, 4))
+
 
 def test_group_norm_keeps_its_channels_and_extracts_exactly():
     m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 6, 1),
