@@ -446,6 +446,22 @@ def test_finite_divergence_stops_the_run_and_keeps_the_checkpoint(tmp_path, caps
     assert not (tmp_path / "r" / "compact.safetensors").exists()
 
 
+def test_divergence_is_judged_against_at_least_a_uniform_guess():
+    from archdisc.recipe.setup import _initial_loss
+    net = torch.nn.Linear(3, 4)  # a trained model: sure and right, loss ~0
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor([50.0, 0, 0, 0]))
+    x = torch.randn(8, 3)
+    fit = torch.utils.data.TensorDataset(x, torch.zeros(8, dtype=torch.long))
+    assert _initial_loss(net, fit, "classification", "cpu") == pytest.approx(math.log(4))
+    wrong = torch.utils.data.TensorDataset(x, torch.ones(8, dtype=torch.long))  # loss 50
+    assert _initial_loss(net, wrong, "classification", "cpu") == pytest.approx(50.0, rel=1e-4)
+    y = torch.full((8, 4), 0.5)  # regression: its own loss, however small
+    assert _initial_loss(net, torch.utils.data.TensorDataset(x, y), "regression", "cpu") == \
+        pytest.approx(float(((net(x).detach() - y) ** 2).mean()))
+
+
 def test_a_worse_finetune_never_replaces_the_model(tmp_path):
     report = run_discover(small(epochs=2, finetune=1, finetune_lr=1e6), tmp_path / "r",
                           progress=False)

@@ -221,7 +221,8 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
             raise TrainingError("parameters are not finite")
         if loss > DIVERGED * s.initial:
             raise TrainingError(f"the training loss {loss:.3g} is over {DIVERGED}x "
-                                f"the untrained model's {s.initial:.3g}")
+                                f"the starting loss {s.initial:.3g} (the untrained model's, "
+                                f"at least a uniform guess's)")
     except distributed.Stopped:
         raise
     except TrainingError as e:
@@ -395,7 +396,7 @@ def report(run: Run) -> dict:
     return rep
 
 
-DIVERGED = 10.0  # an epoch's training loss over this many times the untrained model's
+DIVERGED = 10.0  # an epoch's training loss over this many times the starting loss
 
 
 def _stage(run: Run, name: str) -> dict:

@@ -181,7 +181,7 @@ class SearchState:
     x: object  # the training inputs on the device, or the Dataset to stream
     y: object  # the labels on the device, or None (streamed)
     steps: int  # per epoch
-    initial: float  # the untrained model's loss
+    initial: float  # the starting model's loss (at least a uniform guess's)
     start: int = 0  # the last epoch done before this process
     best: tuple | None = None  # (val, epoch, state_dict) of the best in-budget epoch
     alive0: dict | None = None  # alive units per searchable node at the sparse start
@@ -229,9 +229,12 @@ def start_search(run) -> SearchState:
 
 @torch.no_grad()
 def _initial_loss(net, train, task, device) -> float:
-    """The untrained model's loss on (up to) 1024 training samples, in eval mode."""
+    """The starting model's loss on (up to) 1024 training samples, in eval mode; for
+    classification at least a uniform guess's, log(classes): a model that starts trained
+    may lose much of its fit while units are cut without diverging."""
     net.eval()
     x, y = next(batches(train, 1024, device))
-    loss = float(loss_fn(net(x), y, task))
+    out = net(x)
+    loss = float(loss_fn(out, y, task))
     net.train()
-    return loss
+    return max(loss, math.log(out.shape[-1])) if task == "classification" else loss
