@@ -169,4 +169,5 @@ def test_killing_the_parent_of_workers_stops_them_and_keeps_finished_trials(tmp_
     states = [t.state for t in study.trials]
     assert S.RUNNING not in states
     assert states.count(S.FAIL) == before.count(S.RUNNING) + before.count(S.FAIL)
-    assert len(read_front(out / "pareto.csv")) == len(kept) + 1
+    # every finished trial, also one that finished after the killed parent last wrote the file
+    assert len(read_front(out / "pareto.csv")) == before.count(S.COMPLETE) + 1 >= len(kept) + 1
