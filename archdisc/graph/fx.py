@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import warnings
 
 import torch
 from torch import nn
@@ -80,6 +81,7 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
                             f"{list(example_input.shape)}: {e.__cause__ or e}") from None
     imp = Importer(gm)
     g, weights, layer_of = imp.g, imp.weights, imp.layer_of
+    _warn_tied(module)
     chosen = _searchable(g, layer_of, searchable)
     for n, qualname in layer_of.items():
         g.nodes[n]["searchable"] = qualname in chosen
@@ -230,6 +232,19 @@ def _shape_only(node):
 
 
 _SHAPE_READS = ("size", "dim", "numel", "shape", "ndim", "dtype", "device")
+
+
+def _warn_tied(module):
+    """Warn about parameters that several layers share (a language model's embedding and
+    output layer): the import holds a copy for each."""
+    names = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    tied = [" = ".join(n) for n in names.values() if len(n) > 1]
+    if tied:
+        warnings.warn(f"archdisc: {'; '.join(tied)} are one tensor in "
+                      f"{type(module).__name__}; the import holds a copy for each layer: "
+                      f"counted once per layer and trained apart", stacklevel=3)
 
 
 class _Values(ShapeProp):
