@@ -212,6 +212,8 @@ def _probe(x):
 
 def _length(v):
     """What control flow reads of a value: itself, a sequence's length (``iter``)."""
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
     return len(v) if isinstance(v, (tuple, list, torch.Size)) else v
 
 
@@ -244,7 +246,7 @@ def _warn_tied(module):
     if tied:
         warnings.warn(f"archdisc: {'; '.join(tied)} are one tensor in "
                       f"{type(module).__name__}; the import holds a copy for each layer: "
-                      f"counted once per layer and trained apart", stacklevel=3)
+                      f"counted once per layer and trained apart", stacklevel=4)
 
 
 class _Values(ShapeProp):

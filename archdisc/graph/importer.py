@@ -280,17 +280,26 @@ class Importer(TransformerReader):
             return x  # the identity: no node
         return self.g.add_op(n, "select", [x], channels=channels.tolist())
 
+    def unchanged(self, node, t, name) -> bool:
+        """Whether a call gives its input as it is: ``contiguous``, ``clone``, ``.to`` its own
+        dtype, a view to its own shape."""
+        if t in ("contiguous", "clone") or t is torch.clone:
+            return True
+        src = node.args[0].meta.get("tensor_meta") if node.args and isinstance(
+            node.args[0], torch.fx.Node) else None
+        if src is None or "tensor_meta" not in node.meta:
+            return False
+        if t == "to":
+            return node.meta["tensor_meta"].dtype == src.dtype
+        return name in ("view", "reshape") and self.shape(node) == tuple(src.shape[1:])
+
     def function(self, node):
         g, n, t, args = self.g, node.name, node.target, node.args
         name = getattr(t, "__name__", t)
         vals = [self.val[a.name] if isinstance(a, torch.fx.Node) else a for a in args]
         x = vals[0] if vals else None
         # ---- views: channels-last, pieces, channel shuffle
-        if t in ("contiguous", "clone") or (t is torch.clone) or (t == "to" and node.meta[
-                "tensor_meta"].dtype == node.args[0].meta.get("tensor_meta", node.meta[
-                    "tensor_meta"]).dtype) or (
-                name in ("view", "reshape") and "tensor_meta" in node.args[0].meta and
-                self.shape(node) == self.shape(node.args[0])):
+        if self.unchanged(node, t, name):
             return x
         if t is torch.cat and isinstance(args[0], (list, tuple)):  # a cache's empty start
             parts = [self.val[a.name] for a in args[0] if not (isinstance(
