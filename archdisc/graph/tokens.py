@@ -23,7 +23,11 @@ The ops here make and read token tensors:
   of the output projection (``out_weight[h]``) are row h of those tensors, so a head is
   one unit group (:mod:`archdisc.sparsity.groups`). A head whose values or output columns
   are all zero adds exactly nothing, and extraction removes it; ``causal``: each token
-  attends to itself and the tokens before it (a language model);
+  attends to itself and the tokens before it (a language model); ``value_dim``: values
+  wider than keys; ``group``: grouped-query attention, a unit group being one key / value
+  head and its ``group`` query heads (rows: queries, key, value); ``score_bias`` and
+  ``rotary``: fixed (not trained) tables for that many tokens, a bias added to each head's
+  scores (BEiT, EfficientFormer) and a rotary embedding of queries and keys (Llama);
 * ``window_attention``: Swin's (shifted) window attention on a (C, H, W) image, with the
   same head-major tensors plus, per head, its relative position bias table (``rel_table``)
   and, for Swin v2's cosine attention, its ``logit_scale``; computed as torchvision's
