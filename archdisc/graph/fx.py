@@ -140,8 +140,9 @@ class _Tracer(torch.fx.Tracer):
         self.inputs = {"example": example_input, "probe": _probe(example_input)}
         self.values, self.running = {"example": {}, "probe": {}}, False
 
-    def _value(self, node):
-        """The value of ``node`` on the example input, if the same on the probe."""
+    def _value(self, node, read=lambda v: v):
+        """``read`` of the value of ``node`` on the example input, if the same on the
+        probe."""
         out = {}
         for which, values in self.values.items():
             self.running = True
@@ -153,7 +154,7 @@ class _Tracer(torch.fx.Tracer):
                                 (n.args, n.kwargs), values.__getitem__))
             finally:
                 self.running = False
-            out[which] = values[node]
+            out[which] = read(values[node])
         if _length(out["example"]) != _length(out["probe"]):
             raise torch.fx.proxy.TraceError(f"control flow on {node.name}, which depends on the "
                                             f"batch size or on the input's values")
@@ -193,11 +194,22 @@ class _Tracer(torch.fx.Tracer):
         finally:
             torch.fx.Proxy.__len__ = length
 
+    def proxy(self, node):
+        return _Proxy(node, self)
+
     def to_bool(self, obj):
         return bool(self._value(_shape_only(obj.node)))
 
     def iter(self, obj):  # a shape's items, each traced
         return iter([obj[i] for i in range(len(self._value(_shape_only(obj.node))))])
+
+
+class _Proxy(torch.fx.Proxy):
+    """A traced value whose dtype is known: the example's (BERT's mask is built in it)."""
+
+    @property
+    def dtype(self):
+        return self.tracer._value(self.node, read=lambda v: v.dtype)
 
 
 def _probe(x):
