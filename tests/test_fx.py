@@ -513,9 +513,11 @@ class PoolMixer(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def test_shape_branch_same_padding_and_pool_mixer_extract_exactly():
+def test_shape_branch_same_padding_and_pool_mixer_extract_exactly(tmp_path):
+    from archdisc.deploy.formats import FORMATS, export
     x = torch.randn(2, 3, 9, 10)  # 9 x 10, stride 2, kernel 3: pad 1 + 1 rows, 0 + 1 columns
-    net, small, _ = _half_dead_extracts_exactly(PoolMixer(), x)
+    net, small, compact = _half_dead_extracts_exactly(PoolMixer(), x)
+    assert sorted(export(compact, small, tmp_path)) == sorted(FORMATS)  # each reloaded, checked
     assert _ops(net.graph).count("pad2d") == 1 and net.graph.nodes["pad"]["pads"] == [0, 1, 1, 1]
     assert net.graph.nodes["pool"]["count_include_pad"] is False
     assert small.nodes["conv2d"]["units"] == 4  # the functional conv's units are cut

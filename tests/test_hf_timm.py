@@ -61,7 +61,7 @@ def test_hugging_face_bert():
     assert _heads(net.graph) == [4, 4] and _heads(graph) == [2, 2]
 
 
-def test_timm_mlp_mixer_token_mlp_and_mean_token():
+def test_timm_mlp_mixer_token_mlp_and_mean_token(tmp_path):
     pytest.importorskip("timm")
     from timm.models.mlp_mixer import MlpMixer
     torch.manual_seed(0)  # 16 tokens, 24 features: the token MLP maps across the 16
@@ -73,6 +73,8 @@ def test_timm_mlp_mixer_token_mlp_and_mean_token():
     assert ops.count("token_mix") == 4 and ops.count("token_mean") == 1
     graph = _half_dead_is_exact(net, x)  # the channel MLPs' hidden units: 96 -> 48
     assert [graph.nodes[n]["units"] for n in graph.order() if n.endswith("channels_fc1")] == [48, 48]
+    compact = extract(net, inputs=x)[1]
+    assert sorted(export(compact, graph, tmp_path)) == sorted(FORMATS)
 
 
 def test_timm_beit_relative_position_bias_layer_scale_and_mean_of_later_tokens():
@@ -112,7 +114,7 @@ def test_timm_swin_shifted_windows_and_patch_merging():
             if graph.nodes[n]["op"] == "window_attention"] == [1, 1, 2, 2]
 
 
-def test_timm_efficientformer_wider_values_and_attention_biases():
+def test_timm_efficientformer_wider_values_and_attention_biases(tmp_path):
     pytest.importorskip("timm")
     from timm.models.efficientformer import EfficientFormer
     torch.manual_seed(0)  # its last stage: 7 x 7 tokens, 8 heads of keys 32 and values 128
@@ -128,6 +130,8 @@ def test_timm_efficientformer_wider_values_and_attention_biases():
     assert (a["heads"], a["head_dim"], a["value_dim"], a["score_bias"]) == (8, 32, 128, 49)
     graph = _half_dead_is_exact(net, x)
     assert _heads(graph) == [4]
+    compact = extract(net, inputs=x)[1]
+    assert sorted(export(compact, graph, tmp_path)) == sorted(FORMATS)
 
 
 def test_hugging_face_vit():
