@@ -140,8 +140,9 @@ class Importer(TransformerReader):
         if isinstance(m, nn.Softmax) and isinstance(x, _View) and x.kind == "scores" and \
                 m.dim in (-1, 3):
             return _View("probs", extra=x.extra)
-        if named(m) is not None:
-            out = named(m)(self, node, m, x)  # stores its weights
+        other = named(m)  # a module of another library, read whole
+        if other is not None:
+            out = other(self, node, m, x)  # stores its weights
             if out is None:
                 self.unsupported(node, f"{self.what(node)} with these options or this input")
             return out
@@ -195,20 +196,27 @@ class Importer(TransformerReader):
         return g.add_op(n, "conv2d", [x], units=m["out_channels"], groups=groups,
                         bias=bias, searchable=groups == 1, **sizes)
 
-    def functional_conv(self, node, x):
-        """``F.conv2d(x, weight, bias, ...)`` with parameters: a conv node."""
-        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-        a = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1,
-             **dict(zip(names, node.args)), **node.kwargs}
+    def functional_weights(self, node, names, what):
+        """The arguments of ``F.linear`` / ``F.conv2d`` by name (``names``: their order),
+        and its weight and bias, which must be parameters (stored)."""
+        a = {"bias": None, **dict(zip(names, node.args)), **node.kwargs}
         w, b = (self.val[a[k].name] if isinstance(a[k], torch.fx.Node) else a[k]
                 for k in ("weight", "bias"))
-        if not isinstance(w, _View) or w.kind != "param" or a["weight"].op != "get_attr" or \
-                not (b is None or isinstance(b, _View) and b.kind == "param"):
-            self.unsupported(node, "conv2d with a weight that is not a parameter (computed in "
-                                   "forward: weight standardisation, weight norm)")
+        if not isinstance(w, _View) or w.kind != "param" or not (
+                b is None or isinstance(b, _View) and b.kind == "param"):
+            self.unsupported(node, f"{what} with a weight or bias that is not a parameter")
         self.store(node.name, {"weight": w.extra, **({"bias": b.extra} if b else {})})
-        return self.conv(node, {**a, "weight": w.extra, "bias": b}, x,
-                         a["weight"].target.rsplit(".", 1)[0])
+        return a, w.extra, b
+
+    def functional_conv(self, node, x):
+        """``F.conv2d(x, weight, bias, ...)`` with parameters: a conv node."""
+        a, w, b = self.functional_weights(node, ("input", "weight", "bias", "stride", "padding",
+                                                 "dilation", "groups"), "conv2d")
+        if a["weight"].op != "get_attr":
+            self.unsupported(node, "conv2d with a weight computed in forward (weight "
+                                   "standardisation, weight norm)")
+        return self.conv(node, {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **a,
+                                "weight": w, "bias": b}, x, a["weight"].target.rsplit(".", 1)[0])
 
     def pool(self, node, op, x, a):
         if a.get("dilation") not in (None, 1, (1, 1)) or a.get("divisor_override") \
@@ -243,17 +251,10 @@ class Importer(TransformerReader):
 
     def linear(self, node, x):
         """``F.linear(x, weight, bias)`` with parameters (timm's Linear): a linear node."""
-        a = {**dict(zip(("input", "weight", "bias"), node.args)), **node.kwargs}
-        w, b = (self.val[a[k].name] if isinstance(a.get(k), torch.fx.Node) else a.get(k)
-                for k in ("weight", "bias"))
-        if not isinstance(w, _View) or w.kind != "param" or not (
-                b is None or isinstance(b, _View) and b.kind == "param"):
-            self.unsupported(node, "linear with a weight or bias that is not a parameter")
-        self.store(node.name, {"weight": w.extra, **({"bias": b.extra} if b else {})})
+        a, w, b = self.functional_weights(node, ("input", "weight", "bias"), "linear")
         wn = a["weight"]  # the Linear module's name, as a searchable layer
         self.layer_of[node.name] = wn.target.rsplit(".", 1)[0] if wn.op == "get_attr" \
             else node.name
-        w = w.extra
         out = self.g.linear(node.name, getattr(x, "node", x), w.shape[0], bias=b is not None)
         return _View("nld", out) if isinstance(x, _View) else out
 
@@ -361,9 +362,7 @@ class Importer(TransformerReader):
                 x.kind == "grouped" and len(self.shape(node)) == 3:
             return self.select(n, x.node, x.extra.reshape(-1), x.extra.numel())
         if name == "group_norm" and isinstance(x, str):  # timm's GroupNorm1
-            a = {"weight": None, "bias": None, "eps": 1e-5,
-                 **dict(zip(("input", "num_groups", "weight", "bias", "eps"), args)),
-                 **node.kwargs}
+            a = self.kwargs(node)
             w, b = (self.val[a[k].name].extra if isinstance(a[k], torch.fx.Node) else a[k]
                     for k in ("weight", "bias"))
             return self.groupnorm(node, x, a["num_groups"], w, b, a["eps"])

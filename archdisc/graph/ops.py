@@ -31,8 +31,8 @@ from torch import nn
 
 from archdisc.errors import GraphError
 from archdisc.graph.modules import (ACT_MODULES, ChannelLayerNorm, ChannelRMSNorm, ChannelScale,
-                                    ChannelSelect, ResponseNorm,
-                                    GlobalAvgPool, Linear, MulConst, StochasticDepth)
+                                    ChannelSelect, GlobalAvgPool, Linear, MulConst,
+                                    ResponseNorm, StochasticDepth)
 
 REQUIRED = object()  # an attribute without a default
 

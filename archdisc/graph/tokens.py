@@ -235,10 +235,13 @@ def _tokens_in(name):
         if name == "prepend":
             return (s[0], s[1] + a["tokens"])
         if (name == "token" and a["at"] >= s[1]) or (name == "pos_embed"
-                                                         and a["tokens"] != s[1]):
-            raise GraphError(f"{name} {a.get('at', a.get('tokens'))} does not fit an input "
-                             f"of {s[1]} tokens")
-        return (s[0],) if name == "token" else s
+                                                         and a["tokens"] != s[1]) or (
+                name == "later_tokens" and a["start"] >= s[1]):
+            value = a.get("at", a.get("tokens", a.get("start")))
+            raise GraphError(f"{name} {value} does not fit an input of {s[1]} tokens")
+        if name == "later_tokens":
+            return (s[0], s[1] - a["start"])
+        return (s[0],) if name in ("token", "token_mean") else s
     return shape
 
 
@@ -307,12 +310,11 @@ OPS.update({op.name: op for op in [
        grouped=("weight",), keeps_zero=lambda a: True),
     Op("later_tokens", {"start": REQUIRED}, module=lambda a, cin: LaterTokens(a["start"]),
        label=lambda a, w: f"tokens {a['start']}: {w}", keeps_zero=lambda a: True,
-       out_shape=lambda a, s: (s[0], s[1] - a["start"]) if len(s) == 2 and s[1] > a["start"]
-       else _tokens_in("later_tokens")(a, (0,)),
+       out_shape=_tokens_in("later_tokens"),
        check=lambda a: (None if isinstance(a["start"], int) and a["start"] >= 1
                         else f"'start' must be an int >= 1, got {a['start']!r}")),
     Op("token_mean", module=lambda a, cin: TokenMean(), label=lambda a, w: f"mean {w}",
-       out_shape=lambda a, s: (s[0],) if len(s) == 2 else _tokens_in("token_mean")(a, s),
+       out_shape=_tokens_in("token_mean"),
        keeps_zero=lambda a: True),
     # a linear map across the tokens, the same for every unit (MLP-Mixer's token MLP)
     Op("token_mix", {"tokens": REQUIRED, "tokens_in": REQUIRED, "bias": True},
@@ -343,7 +345,8 @@ OPS.update({op.name: op for op in [
                                            a["score_bias"], a["value_dim"], a["group"],
                                            a["rotary"]),
        params=_attention_params, macs=_attention_macs, searched="heads", grouped=_HEADS,
-       sliced=_HEADS + ("score_bias",), copied=("rope_cos", "rope_sin"), label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
+       sliced=_HEADS + ("score_bias",), copied=("rope_cos", "rope_sin"),
+       label=lambda a, w: f"attention {a['heads']}×{a['head_dim']} {w}",
        check=lambda a: _heads_check(a)),
     Op("window_attention", {"units": REQUIRED, "heads": REQUIRED, "head_dim": REQUIRED,
                             "window": REQUIRED, "shift": 0, "bias": True, "cosine": False,
