@@ -60,6 +60,8 @@ def main(argv=None):
     ap.add_argument("--dense-epochs", type=int,
                     help="the search's first epochs with every unit alive, lam 0; then cut "
                          "to --target-density from those weights (unset: discover's default)")
+    ap.add_argument("--group-weight", default="auto",
+                    help="discover's group_weight (fisher: units cut by importance per cost)")
     ap.add_argument("--noise-sigma", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", help="folder for run folders (default: a temp dir)")
@@ -91,7 +93,7 @@ def main(argv=None):
             cfg = Config(select=args.select, space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
                          lam=args.lam, lam_edge=lam_edge, density=args.density,
                          target_density=args.target_density, dense_epochs=args.dense_epochs,
-                         **common)
+                         group_weight=args.group_weight, **common)
             tag = "skip" if lam_edge else "noskip"
             run = work / f"skip_encoder_{tag}_s{seed}"
             rep, metrics, _ = discover(cfg, run)

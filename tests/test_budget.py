@@ -241,6 +241,80 @@ def test_unit_cost_is_what_one_unit_costs_in_the_measure():
             sum(units[k] * math.sqrt(n[k]) for k in n), rel=1e-9)
 
 
+def test_fisher_weights_rank_units_by_their_loss_change_per_cost():
+    """group_weight = "fisher": each unit's factor on lam is ||theta_u|| cost_u / I_u over the
+    median, I_u the mean over batches of the squared first-order loss change of zeroing u,
+    checked against a central difference of the loss in the unit's scale (float64)."""
+    from archdisc import compile_graph
+    from archdisc.recipe.loop import loss_fn
+    from archdisc.sparsity.budget import fisher_importance, fisher_weights
+    from search_spaces import mlp
+    torch.manual_seed(0)
+    net = compile_graph(mlp(widths=[6, 5, 4, 3], in_shape=None)).double()
+    data = [(torch.randn(32, 6, dtype=torch.float64), torch.randint(0, 3, (32,)))
+            for _ in range(3)]
+    control, _ = _control(net, group_weight="fisher")
+    groups = [g for g in control.groups if g.get("kind") == "unit"]
+    cost = {"fc1": 2.0, "fc2": 0.5}
+    got = fisher_weights(groups, fisher_importance(net, groups, lambda: iter(data),
+                                                   "classification"), cost)
+    assert all(p.grad is None for p in net.parameters())
+    eps, q = 1e-5, {}
+    with torch.no_grad():
+        for g in groups:
+            imp = torch.zeros(len(g["params"][0]), dtype=torch.float64)
+            for u in range(len(imp)):
+                for x, y in data:
+                    change = []
+                    for f in (1 + eps, 1 - eps):
+                        for p in g["params"]:
+                            p[u] *= f
+                        change.append(float(loss_fn(net(x), y, "classification")))
+                        for p in g["params"]:
+                            p[u] /= f
+                    imp[u] += ((change[0] - change[1]) / (2 * eps)) ** 2 / len(data)
+            q[g["name"]] = g["reg"].group_norms(g["params"]) * cost[g["name"]] / imp
+    mid = torch.cat(list(q.values())).median()
+    for name in q:
+        # a central difference of O(1) losses in float64: truncation ~eps^2, rounding ~1e-16 /
+        # eps; the quotient by I_u (as small as ~1e-4 here) keeps ~1e-6 of it
+        torch.testing.assert_close(got[name], q[name] / mid, rtol=1e-5, atol=0)
+
+
+def test_group_weight_fisher_resumes_bit_identically(tmp_path, monkeypatch):
+    """Under fisher the importance is estimated where the cuts start (here: after a dense
+    epoch), then averaged over the steps; it is kept in the checkpoint, so a run resumed
+    after the first cuts matches."""
+    from archdisc.sparsity import budget
+    calls = []
+    real = budget.fisher_importance
+    monkeypatch.setattr(budget, "fisher_importance", lambda *a: calls.append(1) or real(*a))
+    helpers.assert_resume_is_bit_identical(
+        cfg(dense_epochs=1, epochs=3, finetune=0, lam=0.05, target_params=1500,
+            group_weight="fisher"), tmp_path, stop_at=2)
+    assert len(calls) == 2  # the full run and the first part; the resume read them
+
+
+@pytest.mark.parametrize("space, kw, want", [
+    ("mlp", dict(widths=[20, 16, 8, 4], in_shape=None), "fisher"),
+    ("resnet18", dict(width_mult=0.125, in_shape=[1, 8, 8], classes=4), "one")])
+def test_auto_weighs_by_fisher_from_weights_unless_units_span_layers(space, kw, want):
+    """From trained weights "auto" is fisher, but lam per unit (one) where a residual
+    stream couples layers (fisher lost resnet18 at 10% of its MACs); sqrt(n) otherwise."""
+    from archdisc.graph.compile import ArchNet
+    from archdisc.recipe.setup import make_optimizer
+    from archdisc.spaces import build_space
+    from archdisc.sparsity.budget import LamControl
+    net = ArchNet(build_space(space, **kw))
+    config = cfg(target_params=500, dense_epochs=0)  # from weights: the cuts start now
+    data = [(torch.randn(4, *(kw["in_shape"] or [20])), torch.randint(0, 4, (4,)))]
+    for anchor, gw in ((True, want), (False, "sqrt_n")):
+        control = LamControl(net, make_optimizer(net, config), config, 10, anchor=anchor,
+                             batches=lambda: iter(data))
+        assert control.gw == gw
+        assert bool(control.unit_w) == (gw == "fisher")
+
+
 def test_a_missed_target_is_said():
     from archdisc.recipe.diagnose import over_budget
     rep = {"target_params": None, "target_macs": 1000, "params": {"compact": 5},

@@ -79,7 +79,8 @@ def test_a_module_instance_keeps_its_weights(tmp_path, trained):
 
 
 @pytest.mark.parametrize("target, weight, lost", [
-    (0.5, "auto", 6), (0.25, "auto", 9),  # one (relative norms): -0.6 / -7.0 measured
+    (0.5, "auto", 6), (0.25, "auto", 9),  # fisher: -1.0 / -7.8 measured
+    (0.25, "one", 9),  # relative norms: -7.0 measured
     (0.25, "cost", 14)])  # -10 measured here (_0 cut to 6 units; the teacher has 8)
 def test_a_macs_target_from_trained_weights_is_met_without_collapse(tmp_path, trained, target,
                                                                    weight, lost):

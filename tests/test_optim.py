@@ -368,6 +368,29 @@ def test_group_l2_units_span_all_tensors():
     assert torch.equal(x[2], torch.zeros(3))
 
 
+def test_group_l2_unit_w_scales_each_units_threshold_and_a_cut_keeps_it():
+    """unit_w multiplies w_g unit by unit: prox, value and subgradient follow it, and the
+    optimizer's shrink_ / cut_ (raising lam) cut by it, not by the norm alone."""
+    w = torch.tensor([[3.0, 4.0], [0.6, 0.8], [1.0, 0.0]], dtype=torch.float64)  # norms 5, 1, 1
+    reg = GroupL2(0.5)
+    reg.unit_w = torch.tensor([4.0, 0.1, 2.0], dtype=torch.float64)
+    # w_g = sqrt(2) * unit_w; threshold delta * lam * w_g with delta 1
+    thr = 0.5 * math.sqrt(2) * reg.unit_w
+    assert reg.value([w]) == pytest.approx(float((thr * torch.tensor([5.0, 1.0, 1.0])).sum()),
+                                           rel=1e-12)
+    torch.testing.assert_close(reg.subgrad([w])[0], w / w.norm(dim=1, keepdim=True)
+                               * thr[:, None], rtol=1e-12, atol=0)
+    x = [w.clone()]
+    reg.prox_(x, 1.0)  # unit 0: 5 > 2.83 shrinks; unit 1: 1 > 0.07 shrinks; unit 2 dies
+    factor = (1 - thr / torch.tensor([5.0, 1.0, 1.0], dtype=torch.float64)).clamp(min=0)
+    torch.testing.assert_close(x[0], w * factor[:, None], rtol=1e-12, atol=0)
+    assert torch.equal(x[0][2], torch.zeros(2, dtype=torch.float64))
+    p = nn.Parameter(w.clone())
+    opt = AdaBreg([{"params": [p], "reg": reg}], lr=0.1)
+    opt.cut_(opt.param_groups[0], 0.5)  # the weakest unit by norm (1) survives, unit 2 dies
+    assert torch.equal(p.detach(), torch.cat([w[:2], torch.zeros(1, 2, dtype=w.dtype)]))
+
+
 def test_prox_into_scales_the_input():
     g = torch.Generator().manual_seed(0)
     for reg in (L1(0.3), GroupL2(0.3)):

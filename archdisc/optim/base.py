@@ -231,6 +231,8 @@ class _RegularizedOptimizer(Optimizer):
             reg = group["reg"]
             if reg is not None and type(reg) is not _KINDS.get(reg.kind):
                 return f"regularizer {type(reg).__name__} has no fused prox"
+            if getattr(reg, "unit_w", None) is not None:
+                return "a regularizer has per-unit weights (unit_w)"
             devices.update(p.device for p in params)
         if len(devices) > 1:
             return f"parameters on several devices {sorted(map(str, devices))}"
@@ -321,6 +323,7 @@ class _RegularizedOptimizer(Optimizer):
         if reg is None or extra_lam <= 0:
             return
         extra = type(reg)(extra_lam)
+        extra.unit_w = getattr(reg, "unit_w", None)
         extra.prox_(group["params"], self._prox_step(group))
 
     @torch.no_grad()

@@ -24,6 +24,11 @@ Its proximal map is group soft-thresholding,
 exactly zero for a group whose norm is at most ``delta * lam * w_g``, and a
 subgradient is ``lam * w_g * x_g / ||x_g||`` (zero on zero groups).
 
+A group-norm regularizer may carry per-group factors ``unit_w`` (a tensor of positive
+numbers, one per group, as its norms are laid out): w_g is then multiplied by them, so
+that groups die in an order other than their norms' (the lam controller's
+``group_weight = "fisher"``). The fused (compiled) step does not take them.
+
 All maps are reshape/broadcast based: per-group norms come from a reduction over
 the trailing dimensions, the shrinkage is one broadcast multiply. No index
 gather/scatter.
@@ -177,6 +182,15 @@ class L1(Regularizer):
 class _GroupNormReg(Regularizer):
     """Weighted sum of group norms. Subclasses define :meth:`_norms`."""
 
+    unit_w: Tensor | None = None  # per-group factors on w_g (module docstring)
+
+    def _weighted(self, params: list[Tensor]):
+        """:meth:`_norms` with ``unit_w`` applied to the weights."""
+        parts = self._norms(params)
+        if self.unit_w is None:
+            return parts
+        return [(n, w * self.unit_w.view(n.shape), m) for n, w, m in parts]
+
     def _norms(self, params: list[Tensor]) -> list[tuple[Tensor, float, list[int]]]:
         """[(norms, weight, member indices)]: ``norms`` holds one group norm per entry
         and broadcasts (after trailing unsqueezes) against each member tensor."""
@@ -196,7 +210,7 @@ class _GroupNormReg(Regularizer):
         params = list(params)
         self.check(params)
         with torch.no_grad():
-            return self.lam * sum(w * float(n.sum()) for n, w, _ in self._norms(params))
+            return self.lam * sum(float((w * n).sum()) for n, w, _ in self._weighted(params))
 
     @torch.no_grad()
     def group_norms(self, params) -> Tensor:
@@ -208,7 +222,7 @@ class _GroupNormReg(Regularizer):
         params = list(params)
         self.check(params)
         out: list[Tensor | None] = [None] * len(params)
-        for norms, w, members in self._norms(params):
+        for norms, w, members in self._weighted(params):
             # lam * w * x / ||x||, and 0 on zero groups
             coef = torch.where(norms > 0, (self.lam * w) / norms, 0.0)
             for i in members:
@@ -218,9 +232,9 @@ class _GroupNormReg(Regularizer):
     def _prox_into(self, out, x, delta, scale):
         # prox_{delta J}(s x)_g = s x_g * max(0, 1 - (delta/s) lam w / ||x_g||)
         c = (delta / scale) * self.lam
-        for norms, w, members in self._norms(x):
+        for norms, w, members in self._weighted(x):
             thr = c * w
-            if thr > 0:
+            if c > 0:
                 # 1 - thr/0 = -inf, so zero groups get factor exactly 0
                 factor = torch.div(thr, norms).neg_().add_(1.0).clamp_(min=0.0)
                 if scale != 1.0:

@@ -34,7 +34,7 @@ CHOICES = {
     "finetune_schedule": ("constant", "cosine"),
     "device": ("auto", "cpu", "cuda"),
     "task": ("classification", "denoising"),
-    "group_weight": ("auto", "sqrt_n", "one", "sqrt_alive", "cost"),
+    "group_weight": ("auto", "sqrt_n", "one", "sqrt_alive", "cost", "fisher"),
     "augment": ("none", "crop_flip"),
     "select": ("shrink", "scale", "none"),
     "start": ("auto", "sparse", "weights"),
@@ -144,8 +144,10 @@ class Config:
                                      "element", expert=True)
     group_weight: str = _field("auto", "unit group weight: sqrt_n (sqrt(fan-in)) | one | "
                                        "sqrt_alive (alive fan-in) | cost (what a unit costs "
-                                       "in the budget's measure) | auto (one from trained "
-                                       "weights, else sqrt_n)", expert=True)
+                                       "in the budget's measure) | fisher (per unit: its "
+                                       "Fisher importance per cost, from trained weights) | "
+                                       "auto (from trained weights fisher, one with "
+                                       "residual streams; else sqrt_n)", expert=True)
     delta: float = _field(1.0, "Bregman / prox step scale (adabreg, linbreg)", expert=True)
     momentum: float = _field(0.9, "momentum of linbreg, proxsgd, sgd (adam / adabreg: betas)",
                              expert=True)

@@ -200,6 +200,7 @@ def _search_epoch(run: Run, s: SearchState, epoch: int, lr: float, bar) -> float
             opt.decay_unregularized_(config.weight_decay)
         if not control.active:
             return
+        control.observe()
         g = (epoch - 1) * steps + step + 1  # the next step's number
         if (control.target or config.group_weight == "sqrt_alive") and \
                 g % config.control_every == 0:

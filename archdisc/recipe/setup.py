@@ -206,7 +206,8 @@ def start_search(run) -> SearchState:
     model = run.dist.wrap(net)
     x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
     steps = math.ceil(len(data.train) / config.batch_size)
-    control = LamControl(net, opt, config, steps, anchor=config.anchored())
+    control = LamControl(net, opt, config, steps, anchor=config.anchored(), task=data.task,
+                         batches=lambda: batches(data.train, config.batch_size, device))
     initial = _initial_loss(net, data.train, data.task, device)
     s = SearchState(net, opt, model, control, x, y, steps, initial, alive0=alive(net)["units"],
                     params0=compact_params(net)[0])

@@ -103,6 +103,51 @@ def unit_cost(graph, n: dict, measure: str, nodes: dict | None = None) -> dict:
     return {name: cost[name] * scale if cost[name] else math.sqrt(n[name]) for name in n}
 
 
+FISHER_BATCHES = 16  # training batches behind group_weight = "fisher" at the start
+FISHER_BETA = 0.99  # then a moving average over the training steps (about 100 of them)
+
+
+def _taylor(groups) -> dict:
+    """Per unit of each group: sum_{i in u} theta_i g_i, with the grads in .grad now."""
+    return {g["name"]: sum((p.detach() * p.grad).flatten(1).sum(1) if p.dim() > 1 else
+                           p.detach() * p.grad for p in g["params"] if p.grad is not None)
+            for g in groups}
+
+
+@torch.enable_grad()
+def fisher_importance(net, groups, batches, task) -> dict:
+    """For ``group_weight = "fisher"``: each unit's Fisher importance I_u, the mean over
+    ``FISHER_BATCHES`` batches of (sum_{i in u} theta_i g_i)^2, the squared first-order
+    change of the loss when the unit is zeroed. ``net`` is evaluated in eval mode; its
+    grads are left None."""
+    from archdisc.recipe.loop import loss_fn
+    mode, imp = net.training, {}
+    net.eval()
+    for k, (x, y) in enumerate(batches()):
+        if k == FISHER_BATCHES:
+            break
+        net.zero_grad(set_to_none=True)
+        loss_fn(net(x), y, task).backward()
+        for name, s in _taylor(groups).items():
+            imp[name] = imp.get(name, 0.0) + s * s / FISHER_BATCHES
+    net.zero_grad(set_to_none=True)
+    net.train(mode)
+    return imp
+
+
+@torch.no_grad()
+def fisher_weights(groups, imp: dict, cost: dict) -> dict:
+    """Each unit's factor on lam: ||theta_u|| * cost_u / I_u over its median (dead units:
+    1), ``cost`` per group (:func:`unit_cost`). A hard cut kills a unit when ||theta_u|| <=
+    lam * factor, so units die in the order of I_u / cost_u, comparable across layers,
+    where norms are not."""
+    q = {g["name"]: g["reg"].group_norms(g["params"]) * cost[g["name"]]
+         / (imp[g["name"]] + 1e-30) for g in groups}
+    alive = torch.cat([v[v > 0] for v in q.values()])
+    mid = alive.median() if len(alive) else 1.0
+    return {name: torch.where(v > 0, v / mid, 1.0).clamp_(1e-6, 1e6) for name, v in q.items()}
+
+
 @torch.no_grad()
 def _norm_scale(groups) -> dict:
     """Each unit group's mean unit norm (the candidate edges' gates: mean |gate|) over the
@@ -164,10 +209,14 @@ class LamControl:
     the unit group weight sqrt(n) of the regularizer to 1 (``group_weight="one"``), to
     sqrt(n_alive), n_alive counting only the alive fan-in (``"sqrt_alive"``, refreshed at
     each look), or to what the unit costs in the budget's measure (``"cost"``,
-    :func:`unit_cost`; ``"auto"``: 1 from trained weights, else sqrt(n); RESULTS.md
-    section 13). From trained weights every unit group's weight is also scaled by its
-    mean unit norm at the start, so a unit is cut for being weak within its own layer
+    :func:`unit_cost`). From trained weights every unit group's weight is also scaled by
+    its mean unit norm at the start, so a unit is cut for being weak within its own layer
     (BatchNorm leaves a conv's scale free: raw norms do not compare across layers).
+    ``"fisher"`` (from trained weights) sets each unit's own lam instead, so that units
+    die in the order of their Fisher importance per cost (:func:`fisher_weights`; the
+    importance averaged over the training steps, the weights renewed at each look).
+    ``"auto"``: fisher from trained weights, but one where a unit group spans several
+    layers (a residual stream); sqrt(n) at the sparse start (RESULTS.md section 13).
     With a budget (``target_params`` / ``target_density`` / ``target_macs`` /
     ``target_latency_ms``) the controller looks
     every ``control_every`` steps at the size P (parameters or MACs) of the compact model
@@ -185,8 +234,10 @@ class LamControl:
     start from the weights trained so far, as from trained weights.
     """
 
-    def __init__(self, net, opt, config, steps_per_epoch: int, anchor: bool = False):
+    def __init__(self, net, opt, config, steps_per_epoch: int, anchor: bool = False,
+                 batches=None, task: str = "classification"):
         self.opt, self.config, self.spe, self.anchor = opt, config, steps_per_epoch, anchor
+        self.batches, self.task = batches, task  # training batches, for "fisher"
         self.groups = [g for g in opt.param_groups if g.get("reg") is not None]
         names = {g.get("name") for g in self.groups}
         for k in config.lam_layers:
@@ -218,14 +269,15 @@ class LamControl:
         self.ramp_steps = max(1, (config.epochs - dense) // 2) * steps_per_epoch if anchor else 0
         self.mult, self.weights = 1.0, {}
         self.gw = config.group_weight
-        if self.gw == "auto":
-            self.gw = "one" if anchor else "sqrt_n"
-        if self.gw == "cost":
+        if self.gw == "auto":  # RESULTS.md section 13: fisher lost resnet18 at 10% of its MACs
+            shared = any(len(g.get("nodes", ())) > 1 for g in self.groups)  # residual streams
+            self.gw = ("one" if shared or batches is None else "fisher") if anchor else "sqrt_n"
+        if self.gw in ("cost", "fisher"):
             self.cost = unit_cost(net.graph, self.n, self.measure,
                                   {g["name"]: g["nodes"] for g in self.groups if "nodes" in g})
-        # from trained weights, each group's lam scales with its mean unit norm at the start:
-        # units are ranked against their own layer's (BatchNorm leaves a conv's scale free)
-        self.scale = _norm_scale(self.groups) if cut else {}
+        self.scale, self.unit_w, self.imp = {}, {}, {}
+        if cut:
+            self.start_cuts()
         # attention layers: lam stays below the strongest head's (anchored) norm, so that a
         # cut never leaves a layer without heads (all of them alike, they die together)
         self.heads = {n for n in net.graph if OPS[net.graph.nodes[n]["op"]].kind == "attention"}
@@ -233,15 +285,56 @@ class LamControl:
                            or self.keep or self.gw != "sqrt_n" or self.scale or self.heads
                            or self.dense)
 
+    def start_cuts(self):
+        """The cuts start from the weights as they are: each group's lam scales with its
+        mean unit norm now, so units are ranked against their own layer's (BatchNorm
+        leaves a conv's scale free); under "fisher" each unit's lam instead by
+        :func:`fisher_weights`."""
+        self.scale = _norm_scale(self.groups)
+        if self.gw == "fisher":
+            self.imp = fisher_importance(self.net, self.fisher_groups(), self.batches,
+                                         self.task)
+            self.reweigh()
+
+    def fisher_groups(self) -> list:
+        return [g for g in self.groups if g.get("name") in self.n]
+
+    def observe(self):
+        """After a training step, under "fisher" once the cuts started: the step's grads
+        into the moving average of the units' importance."""
+        if self.imp:
+            for name, s in _taylor(self.fisher_groups()).items():
+                self.imp[name].mul_(FISHER_BETA).add_(s * s, alpha=1 - FISHER_BETA)
+
+    def reweigh(self):
+        """Each unit's lam from its importance now (:func:`fisher_weights`), with v
+        re-anchored so that the parameters stay as they are."""
+        groups = self.fisher_groups()
+        self.set_unit_w(fisher_weights(groups, self.imp, self.cost))
+        for g in groups:
+            if all("v" in self.opt.state[p] for p in g["params"]):
+                self.opt.cut_(g, 0.0)
+
+    def set_unit_w(self, unit_w: dict):
+        self.unit_w = unit_w
+        for g in self.groups:
+            if g.get("name") in unit_w:
+                g["reg"].unit_w = unit_w[g["name"]].to(g["params"][0])
+
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights, "scale": self.scale,
-                "start_size": self.start_size}
+                "start_size": self.start_size,
+                "unit_w": {k: v.tolist() for k, v in self.unit_w.items()},
+                "imp": {k: v.tolist() for k, v in self.imp.items()}}
 
     def load_state(self, state: dict | None):
         if state:
             self.mult, self.weights = state["mult"], state["weights"]
             self.scale = state.get("scale", self.scale)
             self.start_size = state.get("start_size", self.start_size)
+            self.set_unit_w({k: torch.tensor(v) for k, v in state.get("unit_w", {}).items()})
+            device = {g["name"]: g["params"][0] for g in self.fisher_groups()}
+            self.imp = {k: torch.tensor(v).to(device[k]) for k, v in state.get("imp", {}).items()}
 
     def weight(self, g) -> float:
         name = g.get("name")
@@ -250,6 +343,8 @@ class LamControl:
         if g.get("kind") != "unit" or name not in self.n:
             return 1.0
         scale = self.scale.get(name, 1.0)
+        if self.gw == "fisher":  # the regularizer's unit_w sets each unit's lam
+            return 1 / math.sqrt(self.n[name])
         if self.gw == "one":  # cancel the regularizer's own weight sqrt(n)
             return scale / math.sqrt(self.n[name])
         if self.gw == "cost":
@@ -267,6 +362,8 @@ class LamControl:
         """Measure the compact size; adjust ``mult`` (budget) and the alive-fan-in weights."""
         if step is not None and step <= self.dense:
             return None
+        if self.imp:
+            self.reweigh()
         P, fan = compact_params(net, self.measure, self.limits)
         if self.config.group_weight == "sqrt_alive":
             # sqrt(n_alive / n): n_alive counts only the fan-in that is still alive
@@ -294,7 +391,7 @@ class LamControl:
             return
         start = self.dense and not self.start_size
         if start:
-            self.scale = _norm_scale(self.groups)
+            self.start_cuts()
             self.start_size = compact_params(self.net, self.measure, self.limits)[0]
         ramp = self.ramp(step)
         for g in self.groups:
