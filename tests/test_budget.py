@@ -300,7 +300,8 @@ def test_group_weight_fisher_resumes_bit_identically(tmp_path, monkeypatch):
     ("resnet18", dict(width_mult=0.125, in_shape=[1, 8, 8], classes=4), "one")])
 def test_auto_weighs_by_fisher_from_weights_unless_units_span_layers(space, kw, want):
     """From trained weights "auto" is fisher, but lam per unit (one) where a residual
-    stream couples layers (fisher lost resnet18 at 10% of its MACs); sqrt(n) otherwise."""
+    stream couples layers (fisher lost resnet18 at 10% of its MACs) and after dense epochs
+    (the ConvNet at 25%); sqrt(n) at the sparse start."""
     from archdisc.graph.compile import ArchNet
     from archdisc.recipe.setup import make_optimizer
     from archdisc.spaces import build_space
@@ -308,8 +309,9 @@ def test_auto_weighs_by_fisher_from_weights_unless_units_span_layers(space, kw, 
     net = ArchNet(build_space(space, **kw))
     config = cfg(target_params=500, dense_epochs=0)  # from weights: the cuts start now
     data = [(torch.randn(4, *(kw["in_shape"] or [20])), torch.randint(0, 4, (4,)))]
-    for anchor, gw in ((True, want), (False, "sqrt_n")):
-        control = LamControl(net, make_optimizer(net, config), config, 10, anchor=anchor,
+    dense = cfg(target_params=500, dense_epochs=1)  # cuts after dense epochs: one
+    for c, anchor, gw in ((config, True, want), (dense, True, "one"), (config, False, "sqrt_n")):
+        control = LamControl(net, make_optimizer(net, c), c, 10, anchor=anchor,
                              batches=lambda: iter(data))
         assert control.gw == gw
         assert bool(control.unit_w) == (gw == "fisher")

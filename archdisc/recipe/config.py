@@ -147,7 +147,8 @@ class Config:
                                        "in the budget's measure) | fisher (per unit: its "
                                        "Fisher importance per cost, from trained weights) | "
                                        "auto (from trained weights fisher, one with "
-                                       "residual streams; else sqrt_n)", expert=True)
+                                       "residual streams or dense epochs; else sqrt_n)",
+                       expert=True)
     delta: float = _field(1.0, "Bregman / prox step scale (adabreg, linbreg)", expert=True)
     momentum: float = _field(0.9, "momentum of linbreg, proxsgd, sgd (adam / adabreg: betas)",
                              expert=True)

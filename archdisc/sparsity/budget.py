@@ -215,8 +215,9 @@ class LamControl:
     ``"fisher"`` (from trained weights) sets each unit's own lam instead, so that units
     die in the order of their Fisher importance per cost (:func:`fisher_weights`; the
     importance averaged over the training steps, the weights renewed at each look).
-    ``"auto"``: fisher from trained weights, but one where a unit group spans several
-    layers (a residual stream); sqrt(n) at the sparse start (RESULTS.md section 13).
+    ``"auto"``: fisher from the user's trained weights, but one where a unit group spans
+    several layers (a residual stream) and after dense epochs; sqrt(n) at the sparse start
+    (RESULTS.md section 13, HISTORY.md 17).
     With a budget (``target_params`` / ``target_density`` / ``target_macs`` /
     ``target_latency_ms``) the controller looks
     every ``control_every`` steps at the size P (parameters or MACs) of the compact model
@@ -269,9 +270,10 @@ class LamControl:
         self.ramp_steps = max(1, (config.epochs - dense) // 2) * steps_per_epoch if anchor else 0
         self.mult, self.weights = 1.0, {}
         self.gw = config.group_weight
-        if self.gw == "auto":  # RESULTS.md section 13: fisher lost resnet18 at 10% of its MACs
+        if self.gw == "auto":  # RESULTS.md 13; HISTORY.md 17: where fisher lost
             shared = any(len(g.get("nodes", ())) > 1 for g in self.groups)  # residual streams
-            self.gw = ("one" if shared or batches is None else "fisher") if anchor else "sqrt_n"
+            trained = anchor and not dense and batches is not None  # the user's weights
+            self.gw = ("fisher" if trained and not shared else "one") if anchor else "sqrt_n"
         if self.gw in ("cost", "fisher"):
             self.cost = unit_cost(net.graph, self.n, self.measure,
                                   {g["name"]: g["nodes"] for g in self.groups if "nodes" in g})
