@@ -253,12 +253,18 @@ def test_fisher_weights_rank_units_by_their_loss_change_per_cost():
     net = compile_graph(mlp(widths=[6, 5, 4, 3], in_shape=None)).double()
     data = [(torch.randn(32, 6, dtype=torch.float64), torch.randint(0, 3, (32,)))
             for _ in range(3)]
-    control, _ = _control(net, group_weight="fisher")
+    control, _ = _control(net, group_weight="one")
     groups = [g for g in control.groups if g.get("kind") == "unit"]
     cost = {"fc1": 2.0, "fc2": 0.5}
     got = fisher_weights(groups, fisher_importance(net, groups, lambda: iter(data),
                                                    "classification"), cost)
     assert all(p.grad is None for p in net.parameters())
+    for p in groups[0]["params"]:  # a frozen layer: importance 0, not an error
+        p.requires_grad_(False)
+    frozen = fisher_importance(net, groups[:1], lambda: iter(data), "classification")["fc1"]
+    assert torch.equal(frozen, torch.zeros(5, dtype=torch.float64))
+    for p in groups[0]["params"]:
+        p.requires_grad_(True)
     eps, q = 1e-5, {}
     with torch.no_grad():
         for g in groups:
@@ -315,6 +321,22 @@ def test_auto_weighs_by_fisher_from_weights_unless_units_span_layers(space, kw, 
                              batches=lambda: iter(data))
         assert control.gw == gw
         assert bool(control.unit_w) == (gw == "fisher")
+
+
+def test_fisher_needs_a_trained_start_and_auto_falls_back_without_unit_groups():
+    """fisher ranks a trained model's units: at the sparse start it is refused by name; with
+    an optimizer that regularizes nothing (adam) auto does not pick it."""
+    from archdisc import compile_graph
+    from search_spaces import mlp
+    net = compile_graph(mlp(widths=[20, 16, 8, 4], in_shape=None))
+    with pytest.raises(ConfigError, match="'group_weight': fisher"):
+        _control(net, group_weight="fisher")
+    from archdisc.recipe.setup import make_optimizer
+    from archdisc.sparsity.budget import LamControl
+    config = cfg(target_params=500, dense_epochs=0, optimizer="adam")
+    control = LamControl(net, make_optimizer(net, config), config, 10, anchor=True,
+                         batches=lambda: iter([]))
+    assert control.gw == "one" and not control.unit_w
 
 
 def test_a_missed_target_is_said():

@@ -23,10 +23,10 @@ from archdisc.io import load_tensors
 from archdisc.recipe import rundir
 from archdisc.recipe.byo import graph_file, model_net
 from archdisc.recipe.config import BUDGETS, PYTHON_DATA, Config, is_graph_file
-from archdisc.recipe.loop import batches, loss_fn, tensors
+from archdisc.recipe.loop import batches, epoch_order, loss_fn, tensors
 from archdisc.spaces import build_space, spaces
-from archdisc.sparsity.budget import (LamControl, LatencyLine, compact_params, limits_of,
-                                      measure_of, smallest, target_of)
+from archdisc.sparsity.budget import (FISHER_BATCHES, LamControl, LatencyLine, compact_params,
+                                      limits_of, measure_of, smallest, target_of)
 from archdisc.sparsity.groups import alive, init_gates, param_groups, sparse_init
 
 __all__ = ["resolve_device", "load_dataset", "build_supernet", "load_supernet", "make_optimizer",
@@ -206,8 +206,9 @@ def start_search(run) -> SearchState:
     model = run.dist.wrap(net)
     x, y = tensors(data.train, device)  # y is None: streamed through a DataLoader
     steps = math.ceil(len(data.train) / config.batch_size)
+    sample = _sample(data.train, FISHER_BATCHES * config.batch_size, config.seed)
     control = LamControl(net, opt, config, steps, anchor=config.anchored(), task=data.task,
-                         batches=lambda: batches(data.train, config.batch_size, device))
+                         batches=lambda: batches(sample, config.batch_size, device))
     initial = _initial_loss(net, data.train, data.task, device)
     s = SearchState(net, opt, model, control, x, y, steps, initial, alive0=alive(net)["units"],
                     params0=compact_params(net)[0])
@@ -226,6 +227,15 @@ def start_search(run) -> SearchState:
     if run.dist.main:
         rundir.write_metrics(run.out, run.metrics)
     return s
+
+
+def _sample(train, n: int, seed: int):
+    """``n`` training samples in a seeded order (not the first ``n``: files may be sorted
+    by class), the same on every rank."""
+    idx = epoch_order(seed, 0, len(train))[:n]
+    if isinstance(train, torch.utils.data.TensorDataset):
+        return torch.utils.data.TensorDataset(*(t[idx] for t in train.tensors))
+    return torch.utils.data.Subset(train, idx.tolist())
 
 
 @torch.no_grad()

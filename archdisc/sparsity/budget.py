@@ -108,10 +108,17 @@ FISHER_BETA = 0.99  # then a moving average over the training steps (about 100 o
 
 
 def _taylor(groups) -> dict:
-    """Per unit of each group: sum_{i in u} theta_i g_i, with the grads in .grad now."""
-    return {g["name"]: sum((p.detach() * p.grad).flatten(1).sum(1) if p.dim() > 1 else
-                           p.detach() * p.grad for p in g["params"] if p.grad is not None)
-            for g in groups}
+    """Per unit of each group: sum_{i in u} theta_i g_i, with the grads in .grad now (a
+    tensor without grads: 0)."""
+    out = {}
+    for g in groups:
+        first = g["params"][0]
+        s = torch.zeros(len(first), dtype=first.dtype, device=first.device)
+        for p in g["params"]:
+            if p.grad is not None:
+                s += (p.detach() * p.grad).flatten(1).sum(1) if p.dim() > 1 else p.detach() * p.grad
+        out[g["name"]] = s
+    return out
 
 
 @torch.enable_grad()
@@ -143,6 +150,8 @@ def fisher_weights(groups, imp: dict, cost: dict) -> dict:
     where norms are not."""
     q = {g["name"]: g["reg"].group_norms(g["params"]) * cost[g["name"]]
          / (imp[g["name"]] + 1e-30) for g in groups}
+    if not q:
+        return {}
     alive = torch.cat([v[v > 0] for v in q.values()])
     mid = alive.median() if len(alive) else 1.0
     return {name: torch.where(v > 0, v / mid, 1.0).clamp_(1e-6, 1e6) for name, v in q.items()}
@@ -273,7 +282,13 @@ class LamControl:
         if self.gw == "auto":  # RESULTS.md 13; HISTORY.md 17: where fisher lost
             shared = any(len(g.get("nodes", ())) > 1 for g in self.groups)  # residual streams
             trained = anchor and not dense and batches is not None  # the user's weights
-            self.gw = ("fisher" if trained and not shared else "one") if anchor else "sqrt_n"
+            fisher = trained and not shared and self.n and not config.fused
+            self.gw = ("fisher" if fisher else "one") if anchor else "sqrt_n"
+        if self.gw == "fisher" and not (anchor and self.n and batches is not None):
+            raise ConfigError("config field 'group_weight': fisher ranks the units of a "
+                              "trained model; it needs a start from weights or dense epochs "
+                              "and unit groups (group_mode unit, a sparse optimizer); use "
+                              "auto or one")
         if self.gw in ("cost", "fisher"):
             self.cost = unit_cost(net.graph, self.n, self.measure,
                                   {g["name"]: g["nodes"] for g in self.groups if "nodes" in g})
@@ -318,10 +333,11 @@ class LamControl:
                 self.opt.cut_(g, 0.0)
 
     def set_unit_w(self, unit_w: dict):
-        self.unit_w = unit_w
+        like = {g["name"]: g["params"][0] for g in self.groups if g.get("name") in unit_w}
+        self.unit_w = {k: v.to(like[k]) for k, v in unit_w.items()}
         for g in self.groups:
             if g.get("name") in unit_w:
-                g["reg"].unit_w = unit_w[g["name"]].to(g["params"][0])
+                g["reg"].unit_w = self.unit_w[g["name"]]
 
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights, "scale": self.scale,
@@ -334,9 +350,11 @@ class LamControl:
             self.mult, self.weights = state["mult"], state["weights"]
             self.scale = state.get("scale", self.scale)
             self.start_size = state.get("start_size", self.start_size)
-            self.set_unit_w({k: torch.tensor(v) for k, v in state.get("unit_w", {}).items()})
-            device = {g["name"]: g["params"][0] for g in self.fisher_groups()}
-            self.imp = {k: torch.tensor(v).to(device[k]) for k, v in state.get("imp", {}).items()}
+            like = {g["name"]: g["params"][0] for g in self.fisher_groups()}
+            self.set_unit_w({k: torch.tensor(v, dtype=torch.float64)
+                             for k, v in state.get("unit_w", {}).items()})
+            self.imp = {k: torch.tensor(v, dtype=torch.float64).to(like[k])
+                        for k, v in state.get("imp", {}).items()}
 
     def weight(self, g) -> float:
         name = g.get("name")
@@ -411,7 +429,10 @@ class LamControl:
         v = [self.opt.state[p].get("v") for p in g["params"]]
         if any(x is None for x in v):
             return math.inf
-        top = float(g["reg"].group_norms(v).max())
+        norms = g["reg"].group_norms(v)
+        if getattr(g["reg"], "unit_w", None) is not None:  # each head's own factor
+            norms = norms / g["reg"].unit_w.flatten()
+        top = float(norms.max())
         return 0.999 * top / g["reg"].group_weight(g["params"]) if top > 0 else math.inf
 
     def lam(self, step: int) -> float:
