@@ -63,3 +63,12 @@ def test_mobilenet_v2_inverted_residuals_are_gated_and_removable():
 def test_depth_belongs_to_an_imported_model():
     with pytest.raises(ConfigError, match="'depth'"):
         Config(depth=True).validate()
+
+
+def test_depth_defaults_to_on_for_a_search_from_weights():
+    model = "torchvision.models:resnet18"
+    assert Config(model=model, weights="w.safetensors").gated()
+    assert Config(model=model, start="weights").gated()
+    assert not Config(model=model).gated()  # a sparse start: no trained blocks to rank
+    assert not Config(model=model, weights="w.safetensors", depth=False).gated()
+    assert Config(model=model, depth=True).gated()

@@ -151,7 +151,7 @@ def model_net(config: Config, data, module=None):
     if token_ids(data) and any(isinstance(m, torch.nn.Embedding) for m in module.modules()):
         example = torch.stack([data.train[i][0] for i in range(min(2, len(data.train)))])
     try:
-        net = from_module(module, example, depth=config.depth)
+        net = from_module(module, example, depth=config.gated())
     except ArchdiscError as e:
         raise ConfigError(f"config field 'model': {spec}: {e}") from None
     graph = net.graph

@@ -71,8 +71,9 @@ class Config:
                                 "target (auto: weights when --weights is given, or a "
                                 "module to run_discover(model=...); else dense_epochs "
                                 "first under a budget)")
-    depth: bool = _field(False, "a gate on each residual block x + f(x) of the model, so "
-                                "that the search can remove blocks whole")
+    depth: bool | None = _field(None, "a gate on each residual block x + f(x) of the "
+                                      "model, so that the search can remove blocks whole "
+                                      "(unset: on when the search starts from its weights)")
     input_shape: str | None = _field(None, "the model's input shape C,H,W (or D); unset: "
                                            "the data's")
     data: str = _field("fashion-mnist", "a dataset name, or a .npz / .csv file or image "
@@ -214,6 +215,11 @@ class Config:
         given = self.weights is not None or (self.model or "").startswith(PYTHON_DATA)
         return self.start == "weights" or (self.start == "auto" and given)
 
+    def gated(self) -> bool:
+        """Whether the model's residual blocks get a gate (``depth``; unset: when the search
+        starts from its weights, RESULTS.md 13)."""
+        return self.from_weights() if self.depth is None else self.depth
+
     def dense(self) -> int:
         """The search's dense epochs: ``dense_epochs``; unset, ``DENSE_SHARE`` of the epochs
         (at least one left for the cuts) under a budget when the search starts neither from
@@ -305,7 +311,7 @@ def _with_model(c: Config) -> Config:
 
 def _check_space(c: Config):
     """A registered space or an existing graph file, and no model fields without a model."""
-    if c.model_options or c.input_shape is not None or c.depth:
+    if c.model_options or c.input_shape is not None or c.depth is not None:
         raise ConfigError("config field 'model_options' / 'input_shape' / 'depth': they "
                           "belong to 'model' (--model package.module:callable), which is "
                           "not set")
