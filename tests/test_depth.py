@@ -72,3 +72,40 @@ def test_depth_defaults_to_on_for_a_search_from_weights():
     assert not Config(model=model).gated()  # a sparse start: no trained blocks to rank
     assert not Config(model=model, weights="w.safetensors", depth=False).gated()
     assert Config(model=model, depth=True).gated()
+
+
+
+class _ResidualConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.f = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1))
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head((x + self.f(x)).mean((2, 3)))
+
+
+def _vit_1ch():
+    m = torchvision.models.VisionTransformer(image_size=28, patch_size=7, num_layers=1,
+                                             num_heads=2, hidden_dim=8, mlp_dim=16,
+                                             num_classes=10)
+    m.conv_proj = torch.nn.Conv2d(1, 8, 7, 7)
+    return m
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_a_search_from_weights_gates_blocks_unless_the_model_has_attention(attention):
+    """RESULTS.md 13 / 14: gated blocks won on resnet18 and lost on the ViT at 25%."""
+    from archdisc.data import load_data
+    from archdisc.recipe.byo import model_net, python_model
+    data = load_data("fashion-mnist", limit=50)
+    torch.manual_seed(0)
+    module = _vit_1ch() if attention else _ResidualConv()
+    blocks = 2 if attention else 1  # a ViT layer: its attention and its MLP branch
+    for depth, gates in ((None, 0 if attention else blocks), (True, blocks), (False, 0)):
+        config = python_model(module, Config(depth=depth))
+        assert config.from_weights()
+        net = model_net(config, data, module)
+        assert len(list(net.graph.candidate_edges())) == gates

@@ -73,7 +73,8 @@ class Config:
                                 "first under a budget)")
     depth: bool | None = _field(None, "a gate on each residual block x + f(x) of the "
                                       "model, so that the search can remove blocks whole "
-                                      "(unset: on when the search starts from its weights)")
+                                      "(unset: on when the search starts from its weights "
+                                      "and the model has no attention layer)")
     input_shape: str | None = _field(None, "the model's input shape C,H,W (or D); unset: "
                                            "the data's")
     data: str = _field("fashion-mnist", "a dataset name, or a .npz / .csv file or image "
@@ -217,7 +218,8 @@ class Config:
 
     def gated(self) -> bool:
         """Whether the model's residual blocks get a gate (``depth``; unset: when the search
-        starts from its weights, RESULTS.md 13)."""
+        starts from its weights, RESULTS.md 13; the import then leaves the blocks of a model
+        with attention layers ungated, RESULTS.md 14)."""
         return self.from_weights() if self.depth is None else self.depth
 
     def dense(self) -> int:
