@@ -5,7 +5,9 @@ import torch
 import torchvision
 
 from archdisc import Config, ConfigError, extract, from_module
+from archdisc.data import load_data
 from archdisc.graph.archgraph import count_params
+from archdisc.recipe.byo import model_net, python_model
 from archdisc.sparsity.groups import coupled, param_groups, sparse_init
 
 
@@ -74,7 +76,6 @@ def test_depth_defaults_to_on_for_a_search_from_weights():
     assert Config(model=model, depth=True).gated()
 
 
-
 class _ResidualConv(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -98,8 +99,6 @@ def _vit_1ch():
 @pytest.mark.parametrize("attention", [False, True])
 def test_a_search_from_weights_gates_blocks_unless_the_model_has_attention(attention):
     """RESULTS.md 13 / 14: gated blocks won on resnet18 and lost on the ViT at 25%."""
-    from archdisc.data import load_data
-    from archdisc.recipe.byo import model_net, python_model
     data = load_data("fashion-mnist", limit=50)
     torch.manual_seed(0)
     module = _vit_1ch() if attention else _ResidualConv()
