@@ -68,12 +68,12 @@ def test_depth_belongs_to_an_imported_model():
 
 
 def test_depth_defaults_to_on_for_a_search_from_weights():
-    model = "torchvision.models:resnet18"
-    assert Config(model=model, weights="w.safetensors").gated()
-    assert Config(model=model, start="weights").gated()
-    assert not Config(model=model).gated()  # a sparse start: no trained blocks to rank
-    assert not Config(model=model, weights="w.safetensors", depth=False).gated()
-    assert Config(model=model, depth=True).gated()
+    model = "torchvision.models:resnet18"  # None: gated unless the model has attention
+    assert Config(model=model, weights="w.safetensors").gated() is None
+    assert Config(model=model, start="weights").gated() is None
+    assert Config(model=model).gated() is False  # a sparse start: no trained blocks to rank
+    assert Config(model=model, weights="w.safetensors", depth=False).gated() is False
+    assert Config(model=model, depth=True).gated() is True
 
 
 class _ResidualConv(torch.nn.Module):

@@ -26,7 +26,7 @@ __all__ = ["from_module"]
 
 
 def from_module(module: nn.Module, example_input: torch.Tensor, *,
-                searchable=None, depth: bool = False, atol: float = 1e-5) -> ArchNet:
+                searchable=None, depth: bool | None = False, atol: float = 1e-5) -> ArchNet:
     """The ArchNet computing ``module``'s function, with its weights.
 
     ``example_input`` is one batch (N, ...). ``searchable`` names the linear / conv
@@ -37,7 +37,8 @@ def from_module(module: nn.Module, example_input: torch.Tensor, *,
     depthwise conv is not a searchable
     layer: its channels follow the layer feeding it. ``depth``: a scalar gate (at 1) on the
     branch of every residual block ``x + f(x)`` (:func:`~archdisc.graph.archgraph.gate_blocks`),
-    so that the search can remove blocks whole.
+    so that the search can remove blocks whole; None: only when the model has no attention
+    layer (gated attention blocks lost on a ViT, RESULTS.md 14).
     Raises ModelImportError for an op that is not supported (naming the node) or a module
     torch.fx cannot trace."""
     was_training = module.training
@@ -85,6 +86,8 @@ def _import(module, example_input, searchable, depth, atol) -> ArchNet:
     chosen = _searchable(g, layer_of, searchable)
     for n, qualname in layer_of.items():
         g.nodes[n]["searchable"] = qualname in chosen
+    if depth is None:
+        depth = not any(OPS[a["op"]].kind == "attention" for _, a in g.nodes(data=True))
     for s, d in gate_blocks(g) if depth else ():
         weights[f"gates.{gate_name(s, d)}"] = torch.ones(1)
     net = compile_graph(g.validate(), weights)

@@ -24,7 +24,6 @@ from archdisc.data.user import split_indices
 from archdisc.errors import ArchdiscError, ConfigError, DataError, GraphError
 from archdisc.graph.archgraph import ArchGraph
 from archdisc.graph.fx import from_module
-from archdisc.graph.ops import OPS
 from archdisc.recipe.config import PYTHON_DATA, Config, parse_input_shape
 
 __all__ = ["model_net", "graph_file", "python_data", "python_model"]
@@ -153,9 +152,6 @@ def model_net(config: Config, data, module=None):
         example = torch.stack([data.train[i][0] for i in range(min(2, len(data.train)))])
     try:
         net = from_module(module, example, depth=config.gated())
-        if config.depth is None and any(OPS[a["op"]].kind == "attention"
-                                        for _, a in net.graph.nodes(data=True)):
-            net = from_module(module, example)  # blocks of attention ungated (RESULTS.md 14)
     except ArchdiscError as e:
         raise ConfigError(f"config field 'model': {spec}: {e}") from None
     graph = net.graph

@@ -216,11 +216,13 @@ class Config:
         given = self.weights is not None or (self.model or "").startswith(PYTHON_DATA)
         return self.start == "weights" or (self.start == "auto" and given)
 
-    def gated(self) -> bool:
-        """Whether the model's residual blocks get a gate (``depth``; unset: when the search
-        starts from its weights, RESULTS.md 13; the import then leaves the blocks of a model
-        with attention layers ungated, RESULTS.md 14)."""
-        return self.from_weights() if self.depth is None else self.depth
+    def gated(self) -> bool | None:
+        """Whether the model's residual blocks get a gate: ``depth``; unset, None (gated
+        unless the model has attention layers: from_module's ``depth=None``) when the search
+        starts from its weights (RESULTS.md 13, 14), else False."""
+        if self.depth is not None:
+            return self.depth
+        return None if self.from_weights() else False
 
     def dense(self) -> int:
         """The search's dense epochs: ``dense_epochs``; unset, ``DENSE_SHARE`` of the epochs
