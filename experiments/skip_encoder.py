@@ -62,6 +62,9 @@ def main(argv=None):
                          "to --target-density from those weights (unset: discover's default)")
     ap.add_argument("--group-weight", default="auto",
                     help="discover's group_weight (fisher: units cut by importance per cost)")
+    ap.add_argument("--finetune", type=int, default=0,
+                    help="the last this many of --epochs fine-tune the compact model (Adam, "
+                         "cosine lr) instead of searching; the dense baseline trains all --epochs")
     ap.add_argument("--noise-sigma", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", help="folder for run folders (default: a temp dir)")
@@ -81,8 +84,7 @@ def main(argv=None):
 
     work = workdir(args.work)
     common = dict(data="fashion-mnist", task="denoising", limit=args.limit,
-                  epochs=args.epochs, noise_sigma=args.noise_sigma, device="cpu",
-                  finetune=0)  # no fine-tuning: the compact model is the trained supernet
+                  noise_sigma=args.noise_sigma, device="cpu")
     variants = {"skip penalty": args.edge_scale * args.lam, "no skip penalty": 0.0}
     if args.only_penalty:
         del variants["no skip penalty"]
@@ -93,14 +95,16 @@ def main(argv=None):
             cfg = Config(select=args.select, space="skip_mlp", seed=seed, optimizer="adabreg", lr=args.lr,
                          lam=args.lam, lam_edge=lam_edge, density=args.density,
                          target_density=args.target_density, dense_epochs=args.dense_epochs,
-                         group_weight=args.group_weight, **common)
+                         group_weight=args.group_weight, epochs=args.epochs - args.finetune,
+                         finetune=args.finetune, finetune_schedule="cosine", finetune_lr=args.lr,
+                         **common)
             tag = "skip" if lam_edge else "noskip"
             run = work / f"skip_encoder_{tag}_s{seed}"
             rep, metrics, _ = discover(cfg, run)
             widths = [w for w in layer_widths(rep) if w > 0]
             dense = Config(select="none", space="mlp", space_options={"widths": [784, *widths, 784]},
                            seed=seed, optimizer="adam", lr=args.lr, lam=0.0, density=1.0,
-                           **common)
+                           epochs=args.epochs, finetune=0, **common)
             drep, _, _ = discover(dense, work / f"dense_ae_{tag}_s{seed}")
             runs[variant].append(rep)
             rows.append({"variant": variant, "seed": seed, "lam_edge": lam_edge,

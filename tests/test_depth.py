@@ -108,3 +108,48 @@ def test_a_search_from_weights_gates_blocks_unless_the_model_has_attention(atten
         assert config.from_weights()
         net = model_net(config, data, module)
         assert len(list(net.graph.candidate_edges())) == gates
+
+
+class _Bottleneck(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.f = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                                     torch.nn.Conv2d(16, 8, 3, padding=1))
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head((x + self.f(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_cut_holds_the_block_gates_where_a_dying_block_would_drop_below_the_band(hold):
+    """The block's gate is the weakest group, and the block is 90% of the MACs: raising lam
+    until MACs <= the target kills it, far below the band. The settle then holds the gates'
+    lam and cuts the block's inner channels instead: MACs land in [0.9, 1] of the target."""
+    from archdisc.graph.archgraph import count_macs
+    from archdisc.recipe.setup import make_optimizer
+    from archdisc.sparsity.budget import LamControl, compact_params
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 12, 12)
+    net = from_module(_Bottleneck().eval(), x, depth=True)
+    with torch.no_grad():
+        (gate,) = net.gates.values()
+        gate.fill_(1e-3)
+    full = count_macs(net.graph)
+    config = Config(model="m:f", target_macs=int(0.96 * full), weights="w.safetensors",
+                    select="none")
+    control = LamControl(net, make_optimizer(net, config), config, 10, anchor=True)
+    if not hold:  # the settle before the hold: every group's lam raised together
+        for g in control.groups:
+            if g["kind"] == "edge":
+                g["kind"] = "not a gate"
+    control.set(1)
+    macs = control.settle(net)
+    assert macs == compact_params(net, "macs")[0]
+    if hold:
+        assert float(gate.detach()) != 0 and 0.9 * config.target_macs <= macs <= config.target_macs
+        assert control.hold == {"blocks": pytest.approx(1 / control.mult)}
+    else:  # what the hold prevents
+        assert float(gate.detach()) == 0 and macs < 0.2 * full

@@ -277,7 +277,7 @@ class LamControl:
         cut = anchor and not self.dense  # the cuts start now
         self.start_size = compact_params(net, self.measure, self.limits)[0] if cut else 0
         self.ramp_steps = max(1, (config.epochs - dense) // 2) * steps_per_epoch if anchor else 0
-        self.mult, self.weights = 1.0, {}
+        self.mult, self.weights, self.hold = 1.0, {}, {}
         self.gw = config.group_weight
         if self.gw == "auto":  # RESULTS.md 13; HISTORY.md 17: where fisher lost
             shared = any(len(g.get("nodes", ())) > 1 for g in self.groups)  # residual streams
@@ -341,6 +341,7 @@ class LamControl:
 
     def state(self) -> dict:
         return {"mult": self.mult, "weights": self.weights, "scale": self.scale,
+                "hold": self.hold,
                 "start_size": self.start_size,
                 "unit_w": {k: v.tolist() for k, v in self.unit_w.items()},
                 "imp": {k: v.tolist() for k, v in self.imp.items()}}
@@ -349,6 +350,7 @@ class LamControl:
         if state:
             self.mult, self.weights = state["mult"], state["weights"]
             self.scale = state.get("scale", self.scale)
+            self.hold = state.get("hold", {})
             self.start_size = state.get("start_size", self.start_size)
             like = {g["name"]: g["params"][0] for g in self.fisher_groups()}
             self.set_unit_w({k: torch.tensor(v, dtype=torch.float64)
@@ -417,7 +419,8 @@ class LamControl:
         for g in self.groups:
             layer = 0.0 if self.keep.intersection(g.get("nodes", [g.get("name")])) else \
                 self.config.lam_layers.get(g.get("name"), 1.0)
-            g["reg"].lam = self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
+            g["reg"].lam = (self.base[id(g)] * ramp * self.mult * layer * self.weight(g)
+                            * self.hold.get(g.get("name"), 1.0))
             if g.get("name") in self.heads:
                 g["reg"].lam = min(g["reg"].lam, self.floor(g))
             if start:  # v re-anchored under this lam: the trained weights stay as they are
@@ -475,7 +478,9 @@ class LamControl:
         the new lam is applied as the optimizer's next Bregman step would apply it
         (theta = prox(delta v); ProxSGD, which has no v and cannot grow: its prox with step
         lr of the extra lam), or as its ``cut_`` when ``anchor`` (the survivors keep their
-        weights). Units die (or enter) in the order of their norm over their weight."""
+        weights). Units die (or enter) in the order of their norm over their weight. Where
+        a gate (a block, a skip) dying would drop P below the band, the gates keep their lam
+        (``hold``, from then on) and only the units' is raised."""
         target = self.target if target is None else target
         P = compact_params(net, self.measure, self.limits)[0]
         low = (1 - self.config.target_tol) * target
@@ -488,11 +493,13 @@ class LamControl:
         lam0 = [g["reg"].lam for g in self.groups]
         state = self.opt.state
         bregman = all("v" in state[p] and "delta" in g for g in self.groups for p in g["params"])
+        holding = {}  # gates held at their lam (name: hold factor before this settle)
 
         def trial(mult, apply=False):
             for p, s in zip(params, saved):
                 p.copy_(s)
             self.mult = mult
+            self.hold.update({n: h * m0 / mult for n, h in holding.items()})
             self.set(10 ** 12)
             for g, before in zip(self.groups, lam0):
                 if apply and self.anchor and mult > m0:
@@ -505,20 +512,30 @@ class LamControl:
                     self.opt.shrink_(g, g["reg"].lam - before)
             return compact_params(net, self.measure, self.limits)[0]
 
-        if P > target:  # bracket: P(lo) > target >= P(hi)
-            lo, hi = m0, m0 * 1.03
-            while trial(hi) > target and hi < m0 * 2 ** 40:
-                lo, hi = hi, hi * 2
-        elif not bregman:
+        def bisect():
+            if P > target:  # bracket: P(lo) > target >= P(hi)
+                lo, hi = m0, m0 * 1.03
+                while trial(hi) > target and hi < m0 * 2 ** 40:
+                    lo, hi = hi, hi * 2
+            else:
+                lo, hi = m0 / 1.03, m0
+                while trial(lo) <= target and lo > m0 * 2 ** -40:
+                    lo, hi = lo / 2, lo
+            for _ in range(iters):
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if trial(mid) <= target else (mid, hi)
+            # hi sits on a unit's threshold to ~1e-7: 1e-5 above it, where the cut (theta
+            # shrunk by the extra lam) and the trial (prox of delta v) agree despite float
+            # rounding (they disagreed on a conv unit worth 1.4% of the MACs)
+            return hi * (1 + 1e-5)
+
+        if P < target and not bregman:
             return P
-        else:
-            lo, hi = m0 / 1.03, m0
-            while trial(lo) <= target and lo > m0 * 2 ** -40:
-                lo, hi = lo / 2, lo
-        for _ in range(iters):
-            mid = math.sqrt(lo * hi)
-            lo, hi = (lo, mid) if trial(mid) <= target else (mid, hi)
-        # hi sits on a unit's threshold to ~1e-7: apply 1e-5 above it, where the cut
-        # (theta shrunk by the extra lam) and the trial (prox of delta v) agree despite
-        # float rounding (they disagreed on a conv unit worth 1.4% of the MACs)
-        return trial(hi * (1 + 1e-5), apply=True)
+        mult = bisect()
+        gates = [g["name"] for g in self.groups if g.get("kind") == "edge"]
+        if P > target and gates and trial(mult) < low:
+            # a gate (a whole block or skip) dying drops P below the band: the gates
+            # keep their lam (from now on), the units' alone is raised
+            holding.update({n: self.hold.get(n, 1.0) for n in gates})
+            mult = bisect()
+        return trial(mult, apply=True)
