@@ -493,3 +493,32 @@ def test_from_trained_weights_gates_are_scaled_by_their_size_as_units_are():
             n = g["reg"].group_weight(g["params"]) ** 2
             assert control.weight(g) == pytest.approx(
                 float(norms[g["name"]].mean() / mean) / n ** 0.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_the_search_ends_with_a_cut_that_keeps_the_survivors_weights(cut):
+    """From a sparse start the settles shrink every survivor (the Bregman prox under the
+    raised lam: it moves the search along); the last one (``cut``) kills the same units and
+    leaves the survivors as they were (HISTORY.md 19: val 17.2 -> 19.0 dB on the skip
+    encoder)."""
+    from archdisc.graph.compile import ArchNet
+    from archdisc.spaces import build_space
+    from archdisc.sparsity.groups import sparse_init
+    torch.manual_seed(0)
+    net = sparse_init(ArchNet(build_space("mlp", widths=[20, 64, 64, 4], in_shape=[20])), 0.5)
+    control, opt = _control(net, target_params=1200, lr=1e-2, lam=0.1)
+    torch.nn.functional.cross_entropy(net(torch.randn(64, 20)), torch.arange(64) % 4).backward()
+    opt.step()  # v exists
+    control.set(2)
+    before = {k: p.detach().clone() for k, p in net.named_parameters()}
+    P = control.settle(net, cut=cut)
+    assert 0.9 * 1200 <= P <= 1200
+    rows = {k: (p.detach(), before[k]) for k, p in net.named_parameters()
+            if k in ("layers.fc1.weight", "layers.fc2.weight")}  # fc3: the head
+    died = sum(int(((b != 0).any(1) & (a == 0).all(1)).sum()) for a, b in rows.values())
+    alive = [(a[(a != 0).any(1)], b[(a != 0).any(1)]) for a, b in rows.values()]
+    assert died > 0
+    if cut:
+        assert all(torch.equal(a, b) for a, b in alive)
+    else:  # shrunk by the extra lam
+        assert all((a.norm(dim=1) < b.norm(dim=1)).all() for a, b in alive)

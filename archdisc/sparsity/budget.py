@@ -393,8 +393,9 @@ class LamControl:
                 fan[n] if fan[n] is not None else self.full_fan[n])) / self.n[n])
                 for n in fan if n in self.n}  # (not the coupled spaces: weight 1)
         target = self.target_at(step if step is not None else 10 ** 12) if self.target else 0
-        if self.target and P > target:
-            P = self.settle(net, target)
+        if self.target and P > target:  # the search's last look cuts (see finish)
+            end = self.config.epochs * self.spe - self.config.control_every
+            P = self.settle(net, target, cut=step is not None and step > end)
         elif self.target and P < (1 - self.config.target_tol) * target:
             self.mult *= max(0.8, math.sqrt(P / target))
         return P
@@ -450,11 +451,13 @@ class LamControl:
         return (1 - self.config.target_tol) * self.target <= size <= self.target
 
     def finish(self, net) -> float | None:
-        """The search's last settle (growing too); under ``target_latency_ms`` then up to
+        """The search's last settle (growing too), a cut: the survivors keep their weights
+        (the sparse start's settles shrink them, which moves the search along but spoils
+        the model it ends with: HISTORY.md 19); under ``target_latency_ms`` then up to
         ``LATENCY_TRIES`` more, each at the MACs target scaled by target / measured
         latency of the extracted model, until that latency is in the band
         [(1 - target_tol) target, target]. Returns the last measured latency (or None)."""
-        self.settle(net, grow=True)
+        self.settle(net, grow=True, cut=True)
         ms = self.config.target_latency_ms
         if ms is None:
             return None
@@ -463,7 +466,7 @@ class LamControl:
             if (1 - self.config.target_tol) * ms <= got <= ms:
                 break
             self.target = max(self.line.low[0], round(self.target * ms / got))
-            self.settle(net, grow=True)
+            self.settle(net, grow=True, cut=True)
         else:
             got = self.line.ms(extract(net, verify=False, **self.limits)[1])
         self.last_ms = got
@@ -471,16 +474,16 @@ class LamControl:
 
     @torch.no_grad()
     def settle(self, net, target: int | None = None, grow: bool = False,
-               iters: int = 24) -> int:
+               iters: int = 24, cut: bool = False) -> int:
         """Bring P to at most ``target`` (default: the budget) by raising lam just enough:
         the smallest factor on lam, found by bisection, whose prox leaves P <= target.
         With ``grow``, also when P < (1 - target_tol) target, by lowering lam. The prox of
         the new lam is applied as the optimizer's next Bregman step would apply it
         (theta = prox(delta v); ProxSGD, which has no v and cannot grow: its prox with step
-        lr of the extra lam), or as its ``cut_`` when ``anchor`` (the survivors keep their
-        weights). Units die (or enter) in the order of their norm over their weight. Where
-        a gate (a block, a skip) dying would drop P below the band, the gates keep their lam
-        (``hold``, from then on) and only the units' is raised."""
+        lr of the extra lam), or as its ``cut_`` when ``anchor`` or ``cut`` (the survivors
+        keep their weights). Units die (or enter) in the order of their norm over their
+        weight. Where a gate (a block, a skip) dying would drop P below the band, the gates
+        keep their lam (``hold``, from then on) and only the units' is raised."""
         target = self.target if target is None else target
         P = compact_params(net, self.measure, self.limits)[0]
         low = (1 - self.config.target_tol) * target
@@ -502,7 +505,7 @@ class LamControl:
             self.hold.update({n: h * m0 / mult for n, h in holding.items()})
             self.set(10 ** 12)
             for g, before in zip(self.groups, lam0):
-                if apply and self.anchor and mult > m0:
+                if apply and (self.anchor or cut) and mult > m0:
                     self.opt.cut_(g, g["reg"].lam - before)
                 elif bregman:  # the next step's parameters under this lam
                     for p in g["params"]:
