@@ -1,5 +1,7 @@
 """Depth for imported models: from_module(depth=True) gates every residual block x + f(x);
 a dead gate removes the block whole, the function unchanged."""
+import json
+
 import pytest
 import torch
 import torchvision
@@ -151,5 +153,8 @@ def test_a_cut_holds_the_block_gates_where_a_dying_block_would_drop_below_the_ba
     if hold:
         assert float(gate.detach()) != 0 and 0.9 * config.target_macs <= macs <= config.target_macs
         assert control.hold == {"blocks": pytest.approx(1 / control.mult)}
+        again = LamControl(net, make_optimizer(net, config), config, 10, anchor=True)
+        again.load_state(json.loads(json.dumps(control.state())))  # the checkpoint's way
+        assert again.hold == control.hold
     else:  # what the hold prevents
         assert float(gate.detach()) == 0 and macs < 0.2 * full

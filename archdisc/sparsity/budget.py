@@ -480,8 +480,8 @@ class LamControl:
         With ``grow``, also when P < (1 - target_tol) target, by lowering lam. The prox of
         the new lam is applied as the optimizer's next Bregman step would apply it
         (theta = prox(delta v); ProxSGD, which has no v and cannot grow: its prox with step
-        lr of the extra lam), or as its ``cut_`` when ``anchor`` or ``cut`` (the survivors
-        keep their weights). Units die (or enter) in the order of their norm over their
+        lr of the extra lam), or, raising lam, as its ``cut_`` when ``anchor`` or ``cut``
+        (the survivors keep their weights). Units die (or enter) in the order of their norm over their
         weight. Where a gate (a block, a skip) dying would drop P below the band, the gates
         keep their lam (``hold``, from then on) and only the units' is raised."""
         target = self.target if target is None else target
@@ -534,11 +534,19 @@ class LamControl:
 
         if P < target and not bregman:
             return P
+        gates = [g for g in self.groups if g.get("kind") == "edge"]
+        n_gates = lambda: sum(int(p.ne(0).any()) for g in gates for p in g["params"])  # noqa: E731
+        alive = n_gates()
         mult = bisect()
-        gates = [g["name"] for g in self.groups if g.get("kind") == "edge"]
-        if P > target and gates and trial(mult) < low:
+        if P > target and gates and trial(mult) < low and n_gates() < alive:
             # a gate (a whole block or skip) dying drops P below the band: the gates
-            # keep their lam (from now on), the units' alone is raised
-            holding.update({n: self.hold.get(n, 1.0) for n in gates})
-            mult = bisect()
+            # keep their lam (from now on), the units' alone is raised, if that lands
+            hold0 = dict(self.hold)
+            holding.update({g["name"]: self.hold.get(g["name"], 1.0) for g in gates})
+            held = bisect()
+            if low <= trial(held) <= target:
+                mult = held
+            else:
+                holding.clear()
+                self.hold = hold0
         return trial(mult, apply=True)
