@@ -16,7 +16,7 @@ from archdisc.errors import ConfigError
 from archdisc.extract import extract, extract_graph
 from archdisc.graph.archgraph import count_macs, count_params
 from archdisc.graph.ops import OPS, width
-from archdisc.sparsity.groups import clear_dead_means, unit_members
+from archdisc.sparsity.groups import alive, clear_dead_means, unit_members
 
 LATENCY_TRIES = 5  # settles after the search's last, to bring the measured latency in
 
@@ -481,9 +481,10 @@ class LamControl:
         the new lam is applied as the optimizer's next Bregman step would apply it
         (theta = prox(delta v); ProxSGD, which has no v and cannot grow: its prox with step
         lr of the extra lam), or, raising lam, as its ``cut_`` when ``anchor`` or ``cut``
-        (the survivors keep their weights). Units die (or enter) in the order of their norm over their
-        weight. Where a gate (a block, a skip) dying would drop P below the band, the gates
-        keep their lam (``hold``, from then on) and only the units' is raised."""
+        (the survivors keep their weights). Units die (or enter) in the order of their norm
+        over their weight. Where a gate (a block, a skip) dying would drop P below the band,
+        the gates keep their lam (``hold``, from then on) and only the units' is raised, if
+        that lands in the band."""
         target = self.target if target is None else target
         P = compact_params(net, self.measure, self.limits)[0]
         low = (1 - self.config.target_tol) * target
@@ -535,10 +536,10 @@ class LamControl:
         if P < target and not bregman:
             return P
         gates = [g for g in self.groups if g.get("kind") == "edge"]
-        n_gates = lambda: sum(int(p.ne(0).any()) for g in gates for p in g["params"])  # noqa: E731
-        alive = n_gates()
+        open_gates = sum(alive(net)["edges"].values())
         mult = bisect()
-        if P > target and gates and trial(mult) < low and n_gates() < alive:
+        if P > target and gates and trial(mult) < low and \
+                sum(alive(net)["edges"].values()) < open_gates:
             # a gate (a whole block or skip) dying drops P below the band: the gates
             # keep their lam (from now on), the units' alone is raised, if that lands
             hold0 = dict(self.hold)
