@@ -95,6 +95,7 @@ def run_archdisc(data, seed, budget, overrides, base, tag="archdisc"):
             "val": r["val"]["compact"], "epochs": r["epochs_total"], "lam_final": r["lam_final"],
             "alive_per_epoch": [m["alive"] for m in metrics],
             "params_per_epoch": [m.get("params") for m in metrics],
+            "val_per_epoch": [m["val_accuracy"] for m in metrics],
             "seconds": round(time.perf_counter() - t0, 1),
             "config": {k: v for k, v in cfg.to_dict().items()
                        if k in {**ARCHDISC, **overrides} or k in ("seed", "target_params")}}

@@ -31,9 +31,12 @@ def warnings(alive0: dict, history: list[dict], widths: dict, config, metric: st
     total = sum(widths.get(n, 0) for n in alive_end)
     if alive0 and all(a == alive0 for a in history) and sum(alive0.values()) < total:
         out.append(f"the search changed no unit in {epochs} epochs (alive units stayed at the "
-                   f"sparse start): lam {config.lam:g} is too large for lr {config.lr:g} over "
-                   f"this length (with AdaBreg a unit enters after about lam / lr steps); "
-                   f"raise --lr, lower --lam, or search longer (--epochs)")
+                   f"sparse start): with lam {config.lam:g} and lr {config.lr:g} AdaBreg switches "
+                   f"a unit on after about lam / lr steps of a steady gradient, (lam / lr)^2 of "
+                   f"a noisy one (RESULTS.md 15: resnet18's dead channels get noise); for a "
+                   f"smaller model state a budget (--target-params, --target-macs: every unit "
+                   f"trains, then the weakest are cut); to let units in, lower --lam or raise "
+                   f"--lr")
     elif total and sum(alive_end.values()) >= NEARLY_ALL * total > sum(alive0.values()):
         out.append(f"the search switched on {100 * sum(alive_end.values()) / total:.0f}% of "
                    f"the searchable units: lam {config.lam:g} is too small for lr "
