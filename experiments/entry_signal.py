@@ -9,7 +9,7 @@ the median over its dead channels of the coherence ||sum_t g_t|| / sqrt(sum_t ||
 noise, sqrt(t) (8.4 after 70 steps) for a steady gradient, and how many exceed 3; and the alive
 channels per layer. ``--model mlp``: the same for the MLP 784-200-80-10 (its layers fc1, fc2).
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800] [--optimizer linbreg]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py --model mlp --images 20000 --epochs 2
 """
 from __future__ import annotations
@@ -38,6 +38,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=1800, help="training images")
     p.add_argument("--model", choices=sorted(LAYERS), default="resnet18")
+    p.add_argument("--optimizer", choices=["adabreg", "linbreg"], default="adabreg",
+                   help="linbreg: with momentum 0.9")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -50,7 +52,8 @@ def main():
         net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
     layers = LAYERS[args.model]
     archdisc.sparse_init(net, density=0.2, seed=args.seed)
-    opt = make_optimizer(net, Config(lam=args.lam, lr=args.lr, optimizer="adabreg"))
+    opt = make_optimizer(net, Config(lam=args.lam, lr=args.lr, optimizer=args.optimizer,
+                                    momentum=0.9))
     params, members = dict(net.named_parameters()), unit_members(net)
     weight = {n: params[members[n][0]] for n in layers}
 
