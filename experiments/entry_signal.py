@@ -9,7 +9,7 @@ the median over its dead channels of the coherence ||sum_t g_t|| / sqrt(sum_t ||
 noise, sqrt(t) (8.4 after 70 steps) for a steady gradient, and how many exceed 3; and the alive
 channels per layer. ``--model mlp``: the same for the MLP 784-200-80-10 (its layers fc1, fc2).
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800] [--optimizer linbreg]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800] [--optimizer linbreg] [--frozen]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py --model mlp --images 20000 --epochs 2
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main():
     p.add_argument("--model", choices=sorted(LAYERS), default="resnet18")
     p.add_argument("--optimizer", choices=["adabreg", "linbreg"], default="adabreg",
                    help="linbreg: with momentum 0.9")
+    p.add_argument("--frozen", action="store_true", help="no step: the gradients at the start")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -75,7 +76,8 @@ def main():
                 g = rows(w.grad)[dead[n]]
                 total[n] = total[n] + g
                 squares[n] = squares[n] + g.pow(2).sum(1)
-            opt.step()
+            if not args.frozen:
+                opt.step()
         r = {n: total[n].norm(dim=1) / squares[n].sqrt() for n in layers}
         coherence = {n: (round(float(c.median()), 2), int((c > 3).sum())) for n, c in r.items()}
         alive = {n: int(rows(w).ne(0).any(1).sum()) for n, w in weight.items()}
