@@ -3,13 +3,18 @@
 AdaBreg switches a dead unit on when its subgradient variable v, the sum of its (normalised)
 gradients, leaves the ball lam * sqrt(n). A gradient with a steady direction makes the sum grow
 like t steps; pure noise like sqrt(t). This trains torchvision resnet18 (imported, sparse start,
-density 0.2) with the search's optimizer on 1,800 Fashion-MNIST images as 3-channel 28x28 images
-(RESULTS.md 11's ImageFolder run; ``--images``, batch 128, 14 steps an epoch) and prints, each epoch, per layer
-the median over its dead channels of the coherence ||sum_t g_t|| / sqrt(sum_t ||g_t||^2): 1 for
-noise, sqrt(t) (8.4 after 70 steps) for a steady gradient, and how many exceed 3; and the alive
-channels per layer. ``--model mlp``: the same for the MLP 784-200-80-10 (its layers fc1, fc2).
+density 0.2) with the search's optimizer on Fashion-MNIST as 3-channel 28x28 images (``--images``:
+1,800 as in RESULTS.md 11's ImageFolder run, batch 128, 15 steps an epoch) and prints, each epoch,
+per unit group (a residual stream's layers are one group, named by its first) the median over its
+dead units of the coherence ||sum_t g_t|| / sqrt(sum_t ||g_t||^2): 1 for noise, sqrt(t) (8.7 after
+75 steps) for a steady gradient, with how many exceed 3; the alive units; validation accuracy.
+``--model mlp``: the MLP 784-200-80-10 instead. Pilots (HISTORY.md 20): ``--frozen`` takes no step
+(the start's gradients); ``--hold K`` zeroes the alive units' gradients for the first K steps;
+``--gate KAPPA`` switches a dead unit on when its coherence passes KAPPA (after 5 steps), its v set
+just outside the ball in the direction of its summed descent.
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800] [--optimizer linbreg] [--frozen]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800]
+        [--optimizer linbreg] [--frozen] [--hold 28] [--gate 3]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py --model mlp --images 20000 --epochs 2
 """
 from __future__ import annotations
@@ -23,11 +28,14 @@ import archdisc
 from archdisc import Config
 from archdisc.data.builtin import load_data
 from archdisc.recipe.setup import make_optimizer
-from archdisc.sparsity.groups import unit_members
 
-LAYERS = {"resnet18": ("conv1", "layer1_0_conv1", "layer2_0_conv1", "layer3_0_conv1",
-                       "layer4_0_conv1", "layer4_1_conv1"),
-          "mlp": ("fc1", "fc2")}
+
+def rows(t):
+    return t.reshape(t.shape[0], -1)
+
+
+def joined(tensors):
+    return torch.cat([rows(t) for t in tensors], 1)
 
 
 def main():
@@ -37,52 +45,93 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=1800, help="training images")
-    p.add_argument("--model", choices=sorted(LAYERS), default="resnet18")
+    p.add_argument("--model", choices=["resnet18", "mlp"], default="resnet18")
     p.add_argument("--optimizer", choices=["adabreg", "linbreg"], default="adabreg",
                    help="linbreg: with momentum 0.9")
     p.add_argument("--frozen", action="store_true", help="no step: the gradients at the start")
+    p.add_argument("--hold", type=int, default=0, help="steps with the alive units held")
+    p.add_argument("--gate", type=float, help="admit a dead unit at this coherence")
     args = p.parse_args()
+    if args.frozen and (args.gate is not None or args.hold):
+        p.error("--frozen takes no step: it goes with neither --gate nor --hold")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    x, y = load_data("fashion-mnist", limit=args.images, seed=args.seed).train.tensors
+    data = load_data("fashion-mnist", limit=args.images, seed=args.seed)
+    (x, y), (xv, yv) = data.train.tensors, data.val.tensors
     if args.model == "mlp":
-        x = x.reshape(len(x), -1)
+        x, xv = x.reshape(len(x), -1), xv.reshape(len(xv), -1)
         net = archdisc.compile_graph(archdisc.build_space("mlp", widths=[784, 200, 80, 10]))
     else:
-        x = x.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous()
+        x, xv = (t.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous() for t in (x, xv))
         net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
-    layers = LAYERS[args.model]
     archdisc.sparse_init(net, density=0.2, seed=args.seed)
     opt = make_optimizer(net, Config(lam=args.lam, lr=args.lr, optimizer=args.optimizer,
                                     momentum=0.9))
-    params, members = dict(net.named_parameters()), unit_members(net)
-    weight = {n: params[members[n][0]] for n in layers}
+    groups = [g for g in opt.param_groups if g.get("kind") == "unit"]
+    grouped = {id(t) for g in groups for t in g["params"]}
 
-    def rows(w):
-        return w.reshape(w.shape[0], -1)
+    def alive(g):
+        return joined(g["params"]).ne(0).any(1)
 
-    dead = {n: rows(w).eq(0).all(1) for n, w in weight.items()}
-    total = {n: 0.0 for n in layers}
-    squares = {n: 0.0 for n in layers}
-    net.train()
+    dead0 = {id(g): ~alive(g) for g in groups}
+    total = {id(g): 0.0 for g in groups}
+    squares = {id(g): 0.0 for g in groups}
+    step = 0
     for epoch in range(1, args.epochs + 1):
+        net.train()
         order = torch.randperm(len(x))
         for i in range(0, len(x), 128):
             idx = order[i:i + 128]
             loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
-            for n, w in weight.items():
-                g = rows(w.grad)[dead[n]]
-                total[n] = total[n] + g
-                squares[n] = squares[n] + g.pow(2).sum(1)
+            for g in groups:
+                grad = joined([t.grad for t in g["params"]])
+                total[id(g)] = total[id(g)] + grad
+                squares[id(g)] = squares[id(g)] + grad.pow(2).sum(1)
+            if step < args.hold:  # only the dead units' v move
+                for g in groups:
+                    live = alive(g)
+                    for t in g["params"]:
+                        t.grad[live] = 0
+                for t in net.parameters():
+                    if id(t) not in grouped and t.grad is not None:
+                        t.grad.zero_()
             if not args.frozen:
                 opt.step()
-        r = {n: total[n].norm(dim=1) / squares[n].sqrt() for n in layers}
-        coherence = {n: (round(float(c.median()), 2), int((c > 3).sum())) for n, c in r.items()}
-        alive = {n: int(rows(w).ne(0).any(1).sum()) for n, w in weight.items()}
-        print(f"epoch {epoch} loss {loss.item():.3f} coherence {coherence} alive {alive}",
-              flush=True)
+            step += 1
+            if args.gate is not None and step >= 5:
+                admit(opt, groups, total, squares, args.gate)
+        net.eval()
+        with torch.no_grad():
+            val = (net(xv).argmax(1) == yv).float().mean().item() * 100
+        report = {}
+        for g in groups:
+            c = (total[id(g)].norm(dim=1) / squares[id(g)].clamp_min(1e-30).sqrt())[dead0[id(g)]]
+            name = g["name"].split("+")[0]
+            report[name] = (round(float(c.median()), 2) if len(c) else None, int((c > 3).sum()),
+                            f"{int(alive(g).sum())}/{len(c) + int((~dead0[id(g)]).sum())}")
+        print(f"epoch {epoch} step {step} loss {loss.item():.3f} val {val:.1f}% "
+              f"(coherence median, above 3, alive): {report}", flush=True)
+
+
+@torch.no_grad()
+def admit(opt, groups, total, squares, kappa):
+    """Switch on every dead unit whose coherence passes ``kappa``: its v just outside the ball
+    lam sqrt(n), in the direction of its summed descent, and its weights the prox of that v."""
+    for g in groups:
+        coherence = total[id(g)].norm(dim=1) / squares[id(g)].clamp_min(1e-30).sqrt()
+        new = ~joined(g["params"]).ne(0).any(1) & (coherence > kappa)
+        if not new.any():
+            continue
+        descent = -total[id(g)][new]
+        v = descent / descent.norm(dim=1, keepdim=True) * 1.05 * g["reg"].lam * descent.shape[1] ** 0.5
+        start = 0
+        for t in g["params"]:
+            k = rows(t).shape[1]
+            rows(opt.state[t]["v"])[new] = v[:, start:start + k]
+            rows(t.data)[new] = v[:, start:start + k] * (1 - 1 / 1.05)
+            start += k
 
 
 if __name__ == "__main__":
