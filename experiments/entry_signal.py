@@ -11,10 +11,13 @@ dead units of the coherence ||sum_t g_t|| / sqrt(sum_t ||g_t||^2): 1 for noise, 
 ``--model mlp``: the MLP 784-200-80-10 instead. Pilots (HISTORY.md 20): ``--frozen`` takes no step
 (the start's gradients); ``--hold K`` zeroes the alive units' gradients for the first K steps;
 ``--gate KAPPA`` switches a dead unit on when its coherence passes KAPPA (after 5 steps), its v set
-just outside the ball in the direction of its summed descent.
+just outside the ball in the direction of its summed descent. Does the loss need the channels the
+signal points to? ``--alive conv1,layer1,layer2`` starts those unit groups (by name prefix) with every
+channel alive (torchvision's init), ``--density`` sets the others'; the end prints the compact
+model's parameters and its accuracy on the full 10k test set.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800]
-        [--optimizer linbreg] [--frozen] [--hold 28] [--gate 3]
+        [--optimizer linbreg] [--frozen] [--hold 28] [--gate 3] [--alive conv1,layer1,layer2] [--density 0.33]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py --model mlp --images 20000 --epochs 2
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ import archdisc
 from archdisc import Config
 from archdisc.data.builtin import load_data
 from archdisc.recipe.setup import make_optimizer
+from archdisc.sparsity.budget import compact_params
 
 
 def rows(t):
@@ -51,6 +55,9 @@ def main():
     p.add_argument("--frozen", action="store_true", help="no step: the gradients at the start")
     p.add_argument("--hold", type=int, default=0, help="steps with the alive units held")
     p.add_argument("--gate", type=float, help="admit a dead unit at this coherence")
+    p.add_argument("--density", type=float, default=0.2, help="of the sparse start")
+    p.add_argument("--alive", default="", help="unit groups (name prefixes, comma-separated) "
+                                               "that start with every channel alive")
     args = p.parse_args()
     if args.frozen and (args.gate is not None or args.hold):
         p.error("--frozen takes no step: it goes with neither --gate nor --hold")
@@ -64,10 +71,17 @@ def main():
     else:
         x, xv = (t.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous() for t in (x, xv))
         net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
-    archdisc.sparse_init(net, density=0.2, seed=args.seed)
+    dense = {id(t): t.detach().clone() for t in net.parameters()}
+    archdisc.sparse_init(net, density=args.density, seed=args.seed)
     opt = make_optimizer(net, Config(lam=args.lam, lr=args.lr, optimizer=args.optimizer,
                                     momentum=0.9))
     groups = [g for g in opt.param_groups if g.get("kind") == "unit"]
+    prefixes = tuple(filter(None, args.alive.split(",")))
+    with torch.no_grad():
+        for g in groups:
+            if prefixes and g["name"].startswith(prefixes):
+                for t in g["params"]:
+                    t.copy_(dense[id(t)])
     grouped = {id(t) for g in groups for t in g["params"]}
 
     def alive(g):
@@ -113,6 +127,14 @@ def main():
                             f"{int(alive(g).sum())}/{len(c) + int((~dead0[id(g)]).sum())}")
         print(f"epoch {epoch} step {step} loss {loss.item():.3f} val {val:.1f}% "
               f"(coherence median, above 3, alive): {report}", flush=True)
+    test = load_data("fashion-mnist", seed=args.seed).test.tensors
+    xt = test[0] if args.model == "mlp" else test[0].view(-1, 1, 28, 28).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        correct = sum(int((net(a).argmax(1) == b).sum())
+                      for a, b in zip(xt.reshape(len(xt), *x.shape[1:]).split(1000),
+                                      test[1].split(1000)))
+    print(f"params {compact_params(net)[0]:,}, test {100 * correct / len(xt):.2f}% "
+          f"({len(xt):,} images)")
 
 
 @torch.no_grad()
