@@ -11,13 +11,15 @@ dead units of the coherence ||sum_t g_t|| / sqrt(sum_t ||g_t||^2): 1 for noise, 
 ``--model mlp``: the MLP 784-200-80-10 instead. Pilots (HISTORY.md 20): ``--frozen`` takes no step
 (the start's gradients); ``--hold K`` zeroes the alive units' gradients for the first K steps;
 ``--gate KAPPA`` switches a dead unit on when its coherence passes KAPPA (after 5 steps), its v set
-just outside the ball in the direction of its summed descent. Does the loss need the channels the
-signal points to? ``--alive conv1,layer1,layer2`` starts those unit groups (by name prefix) with every
-channel alive (torchvision's init), ``--density`` sets the others'; the end prints the compact
-model's parameters and its accuracy on the full 10k test set.
+just outside the ball in the direction of its summed descent; ``--trial SHARE`` switches on that
+share of each group's dead units at random after epoch 1, to see which the loss keeps. Does the
+loss need the channels the signal points to? ``--alive conv1,layer1,layer2`` starts those unit
+groups (by name prefix) with every channel alive (torchvision's init), ``--density`` sets the
+others'; the end prints the compact model's parameters and its accuracy on the full 10k test set.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py [--lam 0.05] [--epochs 5] [--images 1800]
-        [--optimizer linbreg] [--frozen] [--hold 28] [--gate 3] [--alive conv1,layer1,layer2] [--density 0.33]
+        [--optimizer linbreg] [--frozen] [--hold 28] [--gate 3] [--trial 0.3]
+        [--alive conv1,layer1,layer2] [--density 0.33]
     OMP_NUM_THREADS=1 .venv/bin/python experiments/entry_signal.py --model mlp --images 20000 --epochs 2
 """
 from __future__ import annotations
@@ -55,6 +57,8 @@ def main():
     p.add_argument("--frozen", action="store_true", help="no step: the gradients at the start")
     p.add_argument("--hold", type=int, default=0, help="steps with the alive units held")
     p.add_argument("--gate", type=float, help="admit a dead unit at this coherence")
+    p.add_argument("--trial", type=float, default=0.0,
+                   help="switch on this share of each group's dead units at random after epoch 1")
     p.add_argument("--density", type=float, default=0.2, help="of the sparse start")
     p.add_argument("--alive", default="", help="unit groups (name prefixes, comma-separated) "
                                                "that start with every channel alive")
@@ -116,6 +120,11 @@ def main():
             step += 1
             if args.gate is not None and step >= 5:
                 admit(opt, groups, total, squares, args.gate)
+            if args.trial and step == len(range(0, len(x), 128)):
+                for g in groups:
+                    dead = ~alive(g)
+                    pick = dead & (torch.rand(len(dead)) < args.trial)
+                    switch_on(opt, g, pick, -total[id(g)][pick])
         net.eval()
         with torch.no_grad():
             val = (net(xv).argmax(1) == yv).float().mean().item() * 100
@@ -139,21 +148,27 @@ def main():
 
 @torch.no_grad()
 def admit(opt, groups, total, squares, kappa):
-    """Switch on every dead unit whose coherence passes ``kappa``: its v just outside the ball
-    lam sqrt(n), in the direction of its summed descent, and its weights the prox of that v."""
+    """Switch on every dead unit whose coherence passes ``kappa``, in the direction of its
+    summed descent."""
     for g in groups:
         coherence = total[id(g)].norm(dim=1) / squares[id(g)].clamp_min(1e-30).sqrt()
         new = ~joined(g["params"]).ne(0).any(1) & (coherence > kappa)
         if not new.any():
             continue
-        descent = -total[id(g)][new]
-        v = descent / descent.norm(dim=1, keepdim=True) * 1.05 * g["reg"].lam * descent.shape[1] ** 0.5
-        start = 0
-        for t in g["params"]:
-            k = rows(t).shape[1]
-            rows(opt.state[t]["v"])[new] = v[:, start:start + k]
-            rows(t.data)[new] = v[:, start:start + k] * (1 - 1 / 1.05)
-            start += k
+        switch_on(opt, g, new, -total[id(g)][new])
+
+
+@torch.no_grad()
+def switch_on(opt, g, new, descent):
+    """Units ``new`` of group ``g`` on: v just outside the ball lam sqrt(n) in the direction
+    ``descent``, the weights the prox of that v."""
+    v = descent / descent.norm(dim=1, keepdim=True) * 1.05 * g["reg"].lam * descent.shape[1] ** 0.5
+    start = 0
+    for t in g["params"]:
+        k = rows(t).shape[1]
+        rows(opt.state[t]["v"])[new] = v[:, start:start + k]
+        rows(t.data)[new] = v[:, start:start + k] * (1 - 1 / 1.05)
+        start += k
 
 
 if __name__ == "__main__":
