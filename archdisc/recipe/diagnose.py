@@ -33,7 +33,9 @@ def warnings(alive0: dict, history: list[dict], widths: dict, config, metric: st
         out.append(f"the search changed no unit in {epochs} epochs (alive units stayed at the "
                    f"sparse start): with lam {config.lam:g} and lr {config.lr:g} AdaBreg switches "
                    f"a unit on after about lam / lr steps of a steady gradient, (lam / lr)^2 of "
-                   f"a noisy one (RESULTS.md 15: resnet18's dead channels get noise); for a "
+                   f"a noisy one (RESULTS.md 15: resnet18's dead channels get noise, and a "
+                   f"channel behind BatchNorm never leaves: its gradient is orthogonal to its "
+                   f"weights); for a "
                    f"smaller model state a budget (--target-params, --target-macs: every unit "
                    f"trains, then the weakest are cut); to let units in, lower --lam or raise "
                    f"--lr")
