@@ -8,7 +8,7 @@ density 0.2) with the search's optimizer on Fashion-MNIST as 3-channel 28x28 ima
 per unit group (a residual stream's layers are one group, named by its first) the median over its
 dead units of the coherence ||sum_t g_t|| / sqrt(sum_t ||g_t||^2): 1 for noise, sqrt(t) (8.7 after
 75 steps) for a steady gradient, with how many exceed 3; the alive units; validation accuracy.
-``--model mlp``: the MLP 784-200-80-10 instead. Pilots (HISTORY.md 20): ``--frozen`` takes no step
+``--model mlp`` / ``convnet``: the MLP 784-200-80-10 / the built-in ConvNet instead. Pilots (HISTORY.md 20): ``--frozen`` takes no step
 (the start's gradients); ``--hold K`` zeroes the alive units' gradients for the first K steps;
 ``--gate KAPPA`` switches a dead unit on when its coherence passes KAPPA (after 5 steps), its v set
 just outside the ball in the direction of its summed descent; ``--trial SHARE`` switches on that
@@ -51,7 +51,7 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=1800, help="training images")
-    p.add_argument("--model", choices=["resnet18", "mlp"], default="resnet18")
+    p.add_argument("--model", choices=["resnet18", "mlp", "convnet"], default="resnet18")
     p.add_argument("--optimizer", choices=["adabreg", "linbreg"], default="adabreg",
                    help="linbreg: with momentum 0.9")
     p.add_argument("--frozen", action="store_true", help="no step: the gradients at the start")
@@ -72,6 +72,9 @@ def main():
     if args.model == "mlp":
         x, xv = x.reshape(len(x), -1), xv.reshape(len(xv), -1)
         net = archdisc.compile_graph(archdisc.build_space("mlp", widths=[784, 200, 80, 10]))
+    elif args.model == "convnet":
+        x, xv = x.view(-1, 1, 28, 28), xv.view(-1, 1, 28, 28)
+        net = archdisc.compile_graph(archdisc.build_space("convnet"))
     else:
         x, xv = (t.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous() for t in (x, xv))
         net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
@@ -137,7 +140,7 @@ def main():
         print(f"epoch {epoch} step {step} loss {loss.item():.3f} val {val:.1f}% "
               f"(coherence median, above 3, alive): {report}", flush=True)
     test = load_data("fashion-mnist", seed=args.seed).test.tensors
-    xt = test[0] if args.model == "mlp" else test[0].view(-1, 1, 28, 28).expand(-1, 3, -1, -1)
+    xt = test[0] if args.model != "resnet18" else test[0].view(-1, 1, 28, 28).expand(-1, 3, -1, -1)
     with torch.no_grad():
         correct = sum(int((net(a).argmax(1) == b).sum())
                       for a, b in zip(xt.reshape(len(xt), *x.shape[1:]).split(1000),
