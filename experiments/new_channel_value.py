@@ -31,7 +31,8 @@ from archdisc.recipe.setup import make_optimizer
 
 
 def readout(net, blocks, x, y, batches, gen):
-    """Per block: (best new channel, the same with shuffled output gradients, median alive)."""
+    """Per block: the best new channel's value, the same with shuffled output gradients, the
+    alive channels' median fan-out gradient, the alive count, and the unwhitened ratio."""
     mods = dict(net.named_modules())
     seen = {}
     hooks = []
@@ -45,14 +46,15 @@ def readout(net, blocks, x, y, batches, gen):
         def keep_out(m, i, o, b=b):
             o.register_hook(lambda g, b=b: seen[b].__setitem__("d", g.detach()))
         hooks += [c1.register_forward_hook(keep_in), c2.register_forward_hook(keep_out)]
-    stats = {b: {"M": 0, "Ms": 0, "S": 0, "m": 0, "n": 0, "fan_out": 0} for b in blocks}
+    stats = {b: {"M": 0, "Ms": 0, "Md": 0, "Msd": 0, "S": 0, "m": 0, "n": 0, "fan_out": 0}
+             for b in blocks}
     net.train()
     for _ in range(batches):
         idx = torch.randint(0, len(x), (128,), generator=gen)
         net.zero_grad()
         torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
         for b in blocks:
-            c1, c2 = mods[f"layers.{b}_conv1"], mods[f"layers.{b}_conv2"]
+            c2 = mods[f"layers.{b}_conv2"]
             P, d = seen[b]["P"], seen[b]["d"]  # (B, F, L), (B, K, H, W)
             h, w = d.shape[-2:]
             image = P.reshape(P.shape[0], P.shape[1], h, w)
@@ -61,7 +63,7 @@ def readout(net, blocks, x, y, batches, gen):
                 m = torch.nn.grad.conv2d_weight(image, (d.shape[1], P.shape[1], *c2.kernel_size),
                                                 grad, c2.stride, c2.padding)
                 s[key] = s[key] + m.permute(0, 2, 3, 1).reshape(-1, P.shape[1])
-                s[key + "d"] = s.get(key + "d", 0) + grad.sum((0, 2, 3)).repeat_interleave(
+                s[key + "d"] = s[key + "d"] + grad.sum((0, 2, 3)).repeat_interleave(
                     c2.kernel_size[0] * c2.kernel_size[1])
             flat = P.transpose(1, 2).reshape(-1, P.shape[1])
             s["S"] = s["S"] + flat.T @ flat
