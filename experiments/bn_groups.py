@@ -7,10 +7,10 @@ channel's (scale, shift) pair is the group (2 entries) and the conv weights are 
 unregularized: a dead channel (scale and shift 0) outputs exactly 0, and its scale's gradient is the
 first-order worth of a fixed random feature. ``--density`` of each BatchNorm's channels start alive
 (independently: a residual stream's BatchNorms are not tied, so this is not an extractable model);
-AdaBreg at ``--lam`` trains 5 epochs on 1,800 Fashion-MNIST images as in entry_signal.py. Prints the
+AdaBreg at ``--lam`` trains 5 epochs on 1,800 Fashion-MNIST images (``--images``) as in entry_signal.py. Prints the
 alive channels per epoch and the test accuracy on the full 10k test set.
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/bn_groups.py [--lam 0.01] [--seed 0]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bn_groups.py [--lam 0.01] [--seed 0] [--images 20000 --epochs 3]
 """
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ def main():
     p.add_argument("--lam", type=float, default=0.01)
     p.add_argument("--density", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--images", type=int, default=1800, help="training images")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    data = load_data("fashion-mnist", limit=1800, seed=args.seed)
+    data = load_data("fashion-mnist", limit=args.images, seed=args.seed)
     (x, y), (xv, yv) = data.train.tensors, data.val.tensors
     x, xv = (t.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous() for t in (x, xv))
     net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
