@@ -8,10 +8,10 @@ density 0.2) with the search's optimizer on Fashion-MNIST as 3-channel 28x28 ima
 per unit group (a residual stream's layers are one group, named by its first) the median over its
 dead units of the coherence ||sum_t g_t|| / sqrt(sum_t ||g_t||^2): 1 for noise, sqrt(t) (8.7 after
 75 steps) for a steady gradient, with how many exceed 3; the alive units; validation accuracy.
-``--model mlp`` / ``convnet``: the MLP 784-200-80-10 / the built-in ConvNet instead. Pilots (HISTORY.md 20): ``--frozen`` takes no step
-(the start's gradients); ``--hold K`` zeroes the alive units' gradients for the first K steps;
-``--gate KAPPA`` switches a dead unit on when its coherence passes KAPPA (after 5 steps), its v set
-just outside the ball in the direction of its summed descent; ``--trial SHARE`` switches on that
+``--model mlp`` / ``convnet``: the MLP 784-200-80-10 / the built-in ConvNet instead. Pilots
+(HISTORY.md 20): ``--frozen`` takes no step (the start's gradients); ``--hold K`` zeroes the alive
+units' gradients for the first K steps; ``--gate KAPPA`` switches a dead unit on when its coherence
+passes KAPPA (after 5 steps), its v set just outside the ball in the direction of its summed descent; ``--trial SHARE`` switches on that
 share of each group's dead units at random after epoch 1, to see which the loss keeps. Does the
 loss need the channels the signal points to? ``--alive conv1,layer1,layer2`` starts those unit
 groups (by name prefix) with every channel alive (torchvision's init), ``--density`` sets the
