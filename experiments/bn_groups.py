@@ -7,8 +7,8 @@ channel's (scale, shift) pair is the group (2 entries) and the conv weights are 
 unregularized: a dead channel (scale and shift 0) outputs exactly 0, and its scale's gradient is the
 first-order worth of a fixed random feature. ``--density`` of each BatchNorm's channels start alive
 (independently: a residual stream's BatchNorms are not tied, so this is not an extractable model);
-AdaBreg at ``--lam`` trains 5 epochs on 1,800 Fashion-MNIST images (``--images``) as in entry_signal.py. Prints the
-alive channels per epoch and the test accuracy on the full 10k test set.
+AdaBreg at ``--lam`` trains 5 epochs on 1,800 Fashion-MNIST images (``--images``) as in
+entry_signal.py. Prints the alive channels per epoch and the test accuracy on the full 10k test set.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bn_groups.py [--lam 0.01] [--seed 0] [--images 20000 --epochs 3]
 """
@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torchvision
 
-import archdisc
-from archdisc.data.builtin import load_data
 from archdisc.optim import AdaBreg
 from archdisc.optim.regularizers import GroupL2
+from entry_signal import fmnist, plain_epoch, test_accuracy
 
 
 def main():
@@ -33,12 +31,7 @@ def main():
     p.add_argument("--images", type=int, default=1800, help="training images")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    data = load_data("fashion-mnist", limit=args.images, seed=args.seed)
-    (x, y), (xv, yv) = data.train.tensors, data.val.tensors
-    x, xv = (t.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous() for t in (x, xv))
-    net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
+    net, (x, y), (xv, yv) = fmnist(args.images, args.seed)
     bns = {n.split(".")[-1]: m for n, m in net.named_modules()
            if isinstance(m, torch.nn.BatchNorm2d)}
     gen = torch.Generator().manual_seed(args.seed)
@@ -56,28 +49,16 @@ def main():
         return {n: int((m.weight.ne(0) | m.bias.ne(0)).sum()) for n, m in bns.items()}
     start = alive()
     for epoch in range(1, args.epochs + 1):
-        net.train()
-        order = torch.randperm(len(x))
-        for i in range(0, len(x), 128):
-            idx = order[i:i + 128]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        loss = plain_epoch(net, opt, x, y)
         net.eval()
         with torch.no_grad():
             val = (net(xv).argmax(1) == yv).float().mean().item() * 100
         now = alive()
-        print(f"epoch {epoch} loss {loss.item():.3f} val {val:.1f}% alive {sum(now.values())} of "
+        print(f"epoch {epoch} loss {loss:.3f} val {val:.1f}% alive {sum(now.values())} of "
               f"{sum(m.num_features for m in bns.values())} (start {sum(start.values())}; "
               f"{sum(now[n] != start[n] for n in now)} of {len(now)} BatchNorms changed): "
               f"{ {n: f'{start[n]}->{now[n]}' for n in now} }", flush=True)
-    xt, yt = load_data("fashion-mnist", seed=args.seed).test.tensors
-    xt = xt.view(-1, 1, 28, 28).expand(-1, 3, -1, -1)
-    with torch.no_grad():
-        correct = sum(int((net(a).argmax(1) == b).sum())
-                      for a, b in zip(xt.split(1000), yt.split(1000)))
-    print(f"test {100 * correct / len(xt):.2f}% (10,000 images)")
+    print(f"test {test_accuracy(net, args.seed, x.shape[1:]):.2f}% (10,000 images)")
 
 
 if __name__ == "__main__":

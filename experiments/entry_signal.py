@@ -65,19 +65,7 @@ def main():
     args = p.parse_args()
     if args.frozen and (args.gate is not None or args.hold):
         p.error("--frozen takes no step: it goes with neither --gate nor --hold")
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    data = load_data("fashion-mnist", limit=args.images, seed=args.seed)
-    (x, y), (xv, yv) = data.train.tensors, data.val.tensors
-    if args.model == "mlp":
-        x, xv = x.reshape(len(x), -1), xv.reshape(len(xv), -1)
-        net = archdisc.compile_graph(archdisc.build_space("mlp", widths=[784, 200, 80, 10]))
-    elif args.model == "convnet":
-        x, xv = x.view(-1, 1, 28, 28), xv.view(-1, 1, 28, 28)
-        net = archdisc.compile_graph(archdisc.build_space("convnet"))
-    else:
-        x, xv = (t.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous() for t in (x, xv))
-        net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
+    net, (x, y), (xv, yv) = fmnist(args.images, args.seed, args.model)
     dense = {id(t): t.detach().clone() for t in net.parameters()}
     archdisc.sparse_init(net, density=args.density, seed=args.seed)
     opt = make_optimizer(net, Config(lam=args.lam, lr=args.lr, optimizer=args.optimizer,
@@ -139,14 +127,56 @@ def main():
                             f"{int(alive(g).sum())}/{len(c) + int((~dead0[id(g)]).sum())}")
         print(f"epoch {epoch} step {step} loss {loss.item():.3f} val {val:.1f}% "
               f"(coherence median, above 3, alive): {report}", flush=True)
-    test = load_data("fashion-mnist", seed=args.seed).test.tensors
-    xt = test[0] if args.model != "resnet18" else test[0].view(-1, 1, 28, 28).expand(-1, 3, -1, -1)
-    with torch.no_grad():
-        correct = sum(int((net(a).argmax(1) == b).sum())
-                      for a, b in zip(xt.reshape(len(xt), *x.shape[1:]).split(1000),
-                                      test[1].split(1000)))
-    print(f"params {compact_params(net)[0]:,}, test {100 * correct / len(xt):.2f}% "
-          f"({len(xt):,} images)")
+    test = test_accuracy(net, args.seed, x.shape[1:])
+    print(f"params {compact_params(net)[0]:,}, test {test:.2f}% (10,000 images)")
+
+
+def shaped(t, shape):
+    """Fashion-MNIST images ``t`` as inputs of ``shape``: (784,), (1, 28, 28) or (3, 28, 28)."""
+    if len(shape) == 1:
+        return t.reshape(len(t), -1)
+    return t.reshape(len(t), 1, 28, 28).expand(len(t), *shape).contiguous()
+
+
+def fmnist(images: int, seed: int, model: str = "resnet18"):
+    """One thread, seeded: ``model`` (torchvision resnet18 on 3-channel 28x28 images, the MLP
+    784-200-80-10 or the built-in ConvNet) and ``images`` Fashion-MNIST training images and the
+    validation split, shaped for it: (net, (x, y), (xv, yv))."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    data = load_data("fashion-mnist", limit=images, seed=seed)
+    (x, y), (xv, yv) = data.train.tensors, data.val.tensors
+    shape = {"mlp": (784,), "convnet": (1, 28, 28)}.get(model, (3, 28, 28))
+    x, xv = shaped(x, shape), shaped(xv, shape)
+    if model == "mlp":
+        net = archdisc.compile_graph(archdisc.build_space("mlp", widths=[784, 200, 80, 10]))
+    elif model == "convnet":
+        net = archdisc.compile_graph(archdisc.build_space("convnet"))
+    else:
+        net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
+    return net, (x, y), (xv, yv)
+
+
+def plain_epoch(net, opt, x, y) -> float:
+    """One epoch of ``opt`` in shuffled batches of 128; the last batch's loss."""
+    net.train()
+    order = torch.randperm(len(x))
+    for i in range(0, len(x), 128):
+        idx = order[i:i + 128]
+        loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def test_accuracy(net, seed: int, shape) -> float:
+    """Accuracy (%) on the full 10k Fashion-MNIST test set, its images shaped as ``shape``."""
+    xt, yt = load_data("fashion-mnist", seed=seed).test.tensors
+    xt = shaped(xt, shape)
+    return 100 * sum(int((net(a).argmax(1) == b).sum())
+                     for a, b in zip(xt.split(1000), yt.split(1000))) / len(xt)
 
 
 @torch.no_grad()

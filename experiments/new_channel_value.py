@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torchvision
 from torch.nn.functional import unfold
 
 import archdisc
 from archdisc import Config
-from archdisc.data.builtin import load_data
 from archdisc.recipe.setup import make_optimizer
+from entry_signal import fmnist, plain_epoch
 
 
 def readout(net, blocks, x, y, batches, gen):
@@ -99,13 +98,8 @@ def main():
     p.add_argument("--batches", type=int, default=8, help="per readout")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    data = load_data("fashion-mnist", limit=args.images, seed=args.seed)
-    x, y = data.train.tensors
-    x = x.view(-1, 1, 28, 28).expand(-1, 3, -1, -1).contiguous()
-    net = archdisc.from_module(torchvision.models.resnet18(num_classes=10), x[:64])
+    net, (x, y), _ = fmnist(args.images, args.seed)
     archdisc.sparse_init(net, density=0.2, seed=args.seed)
     opt = make_optimizer(net, Config())
     blocks = [f"layer{s}_{i}" for s in range(1, 5) for i in range(2)]
@@ -118,13 +112,7 @@ def main():
                   f"alive ({count}); {plain:.2f}", flush=True)
     show("start")
     for epoch in range(1, args.epochs + 1):
-        net.train()
-        order = torch.randperm(len(x))
-        for i in range(0, len(x), 128):
-            idx = order[i:i + 128]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
+        plain_epoch(net, opt, x, y)
         show(f"epoch {epoch}")
 
 
